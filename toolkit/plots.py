@@ -1,0 +1,106 @@
+"""Figures written as PNG files (matplotlib, no display needed). Each function takes data and a path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_classifier_curves(records: list[dict], path: Path, title: str = "") -> Path:
+    """Training loss per iteration (left); running train and validation accuracy (right)."""
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    losses = [(r["step"], r["train/loss"]) for r in records if r.get("train/loss") is not None]
+    if losses:
+        loss_axis.plot(*zip(*losses), lw=0.8, label="train (per iteration)")
+    val_losses = [(r["step"], r["val/loss"]) for r in records if r.get("val/loss") is not None]
+    if val_losses:
+        loss_axis.plot(*zip(*val_losses), "o-", ms=3, label="validation")
+    loss_axis.set(xlabel="iteration", ylabel="cross-entropy", title="loss")
+    loss_axis.legend()
+    for key, label in (("train/accuracy_running", "train (running, train mode)"), ("val/accuracy", "validation")):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            accuracy_axis.plot(*zip(*points), "o-", ms=3, label=label)
+    accuracy_axis.set(xlabel="iteration", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    accuracy_axis.legend()
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_confusion(confusion, classes: list[str], path: Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix with the raw counts written in each cell."""
+    confusion = np.asarray(confusion)
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(1.1 * len(classes) + 2, 1.0 * len(classes) + 1.5))
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for row in range(len(classes)):
+        for column in range(len(classes)):
+            axis.text(column, row, str(confusion[row, column]), ha="center", va="center",
+                      color="white" if shares[row, column] > 0.5 else "black", fontsize=8)
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    return _save(figure, path)
+
+
+def plot_grouped_bars(values: dict[str, list[float]], categories: list[str], path: Path, ylabel: str,
+                      title: str = "", ylim=None) -> Path:
+    """One group of bars per category, one bar per series (e.g. per-class accuracy per model)."""
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(categories) + 2), 4))
+    width = 0.8 / max(len(values), 1)
+    for position, (series, numbers) in enumerate(values.items()):
+        offsets = np.arange(len(categories)) + (position - (len(values) - 1) / 2) * width
+        bars = axis.bar(offsets, numbers, width, label=series)
+        axis.bar_label(bars, fmt="%.2f" if max(numbers, default=0) <= 1 else "%d", fontsize=7)
+    axis.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+    axis.set(ylabel=ylabel, title=title)
+    if ylim:
+        axis.set_ylim(*ylim)
+    if len(values) > 1:
+        axis.legend()
+    return _save(figure, path)
+
+
+def image_grid(images: list[np.ndarray], titles: list[str], path: Path, columns: int = 6,
+               title: str = "", cell: float = 1.9) -> Path:
+    """Images (H, W, 3) uint8 in a grid, each with a title line (e.g. 'sea -> glacier 0.81')."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(cell * columns, cell * rows + 0.4), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, titles):
+        axis.imshow(image)
+        axis.set_title(caption, fontsize=7)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_lines(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, ylabel: str,
+               title: str = "", logx: bool = False, marker: str = "") -> Path:
+    """Named (x, y) series on one axis."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, points in series.items():
+        if points:
+            axis.plot(*zip(*points), marker or "-", label=name, ms=4)
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        axis.set_xscale("log")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _save(figure, path)

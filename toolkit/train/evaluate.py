@@ -1,0 +1,114 @@
+"""Evaluating a classifier in eval mode, without gradients, exactly once per sample.
+
+Every process evaluates its own disjoint shard (see toolkit.data.loaders.shard_indices); the
+confusion matrix and loss sum are then added up across processes, so the metrics are those
+of the whole set, never of padded or duplicated samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from toolkit.data.augment import normalize
+
+
+def classifier_outputs(model, images: torch.Tensor, mean, std, flip_tta: bool = False) -> torch.Tensor:
+    """Log-probabilities (B, C) for a uint8 batch; with flip_tta, averaged over the image and its mirror."""
+    inputs = normalize(images, mean, std)
+    log_probs = F.log_softmax(model(inputs).float(), dim=1)
+    if flip_tta:
+        mirrored = F.log_softmax(model(inputs.flip(3)).float(), dim=1)
+        log_probs = torch.logsumexp(torch.stack([log_probs, mirrored]), dim=0) - np.log(2.0)
+    return log_probs
+
+
+@torch.no_grad()
+def evaluate_classifier(model, loader, accelerator, num_classes: int, mean, std, flip_tta: bool = False,
+                        keep_predictions: bool = False) -> dict:
+    """Loss, accuracy, per-class metrics and confusion matrix over every sample of `loader`.
+
+    With keep_predictions, the result also holds 'probabilities' (N, C) and 'labels' (N,) in the
+    loader's order (main process; gathered from all processes in rank order).
+    """
+    was_training = model.training
+    model.eval()
+    device = accelerator.device
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    kept_probabilities, kept_labels = [], []
+    for images, labels in loader:
+        with accelerator.autocast():
+            log_probs = classifier_outputs(model, images, mean, std, flip_tta)
+        labels = labels.to(device)
+        loss_sum += F.nll_loss(log_probs, labels, reduction="sum").double()
+        predictions = log_probs.argmax(dim=1)
+        confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2)
+        if keep_predictions:
+            kept_probabilities.append(log_probs.exp().cpu())
+            kept_labels.append(labels.cpu())
+    confusion = accelerator.reduce(confusion, reduction="sum")
+    loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+    model.train(was_training)
+    metrics = classification_metrics(confusion.view(num_classes, num_classes).cpu().numpy(), float(loss_sum))
+    if keep_predictions:
+        from accelerate.utils import gather_object
+
+        probabilities = torch.cat(kept_probabilities) if kept_probabilities else torch.zeros(0, num_classes)
+        labels = torch.cat(kept_labels) if kept_labels else torch.zeros(0, dtype=torch.int64)
+        if accelerator.num_processes > 1:
+            parts = gather_object([(probabilities, labels)])
+            probabilities = torch.cat([p for p, _ in parts])
+            labels = torch.cat([l for _, l in parts])
+        metrics["probabilities"] = probabilities.numpy()
+        metrics["labels"] = labels.numpy()
+    return metrics
+
+
+def classification_metrics(confusion: np.ndarray, loss_sum: float) -> dict:
+    """Metrics from a confusion matrix (rows: true class, columns: predicted) and a summed loss.
+
+    Classes with no samples (or no predictions) get NaN recall (precision), not a fake 0 or 1.
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    total = int(confusion.sum())
+    correct = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
+        precision = np.where(predicted > 0, correct / np.maximum(predicted, 1), np.nan)
+        f1 = np.where((precision + recall) > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {
+        "n": total,
+        "loss": loss_sum / total if total else float("nan"),
+        "accuracy": float(correct.sum() / total) if total else float("nan"),
+        "per_class_accuracy": recall.tolist(),  # = recall: share of each true class predicted right
+        "per_class_correct": correct.tolist(),
+        "per_class_total": support.tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": np.nan_to_num(f1).tolist(),
+        "macro_f1": float(np.nanmean(np.nan_to_num(f1))) if len(f1) else float("nan"),
+        "confusion": confusion.tolist(),
+    }
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, dict]:
+    """ECE with equal-width confidence bins, and the per-bin table for a reliability plot."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    table = {"confidence": [], "accuracy": [], "count": [], "lower": edges[:-1].tolist(), "upper": edges[1:].tolist()}
+    ece = 0.0
+    for b in range(bins):
+        members = which == b
+        count = int(members.sum())
+        table["count"].append(count)
+        table["confidence"].append(float(confidence[members].mean()) if count else float("nan"))
+        table["accuracy"].append(float(correct[members].mean()) if count else float("nan"))
+        if count:
+            ece += count / len(labels) * abs(confidence[members].mean() - correct[members].mean())
+    return float(ece), table
