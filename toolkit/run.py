@@ -48,7 +48,7 @@ class RunSettings:
     seed: int = 0  # seeds model init, validation split, data order and augmentation
     run_dir: str = ""  # where the run writes; default runs/<recipe>-<date>-<time>
     resume: bool = False  # continue from the newest checkpoint in --run_dir (default: this recipe's newest run)
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: launcher's choice, bf16 on GPU, fp32 on CPU
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: launcher's choice, else bf16 on GPUs and on CPUs with native bf16, else fp32
     force_precision: bool = False  # use bf16 even on a CPU that only emulates it (about 10x slower)
     eval_every: int = 25  # iterations between validation passes (0 = only at the end)
     log_every: int = 1  # iterations between training-loss log lines

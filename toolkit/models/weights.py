@@ -68,11 +68,17 @@ def _download_torchvision(weights_enum) -> dict[str, torch.Tensor]:
 
 def load_resnet18_weights(model: nn.Module, weights: str) -> str:
     """weights: 'none' (keep random init), 'imagenet' (torchvision's, downloaded once to the torch
-    hub cache), or a path to a state dict. The classification head stays fresh unless the file's
+    hub cache), 'auto' (imagenet if it can be had, else random init, loudly), or a path to a state dict. The classification head stays fresh unless the file's
     head has the same shape. Returns a one-line description of what was loaded.
     """
     if weights in ("", "none"):
         return "random initialisation"
+    if weights == "auto":  # for demos that must run anywhere: the fallback is loud and recorded
+        try:
+            return load_resnet18_weights(model, "imagenet")
+        except UserError as error:
+            print(f"[model] WARNING: ImageNet weights unavailable, ResNet18 starts from RANDOM weights: {error}")
+            return "random initialisation (ImageNet weights unavailable)"
     if weights == "imagenet":
         import torchvision
 

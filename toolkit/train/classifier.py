@@ -102,7 +102,8 @@ def finish_classifier_run(run, model, data, val_loader, state: dict, eval_batch_
     summary = {"recipe": state["recipe"], "steps": step, "train_seconds": round(state["train_seconds"], 1),
                "val_accuracy": validation["accuracy"], "val_loss": validation["loss"], "data": data.describe(),
                "synthetic_data": data.synthetic, "classes": classes, "flip_tta": flip_tta,
-               "val_per_class_accuracy": dict(zip(classes, validation["per_class_accuracy"]))}
+               "val_per_class_accuracy": dict(zip(classes, validation["per_class_accuracy"])),
+               "weights": state.get("weights")}
     test = None
     if len(data.test_indices):
         rank, world = accelerator.process_index, accelerator.num_processes
@@ -135,6 +136,7 @@ def _write_figures(run, data, state, validation, test, resolution) -> None:
     records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     figures = {"curves": plot_classifier_curves(records, plots / "learning_curves.png", run.run_dir.name)}
     scored, name = (test, data.test_name) if test is not None else (validation, "validation")
+    prefix = "test" if test is not None else "val"
     figures["confusion"] = plot_confusion(scored["confusion"], classes, plots / "confusion.png",
                                           f"{state['recipe']}: {name} confusion matrix")
     figures["per_class"] = plot_grouped_bars({name: scored["per_class_accuracy"]}, classes,
@@ -143,8 +145,8 @@ def _write_figures(run, data, state, validation, test, resolution) -> None:
     run.logger.log_images({f"plots/{key}": path for key, path in figures.items()}, step)
     rows = [[c, scored["per_class_correct"][i], scored["per_class_total"][i], scored["per_class_accuracy"][i]]
             for i, c in enumerate(classes)]
-    run.logger.log_table(f"{name}/per_class", ["class", "correct", "total", "accuracy"], rows, step)
-    run.logger.log_table(f"{name}/confusion", ["true \\ predicted", *classes],
+    run.logger.log_table(f"{prefix}/per_class", ["class", "correct", "total", "accuracy"], rows, step)
+    run.logger.log_table(f"{prefix}/confusion", ["true \\ predicted", *classes],
                          [[c, *scored["confusion"][i]] for i, c in enumerate(classes)], step)
     if test is not None:  # example test images with predictions, four of each class
         labels_all = data.test_set.labels[data.test_indices]

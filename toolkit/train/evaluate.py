@@ -47,7 +47,7 @@ def evaluate_classifier(model, loader, accelerator, num_classes: int, mean, std,
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2)
         if keep_predictions:
             kept_probabilities.append(log_probs.exp().cpu())
-            kept_labels.append(labels.cpu())
+            kept_labels.append(labels.cpu().clone())  # FFCV reuses its batch buffers
     confusion = accelerator.reduce(confusion, reduction="sum")
     loss_sum = accelerator.reduce(loss_sum, reduction="sum")
     model.train(was_training)

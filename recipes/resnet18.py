@@ -1,0 +1,133 @@
+"""The study's ImageNet-pretrained ResNet18 on the Intel scenes (STUDY.md, Part 1, model B).
+
+The study meant to freeze the backbone, but a typo left every layer trainable: what ran, and
+what this recipe does by default, is full fine-tuning with Adam at lr 1e-5.
+
+    accelerate launch recipes/resnet18.py                         # study settings, ImageNet weights
+    accelerate launch recipes/resnet18.py --weights=resnet18.pth  # offline: a local state dict
+    accelerate launch recipes/resnet18.py --weights=none --lr=1e-3  # from scratch
+    accelerate launch recipes/resnet18.py --freeze_backbone       # what the study meant: train the head only
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from toolkit.config import check_non_negative, check_positive
+from toolkit.data.augment import (IMAGENET_MEAN, IMAGENET_STD, STUDY_MEAN, STUDY_STD, normalize, random_flip,
+                                  step_generator)
+from toolkit.data.classification import load_classification_data
+from toolkit.data.loaders import make_loader, shard_indices
+from toolkit.models.resnet import freeze_backbone, resnet18_classifier
+from toolkit.models.weights import load_resnet18_weights
+from toolkit.run import ClassificationDataSettings, RunSettings, run_recipe, start_run
+from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.train.classifier import TrainingMeter, finish_classifier_run, validate
+
+
+@dataclass
+class Config(ClassificationDataSettings, RunSettings):
+    weights: str = "imagenet"  # 'imagenet' (torchvision download), 'none', 'auto' (imagenet else none), or a state-dict path
+    freeze_backbone: bool = False  # train only the new head (the study's intent; not what it ran)
+    normalization: Literal["study", "imagenet"] = "study"  # study: mean/std 0.5 as the study ran; imagenet: the weights' own
+    epochs: int = 4  # passes over the training images
+    batch_size: int = 50  # images per iteration, per process
+    eval_batch_size: int = 250  # images per evaluation batch
+    lr: float = 1e-5  # Adam learning rate
+    weight_decay: float = 1e-2  # Adam weight decay (L2)
+    channels_last: bool = True  # NHWC memory: measured faster for convolutions on CPU and GPU
+
+
+def main(cfg: Config) -> dict:
+    check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
+    check_non_negative(cfg, "weight_decay")
+    run = start_run(cfg, "resnet18")
+    accelerator, say = run.accelerator, run.say
+    rank, world = accelerator.process_index, accelerator.num_processes
+    with accelerator.main_process_first():  # the first process writes the .beton files; the others reuse them
+        data = load_classification_data(cfg.data, cfg.train_split, cfg.test_split, cfg.val_fraction,
+                                         cfg.holdout_fraction, cfg.seed, cfg.store_size or cfg.resolution,
+                                         cfg.storage, cfg.cache_dir or None, cfg.drop_conflicting_duplicates,
+                                         cfg.max_train_images, cfg.num_workers, log=say)
+    say(f"[data] {data.describe()}")
+
+    spec = {"name": "resnet18_classifier", "kwargs": {"num_classes": len(data.classes)}}
+    model = resnet18_classifier(**spec["kwargs"])
+    weights_used = "from checkpoint"
+    if not run.resume_from:  # a resumed run gets its weights from the checkpoint
+        weights_used = load_resnet18_weights(model, cfg.weights)
+        say(f"[model] ResNet18 weights: {weights_used}")
+    if cfg.freeze_backbone:
+        say(f"[model] froze {freeze_backbone(model)} backbone tensors; training the head only")
+    mean, std = (STUDY_MEAN, STUDY_STD) if cfg.normalization == "study" else (IMAGENET_MEAN, IMAGENET_STD)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+    train_loader = make_loader(data.train_set, data.train_indices, cfg.batch_size, train=True,
+                               resolution=cfg.resolution, device=device, seed=cfg.seed,
+                               distributed=world > 1, num_workers=cfg.num_workers)
+    val_loader = make_loader(data.train_set, shard_indices(data.val_indices, rank, world), cfg.eval_batch_size,
+                             train=False, resolution=cfg.resolution, device=device, num_workers=cfg.num_workers)
+    preprocessing = {"resolution": cfg.resolution, "mean": mean, "std": std}
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0, "model": spec["name"],
+             "model_spec": spec, "classes": data.classes, "preprocessing": preprocessing, "recipe": "resnet18",
+             "weights": weights_used}
+    if run.resume_from:
+        state.update(load_checkpoint(accelerator, run.resume_from, {"model": spec["name"], "classes": data.classes}))
+        say(f"[run] resumed from {run.resume_from} at iteration {state['step']}")
+    step, total_steps = state["step"], cfg.epochs * len(train_loader)
+    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    meter = TrainingMeter(accelerator)
+
+    model.train()
+    start_epoch, skip = state["epoch"], state["batch_in_epoch"]
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= last_step:
+            break
+        train_loader.next_epoch = epoch  # FFCV's order for an epoch depends only on (seed, epoch)
+        tick = time.perf_counter()
+        for batch, (images, labels) in enumerate(train_loader):
+            if epoch == start_epoch and batch < skip:
+                continue  # resumed mid-epoch: replay the same order, skip what was already trained on
+            step += 1
+            images = random_flip(images, step_generator(device, cfg.seed, step, rank))
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    logits = model(normalize(images, mean, std))
+                loss = F.cross_entropy(logits.float(), labels)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            meter.add(loss, logits, labels, time.perf_counter() - tick)
+            finished_epoch = batch + 1 == len(train_loader)
+            state.update(step=step, epoch=epoch + finished_epoch, batch_in_epoch=0 if finished_epoch else batch + 1)
+
+            evaluate_now = cfg.eval_every and step % cfg.eval_every == 0
+            checkpoint_now = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+            if step % cfg.log_every == 0 or evaluate_now or checkpoint_now or step == last_step:
+                metrics = meter.flush(step)  # raises TrainingDiverged on a NaN/inf loss, before any save
+                metrics.update(epoch=epoch + (batch + 1) / len(train_loader), lr=optimizer.param_groups[0]["lr"])
+                state["train_seconds"] += metrics["seconds"]
+                run.logger.log(metrics, step)
+            if evaluate_now and step != last_step:
+                validate(run, model, val_loader, data.classes, preprocessing, step, meter)
+            if checkpoint_now and step != last_step and accelerator.sync_gradients:
+                save_checkpoint(accelerator, run.run_dir, step, state, cfg.keep_checkpoints)
+            if step >= last_step:
+                break
+            tick = time.perf_counter()
+        skip = 0
+
+    return finish_classifier_run(run, model, data, val_loader, state, cfg.eval_batch_size, cfg.num_workers,
+                                 cfg.keep_checkpoints, meter)
+
+
+if __name__ == "__main__":
+    run_recipe(main, Config)

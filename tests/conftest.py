@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny synthetic datasets, an isolated cache, offline W&B, recipe loading."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One .beton cache for the whole session, so tests share what earlier tests wrote."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(cache_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("SCENE_TOOLKIT_CACHE", str(cache_dir))
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # tests that check W&B ask for offline themselves
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # runs/ folders land in the test's own directory
+    yield
+    _reset_accelerate()
+
+
+def _reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons; each in-process recipe run starts clean."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def tiny_intel(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the Intel layout: 6 classes x 16 train, x 6 test, 12 unlabeled."""
+    from toolkit.data.synthetic import write_synthetic_scenes
+
+    return write_synthetic_scenes(tmp_path_factory.mktemp("tiny-intel"), train_per_class=16, test_per_class=6,
+                                  pred_images=12, size=64)
+
+
+def load_recipe(name: str):
+    """Import recipes/<name>.py as a module (with its folder on sys.path, as when run as a script)."""
+    if str(RECIPES) not in sys.path:
+        sys.path.insert(0, str(RECIPES))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(args: list[str], env: dict | None = None, timeout: int = 600, cwd: Path | None = None):
+    """Run a command with this interpreter's environment; returns CompletedProcess (text)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
+
+
+TINY_CLASSIFIER = ["--epochs=2", "--resolution=32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=4",
+                   "--checkpoint_every=3", "--num_workers=1", "--log_every=1"]

@@ -1,0 +1,67 @@
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from toolkit.config import check_fraction, check_positive, config_help, field_comments, parse_config
+from toolkit.errors import ConfigError
+
+
+@dataclass
+class Base:
+    seed: int = 0  # the seed
+
+
+@dataclass
+class Example(Base):
+    lr: float = 1e-3  # learning rate
+    epochs: int = 3  # passes
+    name: str = "run"  # a name
+    flip: bool = True  # flip images
+    mode: Literal["a", "b"] = "a"  # a choice
+
+
+def test_defaults_and_overrides():
+    cfg = parse_config(Example, ["--lr=0.5", "--epochs", "7", "--name=x", "--flip=false", "--mode=b", "--seed=3"])
+    assert (cfg.lr, cfg.epochs, cfg.name, cfg.flip, cfg.mode, cfg.seed) == (0.5, 7, "x", False, "b", 3)
+    assert parse_config(Example, []) == Example()
+    assert parse_config(Example, ["--flip"]).flip is True
+    assert parse_config(Example, ["--epochs=1", "--epochs=2"]).epochs == 2  # the last one wins
+
+
+def test_unknown_key_names_valid_keys_and_suggests():
+    with pytest.raises(ConfigError) as error:
+        parse_config(Example, ["--epoch=3"])
+    message = str(error.value)
+    assert "--epoch" in message and "Did you mean --epochs?" in message and "lr, epochs" in message
+
+
+@pytest.mark.parametrize("argument, expected", [
+    ("--epochs=1.5", "whole number"), ("--lr=fast", "expects a number"), ("--flip=maybe", "true or false"),
+    ("--mode=c", "not one of a, b"), ("--epochs", "needs a value"), ("stray", "unexpected argument"),
+])
+def test_wrong_values_are_explained(argument, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(Example, [argument])
+
+
+def test_help_lists_every_key_with_default_and_comment(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(Example, ["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for line in ("--lr", "0.001", "learning rate", "--seed", "the seed", "'a' | 'b'"):
+        assert line in text
+    assert field_comments(Example) == {"seed": "the seed", "lr": "learning rate", "epochs": "passes",
+                                       "name": "a name", "flip": "flip images", "mode": "a choice"}
+    assert "usage: train.py" in config_help(Example, "train.py")
+
+
+def test_range_checks():
+    check_positive(Example(), "lr", "epochs")
+    with pytest.raises(ConfigError, match="--lr must be greater than 0, got -1"):
+        check_positive(Example(lr=-1), "lr")
+    with pytest.raises(ConfigError, match="--epochs must be greater than 0"):
+        check_positive(Example(epochs=0), "epochs")
+    with pytest.raises(ConfigError, match="below 1"):
+        check_fraction(Example(lr=1.0), "lr")

@@ -1,0 +1,65 @@
+"""Metrics against hand-computed cases, and evaluate_classifier against a direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from toolkit.data.augment import normalize
+from toolkit.data.beton import cached_beton
+from toolkit.data.folders import scan_labeled_folder
+from toolkit.data.loaders import make_loader
+from toolkit.models.cnn import SceneCNN
+from toolkit.train.evaluate import classification_metrics, evaluate_classifier, expected_calibration_error
+
+
+def test_metrics_from_a_known_confusion_matrix():
+    confusion = np.array([[8, 2, 0],   # true 0: 8 right, 2 called class 1
+                          [1, 3, 0],   # true 1
+                          [0, 0, 0]])  # class 2 never appears
+    metrics = classification_metrics(confusion, loss_sum=7.0)
+    assert metrics["n"] == 14 and metrics["loss"] == pytest.approx(0.5)
+    assert metrics["accuracy"] == pytest.approx(11 / 14)
+    assert metrics["per_class_accuracy"][:2] == pytest.approx([0.8, 0.75])
+    assert np.isnan(metrics["per_class_accuracy"][2])  # no samples: not a fake 0
+    assert metrics["precision"][:2] == pytest.approx([8 / 9, 3 / 5])
+    assert metrics["f1"][0] == pytest.approx(2 * (8 / 9) * 0.8 / (8 / 9 + 0.8))
+    assert metrics["per_class_correct"] == [8, 3, 0] and metrics["per_class_total"] == [10, 4, 0]
+
+
+def test_expected_calibration_error_known_case():
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    labels = np.array([0, 1, 0, 0])  # confidence-0.9 bin: 50% right; 0.6 bin: 100% right
+    ece, table = expected_calibration_error(probabilities, labels, bins=10)
+    assert ece == pytest.approx(0.5 * abs(0.9 - 0.5) + 0.5 * abs(0.6 - 1.0))
+    assert sum(table["count"]) == 4
+
+
+def test_evaluate_classifier_equals_a_direct_computation(tiny_intel, cache_dir):
+    listing = scan_labeled_folder(tiny_intel / "seg_test")
+    stored = cached_beton("eval", listing.root, listing.files, listing.labels, listing.classes, 32,
+                          cache_dir=cache_dir)
+    indices = np.arange(stored.num_samples)
+    loader = make_loader(stored, indices, 7, train=False, resolution=32, device=torch.device("cpu"),
+                         num_workers=1)  # 36 images in batches of 7: the last batch is partial
+    torch.manual_seed(0)
+    model = SceneCNN(num_classes=6, width=4, image_size=32)
+    model.train()  # evaluate must switch to eval mode itself and switch back
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    metrics = evaluate_classifier(model, loader, accelerator, 6, (0.5,) * 3, (0.5,) * 3, keep_predictions=True)
+    assert model.training
+
+    images = torch.stack([torch.from_numpy(__import__("toolkit.data.images", fromlist=["x"]).load_rgb(f, 32))
+                          for f in listing.files]).permute(0, 3, 1, 2)
+    labels = torch.tensor(listing.labels)
+    model.eval()
+    with torch.no_grad():
+        logits = model(normalize(images))
+    assert metrics["n"] == 36
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert np.allclose(metrics["probabilities"], logits.softmax(1).numpy(), atol=1e-5)
+    assert metrics["labels"].tolist() == listing.labels

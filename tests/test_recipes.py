@@ -1,0 +1,115 @@
+"""The classifier recipes end to end on tiny synthetic data: run directories, W&B, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import RECIPES, ROOT, TINY_CLASSIFIER, load_recipe, run_script
+from toolkit.config import parse_config
+
+
+def run_in_process(name: str, args: list[str]) -> dict:
+    recipe = load_recipe(name)
+    return recipe.main(parse_config(recipe.Config, args))
+
+
+def final_weights(run_dir: Path) -> dict:
+    newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    return load_file(newest / "model.safetensors")
+
+
+def test_cnn_recipe_writes_a_complete_run(tiny_intel, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "run"
+    summary = run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", *TINY_CLASSIFIER])
+    assert summary["test_split"] == "seg_test" and summary["test_images"] == 36
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["steps"] == 2 * (84 // 16)  # 96 images - 12 for validation, batches of 16
+    for name in ("config.json", "metrics.jsonl", "summary.json", "plots/learning_curves.png", "plots/confusion.png",
+                 "plots/per_class_accuracy.png", "plots/test_examples.png", "tables/test_per_class.json"):
+        assert (run_dir / name).is_file(), name
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 11))
+    assert any("val/accuracy" in r and "train/accuracy_running" in r for r in records)
+    assert all(r["train/images_per_s"] > 0 for r in records if "train/images_per_s" in r)
+    state = json.loads((sorted((run_dir / "checkpoints").glob("step-*"))[-1] / "trainer_state.json").read_text())
+    assert state["classes"] == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
+    assert state["model_spec"]["name"] == "SceneCNN" and state["preprocessing"]["resolution"] == 32
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    assert json.loads((run_dir / "config.json").read_text())["width"] == 4
+
+
+def test_resnet18_recipe_runs_and_records_its_weights(tiny_intel, tmp_path):
+    summary = run_in_process("resnet18", [f"--data={tiny_intel}", f"--run_dir={tmp_path / 'r'}", "--weights=none",
+                                          "--max_steps=3", "--lr=1e-3", *TINY_CLASSIFIER])
+    assert summary["steps"] == 3 and summary["weights"] == "random initialisation"
+    assert (tmp_path / "r" / "summary.json").is_file()
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_intel, tmp_path):
+    common = [f"--data={tiny_intel}", "--width=4", "--dropout=0.5", *TINY_CLASSIFIER]
+    whole = run_in_process("cnn", [*common, f"--run_dir={tmp_path / 'whole'}"])
+    run_in_process("cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=5"])  # stops mid-epoch 2
+    resumed = run_in_process("cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["test_loss"] == whole["test_loss"]
+
+
+def test_compare_classifiers_writes_the_side_by_side_table(tiny_intel, tmp_path):
+    run_dir = tmp_path / "cmp"
+    tiny = "--batch_size=16 --eval_batch_size=32"
+    summaries = run_in_process("compare_classifiers", [
+        f"--data={tiny_intel}", f"--run_dir={run_dir}", "--max_steps=2", "--resnet_weights=none", "--resolution=32",
+        "--num_workers=1", f"--cnn_args={tiny} --width=4", f"--resnet_args={tiny}"])
+    table = (run_dir / "comparison.md").read_text()
+    assert "| class | CNN | ResNet18 |" in table and "| overall |" in table and "| test loss |" in table
+    assert set(summaries) == {"CNN", "ResNet18"}
+    assert (run_dir / "plots" / "per_class_comparison.png").is_file()
+    # reading finished runs instead of training
+    again = run_in_process("compare_classifiers", [f"--data={tiny_intel}", f"--run_dir={tmp_path / 'cmp2'}",
+                                                   f"--cnn_run={run_dir / 'cnn'}", f"--resnet_run={run_dir / 'resnet18'}"])
+    assert again["CNN"]["test_accuracy"] == summaries["CNN"]["test_accuracy"]
+
+
+def test_compare_checks_sub_recipe_options_before_training(tiny_intel, tmp_path):
+    from toolkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Did you mean --width"):
+        run_in_process("compare_classifiers", [f"--data={tiny_intel}", f"--run_dir={tmp_path}", "--cnn_args=--widht=3"])
+    assert not (tmp_path / "cnn").exists()
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("--lr=-1", "--lr must be greater than 0"),
+    ("--batch_size=0", "--batch_size must be greater than 0"),
+    ("--epohcs=3", "Did you mean --epochs?"),
+    ("--width=wide", "--width expects a whole number"),
+    ("--data=/definitely/missing", "does not exist"),
+])
+def test_bad_command_lines_get_one_line_errors(argument, message, tmp_path):
+    result = run_script([sys.executable, str(RECIPES / "cnn.py"), argument, f"--run_dir={tmp_path / 'x'}"])
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_every_key(tmp_path):
+    result = run_script([sys.executable, str(RECIPES / "resnet18.py"), "--help"])
+    assert result.returncode == 0
+    for key in ("--weights", "--lr", "--resume", "--wandb_mode", "--holdout_fraction", "Adam learning rate"):
+        assert key in result.stdout
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_a_recipe(tiny_intel, tmp_path):
+    result = run_script(["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"),
+                         str(RECIPES / "cnn.py"), f"--data={tiny_intel}", f"--run_dir={tmp_path / 'launched'}",
+                         "--width=4", "--max_steps=2", *TINY_CLASSIFIER],
+                        env={"PATH": str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"]})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "launched" / "summary.json").is_file()

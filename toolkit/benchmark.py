@@ -1,0 +1,286 @@
+"""`toolkit benchmark`: what this machine does with the toolkit, measured in one run.
+
+Sections (all by default):
+    ceiling   fp32 (and bf16) matmul GFLOP/s: the practical arithmetic ceiling of these cores
+    loaders   the study's loader (ImageFolder + PIL resize + flip, DataLoader) vs FFCV loaders
+              (raw pixels at the training size; JPEG at full size decoded and resized), img/s,
+              ratios against the study's loader, and FFCV start-up (compilation) time
+    steps     training-step throughput per model, memory format and mixed precision, achieved
+              GFLOP/s and its share of the matmul ceiling
+    pipeline  the real loop (FFCV loader + CNN step): share of step time spent waiting for data
+    compile   torch.compile: compile time against the step-time gain
+Everything is printed as tables and written to one JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SECTIONS = ("ceiling", "loaders", "steps", "pipeline", "compile")
+
+
+def machine_description() -> dict:
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    from toolkit.train.precision import cpu_has_native_bf16
+
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "native_bf16": cpu_has_native_bf16(), "python": platform.python_version()}
+
+
+def _timed(action, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
+    """Seconds per call of `action`, after one warm-up call."""
+    action()
+    repeats, started = 0, time.perf_counter()
+    while repeats < min_repeats or time.perf_counter() - started < min_seconds:
+        action()
+        repeats += 1
+    return (time.perf_counter() - started) / repeats
+
+
+def measure_matmul(size: int = 2048, dtype=torch.float32) -> float:
+    """GFLOP/s of a size x size matmul on the CPU."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    return 2 * size**3 / _timed(lambda: a @ b) / 1e9
+
+
+def measure_study_loader(folder: Path, resolution: int, batch_size: int, num_workers: int, images: int) -> dict:
+    """The study's pipeline: ImageFolder, PIL Resize((r, r)), flip, ToTensor, Normalize; DataLoader."""
+    import torchvision
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.Resize((resolution, resolution)), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    dataset = torchvision.datasets.ImageFolder(str(folder), transform=transform)
+    subset = Subset(dataset, np.random.default_rng(0).permutation(len(dataset))[:images].tolist())
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                        persistent_workers=False)
+    started = time.perf_counter()
+    iterator = iter(loader)
+    next(iterator)  # worker start-up and the first batch are not steady state
+    first = time.perf_counter()
+    count = sum(batch[0].shape[0] for batch in iterator)
+    elapsed = time.perf_counter() - first
+    return {"images_per_s": count / elapsed, "startup_s": first - started, "images": count}
+
+
+def measure_ffcv_loader(stored, indices, resolution: int, batch_size: int, num_workers: int,
+                        with_transforms: bool = True) -> dict:
+    from toolkit.data.augment import normalize, random_flip, step_generator
+    from toolkit.data.loaders import make_loader
+
+    started = time.perf_counter()
+    loader = make_loader(stored, indices, batch_size, train=True, resolution=resolution,
+                         device=torch.device("cpu"), num_workers=num_workers)
+    iterator = iter(loader)
+    next(iterator)  # FFCV compiles its pipeline with numba on the first batch
+    first = time.perf_counter()
+    count = 0
+    for step, (images, _) in enumerate(iterator):
+        if with_transforms:  # the same work as the study's pipeline: flip and normalise every image
+            normalize(random_flip(images, step_generator(images.device, 0, step)))
+        count += images.shape[0]
+    elapsed = time.perf_counter() - first
+    return {"images_per_s": count / elapsed, "startup_s": first - started, "images": count}
+
+
+def measure_train_step(build, batch_size: int, resolution: int, precision: str, channels_last: bool,
+                       steps: int) -> dict:
+    """Images/s and achieved GFLOP/s of forward + backward + Adam on random inputs."""
+    from toolkit.models.summary import forward_flops
+
+    torch.manual_seed(0)
+    model = build()
+    flops = forward_flops(model, (3, resolution, resolution))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.randn(batch_size, 3, resolution, resolution).to(memory_format=memory_format)
+    labels = torch.randint(0, 6, (batch_size,))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = _timed(step, min_seconds=0.0, min_repeats=steps)
+    # backward costs about twice the forward: 3x forward FLOPs per image per step
+    return {"images_per_s": batch_size / seconds, "gflop_per_s": 3 * flops * batch_size / seconds / 1e9,
+            "step_s": seconds, "forward_gflop_per_image": flops / 1e9}
+
+
+def measure_data_wait(stored, indices, resolution: int, batch_size: int, num_workers: int, steps: int) -> dict:
+    """Run the CNN recipe's step on FFCV batches: how much of each step is spent waiting for data."""
+    from toolkit.data.augment import STUDY_MEAN, STUDY_STD, normalize, random_flip, step_generator
+    from toolkit.data.loaders import make_loader
+    from toolkit.models.cnn import SceneCNN
+
+    torch.manual_seed(0)
+    model = SceneCNN(image_size=resolution).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=9e-4)
+    loader = make_loader(stored, indices, batch_size, train=True, resolution=resolution,
+                         device=torch.device("cpu"), num_workers=num_workers)
+    iterator = iter(loader)
+    next(iterator)
+    waiting = computing = 0.0
+    done = 0
+    while done < steps:
+        before = time.perf_counter()
+        try:
+            images, labels = next(iterator)
+        except StopIteration:
+            iterator = iter(loader)
+            continue
+        fetched = time.perf_counter()
+        images = random_flip(images, step_generator(images.device, 0, done))
+        loss = F.cross_entropy(model(normalize(images, STUDY_MEAN, STUDY_STD)), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        waiting += fetched - before
+        computing += time.perf_counter() - fetched
+        done += 1
+    return {"data_wait_share": waiting / (waiting + computing), "steps": done,
+            "images_per_s": done * batch_size / (waiting + computing)}
+
+
+def measure_compile(batch_size: int, resolution: int, steps: int) -> dict:
+    """torch.compile on the study CNN: one-off compile time against seconds saved per step."""
+    from toolkit.models.cnn import SceneCNN
+
+    results = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = SceneCNN(image_size=resolution).to(memory_format=torch.channels_last).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=9e-4)
+        runnable = torch.compile(model) if compiled else model
+        images = torch.randn(batch_size, 3, resolution, resolution).to(memory_format=torch.channels_last)
+        labels = torch.randint(0, 6, (batch_size,))
+
+        def step():
+            F.cross_entropy(runnable(images), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        started = time.perf_counter()
+        step()  # compiles when compiled
+        first = time.perf_counter() - started
+        seconds = _timed(step, min_seconds=0.0, min_repeats=steps)
+        results["compiled" if compiled else "eager"] = {"first_step_s": first, "step_s": seconds}
+    saved = results["eager"]["step_s"] - results["compiled"]["step_s"]
+    overhead = results["compiled"]["first_step_s"] - results["eager"]["first_step_s"]
+    results["speedup"] = results["eager"]["step_s"] / results["compiled"]["step_s"]
+    results["break_even_steps"] = overhead / saved if saved > 0 else None
+    return results
+
+
+def _print_table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps: int, num_workers: int) -> dict:
+    from toolkit.data.beton import cached_beton
+    from toolkit.data.classification import find_data_root
+    from toolkit.data.folders import find_split, scan_labeled_folder
+    from toolkit.errors import UserError
+    from toolkit.models.cnn import SceneCNN
+    from toolkit.models.resnet import resnet18_classifier
+
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise UserError(f"unknown benchmark sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    sections = sections or list(SECTIONS)
+    torch.set_num_threads(os.cpu_count() or 1)
+    results = {"machine": machine_description(), "command": "toolkit benchmark", "sections": sections}
+    print(f"[benchmark] {results['machine']}")
+
+    ceiling = measure_matmul()
+    results["ceiling"] = {"fp32_matmul_gflop_per_s": ceiling}
+    if "ceiling" in sections:
+        results["ceiling"]["bf16_matmul_gflop_per_s"] = measure_matmul(dtype=torch.bfloat16)
+        _print_table("matmul 2048x2048 (the arithmetic ceiling)", ["dtype", "GFLOP/s"],
+                     [["fp32", ceiling], ["bf16", results["ceiling"]["bf16_matmul_gflop_per_s"]]])
+
+    root, synthetic = find_data_root(data)
+    results["data"] = {"root": str(root), "synthetic": synthetic}
+    needs_data = {"loaders", "pipeline"} & set(sections)
+    if needs_data:
+        folder = find_split(root, "seg_train")
+        listing = scan_labeled_folder(folder)
+        chosen = np.sort(np.random.default_rng(0).permutation(len(listing.files))[:images])
+        files, labels = [listing.files[i] for i in chosen], [listing.labels[i] for i in chosen]
+        raw = cached_beton("bench", listing.root, files, labels, listing.classes, store_size=80, storage="raw")
+        everything = np.arange(raw.num_samples)
+
+    if "loaders" in sections:
+        jpg = cached_beton("bench", listing.root, files, labels, listing.classes, store_size=150, storage="jpg")
+        study = measure_study_loader(folder, 80, 120, num_workers, images)
+        loaders = {
+            "study: ImageFolder + PIL resize + flip + normalise": study,
+            "FFCV raw@80 + flip + normalise": measure_ffcv_loader(raw, everything, 80, 120, num_workers),
+            "FFCV JPEG@150 -> 80 + flip + normalise": measure_ffcv_loader(jpg, everything, 80, 120, num_workers),
+            "FFCV raw@80, loader alone": measure_ffcv_loader(raw, everything, 80, 120, num_workers, False),
+            "FFCV JPEG@150 -> 80, loader alone": measure_ffcv_loader(jpg, everything, 80, 120, num_workers, False),
+        }
+        for result in loaders.values():
+            result["ratio_vs_study"] = result["images_per_s"] / study["images_per_s"]
+        results["loaders"] = loaders
+        _print_table(f"loaders: {len(files)} images -> 80x80 batches of 120, {num_workers} workers, same cores",
+                     ["loader", "img/s", "x study", "start-up s"],
+                     [[k, v["images_per_s"], v["ratio_vs_study"], v["startup_s"]] for k, v in loaders.items()])
+
+    if "steps" in sections:
+        rows, step_results = [], {}
+        models = {"SceneCNN (study CNN)": (lambda: SceneCNN(), 120), "ResNet18": (lambda: resnet18_classifier(), 50)}
+        for name, (build, batch) in models.items():
+            for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
+                # bf16 without hardware support is ~10x slower: time fewer steps
+                n = steps if precision == "fp32" or results["machine"]["native_bf16"] else max(2, steps // 4)
+                r = measure_train_step(build, batch, 80, precision, channels_last, n)
+                r["share_of_ceiling"] = r["gflop_per_s"] / ceiling
+                label = f"{precision} {'channels_last' if channels_last else 'NCHW'}"
+                step_results[f"{name} | {label}"] = r
+                rows.append([name, label, batch, r["images_per_s"], r["gflop_per_s"], r["share_of_ceiling"]])
+        results["steps"] = step_results
+        _print_table("training steps at 80x80 (forward + backward + Adam)",
+                     ["model", "setting", "batch", "img/s", "GFLOP/s", "of fp32 ceiling"], rows)
+
+    if "pipeline" in sections:
+        wait = measure_data_wait(raw, everything, 80, 120, num_workers, steps)
+        results["pipeline"] = wait
+        _print_table("the real loop (FFCV raw@80 + study CNN step)", ["data wait share", "img/s"],
+                     [[wait["data_wait_share"], wait["images_per_s"]]])
+
+    if "compile" in sections:
+        compiled = measure_compile(120, 80, steps)
+        results["compile"] = compiled
+        _print_table("torch.compile on the study CNN (batch 120, 80x80)", ["mode", "first step s", "step s"],
+                     [[k, v["first_step_s"], v["step_s"]] for k, v in compiled.items() if isinstance(v, dict)])
+        print(f"speed-up {compiled['speedup']:.2f}x; compile pays for itself after "
+              f"{compiled['break_even_steps'] and round(compiled['break_even_steps'])} steps")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\n[benchmark] results written to {out}")
+    return results
