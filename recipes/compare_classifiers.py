@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import cnn  # the sibling recipes: this file's folder is on sys.path when it runs as a script
 import resnet18
 
-from toolkit.config import parse_config
+from toolkit.config import derive_config, field_names
 from toolkit.errors import UserError
 from toolkit.plots import plot_grouped_bars
 from toolkit.run import ClassificationDataSettings, RunSettings, run_recipe, start_run
@@ -42,21 +41,6 @@ class Config(ClassificationDataSettings, RunSettings):
     resnet_weights: str = "auto"  # ResNet18 start: 'imagenet', 'auto' (imagenet, else random, said loudly), 'none', a path
     cnn_args: str = ""  # extra options for recipes/cnn.py, e.g. "--epochs=2 --batch_size=60"
     resnet_args: str = ""  # extra options for recipes/resnet18.py, e.g. "--lr=1e-4"
-
-
-def _sub_config(recipe_config: type, cfg: Config, run_dir: Path, extra_args: str, **overrides):
-    """The sub-recipe's config: its own defaults, the shared data and run keys taken from ours,
-    then its own options from --cnn_args / --resnet_args (checked against its keys)."""
-    shared = {field.name for field in dataclasses.fields(ClassificationDataSettings)}
-    shared |= {field.name for field in dataclasses.fields(RunSettings)} - {"run_dir"}
-    values = {name: getattr(cfg, name) for name in shared}
-    own = parse_config(recipe_config, shlex.split(extra_args))
-    values |= {name: getattr(own, name) for name in _given_keys(extra_args)}
-    return recipe_config(**{**values, **overrides, "run_dir": str(run_dir)})
-
-
-def _given_keys(extra_args: str) -> list[str]:
-    return [arg[2:].split("=", 1)[0].replace("-", "_") for arg in shlex.split(extra_args) if arg.startswith("--")]
 
 
 def _finished_summary(run_dir: Path) -> dict | None:
@@ -117,7 +101,8 @@ def main(cfg: Config) -> dict:
     summaries = {}
     jobs = (("CNN", cnn, cfg.cnn_run, cfg.cnn_args, {}),
             ("ResNet18", resnet18, cfg.resnet_run, cfg.resnet_args, {"weights": cfg.resnet_weights}))
-    configs = {label: _sub_config(module.Config, cfg, base / module.__name__, extra, **overrides)
+    shared = field_names(ClassificationDataSettings, RunSettings) - {"run_dir"}
+    configs = {label: derive_config(module.Config, cfg, shared, extra, run_dir=str(base / module.__name__), **overrides)
                for label, module, given, extra, overrides in jobs if not given}  # bad options fail before training
     for label, module, given, _, _ in jobs:
         recipe = module.__name__

@@ -26,7 +26,8 @@ from toolkit.models.resnet import freeze_backbone, resnet18_classifier
 from toolkit.models.weights import load_resnet18_weights
 from toolkit.run import ClassificationDataSettings, RunSettings, run_recipe, start_run
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
-from toolkit.train.classifier import TrainingMeter, finish_classifier_run, validate
+from toolkit.train.classifier import finish_classifier_run, validate
+from toolkit.train.meter import TrainingMeter
 
 
 @dataclass
@@ -76,7 +77,7 @@ def main(cfg: Config) -> dict:
     val_loader = make_loader(data.train_set, shard_indices(data.val_indices, rank, world), cfg.eval_batch_size,
                              train=False, resolution=cfg.resolution, device=device, num_workers=cfg.num_workers)
     preprocessing = {"resolution": cfg.resolution, "mean": mean, "std": std}
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0, "model": spec["name"],
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "train_seconds": 0.0, "images_seen": 0, "model": spec["name"],
              "model_spec": spec, "classes": data.classes, "preprocessing": preprocessing, "recipe": "resnet18",
              "weights": weights_used}
     if run.resume_from:
@@ -105,7 +106,7 @@ def main(cfg: Config) -> dict:
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            meter.add(loss, logits, labels, time.perf_counter() - tick)
+            meter.add(loss, labels.shape[0], time.perf_counter() - tick, logits, labels)
             finished_epoch = batch + 1 == len(train_loader)
             state.update(step=step, epoch=epoch + finished_epoch, batch_in_epoch=0 if finished_epoch else batch + 1)
 
@@ -115,6 +116,7 @@ def main(cfg: Config) -> dict:
                 metrics = meter.flush(step)  # raises TrainingDiverged on a NaN/inf loss, before any save
                 metrics.update(epoch=epoch + (batch + 1) / len(train_loader), lr=optimizer.param_groups[0]["lr"])
                 state["train_seconds"] += metrics["seconds"]
+                state["images_seen"] += metrics["images"]
                 run.logger.log(metrics, step)
             if evaluate_now and step != last_step:
                 validate(run, model, val_loader, data.classes, preprocessing, step, meter)

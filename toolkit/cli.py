@@ -1,7 +1,9 @@
 """The `toolkit` command: everything that is not a training recipe.
 
-    toolkit data explore ROOT        images per class, examples, split balance (PNG + W&B)
-    toolkit benchmark                loader and training-step throughput, printed and as JSON
+    toolkit data explore ROOT                   images per class, examples, split balance (PNG + W&B)
+    toolkit benchmark                           loader and training-step throughput, printed and as JSON
+    toolkit denoise CHECKPOINT INPUT OUTPUT     denoise an image or a folder with a trained denoiser
+    toolkit benchmark-denoiser CHECKPOINT       PSNR/SSIM on clean references (McMaster) at sigma 15/25/50
 """
 
 from __future__ import annotations
@@ -48,6 +50,23 @@ def command_benchmark(args) -> None:
                   steps=args.steps, num_workers=args.num_workers)
 
 
+def command_denoise(args) -> None:
+    from toolkit.inference import denoise_files
+
+    denoise_files(args.checkpoint, args.input, args.output, args.sigma)
+
+
+def command_benchmark_denoiser(args) -> None:
+    from toolkit.denoising_benchmark import benchmark_denoiser, benchmark_table, write_benchmark
+
+    checkpoint = None if args.checkpoint == "none" else args.checkpoint
+    results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, nlm=args.nlm)
+    table = benchmark_table(results)
+    print("\n" + table)
+    write_benchmark({**results, "table": table}, Path(args.out))
+    print(f"results written to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description="scene-toolkit commands (training lives in recipes/)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="*", default=[], help="sections to run: loaders steps compile")
     bench.add_argument("--out", default="bench-results.json", help="where the JSON goes")
     bench.set_defaults(handler=command_benchmark)
+
+    den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
+    den.add_argument("checkpoint", help="a run directory or checkpoint of recipes/autoencoder.py")
+    den.add_argument("input", help="an image file or a folder of images")
+    den.add_argument("output", help="output file or folder (PNG, same size as the input)")
+    den.add_argument("--sigma", type=float, default=None,
+                     help="noise std of the input on the 0-255 scale (needed by noise-conditioned models)")
+    den.set_defaults(handler=command_denoise)
+
+    bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
+    bd.add_argument("checkpoint", help="a denoiser run directory or checkpoint ('none': baselines only)")
+    bd.add_argument("--clean", default="../shared/data/denoise/McMaster", help="folder of clean reference images")
+    bd.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50], help="noise std on the 0-255 scale")
+    bd.add_argument("--nlm", action="store_true", help="also score non-local means")
+    bd.add_argument("--out", default="denoiser-benchmark.json", help="where the JSON goes")
+    bd.set_defaults(handler=command_benchmark_denoiser)
     return parser
 
 

@@ -15,6 +15,7 @@ import difflib
 import inspect
 import io
 import json
+import shlex
 import tokenize
 import typing
 
@@ -171,3 +172,19 @@ def check_fraction(config, *names: str) -> None:
         value = getattr(config, name)
         if not 0 <= value < 1:
             raise ConfigError(f"--{name} must be at least 0 and below 1, got {value!r}")
+
+
+def derive_config(config_class: type, source, shared: typing.Iterable[str], extra_args: str = "", **overrides):
+    """A sub-recipe's config: its own defaults, the `shared` keys copied from `source`, then the options
+    in `extra_args` (a "--key=value ..." string, checked against config_class), then `overrides`."""
+    values = {name: getattr(source, name) for name in shared}
+    arguments = shlex.split(extra_args)
+    given = parse_config(config_class, arguments)
+    for argument in arguments:
+        name = argument[2:].partition("=")[0].replace("-", "_")
+        values[name] = getattr(given, name)
+    return config_class(**{**values, **overrides})
+
+
+def field_names(*config_classes: type) -> set[str]:
+    return {field.name for config_class in config_classes for field in dataclasses.fields(config_class)}

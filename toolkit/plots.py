@@ -104,3 +104,23 @@ def plot_lines(series: dict[str, list[tuple[float, float]]], path: Path, xlabel:
     axis.legend()
     axis.grid(alpha=0.3)
     return _save(figure, path)
+
+
+def plot_image_rows(rows: dict[str, list[np.ndarray]], path: Path, title: str = "", cell: float = 1.8) -> Path:
+    """A labelled row per entry (e.g. clean / noisy / each model), images (H, W, 3) uint8 side by side."""
+    columns = max(len(images) for images in rows.values())
+    figure, axes = plt.subplots(len(rows), columns, figsize=(cell * columns + 1.2, cell * len(rows) + 0.5),
+                                squeeze=False)
+    for row, (label, images) in enumerate(rows.items()):
+        for column in range(columns):
+            axis = axes[row, column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_visible(False)
+            if column < len(images):
+                axis.imshow(images[column])
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

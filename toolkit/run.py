@@ -44,6 +44,17 @@ class ClassificationDataSettings:
 
 
 @dataclass
+class DenoisingDataSettings:
+    data: str = DEFAULT_DATA  # a folder of images; 'synthetic' = built-in set
+    pool_split: str = "seg_pred"  # folder below --data whose images (labels ignored) are denoised; falls back to seg_train
+    image_size: int = 150  # images are squashed to image_size x image_size pixels
+    holdout_fraction: float = 0.1  # share of the pool held out as the test set (fixed seed)
+    val_fraction: float = 0.1  # share of the remaining images used for validation
+    max_train_images: int = 0  # >0: a random subset of this many training images (0 = all)
+    storage: Literal["raw", "jpg"] = "raw"  # .beton storage: raw pixels or JPEG
+
+
+@dataclass
 class RunSettings:
     seed: int = 0  # seeds model init, validation split, data order and augmentation
     run_dir: str = ""  # where the run writes; default runs/<recipe>-<date>-<time>
@@ -68,10 +79,14 @@ def check_run_settings(cfg) -> None:
     check_positive(cfg, "log_every", "num_workers", "grad_accumulation")
     if hasattr(cfg, "val_fraction"):
         check_fraction(cfg, "val_fraction", "holdout_fraction")
-        check_non_negative(cfg, "max_train_images", "store_size")
-        check_positive(cfg, "resolution")
+        check_non_negative(cfg, "max_train_images")
         if cfg.val_fraction == 0:
             raise ConfigError("--val_fraction must be above 0: validation drives the learning curves")
+    for name in ("resolution", "image_size"):
+        if hasattr(cfg, name):
+            check_positive(cfg, name)
+    if hasattr(cfg, "store_size"):
+        check_non_negative(cfg, "store_size")
 
 
 @dataclass

@@ -3,62 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import numpy as np
 import torch
 
 from toolkit.data.loaders import make_loader, shard_indices
-from toolkit.errors import TrainingDiverged
 from toolkit.plots import image_grid, plot_classifier_curves, plot_confusion, plot_grouped_bars
 from toolkit.train.checkpoint import latest_checkpoint, save_checkpoint
 from toolkit.train.evaluate import evaluate_classifier
-
-
-class TrainingMeter:
-    """Sums loss, correct predictions and time on the device between log lines (no sync per step)."""
-
-    def __init__(self, accelerator):
-        self.accelerator = accelerator
-        device = accelerator.device
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.steps = 0
-        self.images = 0
-        self.seconds = 0.0
-        self.correct = torch.zeros((), device=device, dtype=torch.int64)  # since the last validation
-        self.seen = torch.zeros((), device=device, dtype=torch.int64)
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, seconds: float) -> None:
-        self.loss_sum += loss.detach().double()
-        self.steps += 1
-        self.images += labels.shape[0]
-        self.seconds += seconds
-        self.correct += (logits.detach().argmax(dim=1) == labels).sum()
-        self.seen += labels.shape[0]
-
-    def flush(self, step: int) -> dict:
-        """Mean loss over all processes since the last flush, and throughput. Raises on NaN/inf."""
-        loss = self.accelerator.reduce(self.loss_sum, reduction="sum").item() / max(self.steps, 1)
-        loss /= self.accelerator.num_processes
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"the training loss became {loss} at iteration {step}; the run stopped before saving it, so the "
-                "newest checkpoint is still good. Lower --lr or use --mixed_precision=no, then --resume")
-        images = self.images * self.accelerator.num_processes
-        metrics = {"train/loss": loss, "train/images_per_s": images / max(self.seconds, 1e-9),
-                   "seconds": self.seconds}
-        self.loss_sum.zero_()
-        self.steps, self.images, self.seconds = 0, 0, 0.0
-        return metrics
-
-    def take_running_accuracy(self) -> float:
-        """Accuracy on the (augmented, train-mode) batches seen since the last call."""
-        correct = self.accelerator.reduce(self.correct, reduction="sum").item()
-        seen = self.accelerator.reduce(self.seen, reduction="sum").item()
-        self.correct.zero_()
-        self.seen.zero_()
-        return correct / seen if seen else float("nan")
+from toolkit.train.meter import TrainingMeter
 
 
 def evaluation_scalars(prefix: str, metrics: dict, classes: list[str]) -> dict:
@@ -100,6 +54,7 @@ def finish_classifier_run(run, model, data, val_loader, state: dict, eval_batch_
     resolution = preprocessing["resolution"]
     validation = validate(run, model, val_loader, classes, preprocessing, step, meter, flip_tta)
     summary = {"recipe": state["recipe"], "steps": step, "train_seconds": round(state["train_seconds"], 1),
+               "train_images_per_s": state["images_seen"] / max(state["train_seconds"], 1e-9),
                "val_accuracy": validation["accuracy"], "val_loss": validation["loss"], "data": data.describe(),
                "synthetic_data": data.synthetic, "classes": classes, "flip_tta": flip_tta,
                "val_per_class_accuracy": dict(zip(classes, validation["per_class_accuracy"])),

@@ -1,0 +1,55 @@
+"""The `toolkit` command: data exploration and the benchmark, on tiny data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_script
+from toolkit.cli import main as toolkit_main
+
+TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
+
+
+def test_explore_writes_counts_examples_and_split_balance(tiny_intel, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "explore"
+    assert toolkit_main(["data", "explore", str(tiny_intel), "--out", str(out)]) == 0
+    report = json.loads((out / "exploration.json").read_text())
+    assert report["counts"]["seg_train"] == {name: 16 for name in report["classes"]}
+    assert report["counts"]["seg_test"]["sea"] == 6 and report["counts"]["seg_pred"] == {"(unlabeled)": 12}
+    balance = report["split_balance"]
+    assert set(balance) == {"train", "validation"}  # seg_test exists: nothing is held out of training
+    assert sum(balance["validation"].values()) == 12 and sum(balance["train"].values()) == 84
+    for figure in ("class_counts.png", "examples.png", "split_balance.png"):
+        assert (out / figure).stat().st_size > 1000
+    assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_explore_on_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert toolkit_main(["data", "explore", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_benchmark_runs_on_tiny_data_and_writes_json(tiny_intel, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script([*TOOLKIT, "benchmark", "--data", str(tiny_intel), "--images", "48", "--steps", "1",
+                         "--only", "ceiling", "loaders", "steps", "pipeline", "--out", str(out)], timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    loaders = results["loaders"]
+    study = next(v for k, v in loaders.items() if k.startswith("study"))
+    assert study["ratio_vs_study"] == 1.0
+    assert all(v["images_per_s"] > 0 and v["startup_s"] >= 0 for v in loaders.values())
+    assert len(results["steps"]) == 6 and all(v["images_per_s"] > 0 for v in results["steps"].values())
+    assert 0 <= results["pipeline"]["data_wait_share"] <= 1
+    assert results["ceiling"]["fp32_matmul_gflop_per_s"] > 0
+    assert "x study" in result.stdout and "GFLOP/s" in result.stdout
+
+
+def test_benchmark_rejects_unknown_sections(tmp_path, capsys):
+    assert toolkit_main(["benchmark", "--only", "nonsense", "--out", str(tmp_path / "b.json")]) == 2
+    assert "unknown benchmark sections" in capsys.readouterr().err

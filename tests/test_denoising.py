@@ -1,0 +1,211 @@
+"""Noise, the study's autoencoders and the modern denoisers, metrics, the recipes and commands."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from safetensors.torch import load_file
+
+from test_recipes import run_in_process
+from toolkit.cli import main as toolkit_main
+from toolkit.data.augment import step_generator
+from toolkit.data.beton import cached_beton
+from toolkit.data.folders import scan_unlabeled_folder
+from toolkit.data.loaders import make_loader
+from toolkit.data.noise import add_gaussian_noise, draw_sigmas, random_crop, sigma_from_255
+from toolkit.errors import UserError
+from toolkit.models.autoencoders import STUDY_AUTOENCODERS, latent_shape, study_autoencoder
+from toolkit.models.denoisers import DnCNN, UNetDenoiser
+from toolkit.train.denoise import NoiseSpec, evaluate_denoiser, image_quality, seeded_noisy
+
+TINY_DENOISER = ["--image_size=48", "--batch_size=8", "--eval_batch_size=5", "--eval_every=3",
+                 "--checkpoint_every=2", "--num_workers=1", "--epochs=2", "--grid_images=2"]
+
+
+# ---- noise --------------------------------------------------------------------------------------------
+
+def test_unclipped_noise_has_the_requested_statistics():
+    clean = torch.full((4, 3, 64, 64), 0.5)
+    generator = step_generator(torch.device("cpu"), 0, 1)
+    noisy = add_gaussian_noise(clean, torch.full((4,), 0.1), generator, clip=False)
+    residual = noisy - clean
+    assert abs(residual.mean().item()) < 0.005 and abs(residual.std().item() - 0.1) < 0.005
+    assert noisy.shape == clean.shape  # height and width never swapped
+
+
+def test_clipped_noise_stays_in_range_and_per_image_sigmas_apply():
+    clean = torch.rand(2, 3, 32, 32)
+    generator = step_generator(torch.device("cpu"), 0, 1)
+    noisy = add_gaussian_noise(clean, torch.tensor([0.0, 0.3]), generator, clip=True)
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    assert torch.equal(noisy[0], clean[0])  # sigma 0: untouched
+    sigmas = draw_sigmas(1000, 0.05, 0.2, generator, torch.device("cpu"))
+    assert sigmas.min() >= 0.05 and sigmas.max() <= 0.2 and sigmas.std() > 0.03
+    assert sigma_from_255(25.5) == pytest.approx(0.1)
+
+
+def test_noise_is_seeded_and_fresh_each_step():
+    clean = torch.rand(2, 3, 16, 16)
+    sigma = torch.full((2,), 0.3)
+    device = torch.device("cpu")
+    first = add_gaussian_noise(clean, sigma, step_generator(device, 7, 1))
+    assert torch.equal(first, add_gaussian_noise(clean, sigma, step_generator(device, 7, 1)))
+    assert not torch.equal(first, add_gaussian_noise(clean, sigma, step_generator(device, 7, 2)))
+
+
+def test_evaluation_noise_depends_on_the_image_not_the_batch():
+    clean = torch.rand(4, 3, 16, 16)
+    noise = NoiseSpec(0.1, 0.2, clip=True, seed=3)
+    together, sigmas = seeded_noisy(clean, [10, 11, 12, 13], noise)
+    alone, sigma_alone = seeded_noisy(clean[2:3], [12], noise)
+    assert torch.equal(together[2], alone[0]) and sigmas[2] == sigma_alone[0]
+
+
+def test_random_crop_takes_one_window():
+    images = torch.arange(2 * 3 * 10 * 12, dtype=torch.float32).view(2, 3, 10, 12)
+    crop = random_crop(images, 4, step_generator(torch.device("cpu"), 0, 1))
+    assert crop.shape == (2, 3, 4, 4)
+    assert random_crop(images, 0, step_generator(torch.device("cpu"), 0, 1)) is images
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, latent", [("AE10", (128, 10, 10)), ("AE38", (32, 38, 38)), ("AE71", (32, 71, 71))])
+def test_study_autoencoders_match_the_spec(name, latent):
+    model = study_autoencoder(name)
+    assert latent_shape(model, 150) == latent
+    images = torch.rand(2, 3, 150, 150)
+    output = model(images)
+    assert output.shape == images.shape and output.min() >= 0 and output.max() <= 1  # Sigmoid output
+    ((output - images) ** 2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # at 150 x 150 the transposed convolutions pick exactly the study's output paddings
+    encoded, sizes = model.encode(images)
+    for position, (deconv, spec) in enumerate(zip(model.decoder, STUDY_AUTOENCODERS[name]["decoder"])):
+        padding = deconv._output_padding(encoded, sizes[-1 - position], list(deconv.stride), list(deconv.padding),
+                                         list(deconv.kernel_size), 2, list(deconv.dilation))
+        assert list(padding) == [spec[-1]] * 2
+        encoded = deconv(encoded, output_size=sizes[-1 - position])
+    # and any other size maps back to itself (for benchmarks on 500 x 500 images, odd sizes)
+    assert model(torch.rand(1, 3, 77, 131)).shape == (1, 3, 77, 131)
+
+
+@pytest.mark.parametrize("make", [lambda: UNetDenoiser(width=8, levels=3), lambda: DnCNN(depth=4, width=8),
+                                  lambda: UNetDenoiser(width=8, conditioned=True),
+                                  lambda: DnCNN(depth=3, width=8, conditioned=True)])
+def test_modern_denoisers_keep_size_and_train(make):
+    model = make()
+    noisy = torch.rand(2, 3, 45, 61)
+    output = model(noisy, torch.tensor([0.1, 0.2]))
+    assert output.shape == noisy.shape and torch.isfinite(output).all()
+    output.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_residual_denoisers_start_from_the_noisy_input():
+    model = UNetDenoiser(width=8)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    noisy = torch.rand(1, 3, 30, 30)
+    assert torch.allclose(model(noisy), noisy)
+    with pytest.raises(ValueError, match="pass sigmas"):
+        UNetDenoiser(width=8, conditioned=True)(noisy)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------
+
+def test_metrics_on_known_cases():
+    clean = torch.full((2, 3, 32, 32), 0.5)
+    same = image_quality(clean, clean)
+    assert same["mse"].tolist() == [0.0, 0.0] and torch.allclose(same["ssim"], torch.ones(2))
+    off = image_quality(clean + 0.1, clean)  # MSE 0.01 -> PSNR 20 dB
+    assert torch.allclose(off["mse"], torch.full((2,), 0.01)) and torch.allclose(off["psnr"], torch.full((2,), 20.0))
+    clamped = image_quality(clean + 1.0, clean)  # outputs are clamped to [0, 1] before scoring
+    assert torch.allclose(clamped["mse"], torch.full((2,), 0.25))
+
+
+def test_evaluate_denoiser_scores_baselines_on_the_same_noise_whatever_the_batch(tiny_intel, cache_dir):
+    files = scan_unlabeled_folder(tiny_intel / "seg_pred")
+    stored = cached_beton("den", tiny_intel / "seg_pred", files, None, None, 32, cache_dir=cache_dir)
+    ids = np.arange(stored.num_samples)
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    noise = NoiseSpec(0.2, 0.2, clip=False, seed=5)
+    results = []
+    for batch in (5, 12):
+        loader = make_loader(stored, ids, batch, train=False, resolution=32, device=torch.device("cpu"),
+                             num_workers=1)
+        results.append(evaluate_denoiser(None, loader, ids, accelerator, noise, baselines=("noisy", "nlm")))
+    assert results[0]["n"] == 12 and results[0]["noisy"] == pytest.approx(results[1]["noisy"])
+    assert results[0]["nlm"]["psnr"] > results[0]["noisy"]["psnr"] + 3  # NLM really denoises
+    # unclipped noise of sigma 0.2: the noisy input's MSE is about 0.04 before clamping (less after)
+    assert 0.02 < results[0]["noisy"]["mse"] < 0.045
+
+
+# ---- recipes and commands ------------------------------------------------------------------------------
+
+def test_autoencoder_recipe_runs_resumes_exactly_and_writes_grids(tiny_intel, tmp_path):
+    common = [f"--data={tiny_intel}", "--model=AE38", *TINY_DENOISER]
+    whole = run_in_process("autoencoder", [*common, f"--run_dir={tmp_path / 'whole'}"])
+    assert whole["latent_shape"] == [32, 12, 12] and whole["test_images"] >= 1  # 48 -> 24 -> 12
+    assert whole["test_psnr"] > 0 and whole["train_images_per_s"] > 0
+    plots = {p.name for p in (tmp_path / "whole" / "plots").iterdir()}
+    assert "learning_curves.png" in plots and any(name.startswith("grid-val") for name in plots)
+    run_in_process("autoencoder", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=1"])
+    resumed = run_in_process("autoencoder", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
+    a = load_file(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    b = load_file(sorted((tmp_path / "split" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_psnr"] == whole["test_psnr"]
+
+
+def test_latent_study_compares_every_model_and_baseline(tiny_intel, tmp_path):
+    run_dir = tmp_path / "study"
+    result = run_in_process("latent_study", [
+        f"--data={tiny_intel}", f"--run_dir={run_dir}", "--models=AE10,AE71,unet", "--image_size=48",
+        "--num_workers=1", "--max_steps=2", "--grid_images=2",
+        "--ae_args=--batch_size=8 --grid_images=0", "--unet_args=--batch_size=8 --crop=24 --width=8 --grid_images=0"])
+    assert set(result["models"]) == {"AE10", "AE71", "unet"}
+    assert {"noisy input"} < set(result["baselines"]) and any("non-local" in b for b in result["baselines"])
+    table = (run_dir / "latent_study.md").read_text()
+    for column in ("latent / input", "PSNR dB", "SSIM", "MSE", "train img/s", "| AE71 | 32x20x20 |"):
+        assert column in table
+    for figure in ("psnr_vs_latent.png", "validation_curves.png", "side_by_side.png"):
+        assert (run_dir / "plots" / figure).is_file()
+    again = run_in_process("latent_study", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--models=AE10",
+                                            "--image_size=48", "--nlm=false"])  # reads the finished run
+    assert again["models"]["AE10"]["test_psnr"] == result["models"]["AE10"]["test_psnr"]
+
+
+def test_denoise_command_keeps_odd_sizes_and_skips_bad_files(tiny_intel, tmp_path):
+    run_in_process("autoencoder", [f"--data={tiny_intel}", "--model=AE10", f"--run_dir={tmp_path / 'ae'}",
+                                   "--max_steps=1", *TINY_DENOISER])
+    inputs = tmp_path / "in"
+    (inputs / "nested").mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 91, 3), dtype=np.uint8)).save(inputs / "a.jpg")
+    Image.fromarray(np.full((150, 149), 128, np.uint8), mode="L").save(inputs / "nested" / "gray.png")
+    (inputs / "broken.jpg").write_bytes(b"not an image")
+    assert toolkit_main(["denoise", str(tmp_path / "ae"), str(inputs), str(tmp_path / "out")]) == 0
+    assert Image.open(tmp_path / "out" / "a.png").size == (91, 37)
+    assert Image.open(tmp_path / "out" / "nested" / "gray.png").size == (149, 150)
+    assert not (tmp_path / "out" / "broken.png").exists()
+    single = tmp_path / "single.png"
+    assert toolkit_main(["denoise", str(tmp_path / "ae"), str(inputs / "a.jpg"), str(single)]) == 0
+    assert Image.open(single).size == (91, 37)
+
+
+def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_intel, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tiny_intel / "seg_pred"), "--sigmas", "25",
+                         "--nlm", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    row = results["sigmas"]["25.0"]
+    # unclipped sigma 25: the noisy input's PSNR is about 20.2 dB (a little above after clamping to [0, 1])
+    assert 19.5 < row["noisy input"]["psnr"] < 23 and row["non-local means"]["psnr"] > row["noisy input"]["psnr"]
+    assert "FFDNet (published) | 32.35" in capsys.readouterr().out
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tmp_path / "empty"), "--out", str(out)]) == 2

@@ -1,0 +1,79 @@
+"""Denoisers that beat the study's autoencoders: they keep full resolution paths and predict the noise.
+
+Both are residual: the network estimates the noise and the output is noisy - noise, so an
+untrained network starts as the identity (the noisy input) instead of a grey blur. Both can
+take the noise level as an extra input channel (as FFDNet does), so one network serves every
+sigma of a blind training range.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+from torch import nn
+
+
+def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True))
+
+
+def _with_noise_level(noisy: torch.Tensor, sigmas: torch.Tensor | None, conditioned: bool) -> torch.Tensor:
+    if not conditioned:
+        return noisy
+    if sigmas is None:
+        raise ValueError("this denoiser is conditioned on the noise level: pass sigmas (B,)")
+    level = repeat(sigmas.to(noisy.dtype), "b -> b 1 h w", h=noisy.shape[-2], w=noisy.shape[-1])
+    return torch.cat([noisy, level], dim=1)  # (B, 3 + 1, H, W)
+
+
+class UNetDenoiser(nn.Module):
+    """A small U-Net: `levels` resolutions with `width` * 2^level channels, skip connections, residual output.
+
+    Inputs of any size: they are reflect-padded to a multiple of 2^(levels-1) and cropped back.
+    """
+
+    def __init__(self, width: int = 32, levels: int = 3, conditioned: bool = False):
+        super().__init__()
+        self.conditioned = conditioned
+        self.multiple = 2 ** (levels - 1)
+        channels = [width * 2**level for level in range(levels)]
+        self.stem = nn.Sequential(_conv(3 + conditioned, channels[0]), _conv(channels[0], channels[0]))
+        self.down = nn.ModuleList(nn.Sequential(_conv(channels[i], channels[i + 1], stride=2),
+                                                _conv(channels[i + 1], channels[i + 1]))
+                                  for i in range(levels - 1))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2)
+                                for i in reversed(range(levels - 1)))
+        self.merge = nn.ModuleList(nn.Sequential(_conv(2 * channels[i], channels[i]), _conv(channels[i], channels[i]))
+                                   for i in reversed(range(levels - 1)))
+        self.head = nn.Conv2d(channels[0], 3, 1)
+
+    def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
+        height, width = noisy.shape[-2:]
+        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
+        padded = F.pad(noisy, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else noisy
+        features = self.stem(_with_noise_level(padded, sigmas, self.conditioned))
+        skips = []
+        for down in self.down:
+            skips.append(features)
+            features = down(features)  # half the resolution, twice the channels
+        for up, merge in zip(self.up, self.merge):
+            features = merge(torch.cat([up(features), skips.pop()], dim=1))
+        noise = self.head(features)
+        return (padded - noise)[..., :height, :width]
+
+
+class DnCNN(nn.Module):
+    """Zhang et al.'s DnCNN: conv-ReLU, (depth-2) x conv-BN-ReLU, conv; predicts the noise."""
+
+    def __init__(self, depth: int = 17, width: int = 64, conditioned: bool = False):
+        super().__init__()
+        self.conditioned = conditioned
+        layers: list[nn.Module] = [nn.Conv2d(3 + conditioned, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, 3, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
+        return noisy - self.body(_with_noise_level(noisy, sigmas, self.conditioned))
