@@ -30,6 +30,7 @@ from toolkit.run import DenoisingDataSettings, RunSettings, run_recipe, start_ru
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.train.denoise import NoiseSpec, denoise
 from toolkit.train.denoiser_report import build_denoiser, finish_denoiser_run, validate_denoiser
+from toolkit.train.loop import due, resumable_batches
 from toolkit.train.meter import TrainingMeter
 
 
@@ -89,54 +90,43 @@ def main(cfg: Config) -> dict:
     if run.resume_from:
         state.update(load_checkpoint(accelerator, run.resume_from, {"model": spec["name"], "label": cfg.model}))
         say(f"[run] resumed from {run.resume_from} at iteration {state['step']}")
-    step, total_steps = state["step"], cfg.epochs * len(train_loader)
+    total_steps = cfg.epochs * len(train_loader)
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     meter = TrainingMeter(accelerator)
 
     model.train()
-    start_epoch, skip = state["epoch"], state["batch_in_epoch"]
-    for epoch in range(start_epoch, cfg.epochs):
-        if step >= last_step:
-            break
-        train_loader.next_epoch = epoch
-        tick = time.perf_counter()
-        for batch, (images,) in enumerate(train_loader):
-            if epoch == start_epoch and batch < skip:
-                continue
-            step += 1
-            generator = step_generator(device, cfg.seed, step, rank)  # flips, crop, noise: replayable on resume
-            clean = to_unit_range(random_crop(random_flip(images, generator), cfg.crop, generator))
-            sigmas = draw_sigmas(clean.shape[0], cfg.sigma, sigma_max, generator, device)
-            noisy = add_gaussian_noise(clean, sigmas, generator, cfg.clip_noise)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    output = denoise(model, noisy, sigmas, cfg.conditioned)
-                loss = F.mse_loss(output.float(), clean)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            meter.add(loss, clean.shape[0], time.perf_counter() - tick)
-            finished_epoch = batch + 1 == len(train_loader)
-            state.update(step=step, epoch=epoch + finished_epoch, batch_in_epoch=0 if finished_epoch else batch + 1)
+    tick = time.perf_counter()
+    batches_to_train = resumable_batches(lambda epoch: train_loader, state, cfg.epochs, last_step)
+    for epoch, batch, batches, (images,) in batches_to_train:
+        step = state["step"]
+        generator = step_generator(device, cfg.seed, step, rank)  # flips, crop, noise: replayable on resume
+        clean = to_unit_range(random_crop(random_flip(images, generator), cfg.crop, generator))
+        sigmas = draw_sigmas(clean.shape[0], cfg.sigma, sigma_max, generator, device)
+        noisy = add_gaussian_noise(clean, sigmas, generator, cfg.clip_noise)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                output = denoise(model, noisy, sigmas, cfg.conditioned)
+            loss = F.mse_loss(output.float(), clean)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        meter.add(loss, clean.shape[0], time.perf_counter() - tick)
 
-            evaluate_now = cfg.eval_every and step % cfg.eval_every == 0
-            checkpoint_now = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-            if step % cfg.log_every == 0 or evaluate_now or checkpoint_now or step == last_step:
-                metrics = meter.flush(step)
-                metrics.update(epoch=epoch + (batch + 1) / len(train_loader), lr=optimizer.param_groups[0]["lr"])
-                state["train_seconds"] += metrics["seconds"]
-                state["images_seen"] += metrics["images"]
-                run.logger.log(metrics, step)
-            grid_now = finished_epoch and cfg.grid_images  # grids at every epoch's end, as the study had
-            if (evaluate_now or grid_now) and step != last_step:
-                validate_denoiser(run, model, val_loader, val_ids, noise, cfg.conditioned, step,
-                                  grid_images=cfg.grid_images if grid_now else 0, epoch=epoch + 1)
-            if checkpoint_now and step != last_step and accelerator.sync_gradients:
-                save_checkpoint(accelerator, run.run_dir, step, state, cfg.keep_checkpoints)
-            if step >= last_step:
-                break
-            tick = time.perf_counter()
-        skip = 0
+        evaluate_now = due(step, cfg.eval_every)
+        checkpoint_now = due(step, cfg.checkpoint_every)
+        if due(step, cfg.log_every) or evaluate_now or checkpoint_now or step == last_step:
+            metrics = meter.flush(step)
+            metrics.update(epoch=epoch + (batch + 1) / batches, lr=optimizer.param_groups[0]["lr"])
+            state["train_seconds"] += metrics["seconds"]
+            state["images_seen"] += metrics["images"]
+            run.logger.log(metrics, step)
+        grid_now = batch + 1 == batches and cfg.grid_images  # grids at every epoch's end, as the study had
+        if (evaluate_now or grid_now) and step != last_step:
+            validate_denoiser(run, model, val_loader, val_ids, noise, cfg.conditioned, step,
+                              grid_images=cfg.grid_images if grid_now else 0, epoch=epoch + 1)
+        if checkpoint_now and step != last_step and accelerator.sync_gradients:
+            save_checkpoint(accelerator, run.run_dir, step, state, cfg.keep_checkpoints)
+        tick = time.perf_counter()
 
     return finish_denoiser_run(run, model, data, val_loader, val_ids, noise, state, cfg.eval_batch_size,
                                cfg.num_workers, cfg.keep_checkpoints, cfg.grid_images)

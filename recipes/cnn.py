@@ -23,6 +23,7 @@ from toolkit.models.cnn import SceneCNN
 from toolkit.run import ClassificationDataSettings, RunSettings, run_recipe, start_run
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.train.classifier import finish_classifier_run, validate
+from toolkit.train.loop import due, resumable_batches
 from toolkit.train.meter import TrainingMeter
 
 
@@ -70,49 +71,38 @@ def main(cfg: Config) -> dict:
     if run.resume_from:
         state.update(load_checkpoint(accelerator, run.resume_from, {"model": "SceneCNN", "classes": data.classes}))
         say(f"[run] resumed from {run.resume_from} at iteration {state['step']}")
-    step, total_steps = state["step"], cfg.epochs * len(train_loader)
+    total_steps = cfg.epochs * len(train_loader)
     last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     meter = TrainingMeter(accelerator)
 
     model.train()
-    start_epoch, skip = state["epoch"], state["batch_in_epoch"]
-    for epoch in range(start_epoch, cfg.epochs):
-        if step >= last_step:
-            break
-        train_loader.next_epoch = epoch  # FFCV's order for an epoch depends only on (seed, epoch)
-        tick = time.perf_counter()
-        for batch, (images, labels) in enumerate(train_loader):
-            if epoch == start_epoch and batch < skip:
-                continue  # resumed mid-epoch: replay the same order, skip what was already trained on
-            step += 1
-            images = random_flip(images, step_generator(device, cfg.seed, step, rank))
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    logits = model(normalize(images, STUDY_MEAN, STUDY_STD))
-                loss = F.cross_entropy(logits.float(), labels)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            meter.add(loss, labels.shape[0], time.perf_counter() - tick, logits, labels)
-            finished_epoch = batch + 1 == len(train_loader)
-            state.update(step=step, epoch=epoch + finished_epoch, batch_in_epoch=0 if finished_epoch else batch + 1)
+    tick = time.perf_counter()
+    batches_to_train = resumable_batches(lambda epoch: train_loader, state, cfg.epochs, last_step)
+    for epoch, batch, batches, (images, labels) in batches_to_train:
+        step = state["step"]
+        images = random_flip(images, step_generator(device, cfg.seed, step, rank))
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                logits = model(normalize(images, STUDY_MEAN, STUDY_STD))
+            loss = F.cross_entropy(logits.float(), labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        meter.add(loss, labels.shape[0], time.perf_counter() - tick, logits, labels)
 
-            evaluate_now = cfg.eval_every and step % cfg.eval_every == 0
-            checkpoint_now = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-            if step % cfg.log_every == 0 or evaluate_now or checkpoint_now or step == last_step:
-                metrics = meter.flush(step)  # raises TrainingDiverged on a NaN/inf loss, before any save
-                metrics.update(epoch=epoch + (batch + 1) / len(train_loader), lr=optimizer.param_groups[0]["lr"])
-                state["train_seconds"] += metrics["seconds"]
-                state["images_seen"] += metrics["images"]
-                run.logger.log(metrics, step)
-            if evaluate_now and step != last_step:
-                validate(run, model, val_loader, data.classes, preprocessing, step, meter)
-            if checkpoint_now and step != last_step and accelerator.sync_gradients:
-                save_checkpoint(accelerator, run.run_dir, step, state, cfg.keep_checkpoints)
-            if step >= last_step:
-                break
-            tick = time.perf_counter()
-        skip = 0
+        evaluate_now = due(step, cfg.eval_every)
+        checkpoint_now = due(step, cfg.checkpoint_every)
+        if due(step, cfg.log_every) or evaluate_now or checkpoint_now or step == last_step:
+            metrics = meter.flush(step)  # raises TrainingDiverged on a NaN/inf loss, before any save
+            metrics.update(epoch=epoch + (batch + 1) / batches, lr=optimizer.param_groups[0]["lr"])
+            state["train_seconds"] += metrics["seconds"]
+            state["images_seen"] += metrics["images"]
+            run.logger.log(metrics, step)
+        if evaluate_now and step != last_step:
+            validate(run, model, val_loader, data.classes, preprocessing, step, meter)
+        if checkpoint_now and step != last_step and accelerator.sync_gradients:
+            save_checkpoint(accelerator, run.run_dir, step, state, cfg.keep_checkpoints)
+        tick = time.perf_counter()
 
     return finish_classifier_run(run, model, data, val_loader, state, cfg.eval_batch_size, cfg.num_workers,
                                  cfg.keep_checkpoints, meter)

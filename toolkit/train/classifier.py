@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from toolkit.data.loaders import make_loader, shard_indices
-from toolkit.plots import image_grid, plot_classifier_curves, plot_confusion, plot_grouped_bars
+from toolkit.plots import image_grid, plot_classifier_curves, plot_confusion, plot_grouped_bars, plot_lines
 from toolkit.train.checkpoint import latest_checkpoint, save_checkpoint
 from toolkit.train.evaluate import evaluate_classifier
 from toolkit.train.meter import TrainingMeter
@@ -47,12 +47,15 @@ def _denormalised_examples(stored, indices, count: int, resolution: int):
 
 
 def finish_classifier_run(run, model, data, val_loader, state: dict, eval_batch_size: int, num_workers: int,
-                          keep_checkpoints: int, meter: TrainingMeter, flip_tta: bool = False) -> dict:
-    """Final validation and test evaluation, final checkpoint, figures, tables and summary."""
+                          keep_checkpoints: int, meter: TrainingMeter, flip_tta: bool = False,
+                          eval_model=None) -> dict:
+    """Final validation and test evaluation (of eval_model, e.g. a weight average, if given), final
+    checkpoint, figures, tables and summary."""
+    scored_model = eval_model if eval_model is not None else model
     accelerator, say, classes = run.accelerator, run.say, data.classes
     preprocessing, step = state["preprocessing"], state["step"]
     resolution = preprocessing["resolution"]
-    validation = validate(run, model, val_loader, classes, preprocessing, step, meter, flip_tta)
+    validation = validate(run, scored_model, val_loader, classes, preprocessing, step, meter, flip_tta)
     summary = {"recipe": state["recipe"], "steps": step, "train_seconds": round(state["train_seconds"], 1),
                "train_images_per_s": state["images_seen"] / max(state["train_seconds"], 1e-9),
                "val_accuracy": validation["accuracy"], "val_loss": validation["loss"], "data": data.describe(),
@@ -65,7 +68,7 @@ def finish_classifier_run(run, model, data, val_loader, state: dict, eval_batch_
         test_loader = make_loader(data.test_set, shard_indices(data.test_indices, rank, world), eval_batch_size,
                                   train=False, resolution=resolution, device=accelerator.device,
                                   num_workers=num_workers)
-        test = evaluate_classifier(model, test_loader, accelerator, len(classes), preprocessing["mean"],
+        test = evaluate_classifier(scored_model, test_loader, accelerator, len(classes), preprocessing["mean"],
                                    preprocessing["std"], flip_tta=flip_tta, keep_predictions=True)
         run.logger.log(evaluation_scalars("test", test, classes), step)
         summary.update(test_split=data.test_name, test_accuracy=test["accuracy"], test_loss=test["loss"],
@@ -78,6 +81,7 @@ def finish_classifier_run(run, model, data, val_loader, state: dict, eval_batch_
     if final is None or not final.name.endswith(f"{step:08d}"):
         final = save_checkpoint(accelerator, run.run_dir, step, state, keep_checkpoints)
     summary["checkpoint"] = str(final)
+    summary["elapsed_seconds"] = elapsed_seconds(run.run_dir)
     if accelerator.is_main_process:
         _write_figures(run, data, state, validation, test, resolution)
         run.logger.log_artifact(f"{run.run_dir.name}-model", "model", final)
@@ -86,10 +90,29 @@ def finish_classifier_run(run, model, data, val_loader, state: dict, eval_batch_
     return summary
 
 
+def elapsed_seconds(run_dir) -> float:
+    """Wall-clock from the first to the last logged line (evaluations included; a resumed run's
+    downtime too), plus the first logged interval."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0.0
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    timed = [r for r in records if "time" in r]
+    if not timed:
+        return 0.0
+    return round(timed[-1]["time"] - timed[0]["time"] + timed[0].get("seconds", 0.0), 1)
+
+
 def _write_figures(run, data, state, validation, test, resolution) -> None:
     plots, classes, step = run.run_dir / "plots", data.classes, state["step"]
     records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     figures = {"curves": plot_classifier_curves(records, plots / "learning_curves.png", run.run_dir.name)}
+    minutes = {r["step"]: r["time/train_minutes"] for r in records if "time/train_minutes" in r}
+    timed = [(minutes[r["step"]], r["val/accuracy"]) for r in records if "val/accuracy" in r and r["step"] in minutes]
+    if timed:
+        figures["time_to_accuracy"] = plot_lines({"validation accuracy": timed}, plots / "time_to_accuracy.png",
+                                                 "training minutes", "accuracy", title=f"{state['recipe']}: "
+                                                 "time to accuracy", marker="o-")
     scored, name = (test, data.test_name) if test is not None else (validation, "validation")
     prefix = "test" if test is not None else "val"
     figures["confusion"] = plot_confusion(scored["confusion"], classes, plots / "confusion.png",

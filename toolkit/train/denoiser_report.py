@@ -11,6 +11,7 @@ from toolkit.models.build import build_model
 from toolkit.models.summary import count_parameters, forward_flops
 from toolkit.plots import plot_image_rows, plot_lines
 from toolkit.train.checkpoint import latest_checkpoint, save_checkpoint
+from toolkit.train.classifier import elapsed_seconds
 from toolkit.train.denoise import evaluate_denoiser, to_hwc_uint8
 
 
@@ -90,6 +91,7 @@ def finish_denoiser_run(run, model, data, val_loader, val_ids, noise, state: dic
     if final is None or not final.name.endswith(f"{step:08d}"):
         final = save_checkpoint(accelerator, run.run_dir, step, state, keep_checkpoints)
     summary["checkpoint"] = str(final)
+    summary["elapsed_seconds"] = elapsed_seconds(run.run_dir)
     if accelerator.is_main_process:
         records = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if line]
         curves = plot_lines({"train MSE (per iteration)": [(r["step"], r["train/loss"]) for r in records

