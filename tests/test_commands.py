@@ -44,7 +44,7 @@ def test_benchmark_runs_on_tiny_data_and_writes_json(tiny_intel, tmp_path):
     study = next(v for k, v in loaders.items() if k.startswith("study"))
     assert study["ratio_vs_study"] == 1.0
     assert all(v["images_per_s"] > 0 and v["startup_s"] >= 0 for v in loaders.values())
-    assert len(results["steps"]) == 6 and all(v["images_per_s"] > 0 for v in results["steps"].values())
+    assert len(results["steps"]) == 12 and all(v["images_per_s"] > 0 for v in results["steps"].values())
     assert 0 <= results["pipeline"]["data_wait_share"] <= 1
     assert results["ceiling"]["fp32_matmul_gflop_per_s"] > 0
     assert "x study" in result.stdout and "GFLOP/s" in result.stdout

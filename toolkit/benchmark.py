@@ -205,6 +205,8 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
     from toolkit.data.folders import find_split, scan_labeled_folder
     from toolkit.errors import UserError
     from toolkit.models.cnn import SceneCNN
+    from toolkit.models.efficientnet_lite import efficientnet_lite0
+    from toolkit.models.fast_resnet import FastResNet
     from toolkit.models.resnet import resnet18_classifier
 
     unknown = set(sections) - set(SECTIONS)
@@ -253,18 +255,24 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
 
     if "steps" in sections:
         rows, step_results = [], {}
-        models = {"SceneCNN (study CNN)": (lambda: SceneCNN(), 120), "ResNet18": (lambda: resnet18_classifier(), 50)}
-        for name, (build, model_batch) in models.items():
+        models = {  # name: (constructor, batch, resolution) as the recipes train them
+            "SceneCNN (study CNN)": (lambda: SceneCNN(), 120, 80),
+            "ResNet18": (lambda: resnet18_classifier(), 50, 80),
+            "FastResNet (fast_cnn)": (lambda: FastResNet(), 128, 64),
+            "EfficientNet-Lite0": (lambda: efficientnet_lite0(num_classes=6), 64, 128),
+        }
+        for name, (build, model_batch, size) in models.items():
             for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
                 # bf16 without hardware support is ~10x slower: time fewer steps
                 n = steps if precision == "fp32" or results["machine"]["native_bf16"] else max(2, steps // 4)
-                r = measure_train_step(build, model_batch, 80, precision, channels_last, n)
+                r = measure_train_step(build, model_batch, size, precision, channels_last, n)
                 r["share_of_ceiling"] = r["gflop_per_s"] / ceiling
                 label = f"{precision} {'channels_last' if channels_last else 'NCHW'}"
                 step_results[f"{name} | {label}"] = r
-                rows.append([name, label, model_batch, r["images_per_s"], r["gflop_per_s"], r["share_of_ceiling"]])
+                rows.append([name, label, f"{model_batch} x {size}px", r["images_per_s"], r["gflop_per_s"],
+                             r["share_of_ceiling"]])
         results["steps"] = step_results
-        _print_table("training steps at 80x80 (forward + backward + Adam)",
+        _print_table("training steps (forward + backward + Adam, random inputs)",
                      ["model", "setting", "batch", "img/s", "GFLOP/s", "of fp32 ceiling"], rows)
 
     if "pipeline" in sections:

@@ -1,6 +1,7 @@
 """The `toolkit` command: everything that is not a training recipe.
 
     toolkit data explore ROOT                   images per class, examples, split balance (PNG + W&B)
+    toolkit data check ROOT                     unreadable, mislabeled, duplicate, odd images (text + JSON)
     toolkit benchmark                           loader and training-step throughput, printed and as JSON
     toolkit denoise CHECKPOINT INPUT OUTPUT     denoise an image or a folder with a trained denoiser
     toolkit benchmark-denoiser CHECKPOINT       PSNR/SSIM on clean references (McMaster) at sigma 15/25/50
@@ -43,6 +44,17 @@ def command_explore(args) -> None:
     print(f"figures and exploration.json written to {out_dir}" + (" (SYNTHETIC data)" if synthetic else ""))
 
 
+def command_check(args) -> int:
+    from toolkit.data.check import check_dataset, format_report, write_report
+
+    report = check_dataset(Path(args.root), resolution=args.resolution, workers=args.workers)
+    print(format_report(report, limit=args.limit))
+    out = Path(args.json or "data-check.json")
+    write_report(report, out)
+    print(f"JSON report: {out}")
+    return 1 if report["errors"] else 0
+
+
 def command_benchmark(args) -> None:
     from toolkit.benchmark import run_benchmark
 
@@ -81,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--seed", type=int, default=0)
     explore.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"])
     explore.set_defaults(handler=command_explore)
+    check = data.add_parser("check", help="find unreadable, mislabeled, duplicate, odd-sized or odd-mode images")
+    check.add_argument("root", help="dataset root (Intel layout or <class>/<image>)")
+    check.add_argument("--resolution", type=int, default=80, help="flag images smaller than this")
+    check.add_argument("--json", default="", help="where the JSON report goes (default data-check.json)")
+    check.add_argument("--limit", type=int, default=12, help="examples listed per problem in the text report")
+    check.add_argument("--workers", type=int, default=2, help="decoding processes")
+    check.set_defaults(handler=command_check)
 
     bench = commands.add_parser("benchmark", help="measure loaders and training steps on this machine")
     bench.add_argument("--data", default="data/intel", help="dataset root (default data/intel, else synthetic)")
@@ -112,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        status = args.handler(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -122,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         traceback.print_exc()
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

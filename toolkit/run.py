@@ -40,7 +40,7 @@ class ClassificationDataSettings:
     resolution: int = 80  # images are squashed to resolution x resolution pixels
     storage: Literal["raw", "jpg"] = "raw"  # .beton storage: raw pixels at store size, or JPEG
     store_size: int = 0  # side length stored in the .beton; 0 = --resolution
-    drop_conflicting_duplicates: bool = False  # leave out byte-identical images that carry different labels
+    drop_conflicting_duplicates: bool = False  # leave out identical images that carry different labels
 
 
 @dataclass
