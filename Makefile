@@ -14,7 +14,8 @@ setup:
 run: setup
 	$(VENV)/bin/accelerate launch --config_file accelerate_config.yaml recipes/compare_classifiers.py $(ARGS)
 
-test: setup
+test:
+	bash scripts/setup.sh --browser
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time setup on a fresh machine: Debian packages for FFCV, a virtual environment, the toolkit.
-# Idempotent: a second run only checks. Override the interpreter with PYTHON=..., the venv with VENV=...,
+# Idempotent: a second run only checks. --browser also installs Chromium (for the test suite). Override the interpreter with PYTHON=..., the venv with VENV=...,
 # and the torch pair with TORCH_PACKAGES="torch==X torchvision==Y" (e.g. for another CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,16 @@ if ! have_system_libraries; then
         say "    sudo apt-get install -y $DEBIAN_PACKAGES"
         say "(on other systems: libjpeg-turbo and OpenCV development files, pkg-config and a C++ compiler)"
         exit 1
+    fi
+fi
+
+# 1b. for the test suite: Debian's Chromium renders the HTML report in a real headless browser
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing Debian's chromium for the report's browser test"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        say "chromium is missing: the browser test will be skipped (sudo apt-get install -y chromium)"
     fi
 fi
 

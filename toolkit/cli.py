@@ -3,6 +3,9 @@
     toolkit data explore ROOT                   images per class, examples, split balance (PNG + W&B)
     toolkit data check ROOT                     unreadable, mislabeled, duplicate, odd images (text + JSON)
     toolkit benchmark                           loader and training-step throughput, printed and as JSON
+    toolkit predict CHECKPOINT INPUT...         classify images / folders / @lists, write a CSV
+    toolkit evaluate CHECKPOINT FOLDER          accuracy, P/R/F1, confusion, calibration, confident mistakes
+    toolkit report RUN_DIR...                   one self-contained HTML report (and PNGs) from runs
     toolkit denoise CHECKPOINT INPUT OUTPUT     denoise an image or a folder with a trained denoiser
     toolkit benchmark-denoiser CHECKPOINT       PSNR/SSIM on clean references (McMaster) at sigma 15/25/50
 """
@@ -62,6 +65,57 @@ def command_benchmark(args) -> None:
                   steps=args.steps, num_workers=args.num_workers)
 
 
+def command_predict(args) -> None:
+    from toolkit.inference import resolve_checkpoint
+    from toolkit.predict import collect_inputs, predict_files, write_predictions_csv
+
+    resolve_checkpoint(args.checkpoint)  # the first argument is checked first
+    files = collect_inputs(args.inputs)
+    predictions = predict_files(args.checkpoint, files, args.batch_size, args.tta, args.device, args.workers)
+    out = Path(args.out)
+    write_predictions_csv(predictions, out, args.top_k)
+    counts = {}
+    for row in predictions.probabilities[[i for i in range(len(files)) if i not in predictions.errors]]:
+        name = predictions.classes[int(row.argmax())]
+        counts[name] = counts.get(name, 0) + 1
+    print(f"predicted {len(files) - len(predictions.errors)} images: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for index, error in predictions.errors.items():
+        print(f"skipped {files[index]}: {error}", file=sys.stderr)
+    print(f"wrote {out}" + (f" ({len(predictions.errors)} unreadable files listed with their error)"
+                            if predictions.errors else ""))
+
+
+def command_evaluate(args) -> None:
+    from toolkit.predict import evaluate_folder
+
+    out = Path(args.out or f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    metrics = evaluate_folder(args.checkpoint, Path(args.data), out, args.batch_size, args.tta, args.device,
+                              args.workers)
+    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images, loss {metrics['loss']:.4f}, "
+          f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f}")
+    width = max(len(c) for c in metrics["classes"])
+    print(f"{'class':<{width}}  precision  recall  F1")
+    for i, name in enumerate(metrics["classes"]):
+        print(f"{name:<{width}}  {metrics['precision'][i]:9.3f}  {metrics['recall'][i]:6.3f}  {metrics['f1'][i]:.3f}")
+    for file, error in metrics["skipped"].items():
+        print(f"skipped {file}: {error}", file=sys.stderr)
+    print(f"figures, predictions.csv and metrics.json in {out}")
+
+
+def command_report(args) -> None:
+    from toolkit.report import build_report
+
+    out = Path(args.out or f"runs/report-{time.strftime('%Y%m%d-%H%M%S')}")
+    page = build_report([Path(d) for d in args.runs], out, args.title)
+    figures = sorted((out / "figures").glob("*.png"))
+    if args.wandb_mode != "disabled":
+        logger = _tool_logger(out, out.name, args.wandb_mode, {"runs": args.runs, "command": "report"})
+        logger.log_images({f"report/{path.stem}": path for path in figures}, step=0)
+        logger.finish()
+    print(f"report: {page} ({len(figures)} figures, also as PNG in {out / 'figures'})")
+
+
 def command_denoise(args) -> None:
     from toolkit.inference import denoise_files
 
@@ -77,6 +131,12 @@ def command_benchmark_denoiser(args) -> None:
     print("\n" + table)
     write_benchmark({**results, "table": table}, Path(args.out))
     print(f"results written to {args.out}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +169,37 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="*", default=[], help="sections to run: loaders steps compile")
     bench.add_argument("--out", default="bench-results.json", help="where the JSON goes")
     bench.set_defaults(handler=command_benchmark)
+
+    pred = commands.add_parser("predict", help="classify images, folders or @lists with a trained classifier")
+    pred.add_argument("checkpoint", help="a run directory or one of its checkpoints")
+    pred.add_argument("inputs", nargs="+", help="image files, folders (recursive) or @file listing paths")
+    pred.add_argument("--out", default="predictions.csv", help="CSV to write")
+    pred.add_argument("--top_k", type=int, default=1, help="also list the k most likely classes")
+    pred.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                      help="average with the mirrored image (default: as the model was evaluated)")
+    pred.add_argument("--batch_size", type=int, default=64)
+    pred.add_argument("--workers", type=int, default=2, help="decoding processes")
+    pred.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    pred.set_defaults(handler=command_predict)
+
+    ev = commands.add_parser("evaluate", help="full evaluation of a classifier on a labeled folder")
+    ev.add_argument("checkpoint", help="a run directory or one of its checkpoints")
+    ev.add_argument("data", help="a folder of <class>/<image> with the checkpoint's classes")
+    ev.add_argument("--out", default="", help="output folder (default runs/evaluate-<time>)")
+    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    ev.add_argument("--batch_size", type=int, default=64)
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ev.set_defaults(handler=command_evaluate)
+
+    rep = commands.add_parser("report", help="a self-contained HTML report from run directories")
+    rep.add_argument("runs", nargs="+", help="run directories: classifier, denoiser, comparison, latent study, "
+                     "or toolkit evaluate output folders")
+    rep.add_argument("--out", default="", help="output folder (default runs/report-<time>)")
+    rep.add_argument("--title", default="", help="page title")
+    rep.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                     help="also log the figures to a W&B run")
+    rep.set_defaults(handler=command_report)
 
     den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
     den.add_argument("checkpoint", help="a run directory or checkpoint of recipes/autoencoder.py")

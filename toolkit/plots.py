@@ -124,3 +124,17 @@ def plot_image_rows(rows: dict[str, list[np.ndarray]], path: Path, title: str = 
     if title:
         figure.suptitle(title, fontsize=10)
     return _save(figure, path)
+
+
+def plot_reliability(table: dict, ece: float, path: Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    centers = [(lo + hi) / 2 for lo, hi in zip(table["lower"], table["upper"])]
+    width = table["upper"][0] - table["lower"][0]
+    accuracy = [a if a == a else 0 for a in table["accuracy"]]  # empty bins (NaN) drawn as 0 height
+    axis.bar(centers, accuracy, width=width * 0.95, edgecolor="black", label="accuracy in bin")
+    axis.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+             title=f"reliability (ECE {ece:.3f})")
+    axis.legend(loc="upper left")
+    return _save(figure, path)

@@ -1,8 +1,10 @@
 """A compact residual network for time-to-accuracy on CPUs (after Page's and Jordan's fast CIFAR nets).
 
-    stem:  conv3x3(3 -> w0)                                    full resolution
+    stem:  conv3x3(3 -> w0), 2x2 max-pool                      full resolution, then half
     stage: conv3x3(w_{i-1} -> w_i), 2x2 max-pool, + residual block of two conv3x3 (i = 1..3)
     head:  global max+mean pooling -> linear
+Pooling right after the stem makes every later layer 4x cheaper, which buys a larger input size
+(scene categories need context more than fine detail).
 Every conv is followed by BatchNorm and GELU. Fully convolutional: any input size works, which
 progressive resizing uses (train small first, finish at full size).
 """
@@ -31,7 +33,7 @@ class FastResNet(nn.Module):
     def __init__(self, num_classes: int = 6, widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.0):
         super().__init__()
         widths = list(widths)
-        layers: list[nn.Module] = [_conv(3, widths[0])]
+        layers: list[nn.Module] = [_conv(3, widths[0]), nn.MaxPool2d(2)]
         for previous, width in zip(widths, widths[1:]):
             layers += [_conv(previous, width), nn.MaxPool2d(2), _Residual(width)]
         self.features = nn.Sequential(*layers)

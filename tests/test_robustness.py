@@ -1,0 +1,222 @@
+"""Bad data, bad input and faults: a generated corpus of broken files, kills, NaNs, full disks."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import RECIPES, TINY_CLASSIFIER, run_script
+from test_recipes import run_in_process
+from toolkit.cli import main as toolkit_main
+from toolkit.data.beton import cached_beton
+from toolkit.data.check import check_dataset
+from toolkit.data.classification import load_classification_data
+from toolkit.data.folders import scan_labeled_folder
+from toolkit.errors import DataError, TrainingDiverged
+
+
+def _photo(seed: int, size=(40, 40)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory) -> Path:
+    """An Intel-layout collection with one of every real-world problem, and a few good images per class."""
+    root = tmp_path_factory.mktemp("messy")
+    train, test = root / "seg_train", root / "seg_test"
+    for split, count in ((train, 6), (test, 2)):
+        for c, name in enumerate(("beach", "city", "woods")):
+            (split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(_photo(100 * c + i + (50 if split == test else 0))).save(split / name / f"{i}.jpg")
+    jpeg = io.BytesIO()
+    Image.fromarray(_photo(7)).save(jpeg, format="JPEG")
+    (train / "beach" / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (train / "beach" / "empty.jpg").write_bytes(b"")
+    (train / "beach" / "notes.jpg").write_text("this is a text file named .jpg")
+    Image.fromarray(_photo(8)).save(train / "city" / "png_inside.jpg", format="PNG")
+    Image.fromarray(_photo(9)[..., 0]).save(train / "city" / "gray.png")  # L
+    Image.fromarray(_photo(10)).convert("CMYK").save(train / "city" / "cmyk.jpg")
+    rgba = np.dstack([_photo(11), np.full((40, 40), 128, np.uint8)])
+    Image.fromarray(rgba, mode="RGBA").save(train / "woods" / "alpha.png")
+    Image.fromarray(_photo(12)).convert("P").save(train / "woods" / "palette.png")
+    Image.fromarray(_photo(13, (7, 5))).save(train / "woods" / "tiny.png")
+    Image.fromarray(_photo(14, (1200, 900))).save(train / "woods" / "huge.jpg")
+    duplicate = _photo(15)
+    Image.fromarray(duplicate).save(train / "beach" / "copy_a.png")
+    Image.fromarray(duplicate).save(train / "city" / "copy_b.png")  # same pixels, another label
+    (train / "empty_class").mkdir()
+    return root
+
+
+def test_data_check_finds_every_problem(messy):
+    report = check_dataset(messy, resolution=32)
+    train = report["splits"]["seg_train"]
+    unreadable = {Path(item["file"]).name: item["reason"] for item in train["unreadable"]}
+    assert set(unreadable) == {"truncated.jpg", "empty.jpg", "notes.jpg"}
+    assert "empty file" in unreadable["empty.jpg"] and "not an image" in unreadable["notes.jpg"]
+    assert "truncated" in unreadable["truncated.jpg"] or "decode" in unreadable["truncated.jpg"]
+    assert [Path(item["file"]).name for item in train["extension_mismatch"]] == ["png_inside.jpg"]
+    assert train["non_rgb"] == {"CMYK": 1, "L": 1, "P": 1, "RGBA": 1}
+    assert [Path(f).name for f in train["smaller_than_resolution"]] == ["tiny.png"]
+    assert train["empty_classes"] == ["empty_class"]
+    conflicting = [g for g in report["duplicates"]["groups"] if g["conflicting_labels"]]
+    assert len(conflicting) == 1 and conflicting[0]["classes"] == ["beach", "city"]
+    assert any("seg_test has classes" in error for error in report["errors"])  # empty_class only in train
+
+
+def test_data_check_command_exit_status_and_json(messy, tmp_path, capsys):
+    status = toolkit_main(["data", "check", str(messy), "--json", str(tmp_path / "r.json"), "--resolution=32"])
+    assert status == 1  # the train/test class lists differ: training on both would fail
+    text = capsys.readouterr().out
+    assert "CONFLICTING LABELS beach/city" in text and "NOT USABLE" in text
+    assert json.loads((tmp_path / "r.json").read_text())["duplicates"]["conflicting"] == 1
+    os.rmdir(messy / "seg_train" / "empty_class")
+    try:
+        assert toolkit_main(["data", "check", str(messy), "--json", str(tmp_path / "r2.json")]) == 0
+    finally:
+        (messy / "seg_train" / "empty_class").mkdir()
+
+
+def test_preprocessing_converts_what_it_can_and_skips_the_rest(messy, cache_dir):
+    listing = scan_labeled_folder(messy / "seg_train")
+    stored = cached_beton("messy", listing.root, listing.files, listing.labels, listing.classes, 24,
+                          cache_dir=cache_dir)
+    skipped = {item["file"] for item in stored.manifest["skipped"]}
+    assert skipped == {"beach/truncated.jpg", "beach/empty.jpg", "beach/notes.jpg"}
+    assert {"city/gray.png", "city/cmyk.jpg", "woods/alpha.png", "woods/palette.png"} <= \
+        set(stored.manifest["converted_to_rgb"])
+    assert stored.num_samples == len(listing.files) - 3  # huge, tiny and PNG-named-jpg are resized and kept
+
+
+def test_conflicting_duplicates_can_be_left_out_of_training(messy, cache_dir):
+    common = dict(train_split="seg_train", test_split="none", val_fraction=0.2, holdout_fraction=0.0, seed=0,
+                  store_size=24, cache_dir=cache_dir, log=lambda *_: None)
+    kept = load_classification_data(str(messy), **common)
+    dropped = load_classification_data(str(messy), drop_conflicting_duplicates=True, **common)
+    total = lambda d: len(d.train_indices) + len(d.val_indices)  # noqa: E731
+    assert total(kept) - total(dropped) == 2
+
+
+def test_a_test_split_with_other_classes_is_refused(messy):
+    with pytest.raises(DataError, match="missing: .*empty_class"):
+        load_classification_data(str(messy), "seg_train", "seg_test", 0.2, 0.0, 0, 24, log=lambda *_: None)
+
+
+def test_a_full_disk_while_writing_a_beton_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch, tiny_intel):
+    from ffcv.memory_allocator import MemoryAllocator
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(MemoryAllocator, "flush_page", disk_full)  # inherited by the forked writer processes
+    listing = scan_labeled_folder(tiny_intel / "seg_train")
+    started = time.monotonic()
+    with pytest.raises(DataError, match="disk full while writing"):
+        cached_beton("full", listing.root, listing.files, listing.labels, listing.classes, 16,
+                     cache_dir=tmp_path / "cache")
+    assert time.monotonic() - started < 60  # stopped, not hung waiting for the dead writer
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_intel, tmp_path):
+    args = [f"--data={tiny_intel}", f"--run_dir={tmp_path / 'run'}", "--width=4", *TINY_CLASSIFIER]
+    with pytest.raises(TrainingDiverged, match="became nan at iteration"):
+        run_in_process("cnn", [*args, "--lr=1e30"])  # Adam with lr 1e30: weights, then loss, blow up
+    good = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    for checkpoint in good:  # whatever was saved before the divergence holds finite weights
+        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
+
+
+def test_bad_paths_at_every_door_get_one_line_errors(tmp_path, tiny_intel):
+    checks = [
+        ([sys.executable, str(RECIPES / "cnn.py"), f"--data={tmp_path}/nothing"], "does not exist"),
+        ([sys.executable, str(RECIPES / "cnn.py"), "--resume", f"--run_dir={tmp_path}", "--lr=0"], "--lr must"),
+        ([sys.executable, "-m", "toolkit.cli", "denoise", str(tmp_path / "nothing"), "a", "b"], "does not exist"),
+        ([sys.executable, "-m", "toolkit.cli", "data", "check", str(tmp_path / "nothing")], "is not a folder"),
+    ]
+    (tmp_path / "empty").mkdir()
+    checks.append(([sys.executable, str(RECIPES / "cnn.py"), f"--data={tmp_path / 'empty'}"], "no 'seg_train'"))
+    for command, message in checks:
+        result = run_script(command)
+        assert result.returncode == 2, (command, result.stderr[-2000:])
+        assert message in result.stderr and "Traceback" not in result.stderr, (command, result.stderr[-2000:])
+
+
+def test_a_checkpoint_from_another_model_is_refused_on_resume(tiny_intel, tmp_path):
+    from toolkit.errors import CheckpointError
+
+    run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={tmp_path}", "--width=4", "--max_steps=2",
+                           *TINY_CLASSIFIER])
+    with pytest.raises(CheckpointError, match="model='SceneCNN' but this run has model='resnet18_classifier'"):
+        run_in_process("resnet18", [f"--data={tiny_intel}", f"--run_dir={tmp_path}", "--resume", "--weights=none",
+                                    *TINY_CLASSIFIER])
+
+
+def _metrics_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["step", "checkpoint", "evaluation"])
+def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_intel, tmp_path, kill_at):
+    common = [f"--data={tiny_intel}", "--width=4", "--resolution=32", "--batch_size=8", "--eval_batch_size=4",
+              "--eval_every=3", "--checkpoint_every=2", "--num_workers=1", "--epochs=3"]
+    whole = tmp_path / "whole"
+    assert run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={whole}"]).returncode == 0
+    broken = tmp_path / "broken"
+    rng = np.random.default_rng({"step": 1, "checkpoint": 2, "evaluation": 3}[kill_at])
+    target = int(rng.integers(4, 20))
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={broken}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        steps = _metrics_steps(broken)
+        partial = list((broken / "checkpoints").glob(".partial-*")) if (broken / "checkpoints").exists() else []
+        if kill_at == "checkpoint" and partial and steps and steps[-1] >= target:
+            break  # a checkpoint is being written right now
+        if kill_at == "evaluation" and steps and steps[-1] >= target and steps[-1] % 3 == 0:
+            break  # the step before a validation pass was just logged
+        if kill_at == "step" and steps and steps[-1] >= target:
+            break
+        time.sleep(0.002)
+    assert process.poll() is None, "the run finished before it could be killed: make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={broken}", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(sorted((whole / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    b = load_file(sorted((broken / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, broken)]
+    assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
+    assert summaries[0]["test_loss"] == summaries[1]["test_loss"]
+    steps = _metrics_steps(broken)
+    train_steps = [json.loads(l)["step"] for l in (broken / "metrics.jsonl").read_text().splitlines()
+                   if "train/loss" in l]
+    assert train_steps == sorted(set(train_steps)) and steps[-1] == summaries[0]["steps"]

@@ -1,0 +1,160 @@
+"""Predict, evaluate and report: self-contained checkpoints, bad files, hand-checked metrics, a real browser."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_CLASSIFIER, run_script
+from test_recipes import run_in_process
+from toolkit.cli import main as toolkit_main
+from toolkit.predict import predict_files
+
+TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_intel, tmp_path_factory) -> Path:
+    """A tiny CNN run on the synthetic scenes (module-wide: several tests use it)."""
+    import os
+
+    from conftest import _reset_accelerate
+
+    run_dir = tmp_path_factory.mktemp("trained") / "cnn"
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", "--epochs=3",
+                           *TINY_CLASSIFIER[1:]])
+    _reset_accelerate()
+    return run_dir
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_a_folder_with_bad_files_writes_every_row(trained, tiny_intel, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_intel / "seg_pred", folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (folder / "empty.png").write_bytes(b"")
+    Image.fromarray(np.full((30, 50), 90, np.uint8), mode="L").save(folder / "gray.png")  # converted, kept
+    out = tmp_path / "p.csv"
+    assert toolkit_main(["predict", str(trained), str(folder), "--out", str(out), "--top_k", "3"]) == 0
+    rows = _read_csv(out)
+    assert len(rows) == 12 + 3
+    errors = {Path(r["file"]).name: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"broken.jpg", "empty.png"} and "empty file" in errors["empty.png"]
+    classes = ["buildings", "forest", "glacier", "mountain", "sea", "street"]
+    for row in rows:
+        if row["error"]:
+            continue
+        probabilities = [float(row[f"p_{c}"]) for c in classes]
+        assert abs(sum(probabilities) - 1) < 1e-3
+        assert row["predicted"] == classes[int(np.argmax(probabilities))]
+        assert float(row["probability"]) >= float(row["top2_probability"]) >= float(row["top3_probability"])
+
+
+def test_predict_from_a_list_and_flip_tta(trained, tiny_intel, tmp_path):
+    files = sorted((tiny_intel / "seg_test" / "sea").glob("*.jpg"))[:3]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, files)))
+    plain = predict_files(str(trained), files, flip_tta=False, progress=False)
+    mirrored = predict_files(str(trained), files, flip_tta=True, progress=False)
+    assert plain.probabilities.shape == (3, 6) and not np.allclose(plain.probabilities, mirrored.probabilities)
+    assert toolkit_main(["predict", str(trained), f"@{listing}", "--out", str(tmp_path / "l.csv")]) == 0
+    assert len(_read_csv(tmp_path / "l.csv")) == 3
+
+
+def test_a_checkpoint_alone_is_enough_in_a_fresh_process(trained, tiny_intel, tmp_path):
+    newest = sorted((trained / "checkpoints").glob("step-*"))[-1]
+    alone = tmp_path / "shipped"
+    shutil.copytree(newest, alone)  # nothing else of the run travels
+    image = sorted((tiny_intel / "seg_test" / "forest").glob("*.jpg"))[0]
+    result = run_script([*TOOLKIT, "predict", str(alone), str(image), "--out", str(tmp_path / "one.csv")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    here = predict_files(str(trained), [image], progress=False)
+    there = _read_csv(tmp_path / "one.csv")[0]
+    assert there["predicted"] == here.classes[int(here.probabilities[0].argmax())]
+    assert abs(float(there["probability"]) - float(here.probabilities[0].max())) < 1e-5
+
+
+def test_predict_refuses_wrong_inputs_with_one_line(trained, tmp_path):
+    for args, message in ((["predict", str(trained), str(tmp_path / "absent")], "does not exist"),
+                          (["predict", str(tmp_path), str(tmp_path)], "no complete checkpoint")):
+        result = run_script([*TOOLKIT, *args])
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_agrees_with_the_predictions_it_writes(trained, tiny_intel, tmp_path):
+    out = tmp_path / "evaluation"
+    assert toolkit_main(["evaluate", str(trained), str(tiny_intel / "seg_test"), "--out", str(out)]) == 0
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = _read_csv(out / "predictions.csv")
+    truth = [Path(r["file"]).parent.name for r in rows]
+    assert metrics["n"] == 36
+    assert metrics["accuracy"] == pytest.approx(np.mean([r["predicted"] == t for r, t in zip(rows, truth)]))
+    confusion = np.array(metrics["confusion"])
+    classes = metrics["classes"]
+    for i, name in enumerate(classes):  # recall from the CSV, by hand
+        mine = [r for r, t in zip(rows, truth) if t == name]
+        assert metrics["recall"][i] == pytest.approx(np.mean([r["predicted"] == name for r in mine]))
+        assert confusion[i].sum() == len(mine)
+    assert 0 <= metrics["ece"] <= 1
+    for figure in ("confusion.png", "per_class.png", "reliability.png"):
+        assert (out / figure).is_file()
+
+
+def test_evaluate_refuses_a_folder_with_other_classes(trained, tmp_path):
+    (tmp_path / "cats").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "cats" / "a.png")
+    result = run_script([*TOOLKIT, "evaluate", str(trained), str(tmp_path)])
+    assert result.returncode == 2 and "the model was trained on" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def report(trained, tiny_intel, tmp_path_factory) -> Path:
+    evaluation = tmp_path_factory.mktemp("evaluation")
+    assert toolkit_main(["evaluate", str(trained), str(tiny_intel / "seg_test"), "--out", str(evaluation)]) == 0
+    out = tmp_path_factory.mktemp("report")
+    assert toolkit_main(["report", str(trained), str(evaluation), "--out", str(out), "--wandb_mode=disabled"]) == 0
+    return out / "index.html"
+
+
+def test_report_is_self_contained(report):
+    text = report.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "the page refers to the network"
+    assert "http://" not in text and "https://" not in text
+    images = re.findall(r'<img [^>]*src="([^"]+)"', text)
+    assert len(images) >= 6 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(list((report.parent / "figures").glob("*.png"))) == len(images)
+    assert "learning curves" in text and "most confident mistakes" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh --browser)")
+def test_report_renders_in_a_real_browser_with_every_image(report, tmp_path):
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+               report.as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom)
+    total = re.search(r'data-images-total="(\d+)"', dom)
+    assert loaded and total, dom[:500]
+    assert int(total.group(1)) >= 6 and loaded.group(1) == total.group(1)
+    screenshot = tmp_path / "page.png"
+    subprocess.run([*command[:-2], f"--screenshot={screenshot}", "--window-size=1200,2400", report.as_uri()],
+                   capture_output=True, timeout=120)
+    assert screenshot.stat().st_size > 10_000  # a rendered page, not a blank one
