@@ -38,7 +38,7 @@ STUDY_RESULTS = {  # STUDY.md, on the official seg_test (3,000 images): for refe
 class Config(ClassificationDataSettings, RunSettings):
     cnn_run: str = ""  # a finished recipes/cnn.py run folder to read instead of training one
     resnet_run: str = ""  # a finished recipes/resnet18.py run folder to read instead of training one
-    resnet_weights: str = "auto"  # ResNet18 start: 'imagenet', 'auto' (imagenet, else random, said loudly), 'none', a path
+    resnet_weights: str = "auto"  # 'imagenet', 'auto' (imagenet, else random init, said loudly), 'none', a path
     cnn_args: str = ""  # extra options for recipes/cnn.py, e.g. "--epochs=2 --batch_size=60"
     resnet_args: str = ""  # extra options for recipes/resnet18.py, e.g. "--lr=1e-4"
 
@@ -142,7 +142,8 @@ def main(cfg: Config) -> dict:
                          [[c, *[s[key][c] for s in summaries.values()]] for c in classes]
                          + [["overall", *[s.get("test_accuracy", s["val_accuracy"]) for s in summaries.values()]]],
                          step=0)
-    result = {f"{m}_{k}": s.get(k) for m, s in summaries.items() for k in ("test_accuracy", "test_loss", "val_accuracy")}
+    keys = ("test_accuracy", "test_loss", "val_accuracy")
+    result = {f"{m}_{k}": s.get(k) for m, s in summaries.items() for k in keys}
     run.logger.summary(result)
     run.logger.finish()
     return summaries

@@ -18,8 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.config import check_non_negative, check_positive
-from toolkit.data.augment import (IMAGENET_MEAN, IMAGENET_STD, STUDY_MEAN, STUDY_STD, normalize, random_flip,
-                                  step_generator)
+from toolkit.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    STUDY_MEAN,
+    STUDY_STD,
+    normalize,
+    random_flip,
+    step_generator,
+)
 from toolkit.data.classification import load_classification_data
 from toolkit.data.loaders import make_loader, shard_indices
 from toolkit.models.resnet import freeze_backbone, resnet18_classifier
@@ -33,9 +40,9 @@ from toolkit.train.meter import TrainingMeter
 
 @dataclass
 class Config(ClassificationDataSettings, RunSettings):
-    weights: str = "imagenet"  # 'imagenet' (torchvision download), 'none', 'auto' (imagenet else none), or a state-dict path
+    weights: str = "imagenet"  # 'imagenet' (torchvision download), 'none', 'auto' (imagenet else none), a file
     freeze_backbone: bool = False  # train only the new head (the study's intent; not what it ran)
-    normalization: Literal["study", "imagenet"] = "study"  # study: mean/std 0.5 as the study ran; imagenet: the weights' own
+    normalization: Literal["study", "imagenet"] = "study"  # study: mean/std 0.5, as it ran; imagenet: the weights'
     epochs: int = 4  # passes over the training images
     batch_size: int = 50  # images per iteration, per process
     eval_batch_size: int = 250  # images per evaluation batch

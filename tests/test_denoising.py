@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -11,15 +10,14 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 from safetensors.torch import load_file
-
 from test_recipes import run_in_process
+
 from toolkit.cli import main as toolkit_main
 from toolkit.data.augment import step_generator
 from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_unlabeled_folder
 from toolkit.data.loaders import make_loader
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas, random_crop, sigma_from_255
-from toolkit.errors import UserError
 from toolkit.models.autoencoders import STUDY_AUTOENCODERS, latent_shape, study_autoencoder
 from toolkit.models.denoisers import DnCNN, UNetDenoiser
 from toolkit.train.denoise import NoiseSpec, evaluate_denoiser, image_quality, seeded_noisy

@@ -9,11 +9,17 @@ import skimage.data
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
 from test_recipes import run_in_process
+
 from toolkit.errors import UserError
-from toolkit.models.efficientnet_lite import (LITE_MEAN, LITE_STD, efficientnet_lite0, load_lite0_imagenet,
-                                              map_efficientnet_pytorch_keys, packaged_lite0_weights)
+from toolkit.models.efficientnet_lite import (
+    LITE_MEAN,
+    LITE_STD,
+    efficientnet_lite0,
+    load_lite0_imagenet,
+    map_efficientnet_pytorch_keys,
+    packaged_lite0_weights,
+)
 from toolkit.models.fast_resnet import FastResNet
 from toolkit.train.ema import ModelEMA
 from toolkit.train.schedule import one_cycle_lr
@@ -97,10 +103,30 @@ def test_fast_cnn_runs_and_resumes_exactly_with_its_weight_average(tiny_intel, t
     assert resumed["test_accuracy"] == whole["test_accuracy"]
 
 
-@pytest.mark.parametrize("mode", ["finetune", "linear_probe"])
+@pytest.mark.parametrize("mode", ["top", "finetune", "linear_probe"])
 def test_efficientnet_recipe_modes(tiny_intel, tmp_path, mode):
     summary = run_in_process("efficientnet_lite0", [
         f"--data={tiny_intel}", f"--run_dir={tmp_path / mode}", f"--mode={mode}", "--resolution=32",
         "--batch_size=16", "--eval_batch_size=32", "--max_steps=3", "--num_workers=1"])
     assert summary["recipe"] == f"efficientnet_lite0-{mode}" and "ImageNet" in summary["weights"]
     assert 0 <= summary["test_accuracy"] <= 1
+
+
+def test_efficientnet_top_mode_resumes_exactly_from_its_cached_features(tiny_intel, tmp_path):
+    common = [f"--data={tiny_intel}", "--resolution=32", "--batch_size=16", "--eval_batch_size=32", "--epochs=2",
+              "--checkpoint_every=2", "--eval_every=3", "--num_workers=1", "--train_from_block=12"]
+    whole = run_in_process("efficientnet_lite0", [*common, f"--run_dir={tmp_path / 'whole'}"])
+    run_in_process("efficientnet_lite0", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=3"])
+    resumed = run_in_process("efficientnet_lite0", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
+    a = load_file(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    b = load_file(sorted((tmp_path / "split" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    frozen = load_file(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    from toolkit.models.efficientnet_lite import efficientnet_lite0, load_lite0_imagenet
+
+    pretrained = efficientnet_lite0(num_classes=6)
+    load_lite0_imagenet(pretrained)
+    assert torch.equal(frozen["blocks.3.depthwise.0.weight"], pretrained.state_dict()["blocks.3.depthwise.0.weight"])
+    assert not torch.equal(frozen["blocks.14.depthwise.0.weight"],
+                           pretrained.state_dict()["blocks.14.depthwise.0.weight"])

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import RECIPES, run_script
+from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -32,8 +30,8 @@ def test_two_cpu_processes_train_together_and_resume_exactly(tiny_intel, tmp_pat
     assert config["num_processes"] == 2
     assert summary["test_images"] == 36  # every test image scored once, none padded in twice
     assert summary["steps"] == 2 * (84 // (8 * 2))  # each iteration consumes 8 images per process
-    steps = [json.loads(l)["step"] for l in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
-             if "train/loss" in l]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in line]
     assert steps == sorted(set(steps))  # one set of metrics, not one per process
     newest = sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1]
     assert {p.name for p in newest.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA
 from test_recipes import run_in_process
 

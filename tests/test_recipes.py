@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RECIPES, ROOT, TINY_CLASSIFIER, load_recipe, run_script
 from safetensors.torch import load_file
 
-from conftest import RECIPES, ROOT, TINY_CLASSIFIER, load_recipe, run_script
 from toolkit.config import parse_config
 
 
@@ -29,7 +29,8 @@ def test_cnn_recipe_writes_a_complete_run(tiny_intel, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     summary = run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", *TINY_CLASSIFIER])
     assert summary["test_split"] == "seg_test" and summary["test_images"] == 36
-    assert 0 <= summary["test_accuracy"] <= 1 and summary["steps"] == 2 * (84 // 16)  # 96 images - 12 for validation, batches of 16
+    # 96 training images - 12 for validation, in batches of 16, for 2 epochs
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["steps"] == 2 * (84 // 16)
     for name in ("config.json", "metrics.jsonl", "summary.json", "plots/learning_curves.png", "plots/confusion.png",
                  "plots/per_class_accuracy.png", "plots/test_examples.png", "tables/test_per_class.json"):
         assert (run_dir / name).is_file(), name
@@ -72,8 +73,9 @@ def test_compare_classifiers_writes_the_side_by_side_table(tiny_intel, tmp_path)
     assert set(summaries) == {"CNN", "ResNet18"}
     assert (run_dir / "plots" / "per_class_comparison.png").is_file()
     # reading finished runs instead of training
-    again = run_in_process("compare_classifiers", [f"--data={tiny_intel}", f"--run_dir={tmp_path / 'cmp2'}",
-                                                   f"--cnn_run={run_dir / 'cnn'}", f"--resnet_run={run_dir / 'resnet18'}"])
+    again = run_in_process("compare_classifiers", [
+        f"--data={tiny_intel}", f"--run_dir={tmp_path / 'cmp2'}", f"--cnn_run={run_dir / 'cnn'}",
+        f"--resnet_run={run_dir / 'resnet18'}"])
     assert again["CNN"]["test_accuracy"] == summaries["CNN"]["test_accuracy"]
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RECIPES, TINY_CLASSIFIER, run_script
 from PIL import Image
 from safetensors.torch import load_file
-
-from conftest import RECIPES, TINY_CLASSIFIER, run_script
 from test_recipes import run_in_process
+
 from toolkit.cli import main as toolkit_main
 from toolkit.data.beton import cached_beton
 from toolkit.data.check import check_dataset
@@ -217,6 +217,17 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_inte
     assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
     assert summaries[0]["test_loss"] == summaries[1]["test_loss"]
     steps = _metrics_steps(broken)
-    train_steps = [json.loads(l)["step"] for l in (broken / "metrics.jsonl").read_text().splitlines()
-                   if "train/loss" in l]
+    train_steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()
+                   if "train/loss" in line]
     assert train_steps == sorted(set(train_steps)) and steps[-1] == summaries[0]["steps"]
+
+
+def test_a_fresh_run_never_overwrites_a_run_with_checkpoints(tiny_intel, tmp_path):
+    from toolkit.errors import UserError
+
+    args = [f"--data={tiny_intel}", f"--run_dir={tmp_path}", "--width=4", "--max_steps=2", *TINY_CLASSIFIER]
+    run_in_process("cnn", args)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(UserError, match="already holds a run with checkpoints: pass --resume"):
+        run_in_process("cnn", args)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before

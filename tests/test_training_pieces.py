@@ -15,7 +15,6 @@ from toolkit.train import precision
 from toolkit.train.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from toolkit.train.tracking import RunLogger, choose_wandb_mode
 
-
 # ---- mixed precision -------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -174,3 +173,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     with pytest.raises(CheckpointError, match="previous checkpoint is intact"):
         save_checkpoint(accelerator, tmp_path, 2, {"model": "Linear"})
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def test_a_recipe_can_keep_auto_at_fp32_on_cpus(cpu_with_bf16, monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert precision.choose_mixed_precision("auto", "cpu", cpu_bf16_pays=False) == "no"
+    assert precision.choose_mixed_precision("bf16", "cpu", cpu_bf16_pays=False) == "bf16"  # asked for explicitly

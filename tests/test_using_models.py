@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY_CLASSIFIER, run_script
+from PIL import Image
 from test_recipes import run_in_process
+
 from toolkit.cli import main as toolkit_main
 from toolkit.predict import predict_files
 
@@ -158,3 +158,16 @@ def test_report_renders_in_a_real_browser_with_every_image(report, tmp_path):
     subprocess.run([*command[:-2], f"--screenshot={screenshot}", "--window-size=1200,2400", report.as_uri()],
                    capture_output=True, timeout=120)
     assert screenshot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_evaluate_on_the_held_out_split_scores_exactly_the_recipes_test_images(trained, tiny_intel, tmp_path):
+    from toolkit.data.classification import load_classification_data
+
+    out = tmp_path / "holdout"
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_intel / "seg_train", pool)  # a training folder with no test split beside it
+    assert toolkit_main(["evaluate", str(trained), str(pool), "--holdout_fraction=0.25", "--out", str(out)]) == 0
+    rows = _read_csv(out / "predictions.csv")
+    split = load_classification_data(str(pool), "seg_train", "", 0.1, 0.25, 0, 32, log=lambda *_: None)
+    expected = {split.train_set.files[i] for i in split.test_indices}
+    assert {Path(r["file"]).relative_to(pool).as_posix() for r in rows} == expected

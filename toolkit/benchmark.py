@@ -173,7 +173,7 @@ def measure_compile(batch_size: int, resolution: int, steps: int) -> dict:
         images = torch.randn(batch_size, 3, resolution, resolution).to(memory_format=torch.channels_last)
         labels = torch.randint(0, 6, (batch_size,))
 
-        def step():
+        def step(runnable=runnable, images=images, labels=labels, optimizer=optimizer):
             F.cross_entropy(runnable(images), labels).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -91,7 +91,7 @@ def command_evaluate(args) -> None:
 
     out = Path(args.out or f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     metrics = evaluate_folder(args.checkpoint, Path(args.data), out, args.batch_size, args.tta, args.device,
-                              args.workers)
+                              args.workers, holdout_fraction=args.holdout_fraction)
     print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images, loss {metrics['loss']:.4f}, "
           f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f}")
     width = max(len(c) for c in metrics["classes"])
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     ev.add_argument("data", help="a folder of <class>/<image> with the checkpoint's classes")
     ev.add_argument("--out", default="", help="output folder (default runs/evaluate-<time>)")
+    ev.add_argument("--holdout_fraction", type=float, default=0.0,
+                    help=">0: score the images the recipes hold out of DATA's training folder (their default: 0.1)")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     ev.add_argument("--batch_size", type=int, default=64)
     ev.add_argument("--workers", type=int, default=2)

@@ -73,7 +73,8 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         raise UserError("this denoiser is told the noise level: pass --sigma=S (noise std on the 0-255 scale)")
     source, destination = Path(source), Path(destination)
     if source.is_dir():
-        pairs = [(file, destination / file.relative_to(source).with_suffix(".png")) for file in list_image_files(source)]
+        pairs = [(file, destination / file.relative_to(source).with_suffix(".png"))
+                 for file in list_image_files(source)]
         if not pairs:
             raise UserError(f"{source} holds no images")
     elif source.is_file():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from toolkit.data.folders import is_image_file, list_image_files, scan_labeled_folder
+from toolkit.data.folders import list_image_files, scan_labeled_folder
 from toolkit.data.images import UnreadableImage, load_rgb
 from toolkit.errors import UserError
 from toolkit.inference import DENOISER_NAMES, load_trained_model
@@ -130,17 +130,35 @@ def write_predictions_csv(predictions: Predictions, path: Path, top_k: int = 1) 
             writer.writerow(cells + [f"{p:.6f}" for p in row] + [""])
 
 
+def holdout_images(data: str, holdout_fraction: float, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """The held-out test images the recipes carve from a training folder (same files, same seed)."""
+    from toolkit.data.classification import load_classification_data
+
+    split = load_classification_data(data, "seg_train", "", 0.1, holdout_fraction, 0, store_size=32,
+                                     log=lambda *_: None)
+    if split.classes != classes:
+        raise UserError(f"{data} has classes {split.classes} but the model was trained on {classes}")
+    root = Path(split.train_set.manifest["root"])
+    files = [root / split.train_set.files[i] for i in split.test_indices]
+    return files, [int(split.train_set.labels[i]) for i in split.test_indices]
+
+
 def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: int = 64, flip_tta: bool | None = None,
-                    device: str = "cpu", workers: int = 2, gallery: int = 24) -> dict:
+                    device: str = "cpu", workers: int = 2, gallery: int = 24, holdout_fraction: float = 0.0) -> dict:
     """Accuracy, per-class precision/recall/F1, confusion matrix, calibration and the most confident
-    mistakes of a checkpoint on a labeled folder; figures and metrics.json written to out_dir."""
+    mistakes of a checkpoint on a labeled folder (or, with holdout_fraction > 0, on the images the
+    recipes hold out of that training folder); figures and metrics.json written to out_dir."""
     from toolkit.plots import image_grid, plot_confusion, plot_grouped_bars, plot_reliability
 
     _, state = load_classifier(checkpoint, "cpu")
-    listing = scan_labeled_folder(folder, classes=state["classes"])
-    predictions = predict_files(checkpoint, listing.files, batch_size, flip_tta, device, workers)
-    good = np.array([i for i in range(len(listing.files)) if i not in predictions.errors], dtype=int)
-    labels = np.asarray(listing.labels)[good]
+    if holdout_fraction > 0:
+        files, all_labels = holdout_images(str(folder), holdout_fraction, state["classes"])
+    else:
+        listing = scan_labeled_folder(folder, classes=state["classes"])
+        files, all_labels = listing.files, listing.labels
+    predictions = predict_files(checkpoint, files, batch_size, flip_tta, device, workers)
+    good = np.array([i for i in range(len(files)) if i not in predictions.errors], dtype=int)
+    labels = np.asarray(all_labels)[good]
     probabilities = predictions.probabilities[good]
     classes = state["classes"]
     predicted = probabilities.argmax(1)
@@ -149,11 +167,11 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     loss = float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1)).sum())
     metrics = classification_metrics(confusion, loss)
     ece, reliability = expected_calibration_error(probabilities, labels)
-    metrics.update(ece=ece, reliability=reliability, skipped={str(listing.files[i]): e for i, e in
-                                                             predictions.errors.items()},
-                   checkpoint=str(checkpoint), folder=str(folder), classes=classes)
+    metrics.update(ece=ece, reliability=reliability, skipped={str(files[i]): e for i, e in predictions.errors.items()},
+                   checkpoint=str(checkpoint), folder=str(folder) + (" (held-out split)" if holdout_fraction else ""),
+                   classes=classes)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_predictions_csv(Predictions(listing.files, predictions.probabilities, predictions.errors, classes),
+    write_predictions_csv(Predictions(files, predictions.probabilities, predictions.errors, classes),
                           out_dir / "predictions.csv", top_k=2)
     figures = {
         "confusion": plot_confusion(confusion, classes, out_dir / "confusion.png",
@@ -166,12 +184,12 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     wrong = np.flatnonzero(predicted != labels)
     worst = wrong[np.argsort(-probabilities[wrong].max(1))][:gallery]
     if len(worst):
-        images = [load_rgb(listing.files[good[i]]) for i in worst]
+        images = [load_rgb(files[good[i]]) for i in worst]
         captions = [f"true {classes[labels[i]]}\npredicted {classes[predicted[i]]} {probabilities[i].max():.2f}"
                     for i in worst]
         figures["mistakes"] = image_grid(images, captions, out_dir / "confident_mistakes.png",
                                          title="the most confident mistakes")
-        metrics["confident_mistakes"] = [{"file": str(listing.files[good[i]]), "true": classes[labels[i]],
+        metrics["confident_mistakes"] = [{"file": str(files[good[i]]), "true": classes[labels[i]],
                                           "predicted": classes[predicted[i]],
                                           "probability": float(probabilities[i].max())} for i in worst]
     metrics["figures"] = {k: str(v) for k, v in figures.items()}

@@ -193,10 +193,11 @@ def _latent_section(page: _Page, run_dir: Path) -> None:
             _denoiser_section(page, run_dir / name)
 
 
-STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222}h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #aaa}table{border-collapse:collapse;
-margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f0f0f0}figure{margin:1em 0}
-img{max-width:100%}figcaption{color:#555;font-size:90%}.meta{color:#666;font-size:90%}"""
+STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #aaa}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f0f0f0}figure{margin:1em 0}img{max-width:100%}
+figcaption{color:#555;font-size:90%}.meta{color:#666;font-size:90%}"""
 
 COUNT_IMAGES = """<script>window.addEventListener('load',function(){var images=document.images,loaded=0;
 for(var i=0;i<images.length;i++){if(images[i].complete&&images[i].naturalWidth>0){loaded++;}}

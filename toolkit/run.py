@@ -20,8 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from toolkit.config import (check_fraction, check_non_negative, check_positive, config_to_dict, format_config,
-                            parse_config)
+from toolkit.config import (
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    config_to_dict,
+    format_config,
+    parse_config,
+)
 from toolkit.data.classification import DEFAULT_DATA
 from toolkit.errors import ConfigError, UserError
 from toolkit.train.checkpoint import latest_checkpoint
@@ -46,7 +52,7 @@ class ClassificationDataSettings:
 @dataclass
 class DenoisingDataSettings:
     data: str = DEFAULT_DATA  # a folder of images; 'synthetic' = built-in set
-    pool_split: str = "seg_pred"  # folder below --data whose images (labels ignored) are denoised; falls back to seg_train
+    pool_split: str = "seg_pred"  # images below --data to denoise (labels ignored); falls back to seg_train
     image_size: int = 150  # images are squashed to image_size x image_size pixels
     holdout_fraction: float = 0.1  # share of the pool held out as the test set (fixed seed)
     val_fraction: float = 0.1  # share of the remaining images used for validation
@@ -59,7 +65,8 @@ class RunSettings:
     seed: int = 0  # seeds model init, validation split, data order and augmentation
     run_dir: str = ""  # where the run writes; default runs/<recipe>-<date>-<time>
     resume: bool = False  # continue from the newest checkpoint in --run_dir (default: this recipe's newest run)
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: launcher's choice, else bf16 on GPUs and on CPUs with native bf16, else fp32
+    # auto: the launcher's choice, else bf16 on GPUs and on CPUs with native bf16 (AMX), else fp32
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto, no, fp16 or bf16 (see above)
     force_precision: bool = False  # use bf16 even on a CPU that only emulates it (about 10x slower)
     eval_every: int = 25  # iterations between validation passes (0 = only at the end)
     log_every: int = 1  # iterations between training-loss log lines
@@ -70,7 +77,7 @@ class RunSettings:
     num_workers: int = 2  # FFCV decoding threads per process
     cache_dir: str = ""  # where .beton files are cached; default $SCENE_TOOLKIT_CACHE or ~/.cache/scene-toolkit
     wandb_project: str = "scene-toolkit"  # W&B project name
-    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online with key and network, else offline
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online given a key and network
 
 
 def check_run_settings(cfg) -> None:
@@ -111,7 +118,8 @@ def start_run(cfg, recipe: str) -> Run:
     check_run_settings(cfg)
     device_type = training_device_type()
     precision = choose_mixed_precision(cfg.mixed_precision, device_type, cfg.force_precision,
-                                       log=lambda message: _print_once(message))
+                                       log=lambda message: _print_once(message),
+                                       cpu_bf16_pays=getattr(cfg, "cpu_bf16_pays", True))
     wandb_mode, wandb_reason = choose_wandb_mode(cfg.wandb_mode)
     accelerator = Accelerator(mixed_precision=precision, log_with="wandb" if wandb_mode != "disabled" else None,
                               gradient_accumulation_steps=cfg.grad_accumulation)
@@ -124,6 +132,9 @@ def start_run(cfg, recipe: str) -> Run:
     if run_dir is None:
         run_dir = Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # every process agrees on the folder
+    if not cfg.resume and latest_checkpoint(run_dir) is not None:
+        raise UserError(f"{run_dir} already holds a run with checkpoints: pass --resume to continue it, "
+                        "or choose another --run_dir (nothing was changed)")
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and resume_from is None:
         say(f"[run] --resume: no checkpoint in {run_dir} yet; starting from the beginning")

@@ -65,8 +65,16 @@ class EfficientNetLite(nn.Module):
     def features(self, images):  # (B, 3, H, W) -> (B, 1280) pooled features
         return self.head(self.blocks(self.stem(images))).mean(dim=(2, 3))
 
-    def forward(self, images):
-        return self.classifier(self.dropout(self.features(images)))
+    def forward(self, x, split: int = 0):
+        """Images (B, 3, H, W) -> logits; with split > 0, x is the output of blocks[:split] (cached
+        features of a frozen lower network) and only the upper part runs."""
+        if split:
+            pooled = self.head(self.blocks[split:](x)).mean(dim=(2, 3))
+            return self.classifier(self.dropout(pooled))
+        return self.classifier(self.dropout(self.features(x)))
+
+    def bottom(self, images, split: int):  # (B, 3, H, W) -> the input of blocks[split]
+        return self.blocks[:split](self.stem(images))
 
 
 def efficientnet_lite0(num_classes: int = 1000, dropout: float = 0.2) -> EfficientNetLite:

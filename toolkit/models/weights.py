@@ -68,8 +68,9 @@ def _download_torchvision(weights_enum) -> dict[str, torch.Tensor]:
 
 def load_resnet18_weights(model: nn.Module, weights: str) -> str:
     """weights: 'none' (keep random init), 'imagenet' (torchvision's, downloaded once to the torch
-    hub cache), 'auto' (imagenet if it can be had, else random init, loudly), or a path to a state dict. The classification head stays fresh unless the file's
-    head has the same shape. Returns a one-line description of what was loaded.
+    hub cache), 'auto' (imagenet if it can be had, else random init, loudly), or a path to a state
+    dict. The classification head stays fresh unless the file's head has the same shape. Returns a
+    one-line description of what was loaded.
     """
     if weights in ("", "none"):
         return "random initialisation"

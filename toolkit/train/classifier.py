@@ -131,11 +131,11 @@ def _write_figures(run, data, state, validation, test, resolution) -> None:
         positions = np.concatenate([np.flatnonzero(labels_all == c)[:4] for c in range(len(classes))])
         examples = _denormalised_examples(data.test_set, data.test_indices[positions], len(positions), resolution)
         probabilities, labels = test["probabilities"][positions], test["labels"][positions]
-        captions = [f"{classes[l]} -> {classes[p.argmax()]} {p.max():.2f}" for p, l in zip(probabilities, labels)]
+        captions = [f"{classes[y]} -> {classes[p.argmax()]} {p.max():.2f}" for p, y in zip(probabilities, labels)]
         figures["examples"] = image_grid(examples, captions, plots / "test_examples.png",
                                          title="true -> predicted (probability)")
         run.logger.log_images({"plots/examples": figures["examples"]}, step)
         run.logger.log_table("test/examples", ["image", "true", "predicted", "probability"],
-                             [[image, classes[l], classes[p.argmax()], float(p.max())]
-                              for image, p, l in zip(examples, probabilities, labels)], step)
+                             [[image, classes[y], classes[p.argmax()], float(p.max())]
+                              for image, p, y in zip(examples, probabilities, labels)], step)
         np.save(run.run_dir / "test_probabilities.npy", test["probabilities"])

@@ -60,7 +60,7 @@ def evaluate_classifier(model, loader, accelerator, num_classes: int, mean, std,
         if accelerator.num_processes > 1:
             parts = gather_object([(probabilities, labels)])
             probabilities = torch.cat([p for p, _ in parts])
-            labels = torch.cat([l for _, l in parts])
+            labels = torch.cat([part_labels for _, part_labels in parts])
         metrics["probabilities"] = probabilities.numpy()
         metrics["labels"] = labels.numpy()
     return metrics

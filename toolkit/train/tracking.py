@@ -102,6 +102,9 @@ class RunLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
             self.wandb_floor = self._truncate_metrics(resume_step)
+        else:  # a fresh run: its own metrics file and its own W&B run
+            self.metrics_path.unlink(missing_ok=True)
+            (self.run_dir / "wandb_run_id.txt").unlink(missing_ok=True)
         self.metrics_file = open(self.metrics_path, "a")
         if wandb_mode != "disabled":
             self._start_wandb(project, run_name, config, wandb_mode, wandb_reason)
@@ -139,7 +142,8 @@ class RunLogger:
                 self.wandb_run = self.accelerator.get_tracker("wandb", unwrap=True)
                 self.wandb_mode = attempt_mode
                 if attempt_mode == "offline":
-                    self.say(f"[wandb] logging offline ({reason}); upload later with: wandb sync {self.run_dir}/wandb/offline-run-*")
+                    self.say(f"[wandb] logging offline ({reason}); upload later with: "
+                             f"wandb sync {self.run_dir}/wandb/offline-run-*")
                 else:
                     self.say(f"[wandb] logging online to project {project} ({reason})")
                 return
@@ -191,7 +195,8 @@ class RunLogger:
         tables = self.run_dir / "tables"
         tables.mkdir(exist_ok=True)
         plain = [[cell if not hasattr(cell, "shape") or cell.ndim == 0 else "<image>" for cell in row] for row in rows]
-        (tables / f"{name.replace('/', '_')}.json").write_text(json.dumps(_jsonable({"columns": columns, "rows": plain})))
+        table = _jsonable({"columns": columns, "rows": plain})
+        (tables / f"{name.replace('/', '_')}.json").write_text(json.dumps(table))
         if step <= self.wandb_floor:
             return
 
