@@ -1,0 +1,149 @@
+"""From a data folder to stored train / validation / test sets for a classifier.
+
+    data root (Intel layout or any ImageFolder)
+      seg_train -> .beton -> held-out test (when there is no test split) | train | validation
+      seg_test  -> .beton -> test (when present)
+
+The held-out split is drawn with a fixed seed, independent of the run's seed, so every
+recipe and every seed is scored on the same held-out images; validation is drawn from what
+remains with the run's seed. Both are stratified and keep identical images (same decoded
+pixels) together, so no held-out image has a copy in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.data.beton import StoredImages, cached_beton, conflicting_duplicates, default_cache_dir
+from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_split, scan_labeled_folder
+from toolkit.data.split import duplicate_groups, stratified_split
+from toolkit.data.synthetic import is_synthetic, write_synthetic_scenes
+from toolkit.errors import DataError
+
+DEFAULT_DATA = "data/intel"
+HOLDOUT_SEED = 20_240_601  # fixed: the held-out images never depend on a run's seed
+
+SYNTHETIC_BANNER = """
+################################################################################
+#  DATA: {requested} was not found, so this run uses the built-in SYNTHETIC     
+#  scene dataset at {root}.
+#  Its numbers say nothing about real photos. For the real Intel data:
+#  {hint}
+################################################################################"""
+
+
+def find_data_root(data: str, cache_dir: Path | None = None, log=print) -> tuple[Path, bool]:
+    """The data folder to use and whether it is synthetic.
+
+    `data="synthetic"` asks for the built-in dataset; the default path falls back to it,
+    loudly, when absent; any other missing path is an error (a typo should not train on
+    made-up images).
+    """
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if data != "synthetic" and Path(data).exists():
+        root = Path(data)
+        return root, is_synthetic(root)
+    if data not in ("synthetic", DEFAULT_DATA):
+        raise DataError(f"data folder {data} does not exist. {INTEL_DOWNLOAD_HINT}")
+    root = write_synthetic_scenes(cache_dir / "synthetic-scenes")
+    if data == DEFAULT_DATA:
+        log(SYNTHETIC_BANNER.format(requested=data, root=root, hint=INTEL_DOWNLOAD_HINT))
+    else:
+        log(f"[data] using the built-in SYNTHETIC scene dataset at {root}")
+    return root, True
+
+
+@dataclass(frozen=True)
+class ClassificationData:
+    root: Path
+    synthetic: bool
+    classes: list[str]
+    train_set: StoredImages  # the stored training folder: train, val and held-out indices point into it
+    train_indices: np.ndarray
+    val_indices: np.ndarray
+    test_set: StoredImages | None  # the stored test folder, or train_set when the test is held out
+    test_indices: np.ndarray
+    test_name: str  # "seg_test" (a real test split), "holdout" (carved from training) or "none"
+
+    def counts(self, stored: StoredImages, indices: np.ndarray) -> dict[str, int]:
+        labels = stored.labels[indices]
+        return {name: int((labels == label).sum()) for label, name in enumerate(self.classes)}
+
+    def describe(self) -> str:
+        kind = "SYNTHETIC" if self.synthetic else "real"
+        return (f"{kind} data at {self.root}: {len(self.classes)} classes, train {len(self.train_indices)}, "
+                f"validation {len(self.val_indices)}, test {len(self.test_indices)} ({self.test_name})")
+
+
+def load_classification_data(
+    data: str,
+    train_split: str,
+    test_split: str,
+    val_fraction: float,
+    holdout_fraction: float,
+    seed: int,
+    store_size: int,
+    storage: str = "raw",
+    cache_dir: Path | None = None,
+    drop_conflicting_duplicates: bool = False,
+    max_train_images: int = 0,
+    num_workers: int = 2,
+    log=print,
+) -> ClassificationData:
+    """Find, store (once) and split the data for a classification run.
+
+    max_train_images > 0 keeps a stratified subset of that many training images (the study's
+    tuning subset, quick experiments); validation and test are unaffected.
+    """
+    root, synthetic = find_data_root(data, cache_dir, log)
+    train_folder = find_split(root, train_split)
+    if train_folder is None:
+        raise DataError(f"no '{train_split}' split under {root}: expected {root}/{train_split}/<class>/<image> "
+                        f"or {root}/<class>/<image>. {INTEL_DOWNLOAD_HINT}")
+    listing = scan_labeled_folder(train_folder)
+    for name in listing.empty_classes:
+        log(f"[data] warning: class folder {train_folder / name} holds no images")
+    common = dict(store_size=store_size, storage=storage, cache_dir=cache_dir, num_workers=num_workers, log=log)
+    train_set = cached_beton(f"{_slug(root)}-{train_split}", listing.root, listing.files, listing.labels,
+                             listing.classes, **common)
+    labels = train_set.labels
+    groups = duplicate_groups(train_set.pixel_hashes, train_set.digests)  # copies stay on one side of every split
+    usable = np.arange(train_set.num_samples)
+    if drop_conflicting_duplicates:
+        conflicting = conflicting_duplicates(groups, labels.tolist())
+        usable = np.array([i for i in usable if i not in conflicting])
+        log(f"[data] left out {len(conflicting)} identical images that carry different labels")
+
+    test_folder = find_split(root, test_split) if test_split else None
+    if test_folder is not None:
+        test_listing = scan_labeled_folder(test_folder, classes=listing.classes)
+        test_set = cached_beton(f"{_slug(root)}-{test_split}", test_listing.root, test_listing.files,
+                                test_listing.labels, test_listing.classes, **common)
+        test_indices, test_name = np.arange(test_set.num_samples), test_split
+        pool = usable
+    elif holdout_fraction > 0:
+        keep, held = stratified_split(labels[usable], holdout_fraction, HOLDOUT_SEED, [groups[i] for i in usable])
+        pool, test_indices = usable[keep], usable[held]
+        test_set, test_name = train_set, "holdout"
+    else:
+        pool, test_indices, test_set, test_name = usable, np.array([], int), None, "none"
+
+    keep, val_positions = stratified_split(labels[pool], val_fraction, seed, [groups[i] for i in pool])
+    train_indices, val_indices = pool[keep], pool[val_positions]
+    if max_train_images and max_train_images < len(train_indices):
+        fraction = 1 - max_train_images / len(train_indices)
+        subset, _ = stratified_split(labels[train_indices], fraction, seed, [groups[i] for i in train_indices])
+        train_indices = train_indices[subset]
+    if len(train_indices) == 0 or len(val_indices) == 0:
+        raise DataError(f"{train_folder} has too few images ({train_set.num_samples}) for a train/validation "
+                        f"split with val_fraction={val_fraction}; add images or raise --val_fraction")
+    return ClassificationData(root=root, synthetic=synthetic, classes=listing.classes, train_set=train_set,
+                              train_indices=train_indices, val_indices=val_indices, test_set=test_set,
+                              test_indices=np.asarray(test_indices), test_name=test_name)
+
+
+def _slug(root: Path) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in Path(root).resolve().name)[:40] or "data"

@@ -1,0 +1,64 @@
+"""From a folder of images (labels ignored) to stored train / validation / held-out test sets.
+
+The pool is the Intel `seg_pred` split (7,301 unlabeled images) when present; otherwise, as the
+data README suggests, the images of `seg_train` with their labels ignored. The held-out test
+set is drawn with a fixed seed and byte-identical files kept together, as for classification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.data.beton import StoredImages, cached_beton
+from toolkit.data.classification import HOLDOUT_SEED, _slug, find_data_root
+from toolkit.data.folders import find_split, scan_unlabeled_folder
+from toolkit.data.split import duplicate_groups, stratified_split
+from toolkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class DenoisingData:
+    root: Path
+    synthetic: bool
+    pool: str  # which folder the images came from
+    stored: StoredImages
+    train_indices: np.ndarray
+    val_indices: np.ndarray
+    test_indices: np.ndarray
+
+    def describe(self) -> str:
+        kind = "SYNTHETIC" if self.synthetic else "real"
+        return (f"{kind} images from {self.root} ({self.pool}, labels ignored): train {len(self.train_indices)}, "
+                f"validation {len(self.val_indices)}, held-out test {len(self.test_indices)}")
+
+
+def load_denoising_data(data: str, pool_split: str, holdout_fraction: float, val_fraction: float, seed: int,
+                        image_size: int, storage: str = "raw", cache_dir: Path | None = None,
+                        max_train_images: int = 0, num_workers: int = 2, log=print) -> DenoisingData:
+    root, synthetic = find_data_root(data, cache_dir, log)
+    pool = pool_split
+    folder = find_split(root, pool_split)
+    if folder is None and pool_split == "seg_pred":
+        folder, pool = find_split(root, "seg_train"), "seg_train"
+        if folder is not None:
+            log(f"[data] no seg_pred under {root}: using the seg_train images as the unlabeled pool")
+    if folder is None:
+        raise DataError(f"no '{pool_split}' folder under {root}: pass --pool_split=NAME of a folder of images "
+                        "(class subfolders are fine; their labels are ignored)")
+    files = scan_unlabeled_folder(folder)
+    stored = cached_beton(f"{_slug(root)}-{pool}-unlabeled", folder, files, None, None, image_size, storage,
+                          cache_dir=cache_dir, num_workers=num_workers, log=log)
+    same_class = np.zeros(stored.num_samples, dtype=np.int64)  # no labels: a plain random split
+    groups = duplicate_groups(stored.pixel_hashes, stored.digests)  # identical images stay on one side of every split
+    kept, test = stratified_split(same_class, holdout_fraction, HOLDOUT_SEED, groups)
+    keep, val = stratified_split(same_class[kept], val_fraction, seed, [groups[i] for i in kept])
+    train, val = kept[keep], kept[val]
+    if max_train_images and max_train_images < len(train):
+        train = np.sort(np.random.default_rng(seed).permutation(train)[:max_train_images])
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"{folder} has too few images ({stored.num_samples}) for train and validation sets")
+    return DenoisingData(root=root, synthetic=synthetic, pool=pool, stored=stored, train_indices=train,
+                         val_indices=val, test_indices=test)

@@ -1,0 +1,132 @@
+"""Finding images on disk: ImageFolder roots, the Intel layout, unlabeled pools.
+
+Layouts understood:
+    <root>/<class>/**/*.jpg               any ImageFolder-style root
+    <root>/seg_train/<class>/*.jpg        the Intel scene dataset ...
+    <root>/seg_train/seg_train/<class>/   ... with or without Kaggle's doubled folder names
+    <root>/seg_pred/seg_pred/*.jpg        an unlabeled pool
+Classes are the sorted folder names; labels are indices into that list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+INTEL_SPLITS = ("seg_train", "seg_test", "seg_pred")
+
+INTEL_DOWNLOAD_HINT = (
+    "Get the Intel Image Classification data from Kaggle "
+    "(kaggle datasets download -d puneet6060/intel-image-classification) and unzip it into data/intel, "
+    "or pass --data=PATH to any folder of <class>/<image> files."
+)
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    """A labeled image collection: parallel lists of files and class indices."""
+
+    root: Path
+    classes: list[str]
+    files: list[Path]  # absolute paths, sorted by (class, relative path)
+    labels: list[int]
+    empty_classes: list[str]  # class folders that hold no image
+
+    def relative_files(self) -> list[str]:
+        return [file.relative_to(self.root).as_posix() for file in self.files]
+
+    def counts(self) -> dict[str, int]:
+        totals = {name: 0 for name in self.classes}
+        for label in self.labels:
+            totals[self.classes[label]] += 1
+        return totals
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Every image file below a folder, recursively, in a stable order."""
+    return sorted(path for path in folder.rglob("*") if is_image_file(path))
+
+
+def _unwrap_doubled(folder: Path) -> Path:
+    """Kaggle's zip nests each split in a folder of the same name: seg_train/seg_train/."""
+    inner = folder / folder.name
+    return inner if inner.is_dir() else folder
+
+
+def find_split(data_root: Path | str, split: str) -> Path | None:
+    """The folder holding a split's class folders (or images), or None if the split is absent.
+
+    `split` is a name below the root (seg_train, seg_test, ...). A root that directly holds class
+    folders is its own training split when asked for "seg_train" or "train".
+    """
+    root = Path(data_root)
+    if not root.is_dir():
+        return None
+    candidate = root / split
+    if candidate.is_dir():
+        return _unwrap_doubled(candidate)
+    if root.name == split:
+        return _unwrap_doubled(root)
+    has_split_folders = any((root / name).is_dir() for name in INTEL_SPLITS)
+    if split in ("seg_train", "train") and not has_split_folders and _class_folders(root):
+        return root
+    return None
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
+
+
+def scan_labeled_folder(root: Path | str, classes: list[str] | None = None) -> LabeledImages:
+    """Scan <root>/<class>/**/<image>. With `classes` given, the folder must hold exactly those."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist. {INTEL_DOWNLOAD_HINT}")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file, not a folder of <class>/<image> files")
+    folders = _class_folders(root)
+    if not folders:
+        loose = list_image_files(root)
+        what = f"{len(loose)} images but no class folders" if loose else "no class folders"
+        raise DataError(f"{root} holds {what}: a labeled dataset needs <root>/<class>/<image> files")
+    found = [folder.name for folder in folders]
+    if classes is not None and sorted(classes) != found:
+        missing = sorted(set(classes) - set(found))
+        extra = sorted(set(found) - set(classes))
+        raise DataError(
+            f"{root} has classes {found}, but the model was trained on {list(classes)} "
+            f"(missing: {missing or 'none'}, unexpected: {extra or 'none'}); "
+            "use a folder with the same class folders"
+        )
+    class_list = list(classes) if classes is not None else found
+    files: list[Path] = []
+    labels: list[int] = []
+    empty: list[str] = []
+    for label, name in enumerate(class_list):
+        images = list_image_files(root / name)
+        if not images:
+            empty.append(name)
+        files += [image.resolve() for image in images]
+        labels += [label] * len(images)
+    if not files:
+        raise DataError(f"{root} has class folders {found} but no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return LabeledImages(root=root.resolve(), classes=class_list, files=files, labels=labels, empty_classes=empty)
+
+
+def scan_unlabeled_folder(root: Path | str) -> list[Path]:
+    """Every image below a folder (class folders, if any, are ignored): a pool for denoising."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    files = [path.resolve() for path in list_image_files(_unwrap_doubled(root))]
+    if not files:
+        raise DataError(f"{root} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files

@@ -1,0 +1,105 @@
+"""FFCV loaders over stored images, with the pipeline for each field written out as a list.
+
+Loaders yield uint8 image batches (B, 3, H, W) in channels_last memory, already on the
+training device, and int64 labels. Turning pixels into model inputs (flip, normalise)
+happens on the device in `toolkit.data.augment`, batch by batch: cheap there, and seeded by
+the step so that a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, SimpleRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+
+from toolkit.data.beton import StoredImages
+from toolkit.errors import DataError
+
+_default_unraisable_hook = sys.unraisablehook
+
+
+def _ignore_numba_finalizer_noise(unraisable) -> None:
+    """numba's dispatcher finalizer raises a harmless KeyError when an FFCV loader's compiled
+    pipeline is garbage-collected; it would print a traceback for every discarded loader."""
+    frame = unraisable.exc_traceback
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = frame.tb_frame.f_code.co_filename if frame is not None else ""
+    if isinstance(unraisable.exc_value, KeyError) and where.endswith(("numba/core/dispatcher.py",)):
+        return
+    _default_unraisable_hook(unraisable)
+
+
+sys.unraisablehook = _ignore_numba_finalizer_noise
+
+
+def image_pipeline(store_size: int, resolution: int, device: torch.device) -> list:
+    """decode (resizing only if stored at another size) -> tensor -> device -> (B, C, H, W) view."""
+    if store_size == resolution:
+        decode = SimpleRGBImageDecoder()
+    else:  # a square crop of a square image is the whole image: this is a plain resize
+        decode = CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)
+    return [decode, ToTensor(), *_to_device(device), ToTorchImage(channels_last=True)]
+
+
+def label_pipeline(device: torch.device) -> list:
+    return [IntDecoder(), ToTensor(), Squeeze(1), *_to_device(device)]  # (B, 1) -> (B,), also when B == 1
+
+
+def _to_device(device: torch.device) -> list:
+    # On the CPU the batch already is where it is needed: a copy would only cost time.
+    return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
+
+
+def make_loader(
+    stored: StoredImages,
+    indices: Sequence[int],
+    batch_size: int,
+    train: bool,
+    resolution: int,
+    device: torch.device,
+    seed: int = 0,
+    distributed: bool = False,
+    num_workers: int = 2,
+    drop_last: bool | None = None,
+) -> Loader:
+    """A loader over `indices` of a stored dataset.
+
+    train=True: random order reshuffled every epoch from (seed, epoch), dropping the last
+    partial batch, split across processes when `distributed`. train=False: the given order,
+    every sample once, never split (evaluation shards with `shard_indices` instead, so no
+    sample is padded in twice).
+    """
+    indices = np.asarray(indices, dtype=np.uint64)
+    if len(indices) == 0:
+        raise ValueError("a loader needs at least one sample")
+    processes = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
+    if train and (drop_last is None or drop_last) and len(indices) < batch_size * processes:
+        raise DataError(f"batch size {batch_size} x {processes} process(es) is more than the {len(indices)} "
+                        "training images: no full batch to train on. Lower --batch_size or add images")
+    pipelines = {"image": image_pipeline(stored.store_size, resolution, device)}
+    if stored.labels is not None:
+        pipelines["label"] = label_pipeline(device)
+    return Loader(
+        str(stored.beton),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+        distributed=distributed and train,
+        seed=seed,
+        indices=indices,
+        pipelines=pipelines,
+        drop_last=train if drop_last is None else drop_last,
+        os_cache=True,  # the page cache serves repeated epochs and several processes at once
+    )
+
+
+def shard_indices(indices: Sequence[int], rank: int, world_size: int) -> np.ndarray:
+    """This process's share of an evaluation set: disjoint, together exactly the whole set."""
+    return np.asarray(indices)[rank::world_size]

@@ -1,0 +1,45 @@
+"""Noise for denoising: pure functions of (clean batch, sigma, generator), run on the device.
+
+Images are float in [0, 1]; sigma is on that scale (the study's 0.3 = 76.5 on the 0-255 scale).
+Training draws fresh noise every batch from a generator seeded by (seed, step); evaluation
+seeds by (noise_seed, batch index) so every model is scored on the very same noisy images.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+
+def sigma_from_255(sigma_255: float) -> float:
+    """A noise level on the 0-255 scale (the published tables) on the [0, 1] scale."""
+    return sigma_255 / 255.0
+
+
+def draw_sigmas(batch: int, sigma_min: float, sigma_max: float, generator: torch.Generator,
+                device: torch.device) -> torch.Tensor:
+    """One sigma per image, uniform in [sigma_min, sigma_max] (blind denoising); (B,)."""
+    if sigma_min == sigma_max:
+        return torch.full((batch,), float(sigma_min), device=device)
+    return sigma_min + (sigma_max - sigma_min) * torch.rand(batch, device=device, generator=generator)
+
+
+def add_gaussian_noise(clean: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator,
+                       clip: bool = True) -> torch.Tensor:
+    """clean (B, C, H, W) in [0, 1] plus sigma_b * N(0, 1) per image, clipped to [0, 1] if `clip`.
+
+    clip=True is the study's protocol; clip=False is the published benchmarks' (AWGN, no clipping).
+    """
+    noise = torch.randn(clean.shape, device=clean.device, generator=generator, dtype=torch.float32)
+    noisy = clean.float() + rearrange(sigmas.float(), "b -> b 1 1 1") * noise
+    return noisy.clamp_(0.0, 1.0) if clip else noisy
+
+
+def random_crop(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random size x size window for the whole batch (cheap; a new window every batch)."""
+    height, width = images.shape[-2:]
+    if size <= 0 or (size >= height and size >= width):
+        return images
+    top = int(torch.randint(0, height - size + 1, (1,), generator=generator, device=generator.device))
+    left = int(torch.randint(0, width - size + 1, (1,), generator=generator, device=generator.device))
+    return images[..., top:top + size, left:left + size]
