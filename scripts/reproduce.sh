@@ -14,31 +14,34 @@ BIN=.venv/bin
 LAUNCH="$BIN/accelerate launch --config_file accelerate_config.yaml"
 mkdir -p "$OUT"
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+# A rerun after an interruption skips every run that already finished (it has a summary.json);
+# an unfinished recipe run resumes from its latest checkpoint (--resume starts afresh when there is none).
+finished() { [[ -f "$OUT/$1/summary.json" ]] && echo "[reproduce] $1 already finished, skipped"; }
 
 step "data check and exploration"
-$BIN/toolkit data check "$DATA" --json "$OUT/data-check.json" | tee "$OUT/data-check.txt" || true
-$BIN/toolkit data explore "$DATA" --out "$OUT/explore" --wandb_mode=disabled
+[[ -f "$OUT/data-check.json" ]] || $BIN/toolkit data check "$DATA" --json "$OUT/data-check.json" | tee "$OUT/data-check.txt" || true
+[[ -d "$OUT/explore" ]] || $BIN/toolkit data explore "$DATA" --out "$OUT/explore" --wandb_mode=disabled
 
 step "benchmark (all cores, nothing else running)"
-$BIN/toolkit benchmark --data="$DATA" --out "$OUT/benchmark.json" | tee "$OUT/benchmark.txt"
+[[ -f "$OUT/benchmark.json" ]] || $BIN/toolkit benchmark --data="$DATA" --out "$OUT/benchmark.json" | tee "$OUT/benchmark.txt"
 
 step "fast_cnn (all cores)"
-$LAUNCH recipes/fast_cnn.py --data="$DATA" --run_dir="$OUT/fast_cnn" 2>&1 | tee "$OUT/fast_cnn.log"
+finished fast_cnn || $LAUNCH recipes/fast_cnn.py --resume --data="$DATA" --run_dir="$OUT/fast_cnn" 2>&1 | tee "$OUT/fast_cnn.log"
 step "efficientnet_lite0 fine-tuning (all cores)"
-$LAUNCH recipes/efficientnet_lite0.py --data="$DATA" --run_dir="$OUT/efficientnet_lite0" 2>&1 | tee "$OUT/efficientnet.log"
+finished efficientnet_lite0 || $LAUNCH recipes/efficientnet_lite0.py --resume --data="$DATA" --run_dir="$OUT/efficientnet_lite0" 2>&1 | tee "$OUT/efficientnet.log"
 step "efficientnet_lite0 linear probe (all cores)"
-$LAUNCH recipes/efficientnet_lite0.py --data="$DATA" --mode=linear_probe --run_dir="$OUT/efficientnet_probe" \
+finished efficientnet_probe || $LAUNCH recipes/efficientnet_lite0.py --resume --data="$DATA" --mode=linear_probe --run_dir="$OUT/efficientnet_probe" \
     2>&1 | tee "$OUT/efficientnet_probe.log"
 
 step "the two studies side by side, one core each"
-OMP_NUM_THREADS=1 $LAUNCH recipes/compare_classifiers.py --data="$DATA" --run_dir="$OUT/compare" \
+finished compare || OMP_NUM_THREADS=1 $LAUNCH recipes/compare_classifiers.py --resume --data="$DATA" --run_dir="$OUT/compare" \
     > "$OUT/compare.log" 2>&1 &
-OMP_NUM_THREADS=1 $LAUNCH recipes/latent_study.py --data="$DATA" --run_dir="$OUT/latent_study" \
+finished latent_study || OMP_NUM_THREADS=1 $LAUNCH recipes/latent_study.py --resume --data="$DATA" --run_dir="$OUT/latent_study" \
     > "$OUT/latent_study.log" 2>&1 &
 wait
 
 step "a blind, noise-conditioned U-Net for the published benchmark protocol (all cores)"
-$LAUNCH recipes/autoencoder.py --data="$DATA" --model=unet --conditioned --sigma=0 --sigma_max=0.2 \
+finished unet_blind || $LAUNCH recipes/autoencoder.py --resume --data="$DATA" --model=unet --conditioned --sigma=0 --sigma_max=0.2 \
     --clip_noise=false --crop=64 --epochs=4 --run_dir="$OUT/unet_blind" 2>&1 | tee "$OUT/unet_blind.log"
 $BIN/toolkit benchmark-denoiser "$OUT/unet_blind" --clean "$CLEAN" --sigmas 15 25 50 --nlm \
     --out "$OUT/mcmaster.json" | tee "$OUT/mcmaster.txt"

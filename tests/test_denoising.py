@@ -9,8 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from PIL import Image
-from safetensors.torch import load_file
-from test_recipes import run_in_process
+from test_recipes import assert_same_final_weights, run_in_process
 
 from toolkit.cli import main as toolkit_main
 from toolkit.data.augment import step_generator
@@ -156,9 +155,7 @@ def test_autoencoder_recipe_runs_resumes_exactly_and_writes_grids(tiny_intel, tm
     assert "learning_curves.png" in plots and any(name.startswith("grid-val") for name in plots)
     run_in_process("autoencoder", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=1"])
     resumed = run_in_process("autoencoder", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
-    a = load_file(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
-    b = load_file(sorted((tmp_path / "split" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
     assert resumed["test_psnr"] == whole["test_psnr"]
 
 

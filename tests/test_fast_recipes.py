@@ -8,8 +8,7 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
-from safetensors.torch import load_file
-from test_recipes import run_in_process
+from test_recipes import assert_same_final_weights, final_weights, run_in_process
 
 from toolkit.errors import UserError
 from toolkit.models.efficientnet_lite import (
@@ -97,9 +96,7 @@ def test_fast_cnn_runs_and_resumes_exactly_with_its_weight_average(tiny_intel, t
     assert (tmp_path / "whole" / "plots" / "time_to_accuracy.png").is_file()
     run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=3"])
     resumed = run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
-    a = load_file(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
-    b = load_file(sorted((tmp_path / "split" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
     assert resumed["test_accuracy"] == whole["test_accuracy"]
 
 
@@ -118,11 +115,9 @@ def test_efficientnet_top_mode_resumes_exactly_from_its_cached_features(tiny_int
     whole = run_in_process("efficientnet_lite0", [*common, f"--run_dir={tmp_path / 'whole'}"])
     run_in_process("efficientnet_lite0", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=3"])
     resumed = run_in_process("efficientnet_lite0", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
-    a = load_file(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
-    b = load_file(sorted((tmp_path / "split" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
     assert resumed["test_accuracy"] == whole["test_accuracy"]
-    frozen = load_file(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    frozen = final_weights(tmp_path / "whole")
     from toolkit.models.efficientnet_lite import efficientnet_lite0, load_lite0_imagenet
 
     pretrained = efficientnet_lite0(num_classes=6)

@@ -24,6 +24,14 @@ def final_weights(run_dir: Path) -> dict:
     return load_file(newest / "model.safetensors")
 
 
+def assert_same_final_weights(run_a: Path, run_b: Path) -> None:
+    """Bit-identical weights in the newest checkpoints of two runs."""
+    a, b = final_weights(run_a), final_weights(run_b)
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
 def test_cnn_recipe_writes_a_complete_run(tiny_intel, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
@@ -57,8 +65,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_intel, tmp_path):
     whole = run_in_process("cnn", [*common, f"--run_dir={tmp_path / 'whole'}"])
     run_in_process("cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=5"])  # stops mid-epoch 2
     resumed = run_in_process("cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
-    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "split")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
     assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["test_loss"] == whole["test_loss"]
 
 

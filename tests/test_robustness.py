@@ -18,7 +18,7 @@ import torch
 from conftest import RECIPES, TINY_CLASSIFIER, run_script
 from PIL import Image
 from safetensors.torch import load_file
-from test_recipes import run_in_process
+from test_recipes import assert_same_final_weights, run_in_process
 
 from toolkit.cli import main as toolkit_main
 from toolkit.data.beton import cached_beton
@@ -210,9 +210,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_inte
     process.wait()
     resumed = run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={broken}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_file(sorted((whole / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
-    b = load_file(sorted((broken / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_final_weights(whole, broken)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, broken)]
     assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
     assert summaries[0]["test_loss"] == summaries[1]["test_loss"]
