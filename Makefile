@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make run    set everything up, then run the main job (the study's classifier comparison)
-#   make test   set everything up, then run the whole test suite (slow and real-data tests included)
+#   make test   set everything up, lint, then run the whole test suite (slow and real-data tests included)
 # ARGS passes options to the job, e.g.  make run ARGS="--data=path/to/intel"
 VENV ?= .venv
 ARGS ?=
@@ -16,6 +16,7 @@ run: setup
 
 test:
 	bash scripts/setup.sh --browser
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from ffcv.fields import IntField, RGBImageField
-from PIL import Image
 from ffcv.memory_allocator import MemoryAllocator
 from ffcv.writer import DatasetWriter
+from PIL import Image
 
 from toolkit.data.images import UnreadableImage, load_rgb, open_image, rgb_pixels
 from toolkit.errors import DataError

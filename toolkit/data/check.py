@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.data.folders import INTEL_SPLITS, IMAGE_EXTENSIONS, find_split, is_image_file
+from toolkit.data.folders import IMAGE_EXTENSIONS, INTEL_SPLITS, find_split, is_image_file
 from toolkit.data.images import UnreadableImage, extension_matches_format, open_image, to_rgb
 from toolkit.errors import DataError
 

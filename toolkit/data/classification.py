@@ -28,7 +28,7 @@ HOLDOUT_SEED = 20_240_601  # fixed: the held-out images never depend on a run's 
 
 SYNTHETIC_BANNER = """
 ################################################################################
-#  DATA: {requested} was not found, so this run uses the built-in SYNTHETIC     
+#  DATA: {requested} was not found, so this run uses the built-in SYNTHETIC
 #  scene dataset at {root}.
 #  Its numbers say nothing about real photos. For the real Intel data:
 #  {hint}

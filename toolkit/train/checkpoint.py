@@ -93,6 +93,14 @@ def save_checkpoint(accelerator, run_dir: Path | str, step: int, trainer_state: 
     return final
 
 
+def ensure_final_checkpoint(accelerator, run_dir: Path | str, step: int, trainer_state: dict, keep: int = 2) -> Path:
+    """The checkpoint of the last step: the one already saved at `step`, or a new one."""
+    newest = latest_checkpoint(run_dir)
+    if newest is not None and newest.name == checkpoint_name(step):
+        return newest
+    return save_checkpoint(accelerator, run_dir, step, trainer_state, keep)
+
+
 def _fsync_tree(folder: Path) -> None:
     """Flush a checkpoint's files to disk before the rename that publishes it."""
     for path in folder.iterdir():

@@ -10,7 +10,7 @@ import torch
 
 from toolkit.data.loaders import make_loader, shard_indices
 from toolkit.plots import image_grid, plot_classifier_curves, plot_confusion, plot_grouped_bars, plot_lines
-from toolkit.train.checkpoint import latest_checkpoint, save_checkpoint
+from toolkit.train.checkpoint import ensure_final_checkpoint
 from toolkit.train.evaluate import evaluate_classifier
 from toolkit.train.meter import TrainingMeter
 
@@ -77,9 +77,7 @@ def finish_classifier_run(run, model, data, val_loader, state: dict, eval_batch_
                        test_per_class_total=dict(zip(classes, test["per_class_total"])),
                        test_macro_f1=test["macro_f1"], test_confusion=test["confusion"])
         say(f"[test] {data.test_name}: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} ({test['n']} images)")
-    final = latest_checkpoint(run.run_dir)
-    if final is None or not final.name.endswith(f"{step:08d}"):
-        final = save_checkpoint(accelerator, run.run_dir, step, state, keep_checkpoints)
+    final = ensure_final_checkpoint(accelerator, run.run_dir, step, state, keep_checkpoints)
     summary["checkpoint"] = str(final)
     summary["elapsed_seconds"] = elapsed_seconds(run.run_dir)
     if accelerator.is_main_process:

@@ -10,7 +10,7 @@ from toolkit.models.autoencoders import STUDY_AUTOENCODERS, latent_shape
 from toolkit.models.build import build_model
 from toolkit.models.summary import count_parameters, forward_flops
 from toolkit.plots import plot_image_rows, plot_lines
-from toolkit.train.checkpoint import latest_checkpoint, save_checkpoint
+from toolkit.train.checkpoint import ensure_final_checkpoint
 from toolkit.train.classifier import elapsed_seconds
 from toolkit.train.denoise import evaluate_denoiser, to_hwc_uint8
 
@@ -87,9 +87,7 @@ def finish_denoiser_run(run, model, data, val_loader, val_ids, noise, state: dic
         "test_images": test["n"],
     }
     summary["train_images_per_s"] = state["images_seen"] / max(state["train_seconds"], 1e-9)
-    final = latest_checkpoint(run.run_dir)
-    if final is None or not final.name.endswith(f"{step:08d}"):
-        final = save_checkpoint(accelerator, run.run_dir, step, state, keep_checkpoints)
+    final = ensure_final_checkpoint(accelerator, run.run_dir, step, state, keep_checkpoints)
     summary["checkpoint"] = str(final)
     summary["elapsed_seconds"] = elapsed_seconds(run.run_dir)
     if accelerator.is_main_process:
