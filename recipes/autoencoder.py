@@ -51,6 +51,8 @@ class Config(DenoisingDataSettings, RunSettings):
     crop: int = 0  # >0: train on random crop x crop windows (evaluation always uses whole images)
     noise_seed: int = 1234  # seeds the evaluation noise: every model sees the same noisy images
     grid_images: int = 6  # images in the clean / noisy / denoised grids
+    # every epoch ends with a validation pass (and grids); SSIM on a CPU makes more of them costly
+    eval_every: int = 0  # iterations between extra validation passes within an epoch (0 = none)
     channels_last: bool = True  # NHWC memory for the convolutions
 
 

@@ -56,6 +56,8 @@ class Config(DenoisingDataSettings, RunSettings):
     baseline_images: int = 0  # >0: score the classical baselines on the first N held-out images only
     grid_images: int = 6  # held-out images in the final side-by-side grid
     eval_batch_size: int = 100  # images per evaluation batch
+    # every epoch ends with a validation pass (and grids); SSIM on a CPU makes more of them costly
+    eval_every: int = 0  # iterations between extra validation passes within an epoch (0 = none)
     reuse_finished: bool = True  # read runs already finished in --run_dir instead of training them again
 
 

@@ -2,8 +2,7 @@
 # Every measured figure in the README comes from this script, run on the real data:
 #     bash scripts/reproduce.sh [INTEL_ROOT] [CLEAN_IMAGES]
 # defaults: ../shared/data/intel and ../shared/data/denoise/McMaster. Outputs go to $OUT (runs/readme).
-# Timing-critical recipes (the 15-minute targets, the benchmark) run alone on all cores; the two
-# long studies run side by side, one core each, and say so in their logs.
+# Every step runs alone on all cores, one after the other (on 2 CPU cores: about 3 hours).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/intel}
@@ -33,12 +32,12 @@ step "efficientnet_lite0 linear probe (all cores)"
 finished efficientnet_probe || $LAUNCH recipes/efficientnet_lite0.py --resume --data="$DATA" --mode=linear_probe --run_dir="$OUT/efficientnet_probe" \
     2>&1 | tee "$OUT/efficientnet_probe.log"
 
-step "the two studies side by side, one core each"
-finished compare || OMP_NUM_THREADS=1 $LAUNCH recipes/compare_classifiers.py --resume --data="$DATA" --run_dir="$OUT/compare" \
-    > "$OUT/compare.log" 2>&1 &
-finished latent_study || OMP_NUM_THREADS=1 $LAUNCH recipes/latent_study.py --resume --data="$DATA" --run_dir="$OUT/latent_study" \
-    > "$OUT/latent_study.log" 2>&1 &
-wait
+step "the study's classifier comparison (all cores)"
+finished compare || $LAUNCH recipes/compare_classifiers.py --resume --data="$DATA" --run_dir="$OUT/compare" \
+    2>&1 | tee "$OUT/compare.log"
+step "the latent-size study (all cores)"
+finished latent_study || $LAUNCH recipes/latent_study.py --resume --data="$DATA" --run_dir="$OUT/latent_study" \
+    2>&1 | tee "$OUT/latent_study.log"
 
 step "a blind, noise-conditioned U-Net for the published benchmark protocol (all cores)"
 finished unet_blind || $LAUNCH recipes/autoencoder.py --resume --data="$DATA" --model=unet --conditioned --sigma=0 --sigma_max=0.2 \

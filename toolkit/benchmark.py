@@ -286,8 +286,10 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
         results["compile"] = compiled
         _print_table("torch.compile on the study CNN (batch 120, 80x80)", ["mode", "first step s", "step s"],
                      [[k, v["first_step_s"], v["step_s"]] for k, v in compiled.items() if isinstance(v, dict)])
-        print(f"speed-up {compiled['speedup']:.2f}x; compile pays for itself after "
-              f"{compiled['break_even_steps'] and round(compiled['break_even_steps'])} steps")
+        break_even = compiled["break_even_steps"]
+        verdict = (f"compile pays for itself after {round(break_even)} steps" if break_even is not None
+                   else "compiled steps are not faster, so compiling never pays here (eager stays the default)")
+        print(f"speed-up {compiled['speedup']:.2f}x; {verdict}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
