@@ -41,7 +41,7 @@ finished latent_study || $LAUNCH recipes/latent_study.py --resume --data="$DATA"
 
 step "a blind, noise-conditioned U-Net for the published benchmark protocol (all cores)"
 finished unet_blind || $LAUNCH recipes/autoencoder.py --resume --data="$DATA" --model=unet --conditioned --sigma=0 --sigma_max=0.2 \
-    --clip_noise=false --crop=64 --epochs=4 --run_dir="$OUT/unet_blind" 2>&1 | tee "$OUT/unet_blind.log"
+    --clip_noise=false --crop=64 --epochs=2 --run_dir="$OUT/unet_blind" 2>&1 | tee "$OUT/unet_blind.log"
 $BIN/toolkit benchmark-denoiser "$OUT/unet_blind" --clean "$CLEAN" --sigmas 15 25 50 --nlm \
     --out "$OUT/mcmaster.json" | tee "$OUT/mcmaster.txt"
 

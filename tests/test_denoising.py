@@ -204,3 +204,21 @@ def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_inte
     assert 19.5 < row["noisy input"]["psnr"] < 23 and row["non-local means"]["psnr"] > row["noisy input"]["psnr"]
     assert "FFDNet (published) | 32.35" in capsys.readouterr().out
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tmp_path / "empty"), "--out", str(out)]) == 2
+
+
+def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_intel, tmp_path, capsys):
+    """The README's McMaster model: a noise-conditioned U-Net, sigma drawn per image, unclipped noise."""
+    run_dir = tmp_path / "blind"
+    summary = run_in_process("autoencoder", [
+        f"--data={tiny_intel}", "--model=unet", "--width=8", "--conditioned", "--sigma=0", "--sigma_max=0.2",
+        "--clip_noise=false", "--crop=24", f"--run_dir={run_dir}", *TINY_DENOISER, "--max_steps=3"])
+    assert summary["gflop_per_image"] > 0 and summary["test_psnr"] > 0
+    out = tmp_path / "bench.json"
+    assert toolkit_main(["benchmark-denoiser", str(run_dir), "--clean", str(tiny_intel / "seg_pred"),
+                         "--sigmas", "15", "50", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["sigmas"]
+    assert rows["15.0"]["model"]["psnr"] > rows["50.0"]["model"]["psnr"] > 0
+    assert "| **this toolkit** |" in capsys.readouterr().out
+    image = sorted((tiny_intel / "seg_pred").iterdir())[0]
+    assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "clean.png"), "--sigma", "25"]) == 0
+    assert Image.open(tmp_path / "clean.png").size == Image.open(image).size

@@ -13,11 +13,14 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 @torch.no_grad()
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs (multiply and add counted separately) of one forward pass of one input of `input_shape`."""
+    """FLOPs (multiply and add counted separately) of one forward pass of one input of `input_shape`.
+
+    Denoisers conditioned on the noise level (`model.conditioned`) are given one sigma per image."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    extra = (torch.full((1,), 0.1, device=device),) if getattr(model, "conditioned", False) else ()
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape, device=device))
+        model(torch.zeros(1, *input_shape, device=device), *extra)
     model.train(was_training)
     return int(counter.get_total_flops())
