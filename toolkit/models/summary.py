@@ -12,15 +12,13 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 @torch.no_grad()
-def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs (multiply and add counted separately) of one forward pass of one input of `input_shape`.
-
-    Denoisers conditioned on the noise level (`model.conditioned`) are given one sigma per image."""
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...], *extra_inputs: torch.Tensor) -> int:
+    """FLOPs (multiply and add counted separately) of one forward pass of one input of `input_shape`,
+    with `extra_inputs` passed after it (e.g. the noise level of a conditioned denoiser)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    extra = (torch.full((1,), 0.1, device=device),) if getattr(model, "conditioned", False) else ()
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape, device=device), *extra)
+        model(torch.zeros(1, *input_shape, device=device), *(extra.to(device) for extra in extra_inputs))
     model.train(was_training)
     return int(counter.get_total_flops())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from toolkit.data.loaders import make_loader, shard_indices
 from toolkit.models.autoencoders import STUDY_AUTOENCODERS, latent_shape
 from toolkit.models.build import build_model
@@ -33,8 +35,9 @@ def build_denoiser(name: str, width: int = 32, depth: int = 3, conditioned: bool
 
 def denoiser_facts(model, image_size: int) -> dict:
     """Parameters, forward GFLOP per image and, for autoencoders, the latent's shape and size."""
+    noise_level = (torch.full((1,), 0.1),) if getattr(model, "conditioned", False) else ()  # one sigma per image
     facts = {"parameters": count_parameters(model),
-             "gflop_per_image": forward_flops(model, (3, image_size, image_size)) / 1e9}
+             "gflop_per_image": forward_flops(model, (3, image_size, image_size), *noise_level) / 1e9}
     if hasattr(model, "encode"):
         shape = latent_shape(model, image_size)
         size = shape[0] * shape[1] * shape[2]
