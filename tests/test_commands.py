@@ -57,12 +57,19 @@ def test_benchmark_rejects_unknown_sections(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_gpu_check_script_reports_every_recipe_it_runs(tmp_path):
-    """The prepared accelerator check runs anywhere; on this CPU it must still report each recipe."""
+    """The prepared accelerator check runs anywhere; on this CPU it must still report each part."""
     out = tmp_path / "check.json"
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-    result = run_script([sys.executable, str(script), "--steps", "2", "--images_per_class", "30",
-                         "--only", "cnn", "autoencoder", "--out", str(out)], timeout=900)
+    result = run_script([sys.executable, str(script), "--steps", "12", "--model_steps", "1", "--images_per_class",
+                         "30", "--only", "cnn", "autoencoder", "--out", str(out)], timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert set(results) == {"cnn", "autoencoder"}
-    assert all(r["train_images_per_s"] > 0 and r["steps"] == 2 and r["device"] for r in results.values())
+    assert results["machine"]["cores"] >= 1 and next(iter(results["ceiling"].values())) > 0
+    assert {name.split(" | ")[0] for name in results["models"]} == {
+        "SceneCNN (study CNN)", "ResNet18", "FastResNet (fast_cnn)", "EfficientNet-Lite0"}
+    assert all(r["images_per_s"] > 0 for r in results["models"].values())
+    recipes = results["recipes"]
+    assert set(recipes) == {"cnn", "autoencoder"}
+    for r in recipes.values():  # steps 11-12 are the steady window; the first ten hold the start-up
+        assert r["steps"] == 12 and r["device"] == "cpu" and r["warmup_steps"] == 10
+        assert r["steady_images_per_s"] > 0 and r["warmup_s"] > 0 and r["train_images_per_s"] > 0

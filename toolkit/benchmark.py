@@ -51,10 +51,17 @@ def _timed(action, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def measure_matmul(size: int = 2048, dtype=torch.float32) -> float:
-    """GFLOP/s of a size x size matmul on the CPU."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    return 2 * size**3 / _timed(lambda: a @ b) / 1e9
+def measure_matmul(size: int = 2048, dtype=torch.float32, device: torch.device | str = "cpu") -> float:
+    """GFLOP/s of a size x size matmul on `device` (the CPU by default)."""
+    device = torch.device(device)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+
+    def product():
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return 2 * size**3 / _timed(product) / 1e9
 
 
 def measure_study_loader(folder: Path, resolution: int, batch_size: int, num_workers: int, images: int) -> dict:
@@ -99,25 +106,31 @@ def measure_ffcv_loader(stored, indices, resolution: int, batch_size: int, num_w
 
 
 def measure_train_step(build, batch_size: int, resolution: int, precision: str, channels_last: bool,
-                       steps: int) -> dict:
-    """Images/s and achieved GFLOP/s of forward + backward + Adam on random inputs."""
+                       steps: int, device: torch.device | str = "cpu") -> dict:
+    """Images/s and achieved GFLOP/s of forward + backward + Adam on random inputs, on `device`.
+
+    precision: "fp32", "bf16" or "fp16" (autocast; fp16 without a loss scaler, which costs little)."""
     from toolkit.models.summary import forward_flops
 
+    device = torch.device(device)
     torch.manual_seed(0)
     model = build()
     flops = forward_flops(model, (3, resolution, resolution))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
+    model = model.to(device, memory_format=memory_format).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.randn(batch_size, 3, resolution, resolution).to(memory_format=memory_format)
-    labels = torch.randint(0, 6, (batch_size,))
+    images = torch.randn(batch_size, 3, resolution, resolution, device=device).to(memory_format=memory_format)
+    labels = torch.randint(0, 6, (batch_size,), device=device)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = F.cross_entropy(model(images).float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":  # kernels run asynchronously: time them, not their launches
+            torch.cuda.synchronize(device)
 
     seconds = _timed(step, min_seconds=0.0, min_repeats=steps)
     # backward costs about twice the forward: 3x forward FLOPs per image per step
@@ -190,6 +203,21 @@ def measure_compile(batch_size: int, resolution: int, steps: int) -> dict:
     return results
 
 
+def recipe_models() -> dict:
+    """name: (constructor, batch, resolution), as the classification recipes train each model."""
+    from toolkit.models.cnn import SceneCNN
+    from toolkit.models.efficientnet_lite import efficientnet_lite0
+    from toolkit.models.fast_resnet import FastResNet
+    from toolkit.models.resnet import resnet18_classifier
+
+    return {
+        "SceneCNN (study CNN)": (lambda: SceneCNN(), 120, 80),
+        "ResNet18": (lambda: resnet18_classifier(), 50, 80),
+        "FastResNet (fast_cnn)": (lambda: FastResNet(), 128, 64),
+        "EfficientNet-Lite0": (lambda: efficientnet_lite0(num_classes=6), 64, 128),
+    }
+
+
 def _print_table(title: str, header: list[str], rows: list[list]) -> None:
     cells = [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
@@ -204,10 +232,6 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
     from toolkit.data.classification import find_data_root
     from toolkit.data.folders import find_split, scan_labeled_folder
     from toolkit.errors import UserError
-    from toolkit.models.cnn import SceneCNN
-    from toolkit.models.efficientnet_lite import efficientnet_lite0
-    from toolkit.models.fast_resnet import FastResNet
-    from toolkit.models.resnet import resnet18_classifier
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -255,13 +279,7 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
 
     if "steps" in sections:
         rows, step_results = [], {}
-        models = {  # name: (constructor, batch, resolution) as the recipes train them
-            "SceneCNN (study CNN)": (lambda: SceneCNN(), 120, 80),
-            "ResNet18": (lambda: resnet18_classifier(), 50, 80),
-            "FastResNet (fast_cnn)": (lambda: FastResNet(), 128, 64),
-            "EfficientNet-Lite0": (lambda: efficientnet_lite0(num_classes=6), 64, 128),
-        }
-        for name, (build, model_batch, size) in models.items():
+        for name, (build, model_batch, size) in recipe_models().items():
             for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
                 # bf16 without hardware support is ~10x slower: time fewer steps
                 n = steps if precision == "fp32" or results["machine"]["native_bf16"] else max(2, steps // 4)
