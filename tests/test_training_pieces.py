@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,19 @@ def test_wandb_that_cannot_start_falls_back_to_local_logs(tmp_path, monkeypatch)
     assert logger.wandb_run is None and logger.wandb_mode == "disabled"
     logger.log({"x": 1.0}, step=1)
     logger.finish()
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_a_missing_wandb_package_is_not_fatal(tmp_path, monkeypatch):
+    """A machine without wandb installed (seen on a lent GPU) still trains and logs locally."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
+    messages = []
+    logger = RunLogger(Accelerator(cpu=True), tmp_path / "run", "tests", "run", {"lr": 0.1}, "offline", "test",
+                       log=messages.append)
+    assert logger.wandb_run is None and logger.wandb_mode == "disabled"
+    logger.log({"x": 1.0}, step=1)
+    logger.finish()
+    assert any("cannot import wandb" in m and "pip install wandb" in m for m in messages)
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
 
 

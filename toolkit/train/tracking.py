@@ -129,8 +129,13 @@ class RunLogger:
 
     def _start_wandb(self, project, run_name, config, mode, reason) -> None:
         id_file = self.run_dir / "wandb_run_id.txt"
-        import wandb
-
+        try:
+            import wandb
+        except Exception as error:  # not installed, or broken: the run goes on with its local logs
+            self.say(f"[wandb] cannot import wandb ({type(error).__name__}: {error}); continuing without W&B "
+                     f"(install it with `pip install wandb`); everything is still logged in {self.run_dir}")
+            self.wandb_mode = "disabled"
+            return
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         for attempt_mode in ([mode, "offline"] if mode == "online" else [mode]):
