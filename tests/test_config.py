@@ -65,3 +65,17 @@ def test_range_checks():
         check_positive(Example(epochs=0), "epochs")
     with pytest.raises(ConfigError, match="below 1"):
         check_fraction(Example(lr=1.0), "lr")
+
+
+def test_loader_threads_default_to_this_machines_cores_shared_by_its_processes(monkeypatch):
+    import os
+
+    from toolkit.run import default_num_workers
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_num_workers() == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 4))  # more processes than cores: still one thread each
+    assert default_num_workers() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_num_workers() == max(1, cores // 2)

@@ -74,16 +74,23 @@ class RunSettings:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     grad_accumulation: int = 1  # batches whose gradients are summed before each optimizer step
     max_steps: int = 0  # >0: stop after this many iterations (smoke tests, benchmarks)
-    num_workers: int = 2  # FFCV decoding threads per process
+    num_workers: int = 0  # FFCV decoding threads per process (0 = this machine's cores, shared by its processes)
     cache_dir: str = ""  # where .beton files are cached; default $SCENE_TOOLKIT_CACHE or ~/.cache/scene-toolkit
     wandb_project: str = "scene-toolkit"  # W&B project name
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online given a key and network
 
 
+def default_num_workers() -> int:
+    """FFCV threads per process: the cores this process may use, shared by the processes on this machine
+    (2 on a 2-core laptop; 16 for one process on a 16-core GPU machine, 2 each for 8 processes there)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def check_run_settings(cfg) -> None:
     """Range checks for the shared keys (types are checked by the parser)."""
-    check_non_negative(cfg, "eval_every", "checkpoint_every", "max_steps", "keep_checkpoints")
-    check_positive(cfg, "log_every", "num_workers", "grad_accumulation")
+    check_non_negative(cfg, "eval_every", "checkpoint_every", "max_steps", "keep_checkpoints", "num_workers")
+    check_positive(cfg, "log_every", "grad_accumulation")
     if hasattr(cfg, "val_fraction"):
         check_fraction(cfg, "val_fraction", "holdout_fraction")
         check_non_negative(cfg, "max_train_images")
@@ -116,6 +123,8 @@ def start_run(cfg, recipe: str) -> Run:
     from accelerate.utils import broadcast_object_list, set_seed
 
     check_run_settings(cfg)
+    if cfg.num_workers == 0:  # recorded in the config as the number used
+        cfg.num_workers = default_num_workers()
     device_type = training_device_type()
     precision = choose_mixed_precision(cfg.mixed_precision, device_type, cfg.force_precision,
                                        log=lambda message: _print_once(message),
