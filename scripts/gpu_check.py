@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -70,11 +71,12 @@ def check_models(device, steps: int) -> dict:
     return results
 
 
-def check_recipe(name: str, data: Path, work: Path, steps: int, env: dict) -> dict:
+def check_recipe(name: str, data: Path, work: Path, steps: int, env: dict, extra: list[str]) -> dict:
     recipe = name.split("-")[0]
     run_dir = work / "runs" / name
     command = [sys.executable, str(RECIPES / f"{recipe}.py"), f"--data={data}", f"--run_dir={run_dir}",
-               f"--max_steps={steps}", "--eval_every=0", "--checkpoint_every=0", "--log_every=10", *CHECKS[name]]
+               f"--max_steps={steps}", "--eval_every=0", "--checkpoint_every=0", "--log_every=10", *CHECKS[name],
+               *extra]
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True, env=env)
     if finished.returncode != 0:
@@ -82,7 +84,8 @@ def check_recipe(name: str, data: Path, work: Path, steps: int, env: dict) -> di
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     return {"train_images_per_s": summary["train_images_per_s"], **steady_throughput(run_dir / "metrics.jsonl"),
-            "steps": summary["steps"], "batch_size": config.get("batch_size"), "device": config["device"],
+            "steps": summary["steps"], "batch_size": config.get("batch_size"), "num_workers": config.get("num_workers"),
+            "device": config["device"],
             "mixed_precision": config["mixed_precision_used"], "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -92,6 +95,7 @@ def main() -> int:
     parser.add_argument("--model_steps", type=int, default=20, help="timed steps per model alone (0: skip)")
     parser.add_argument("--images_per_class", type=int, default=400, help="synthetic training images per class")
     parser.add_argument("--only", nargs="*", default=[], help=f"recipes to check: {', '.join(CHECKS)}")
+    parser.add_argument("--recipe_args", default="", help="options for every recipe, e.g. '--batch_size=512'")
     parser.add_argument("--out", default="gpu-check.json")
     args = parser.parse_args()
     unknown = set(args.only) - set(CHECKS)
@@ -131,7 +135,8 @@ def main() -> int:
     env = {**os.environ, "WANDB_MODE": "disabled", "SCENE_TOOLKIT_CACHE": str(work / "cache")}
     print(f"[gpu-check] recipes, {args.steps} steps each on {args.images_per_class * 6} synthetic images:", flush=True)
     for name in args.only or CHECKS:
-        result = results["recipes"][name] = check_recipe(name, data, work, args.steps, env)
+        result = results["recipes"][name] = check_recipe(name, data, work, args.steps, env,
+                                                               shlex.split(args.recipe_args))
         save()
         if "error" in result:
             print(f"  {name:20s} FAILED: {result['error']}", flush=True)
