@@ -11,6 +11,7 @@ from PIL import Image
 from test_recipes import assert_same_final_weights, final_weights, run_in_process
 
 from toolkit.errors import UserError
+from toolkit.inference import load_trained_model
 from toolkit.models.efficientnet_lite import (
     LITE_MEAN,
     LITE_STD,
@@ -85,8 +86,8 @@ def test_ema_tracks_the_average_and_round_trips():
     assert torch.equal(copy.model.weight, ema.model.weight) and copy.updates == 1
 
 
-FAST = ["--resolutions=24,32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=3", "--checkpoint_every=2",
-        "--num_workers=1", "--epochs=2", "--widths=8,16,16,32"]
+FAST = ["--resolutions=24,32", "--eval_resolution=40", "--batch_size=16", "--eval_batch_size=32", "--eval_every=3",
+        "--checkpoint_every=2", "--num_workers=1", "--epochs=2", "--widths=8,16,16,32"]
 
 
 def test_fast_cnn_runs_and_resumes_exactly_with_its_weight_average(tiny_intel, tmp_path):
@@ -94,6 +95,8 @@ def test_fast_cnn_runs_and_resumes_exactly_with_its_weight_average(tiny_intel, t
     whole = run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'whole'}"])
     assert whole["steps"] == 2 * (84 // 16) and whole["flip_tta"] is True
     assert (tmp_path / "whole" / "plots" / "time_to_accuracy.png").is_file()
+    _, state = load_trained_model(tmp_path / "whole")  # evaluated (and served) at the larger test size
+    assert state["preprocessing"]["resolution"] == 40
     run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=3"])
     resumed = run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
     assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
