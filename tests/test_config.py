@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from toolkit.config import check_fraction, check_positive, config_help, field_comments, parse_config
+from toolkit.config import check_fraction, check_positive, config_help, derive_config, field_comments, parse_config
 from toolkit.errors import ConfigError
 
 
@@ -79,3 +79,27 @@ def test_loader_threads_default_to_this_machines_cores_shared_by_its_processes(m
     assert default_num_workers() == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert default_num_workers() == max(1, cores // 2)
+
+
+@dataclass
+class Parent(Base):
+    eval_every: int = 25  # validation interval
+    batch: int = 8  # images per batch
+
+
+@dataclass
+class Child(Base):
+    eval_every: int = 0  # validation interval (another default than the parent's)
+    batch: int = 8  # images per batch
+    lr: float = 0.1  # learning rate
+
+
+def test_sub_recipes_keep_their_own_defaults_unless_the_parent_chose_a_value():
+    parent = parse_config(Parent, ["--seed=3"])
+    child = derive_config(Child, parent, {"seed", "eval_every", "batch"})
+    assert (child.seed, child.eval_every, child.batch) == (3, 0, 8)  # eval_every: the child's own default
+    parent = parse_config(Parent, ["--eval_every=25"])  # given explicitly, though equal to the parent's default
+    assert derive_config(Child, parent, {"eval_every"}).eval_every == 25
+    built_in_code = Parent(batch=4)  # changed from its default without the parser
+    assert derive_config(Child, built_in_code, {"batch", "eval_every"}, "--lr=0.5", seed=7) == Child(
+        seed=7, eval_every=0, batch=4, lr=0.5)

@@ -139,7 +139,18 @@ def parse_config(config_class: type, argv: list[str], program: str = ""):
             else:
                 raise ConfigError(f"--{key} needs a value: --{key}=VALUE")
         values[key] = parse_value(key, raw, hints[key])
-    return config_class(**values)
+    config = config_class(**values)
+    config.__dict__["_given_keys"] = frozenset(values)  # for derive_config: what the user chose, not a default
+    return config
+
+
+def chosen_keys(config) -> set[str]:
+    """The keys of `config` that someone chose: given on the command line (parse_config records them)
+    or changed from the class's default in code."""
+    defaults = type(config)()
+    changed = {field.name for field in dataclasses.fields(config)
+               if getattr(config, field.name) != getattr(defaults, field.name)}
+    return changed | set(config.__dict__.get("_given_keys", ()))
 
 
 def config_to_dict(config) -> dict:
@@ -175,9 +186,11 @@ def check_fraction(config, *names: str) -> None:
 
 
 def derive_config(config_class: type, source, shared: typing.Iterable[str], extra_args: str = "", **overrides):
-    """A sub-recipe's config: its own defaults, the `shared` keys copied from `source`, then the options
-    in `extra_args` (a "--key=value ..." string, checked against config_class), then `overrides`."""
-    values = {name: getattr(source, name) for name in shared}
+    """A sub-recipe's config: its own defaults, the `shared` keys chosen in `source` (a key the parent
+    leaves at its default keeps the sub-recipe's own default), then the options in `extra_args` (a
+    "--key=value ..." string, checked against config_class), then `overrides`."""
+    chosen = chosen_keys(source)
+    values = {name: getattr(source, name) for name in shared if name in chosen}
     arguments = shlex.split(extra_args)
     given = parse_config(config_class, arguments)
     for argument in arguments:
