@@ -47,6 +47,7 @@ $BIN/toolkit benchmark-denoiser "$OUT/unet_blind" --clean "$CLEAN" --sigmas 15 2
 
 step "using the models: evaluate on the held-out split, predict a folder, reports"
 $BIN/toolkit evaluate "$OUT/efficientnet_lite0" "$DATA" --holdout_fraction=0.1 --out "$OUT/evaluate_efficientnet"
+$BIN/toolkit evaluate "$OUT/fast_cnn" "$DATA" --holdout_fraction=0.1 --out "$OUT/evaluate_fast_cnn"
 $BIN/toolkit predict "$OUT/efficientnet_lite0" "$DATA/seg_train/glacier" --top_k 2 --out "$OUT/predictions.csv"
 $BIN/toolkit report "$OUT/compare" "$OUT/fast_cnn" "$OUT/efficientnet_lite0" "$OUT/efficientnet_probe" \
     "$OUT/evaluate_efficientnet" --out "$OUT/report_classifiers" --title "Intel scenes: classifiers"
