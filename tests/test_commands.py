@@ -61,7 +61,8 @@ def test_gpu_check_script_reports_every_recipe_it_runs(tmp_path):
     out = tmp_path / "check.json"
     script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
     result = run_script([sys.executable, str(script), "--steps", "12", "--model_steps", "1", "--images_per_class",
-                         "30", "--only", "cnn", "autoencoder", "--out", str(out)], timeout=900)
+                         "30", "--only", "cnn", "autoencoder", "--recipe_args=--batch_size=16", "--out", str(out)],
+                        timeout=900)  # batches of 16: 12 steps fit in the recipes' epochs on this tiny data
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads(out.read_text())
     assert results["machine"]["cores"] >= 1 and next(iter(results["ceiling"].values())) > 0
@@ -71,5 +72,5 @@ def test_gpu_check_script_reports_every_recipe_it_runs(tmp_path):
     recipes = results["recipes"]
     assert set(recipes) == {"cnn", "autoencoder"}
     for r in recipes.values():  # steps 11-12 are the steady window; the first ten hold the start-up
-        assert r["steps"] == 12 and r["device"] == "cpu" and r["warmup_steps"] == 10
+        assert r["steps"] == 12 and r["batch_size"] == 16 and r["device"] == "cpu" and r["warmup_steps"] == 10
         assert r["steady_images_per_s"] > 0 and r["warmup_s"] > 0 and r["train_images_per_s"] > 0
