@@ -41,9 +41,9 @@ class Config(ClassificationDataSettings, RunSettings):
     eval_resolution: int = 112  # evaluation size (0 = the last training size): zoom augmentation shows objects
     #                             larger in training than whole images do, so a larger test size matches them
     epochs: int = 14  # passes over the training images
-    batch_size: int = 128  # images per iteration, per process
+    batch_size: int = 64  # images per iteration, per process
     eval_batch_size: int = 256  # images per evaluation batch
-    lr: float = 0.2  # peak SGD learning rate of the one-cycle schedule
+    lr: float = 0.1  # peak SGD learning rate of the one-cycle schedule
     warmup_fraction: float = 0.2  # share of training spent warming the learning rate up
     momentum: float = 0.9  # SGD Nesterov momentum
     weight_decay: float = 5e-4  # SGD weight decay
