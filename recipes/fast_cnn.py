@@ -5,7 +5,7 @@ resizing (small images first, full size at the end); zoom and flip augmentation 
 SGD with Nesterov momentum on a one-cycle schedule; label smoothing; an exponential moving
 average of the weights for evaluation; flip test-time augmentation; bf16 where the CPU has it.
 
-    accelerate launch recipes/fast_cnn.py                           # the defaults: ~14 minutes of training on 2 cores
+    accelerate launch recipes/fast_cnn.py                           # the defaults: ~13 minutes of training on 2 cores
     accelerate launch recipes/fast_cnn.py --epochs=24 --resolutions=64,80,96   # longer, larger
     accelerate launch recipes/fast_cnn.py --ema_decay=0 --flip_tta=false       # ablations
 """
