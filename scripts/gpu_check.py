@@ -25,8 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 CHECKS = {  # recipe: options beyond the defaults
     "cnn": [],
@@ -85,8 +84,8 @@ def check_recipe(name: str, data: Path, work: Path, steps: int, env: dict, extra
     config = json.loads((run_dir / "config.json").read_text())
     return {"train_images_per_s": summary["train_images_per_s"], **steady_throughput(run_dir / "metrics.jsonl"),
             "steps": summary["steps"], "batch_size": config.get("batch_size"), "num_workers": config.get("num_workers"),
-            "device": config["device"],
-            "mixed_precision": config["mixed_precision_used"], "wall_seconds": round(time.perf_counter() - started, 1)}
+            "device": config["device"], "mixed_precision": config["mixed_precision_used"],
+            "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
 def main() -> int:
@@ -116,8 +115,6 @@ def main() -> int:
 
     print(f"[gpu-check] {results['machine']}", flush=True)
     if device.type == "cuda":
-        import torch.backends.cudnn
-
         torch.backends.cudnn.benchmark = True
         results["ceiling"] = {"bf16_matmul_tflop_per_s": measure_matmul(8192, torch.bfloat16, device) / 1e3}
     else:
@@ -133,10 +130,10 @@ def main() -> int:
     data = write_synthetic_scenes(work / "data", train_per_class=args.images_per_class, test_per_class=20,
                                   pred_images=args.images_per_class * 6)
     env = {**os.environ, "WANDB_MODE": "disabled", "SCENE_TOOLKIT_CACHE": str(work / "cache")}
+    recipe_args = shlex.split(args.recipe_args)
     print(f"[gpu-check] recipes, {args.steps} steps each on {args.images_per_class * 6} synthetic images:", flush=True)
     for name in args.only or CHECKS:
-        result = results["recipes"][name] = check_recipe(name, data, work, args.steps, env,
-                                                               shlex.split(args.recipe_args))
+        result = results["recipes"][name] = check_recipe(name, data, work, args.steps, env, recipe_args)
         save()
         if "error" in result:
             print(f"  {name:20s} FAILED: {result['error']}", flush=True)
