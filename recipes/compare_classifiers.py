@@ -1,14 +1,15 @@
-"""The study's comparison: its custom CNN against ResNet18, side by side (STUDY.md, Part 1).
+"""The study's comparison (STUDY.md, Part 1), with repeats: any classifier recipes, several seeds each, on
+the same held-out test images; means, 95% intervals and paired tests say which differences are real.
 
-Trains both recipes with their study settings (or reads finished runs), then writes the
-per-class and overall test accuracy and test loss of each to the console, comparison.md,
-comparison.json, a bar chart, and W&B.
+    accelerate launch recipes/compare_classifiers.py                              # the study's cnn vs resnet18
+    accelerate launch recipes/compare_classifiers.py --models=fast_cnn,efficientnet_lite0 --seeds=0,1,2
+    accelerate launch recipes/compare_classifiers.py --models=cnn,resnet18,fast_cnn,efficientnet_lite0
+    accelerate launch recipes/compare_classifiers.py --recipe_args="cnn: --epochs=2; resnet18: --lr=1e-4"
+    accelerate launch recipes/compare_classifiers.py --resume      # continue the newest comparison where it stopped
 
-    accelerate launch recipes/compare_classifiers.py                    # train both, then compare
-    accelerate launch recipes/compare_classifiers.py --cnn_run=runs/cnn-X --resnet_run=runs/resnet18-Y
-    accelerate launch recipes/compare_classifiers.py --resnet_weights=resnet18.pth  # offline ImageNet weights
-    python recipes/compare_classifiers.py --max_steps=20                # a quick smoke run of everything
-    python recipes/compare_classifiers.py --cnn_args="--epochs=2" --resnet_args="--lr=1e-4"
+Each model trains once per seed in <run_dir>/<model>/seed-<s> (a whole recipe run). A rerun reads finished
+sub-runs whose config and data match, resumes unfinished ones with --resume, and refuses to train over a
+finished one made with other settings. Writes comparison.md / .json, interval and learning-curve plots, W&B.
 """
 
 from __future__ import annotations
@@ -18,135 +19,70 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import cnn  # the sibling recipes: this file's folder is on sys.path when it runs as a script
-import resnet18
+from toolkit.comparison import aggregate_comparison, comparison_figures, comparison_table
+from toolkit.config import chosen_keys, field_names
+from toolkit.data.classification import load_classification_data
+from toolkit.data.settings import ClassificationDataSettings
+from toolkit.errors import ConfigError
+from toolkit.recipes import recipe_module
+from toolkit.run import RunSettings, run_recipe, start_run
+from toolkit.studies import parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
 
-from toolkit.config import derive_config, field_names
-from toolkit.errors import UserError
-from toolkit.plots import plot_grouped_bars
-from toolkit.run import ClassificationDataSettings, RunSettings, run_recipe, start_run
-
-STUDY_RESULTS = {  # STUDY.md, on the official seg_test (3,000 images): for reference, not our data
-    "CNN": {"buildings": 0.87, "forest": 0.95, "glacier": 0.73, "mountain": 0.81, "sea": 0.93, "street": 0.89,
-            "overall": 0.864, "loss": 0.3945},
-    "ResNet18": {"buildings": 0.90, "forest": 0.98, "glacier": 0.82, "mountain": 0.83, "sea": 0.94, "street": 0.91,
-                 "overall": 0.899, "loss": 0.2897},
-}
-
-
+CLASSIFIER_RECIPES = ("cnn", "resnet18", "fast_cnn", "efficientnet_lite0")
 @dataclass
 class Config(ClassificationDataSettings, RunSettings):
-    cnn_run: str = ""  # a finished recipes/cnn.py run folder to read instead of training one
-    resnet_run: str = ""  # a finished recipes/resnet18.py run folder to read instead of training one
-    resnet_weights: str = "auto"  # 'imagenet', 'auto' (imagenet, else random init, said loudly), 'none', a path
-    cnn_args: str = ""  # extra options for recipes/cnn.py, e.g. "--epochs=2 --batch_size=60"
-    resnet_args: str = ""  # extra options for recipes/resnet18.py, e.g. "--lr=1e-4"
+    models: str = "cnn,resnet18"  # recipes to compare, each with its own defaults: cnn, resnet18, fast_cnn, ...
+    seeds: str = "0"  # one run per model and seed, e.g. 0,1,2 (intervals and paired tests need two or more)
+    recipe_args: str = ""  # options per recipe: "cnn: --epochs=2 --width=4; resnet18: --lr=1e-4"
+    resnet_weights: str = "auto"  # resnet18's --weights: 'auto' (ImageNet, else random init, said loudly), a path
 
 
-def _finished_summary(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if "val_accuracy" in summary else None
-
-
-def _read_run(run_dir: str, recipe: str) -> dict:
-    summary = _finished_summary(Path(run_dir))
-    if summary is None:
-        raise UserError(f"--{recipe}_run={run_dir} holds no finished run (no summary.json with results); "
-                        f"train it with recipes/{recipe}.py or leave --{recipe}_run empty to train here")
-    return summary
-
-
-def _cell(summary: dict, name: str) -> str:
-    if "test_per_class_correct" not in summary:
-        return f"{summary['val_per_class_accuracy'][name]:.1%} (val)"
-    correct, total = summary["test_per_class_correct"][name], summary["test_per_class_total"][name]
-    return f"{correct / total:.1%} ({correct}/{total})"
-
-
-def comparison_table(summaries: dict[str, dict], classes: list[str]) -> str:
-    """Markdown: one row per class, overall and loss; one column per model, then the study's figures."""
-    names = list(summaries)
-    header = ["class", *names, *[f"study {n} (seg_test)" for n in STUDY_RESULTS]]
-    rows = []
-    for name in classes:
-        rows.append([name, *[_cell(summaries[m], name) for m in names],
-                     *[f"{STUDY_RESULTS[n].get(name, float('nan')):.0%}" for n in STUDY_RESULTS]])
-    overall = []
-    for model in names:
-        summary = summaries[model]
-        if "test_accuracy" in summary:
-            correct = sum(summary["test_per_class_correct"].values())
-            overall.append(f"**{summary['test_accuracy']:.1%}** ({correct}/{summary['test_images']})")
-        else:
-            overall.append(f"**{summary['val_accuracy']:.1%}** (val)")
-    rows.append(["overall", *overall, *[f"{STUDY_RESULTS[n]['overall']:.1%}" for n in STUDY_RESULTS]])
-    rows.append(["test loss", *[f"{summaries[m].get('test_loss', float('nan')):.4f}" for m in names],
-                 *[f"{STUDY_RESULTS[n]['loss']:.4f}" for n in STUDY_RESULTS]])
-    rows.append(["validation accuracy", *[f"{summaries[m]['val_accuracy']:.1%}" for m in names], "≈86%", "≈89%"])
-    rows.append(["training time (s)", *[f"{summaries[m]['train_seconds']:.0f}" for m in names], "", ""])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def _fingerprint(sub) -> str:
+    return load_classification_data(sub, sub.seed, cache_dir=sub.cache_dir, log=lambda *_: None).fingerprint()
 
 
 def main(cfg: Config) -> dict:
-    base = Path(cfg.run_dir) if cfg.run_dir else None
-    if base is None:
-        import time
-
-        base = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    models = parse_names("models", cfg.models, CLASSIFIER_RECIPES)
+    seeds = parse_seeds(cfg.seeds)
+    if "seed" in chosen_keys(cfg):
+        raise ConfigError("the comparison trains every model at each of --seeds (e.g. --seeds=0,1,2); --seed is unused")
+    options = parse_recipe_args(cfg.recipe_args, models)
+    base = study_dir(cfg.run_dir, cfg.resume, "compare")
+    group = cfg.wandb_group or base.name  # W&B groups every sub-run of this comparison
+    shared = field_names(ClassificationDataSettings, RunSettings) - {"run_dir", "seed", "wandb_group", "wandb_tags"}
+    configs = {(m, s): sub_config(recipe_module(m).Config, cfg, shared, options.get(m, ""),
+                                  run_dir=str(base / m / f"seed-{s}"), seed=s, wandb_group=group,
+                                  wandb_tags=f"{m},seed-{s},compare",
+                                  **({"weights": cfg.resnet_weights} if m == "resnet18" else {}))
+               for m in models for s in seeds}  # every option is checked here, before any training
     summaries = {}
-    jobs = (("CNN", cnn, cfg.cnn_run, cfg.cnn_args, {}),
-            ("ResNet18", resnet18, cfg.resnet_run, cfg.resnet_args, {"weights": cfg.resnet_weights}))
-    shared = field_names(ClassificationDataSettings, RunSettings) - {"run_dir"}
-    configs = {label: derive_config(module.Config, cfg, shared, extra, run_dir=str(base / module.__name__), **overrides)
-               for label, module, given, extra, overrides in jobs if not given}  # bad options fail before training
-    for label, module, given, _, _ in jobs:
-        recipe = module.__name__
-        if given:
-            summaries[label] = _read_run(given, recipe)
-            continue
-        sub_dir = base / recipe
-        finished = _finished_summary(sub_dir)
-        if finished is not None and cfg.resume:
-            print(f"[compare] {recipe}: reading the finished run in {sub_dir}")
-            summaries[label] = finished
-            continue
-        print(f"[compare] training {recipe} in {sub_dir}")
-        summaries[label] = module.main(configs[label])
+    for (model, seed), sub in configs.items():
+        found = reusable(Path(sub.run_dir), sub, "val_accuracy", lambda sub=sub: _fingerprint(sub))
+        if found is not None:
+            print(f"[compare] {model} seed {seed}: reading the finished run in {sub.run_dir}", flush=True)
+        else:
+            print(f"[compare] training {model} seed {seed} in {sub.run_dir}", flush=True)
+        summaries[model, seed] = found if found is not None else recipe_module(model).main(sub)
 
-    run = start_run(dataclasses.replace(cfg, run_dir=str(base), resume=False), "compare")
-    if not run.accelerator.is_main_process:
+    run = start_run(dataclasses.replace(cfg, run_dir=str(base), resume=False, wandb_group=group), "compare")
+    if not run.is_main:
         run.logger.finish()
         return {}
-    classes = summaries["CNN"]["classes"]
-    if summaries["ResNet18"]["classes"] != classes:
-        raise UserError("the two runs were trained on different class lists; compare runs on the same data")
-    table = comparison_table(summaries, classes)
-    test_name = summaries["CNN"].get("test_split", "validation")
-    if summaries["ResNet18"].get("weights"):
-        table += f"\n\nResNet18 started from: {summaries['ResNet18']['weights']}."
-    table += f"\nOur columns: {summaries['CNN']['data']} (scored on: {test_name})."
+    run_dirs = {key: sub.run_dir for key, sub in configs.items()}
+    result = aggregate_comparison(models, seeds, summaries, run_dirs)
+    table = comparison_table(result)
     run.say("\n" + table + "\n")
     (run.run_dir / "comparison.md").write_text(table + "\n")
-    (run.run_dir / "comparison.json").write_text(json.dumps(summaries, indent=2))
-    key = "test_per_class_accuracy" if "test_per_class_accuracy" in summaries["CNN"] else "val_per_class_accuracy"
-    chart = plot_grouped_bars({m: [s[key][c] for c in classes] for m, s in summaries.items()}, classes,
-                              run.run_dir / "plots" / "per_class_comparison.png", "accuracy", ylim=(0, 1.05),
-                              title=f"accuracy per class ({test_name})")
-    run.logger.log_images({"comparison/per_class": chart}, step=0)
-    run.logger.log_table("comparison/table", ["class", *summaries],
-                         [[c, *[s[key][c] for s in summaries.values()]] for c in classes]
-                         + [["overall", *[s.get("test_accuracy", s["val_accuracy"]) for s in summaries.values()]]],
-                         step=0)
-    keys = ("test_accuracy", "test_loss", "val_accuracy")
-    result = {f"{m}_{k}": s.get(k) for m, s in summaries.items() for k in keys}
-    run.logger.summary(result)
+    (run.run_dir / "comparison.json").write_text(json.dumps(result, indent=2, default=float))
+    figures = comparison_figures(run.run_dir / "plots", result, run_dirs)
+    run.logger.log_images({f"comparison/{k}": v for k, v in figures.items()}, step=0)
+    run.logger.log_table("comparison/table", ["model", "seeds", "test accuracy mean", "low", "high", "std"],
+                         [[m, len(seeds), r["accuracy"]["mean"], r["accuracy"]["low"], r["accuracy"]["high"],
+                           r["accuracy"]["std"]] for m, r in result["models"].items()], step=0)
+    run.logger.summary({f"{m}_test_accuracy_mean": r["accuracy"]["mean"] for m, r in result["models"].items()}
+                       | {"models": models, "seeds": seeds, "test_split": result["test_split"]})
     run.logger.finish()
-    return summaries
+    return result
 
 
 if __name__ == "__main__":

@@ -1,227 +1,155 @@
-"""The study's latent-size study, measured honestly and then beaten (STUDY.md, Part 2).
+"""The study's latent-size study as a curve with error bars (STUDY.md, Part 2), measured on held-out images.
 
-Trains AE10, AE38, AE71 and a U-Net on the same images with the same noise (or reads finished
-runs), then scores all of them and the baselines (the noisy input itself, non-local means,
-optionally BM3D) on the same held-out noisy images: the table (model, latent shape and size
-relative to the input, parameters, GFLOP, PSNR, SSIM, MSE, training time, images/s), PSNR against
-latent size, every model's validation curve, and one grid of the same images through every model.
+Trains a family of autoencoders with the study's structure (AE5 ... AE146: latents from 0.05x to 5x the
+input, the study's AE10, AE38 and AE71 among them) and any other denoiser, each at every seed, with the
+same noise; then scores all of them, the classical baselines (the noisy input, non-local means, BM3D)
+and any already trained denoiser (--pretrained) on the same seeded noisy held-out images.
 
-    accelerate launch recipes/latent_study.py                       # the study's settings, then the U-Net
-    accelerate launch recipes/latent_study.py --unet_args="--epochs=8 --crop=96"   # a longer U-Net
-    accelerate launch recipes/latent_study.py --models=AE10,AE38 --max_steps=20   # a quick look
-    accelerate launch recipes/latent_study.py --bm3d                # add BM3D (pip install bm3d; non-commercial)
+    accelerate launch recipes/latent_study.py                                  # the family and a U-Net, one seed
+    accelerate launch recipes/latent_study.py --seeds=0,1                      # repeats: intervals
+    accelerate launch recipes/latent_study.py --models=AE10,AE38,AE71 --ae_args="--epochs=8"   # the study's three
+    accelerate launch recipes/latent_study.py --bm3d --baseline_images=300     # BM3D (pip install bm3d; non-commercial)
+    accelerate launch recipes/latent_study.py --pretrained=runs/blind_denoiser-X   # a CBSD432 model, used as is
+    accelerate launch recipes/latent_study.py --models=AE38,resunet \\
+        --model_args="resunet: --init_from=runs/blind_denoiser-X --conditioned --model_kwargs=widths=(16,32,64,128)"
+        # the same model fine-tuned on this noise
+
+Writes latent_study.md / .json, PSNR against latent size (training cost on a second axis), validation
+curves, the same held-out images through every model, and W&B (sub-runs grouped by the study).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import autoencoder  # the sibling recipe: this file's folder is on sys.path when it runs as a script
-import torch
-
-from toolkit.config import check_positive, derive_config, field_names
+from toolkit.config import check_non_negative, check_positive, chosen_keys, field_names
 from toolkit.data.denoising import load_denoising_data
-from toolkit.data.loaders import make_loader, shard_indices
+from toolkit.data.loaders import shard_loader
+from toolkit.data.settings import DenoisingDataSettings
 from toolkit.errors import ConfigError
 from toolkit.inference import load_trained_model
-from toolkit.plots import plot_image_rows, plot_lines
-from toolkit.run import DenoisingDataSettings, RunSettings, run_recipe, start_run
+from toolkit.latent import STUDY_TRAINING_MSE, aggregate_latent_study, latent_figures, latent_table, tune_nlm
+from toolkit.models import DENOISERS
+from toolkit.models.autoencoders import AUTOENCODER_FAMILY
+from toolkit.recipes import recipe_module
+from toolkit.run import RunSettings, run_recipe, start_run
+from toolkit.studies import parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
 from toolkit.train.denoise import (
     NoiseSpec,
     bm3d_available,
-    denoise,
     evaluate_denoiser,
-    nlm_denoise,
-    seeded_noisy,
-    to_hwc_uint8,
 )
-
-STUDY_TRAINING_MSE = {"AE10": "0.019-0.021 (≈17 dB)", "AE38": "≈0.011 (≈19.6 dB)", "AE71": "≈0.011 (≈19.6 dB)"}
+from toolkit.train.denoiser import denoiser_facts
 
 
 @dataclass
 class Config(DenoisingDataSettings, RunSettings):
-    models: str = "AE10,AE38,AE71,unet"  # comma-separated: AE10, AE38, AE71, unet, dncnn
-    ae_args: str = ""  # extra options for recipes/autoencoder.py for the autoencoders
-    unet_args: str = "--crop=64 --epochs=4"  # extra options for the U-Net / DnCNN runs (64px crops: 5x cheaper)
+    models: str = "AE5,AE10,AE19,AE38,AE75,AE71,AE146,unet"  # denoisers to train: family members and others
+    seeds: str = "0"  # one run per model and seed, e.g. 0,1 (intervals need two or more)
+    ae_args: str = ""  # options for every autoencoder of the family (recipes/autoencoder.py keys)
+    other_args: str = "--crop=64 --epochs=4"  # options for the other denoisers (64 px crops: 5x cheaper)
+    model_args: str = ""  # options per model, after the above: "AE71: --epochs=4; unet: --model_kwargs=width=16"
+    pretrained: str = ""  # comma-separated trained denoiser runs or checkpoints, scored as they are
     sigma: float = 0.3  # noise standard deviation on [0, 1], for every model and baseline
     clip_noise: bool = True  # clip noisy images to [0, 1], as the study did
     noise_seed: int = 1234  # the evaluation noise, shared by every model and baseline
     nlm: bool = True  # score non-local means (scikit-image) on the held-out images
     bm3d: bool = False  # score BM3D too (needs `pip install bm3d`; licence: non-commercial use only)
-    baseline_images: int = 0  # >0: score the classical baselines on the first N held-out images only
+    baseline_images: int = 0  # >0: score the classical baselines (and every model again) on the first N only
     grid_images: int = 6  # held-out images in the final side-by-side grid
     eval_batch_size: int = 100  # images per evaluation batch
     # every epoch ends with a validation pass (and grids); SSIM on a CPU makes more of them costly
     eval_every: int = 0  # iterations between extra validation passes within an epoch (0 = none)
-    reuse_finished: bool = True  # read runs already finished in --run_dir instead of training them again
-
-
-def _finished(run_dir: Path) -> dict | None:
-    path = run_dir / "summary.json"
-    if path.is_file():
-        summary = json.loads(path.read_text())
-        if "test_psnr" in summary:
-            return summary
-    return None
-
-
-def _tune_nlm(val_loader, val_ids, accelerator, noise: NoiseSpec, images: int = 48) -> float:
-    """Pick NLM's filter strength h (a multiple of sigma) on validation images, never on the test set."""
-    batch = next(iter(val_loader))[0][:images].to(accelerator.device)
-    clean = batch.float() / 255
-    noisy, sigmas = seeded_noisy(clean, val_ids[:len(clean)], noise)
-    scores = {}
-    for factor in (0.4, 0.6, 0.8, 1.0, 1.2):
-        mse = ((nlm_denoise(noisy, sigmas, factor).clamp(0, 1) - clean) ** 2).mean(dim=(1, 2, 3))
-        scores[factor] = float((10 * torch.log10(1 / mse)).mean())
-    return max(scores, key=scores.get)
-
-
-def table_rows(summaries: dict[str, dict], baselines: dict[str, dict], image_size: int) -> list[list]:
-    rows = []
-    for name, s in summaries.items():
-        shape = "x".join(map(str, s["latent_shape"])) if "latent_shape" in s else "—"
-        ratio = f"{s['latent_ratio']:.2f}" if "latent_ratio" in s else "—"
-        rows.append([name, shape, ratio, f"{s['parameters']:,}", f"{s['gflop_per_image']:.2f}",
-                     f"{s['test_psnr']:.2f}", f"{s['test_ssim']:.4f}", f"{s['test_mse']:.5f}",
-                     f"{s['train_seconds']:.0f}", f"{s['train_images_per_s']:.0f}"])
-    for name, metrics in baselines.items():
-        rows.append([name, "—", "—", "—", "—", f"{metrics['psnr']:.2f}", f"{metrics['ssim']:.4f}",
-                     f"{metrics['mse']:.5f}", "—", "—"])
-    return rows
-
-
-def markdown(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "eval_batch_size")
-    names = [name.strip() for name in cfg.models.split(",") if name.strip()]
-    known = {"AE10", "AE38", "AE71", "unet", "dncnn"}
-    if not names or set(names) - known:
-        raise ConfigError(f"--models={cfg.models!r}: choose from {', '.join(sorted(known))}")
+    check_non_negative(cfg, "baseline_images", "grid_images")
+    names = parse_names("models", cfg.models, DENOISERS)
+    seeds = parse_seeds(cfg.seeds)
+    if "seed" in chosen_keys(cfg):
+        raise ConfigError("the study trains every model at each of --seeds (e.g. --seeds=0,1); --seed is unused")
+    per_model = parse_recipe_args(cfg.model_args, names)
     if cfg.bm3d and not bm3d_available():
         raise ConfigError("--bm3d needs the optional bm3d package: pip install bm3d (non-commercial licence)")
-    base = Path(cfg.run_dir or f"runs/latent-study-{time.strftime('%Y%m%d-%H%M%S')}")
-    shared = field_names(DenoisingDataSettings, RunSettings) - {"run_dir"}
+    pretrained = [path.strip() for path in cfg.pretrained.split(",") if path.strip()]
+    base = study_dir(cfg.run_dir, cfg.resume, "latent-study")
+    group = cfg.wandb_group or base.name
+    shared = field_names(DenoisingDataSettings, RunSettings) - {"run_dir", "seed", "wandb_group", "wandb_tags"}
     noise_keys = {"sigma": cfg.sigma, "sigma_max": 0.0, "clip_noise": cfg.clip_noise, "noise_seed": cfg.noise_seed}
-    configs = {name: derive_config(autoencoder.Config, cfg, shared,
-                                   cfg.ae_args if name.startswith("AE") else cfg.unet_args,
-                                   model=name, run_dir=str(base / name), **noise_keys) for name in names}
+    autoencoder = recipe_module("autoencoder")
+    configs = {(name, s): sub_config(autoencoder.Config, cfg, shared,
+                                     f"{cfg.ae_args if name in AUTOENCODER_FAMILY else cfg.other_args} "
+                                     f"{per_model.get(name, '')}", model=name, run_dir=str(base / name / f"seed-{s}"),
+                                     seed=s, wandb_group=group, wandb_tags=f"{name},seed-{s},latent-study",
+                                     **noise_keys)
+               for name in names for s in seeds}  # every option is checked here, before any training
     summaries = {}
-    for name, sub_config in configs.items():  # every option was checked above, before any training
-        finished = _finished(Path(sub_config.run_dir)) if cfg.reuse_finished else None
-        if finished is not None:
-            print(f"[latent-study] {name}: reading the finished run in {sub_config.run_dir}")
-            summaries[name] = finished
-            continue
-        print(f"[latent-study] training {name} in {sub_config.run_dir}")
-        summaries[name] = autoencoder.main(sub_config)
+    for (name, seed), sub in configs.items():
+        found = reusable(Path(sub.run_dir), sub, "test_psnr",
+                         lambda sub=sub: load_denoising_data(sub, sub.seed, sub.cache_dir, log=lambda *_: None)
+                         .fingerprint())
+        print(f"[latent-study] {'reading the finished' if found else 'training'} {name} seed {seed} in "
+              f"{sub.run_dir}", flush=True)
+        summaries[name, seed] = found if found is not None else autoencoder.main(sub)
 
-    run = start_run(dataclasses.replace(cfg, run_dir=str(base), resume=False), "latent-study")
-    accelerator, say = run.accelerator, run.say
-    with accelerator.main_process_first():
-        data = load_denoising_data(cfg.data, cfg.pool_split, cfg.holdout_fraction, cfg.val_fraction, cfg.seed,
-                                   cfg.image_size, cfg.storage, cfg.cache_dir or None, cfg.max_train_images,
-                                   cfg.num_workers, log=say)
+    run = start_run(dataclasses.replace(cfg, run_dir=str(base), resume=False, wandb_group=group), "latent-study")
+    with run.main_process_first():
+        data = load_denoising_data(cfg, cfg.seed, cfg.cache_dir, cfg.num_workers, log=run.say)
     noise = NoiseSpec(cfg.sigma, cfg.sigma, cfg.clip_noise, cfg.noise_seed)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    test_ids = data.test_indices[:cfg.baseline_images] if cfg.baseline_images else data.test_indices
-    shard = shard_indices(test_ids, rank, world)
-    loader = make_loader(data.stored, shard, cfg.eval_batch_size, train=False, resolution=cfg.image_size,
-                         device=accelerator.device, num_workers=cfg.num_workers)
-    baselines = {"noisy input": {k.removeprefix("test_noisy_"): v for k, v in summaries[names[0]].items()
-                                 if k.startswith("test_noisy_")}}
-    methods, h_factor = [], 0.8
+    run.prepare_evaluation()  # scores in fp32, whatever each model trained in
+    subset = data.test_indices[:cfg.baseline_images] if cfg.baseline_images else data.test_indices
+    shard = shard_loader(data.stored, subset, run.rank, run.world, cfg.eval_batch_size, cfg.image_size, run.device,
+                         cfg.num_workers)
+    h_factor = tune_nlm(data, cfg.image_size, noise) if cfg.nlm else 0.8
     if cfg.nlm:
-        val_loader = make_loader(data.stored, data.val_indices, 48, train=False, resolution=cfg.image_size,
-                                 device=accelerator.device, num_workers=cfg.num_workers)
-        h_factor = _tune_nlm(val_loader, data.val_indices, accelerator, noise)
-        say(f"[latent-study] non-local means: h = {h_factor} x sigma (chosen on validation images)")
-        methods.append("nlm")
-    if cfg.bm3d:
-        methods.append("bm3d")
-    if methods:
-        scored = evaluate_denoiser(None, loader, shard, accelerator, noise, baselines=tuple(methods),
-                                   nlm_h_factor=h_factor)
-        labels = {"nlm": f"non-local means (h={h_factor}σ)", "bm3d": "BM3D"}
-        for method in methods:
-            baselines[labels[method]] = scored[method]
-        if cfg.baseline_images:
-            say(f"[latent-study] baselines scored on the first {scored['n']} held-out images only")
+        run.say(f"[latent-study] non-local means: h = {h_factor} x sigma (chosen on validation images)")
+    methods = ("noisy",) + (("nlm",) if cfg.nlm else ()) + (("bm3d",) if cfg.bm3d else ())
+    scored = evaluate_denoiser(None, shard, run.accelerator, noise, baselines=methods, nlm_h_factor=h_factor,
+                               progress="baselines on held-out images")
+    labels = {"noisy": "noisy input", "nlm": f"non-local means (h={h_factor}σ)", "bm3d": "BM3D (bm3d package)"}
+    baselines = {labels[m]: scored[m] for m in methods}
+    extra = {}
+    for path in pretrained:  # trained elsewhere, scored here as they are
+        model, state = load_trained_model(path, run.device)
+        result = evaluate_denoiser(model, shard, run.accelerator, noise, state.conditioned, baselines=(),
+                                   progress=f"{state.label or state.model} on held-out images")
+        extra[f"{state.label or state.model} (pretrained: {Path(path).name})"] = {
+            **result["model"], **denoiser_facts(model, cfg.image_size), "source": str(path),
+            "trained_on": state.noise}
+    rescored = {}
+    if cfg.baseline_images:  # every trained model again on the baselines' images, for a like-for-like row
+        for (name, seed), sub in configs.items():
+            model, state = load_trained_model(sub.run_dir, run.device)
+            rescored[name, seed] = evaluate_denoiser(model, shard, run.accelerator, noise, state.conditioned,
+                                                     baselines=())["model"]
 
-    if not accelerator.is_main_process:
+    if not run.is_main:
         run.logger.finish()
         return {}
-    header = ["model", "latent (CxHxW)", "latent / input", "parameters", "GFLOP / image", "PSNR dB", "SSIM", "MSE",
-              "training s", "train img/s"]
-    rows = table_rows(summaries, baselines, cfg.image_size)
-    table = markdown(header, rows)
-    some = summaries[names[0]]
-    table += (f"\n\nHeld-out test: {some['test_images']} images ({data.describe()}); noise {noise.describe()}, "
-              f"seed {cfg.noise_seed}: every row saw the same noisy images. Per-image averages; outputs clamped "
-              "to [0, 1].\nThe study reported final *training* MSE only: "
-              + "; ".join(f"{k} {v}" for k, v in STUDY_TRAINING_MSE.items()))
-    say("\n" + table + "\n")
+    result = aggregate_latent_study(names, seeds, summaries, rescored, baselines, extra, scored["n"], cfg.image_size)
+    scope = f" (the first {scored['n']} of them, for every row)" if cfg.baseline_images else ""
+    table = latent_table(result) + (
+        f"\n\nHeld-out test: {data.describe()}{scope}; noise {noise.describe()}, seed {cfg.noise_seed}: every row "
+        "saw the same noisy images. Per-image averages; outputs clamped to [0, 1].\nThe study reported final "
+        "*training* MSE only: " + "; ".join(f"{k} {v}" for k, v in STUDY_TRAINING_MSE.items()))
+    run.say("\n" + table + "\n")
     (run.run_dir / "latent_study.md").write_text(table + "\n")
-    (run.run_dir / "latent_study.json").write_text(json.dumps({"models": summaries, "baselines": baselines}, indent=2))
-    run.logger.log_table("latent_study/table", header, rows, step=0)
-
-    autoencoders = {n: s for n, s in summaries.items() if "latent_size" in s}
-    figures = {}
-    if autoencoders:
-        points = sorted((s["latent_size"], s["test_psnr"]) for s in autoencoders.values())
-        series = {"study autoencoders": points}
-        for name, s in summaries.items():
-            if name not in autoencoders:
-                series[name] = [(points[0][0], s["test_psnr"]), (points[-1][0], s["test_psnr"])]
-        for name, metrics in baselines.items():
-            series[name] = [(points[0][0], metrics["psnr"]), (points[-1][0], metrics["psnr"])]
-        figures["psnr_vs_latent"] = plot_lines(series, run.run_dir / "plots" / "psnr_vs_latent.png",
-                                               "latent size (values; the input has 67,500)", "held-out PSNR (dB)",
-                                               title=f"PSNR against latent size ({noise.describe()})", logx=True,
-                                               marker="o-")
-    curves = {}
-    for name in names:
-        metrics_file = Path(configs[name].run_dir) / "metrics.jsonl"
-        records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-        curves[name] = [(r["epoch"], r["val/mse"]) for r in records if "val/mse" in r and "epoch" in r] or \
-            [(r["step"], r["val/mse"]) for r in records if "val/mse" in r]
-    figures["validation_curves"] = plot_lines(curves, run.run_dir / "plots" / "validation_curves.png",
-                                              "iteration", "validation MSE (per-image mean)",
-                                              title="validation loss per model")
-    figures["side_by_side"] = _side_by_side(run, data, names, configs, noise, cfg, h_factor)
+    (run.run_dir / "latent_study.json").write_text(json.dumps(result, indent=2, default=float))
+    run_dirs = {key: sub.run_dir for key, sub in configs.items()}
+    figures = latent_figures(run.run_dir / "plots", result, data, names, seeds, run_dirs, noise, cfg.image_size,
+                             cfg.grid_images, h_factor if cfg.nlm else None)
     run.logger.log_images({f"latent_study/{k}": v for k, v in figures.items()}, step=0)
-    run.logger.summary({f"{n}_test_psnr": s["test_psnr"] for n, s in summaries.items()}
-                       | {f"{n}_psnr": m["psnr"] for n, m in baselines.items()})
+    run.logger.log_table("latent_study/table", ["model", "latent / input", "PSNR mean", "low", "high", "SSIM mean"],
+                         [[n, r.get("latent_ratio"), r["psnr"]["mean"], r["psnr"]["low"], r["psnr"]["high"],
+                           r["ssim"]["mean"]] for n, r in result["models"].items()], step=0)
+    run.logger.summary({f"{n}_test_psnr": r["psnr"]["mean"] for n, r in result["models"].items()}
+                       | {f"{n}_psnr": m["psnr"] for n, m in baselines.items()} | {"seeds": seeds})
     run.logger.finish()
-    return {"models": summaries, "baselines": baselines}
-
-
-def _side_by_side(run, data, names, configs, noise: NoiseSpec, cfg: Config, h_factor: float) -> Path:
-    """The same held-out images: clean, noisy, non-local means, then every model."""
-    ids = data.test_indices[:cfg.grid_images]
-    loader = make_loader(data.stored, ids, len(ids), train=False, resolution=cfg.image_size,
-                         device=torch.device("cpu"), num_workers=1)
-    clean = next(iter(loader))[0].float() / 255
-    noisy, sigmas = seeded_noisy(clean, ids, noise)
-    rows = {"clean": clean, "noisy": noisy.clamp(0, 1)}
-    if cfg.nlm:
-        rows["non-local means"] = nlm_denoise(noisy, sigmas, h_factor)
-    for name in names:
-        model, state = load_trained_model(configs[name].run_dir)
-        with torch.no_grad():
-            rows[name] = denoise(model, noisy, sigmas, state.get("conditioned", False))
-    images = {label: [to_hwc_uint8(x) for x in batch] for label, batch in rows.items()}
-    return plot_image_rows(images, run.run_dir / "plots" / "side_by_side.png",
-                           title=f"held-out images, {noise.describe()}")
+    return result
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 
 Three parts, each written to the JSON file as soon as it is measured (a timeout loses nothing):
   ceiling  the device's matmul rate (bf16 8192^3 on a GPU, fp32 1024^3 on a CPU)
-  models   each classifier's training step alone (random inputs already on the device), per
-           mixed precision, at the batch and resolution its recipe uses: the model's own ceiling
+  models   each recipe's model, training step alone (random inputs already on the device), per
+           precision the device has in hardware, at the batch and size its recipe uses (read from the
+           recipe's own Config): the model's own ceiling
   recipes  each recipe trained for --steps iterations on a generated synthetic scene set (FFCV
            loader, augmentation, optimiser; evaluation and checkpoints off), with the device and
            the precision it chose. Steady img/s leaves out the first logging window (the loader's
@@ -34,7 +35,9 @@ CHECKS = {  # recipe: options beyond the defaults
     "efficientnet_lite0": [],
     "autoencoder": ["--model=AE38", "--grid_images=0"],
     "autoencoder-unet": ["--model=unet", "--crop=96", "--grid_images=0"],
+    "blind_denoiser": ["--tile_size=128", "--grid_images=0"],  # the synthetic images are 150 px
 }
+DATA_FOLDER = {"blind_denoiser": "seg_pred"}  # a folder of clean images, not the Intel layout
 WARMUP_STEPS = 10  # logged steps up to this one hold start-up costs, not steady state
 
 
@@ -49,23 +52,23 @@ def steady_throughput(metrics_path: Path, warmup_steps: int = WARMUP_STEPS) -> d
             "warmup_s": sum(r["seconds"] for r in windows if r["step"] <= warmup_steps)}
 
 
-def check_models(device, steps: int) -> dict:
-    """Each classifier's training step alone, per precision the device runs well."""
-    import torch
-
+def check_models(device, steps: int, tiny: bool = False) -> dict:
+    """Each recipe's model, training step alone, per precision the device runs in hardware."""
     from toolkit.benchmark import measure_train_step, recipe_models
-    from toolkit.train.precision import cpu_has_native_bf16
+    from toolkit.train.precision import cpu_has_native_bf16, cuda_bf16_in_hardware
 
     if device.type == "cuda":
-        precisions = ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+        precisions = ["fp32", "bf16", "fp16"] if cuda_bf16_in_hardware() else ["fp32", "fp16"]
     else:
         precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
     results = {}
-    for name, (build, batch, size) in recipe_models().items():
+    for name, entry in recipe_models(tiny).items():
+        batch, size = entry["batch"], entry["image_size"]
         for precision in precisions:
-            r = measure_train_step(build, batch, size, precision, channels_last=True, steps=steps, device=device)
-            results[f"{name} | {precision}"] = {**r, "batch": batch, "resolution": size}
-            print(f"  {name:24s} {precision}  {batch:4d} x {size}px  {r['images_per_s']:10.0f} img/s  "
+            r = measure_train_step(entry["build"], batch, size, precision, channels_last=True, steps=steps,
+                                   device=device, kind=entry["kind"], split=entry["split"])
+            results[f"{name} | {precision}"] = {**r, "batch": batch, "image_size": size}
+            print(f"  {name:40s} {precision}  {batch:4d} x {size}px  {r['images_per_s']:10.0f} img/s  "
                   f"{r['gflop_per_s'] / 1e3:7.2f} TFLOP/s", flush=True)
     return results
 
@@ -73,7 +76,8 @@ def check_models(device, steps: int) -> dict:
 def check_recipe(name: str, data: Path, work: Path, steps: int, env: dict, extra: list[str]) -> dict:
     recipe = name.split("-")[0]
     run_dir = work / "runs" / name
-    command = [sys.executable, str(RECIPES / f"{recipe}.py"), f"--data={data}", f"--run_dir={run_dir}",
+    folder = data / DATA_FOLDER[recipe] if recipe in DATA_FOLDER else data
+    command = [sys.executable, str(RECIPES / f"{recipe}.py"), f"--data={folder}", f"--run_dir={run_dir}",
                f"--max_steps={steps}", "--eval_every=0", "--checkpoint_every=0", "--log_every=10", *CHECKS[name],
                *extra]
     started = time.perf_counter()
@@ -95,6 +99,8 @@ def main() -> int:
     parser.add_argument("--images_per_class", type=int, default=400, help="synthetic training images per class")
     parser.add_argument("--only", nargs="*", default=[], help=f"recipes to check: {', '.join(CHECKS)}")
     parser.add_argument("--recipe_args", default="", help="options for every recipe, e.g. '--batch_size=512'")
+    parser.add_argument("--tiny", action="store_true", help="models alone at small widths, batch 4, 32 px: a check "
+                        "of the script (seconds on any CPU), not a measurement")
     parser.add_argument("--out", default="gpu-check.json")
     args = parser.parse_args()
     unknown = set(args.only) - set(CHECKS)
@@ -123,7 +129,7 @@ def main() -> int:
     save()
     if args.model_steps:
         print("[gpu-check] training steps alone (random inputs on the device, channels_last):", flush=True)
-        results["models"] = check_models(device, args.model_steps)
+        results["models"] = check_models(device, args.model_steps, args.tiny)
         save()
 
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))

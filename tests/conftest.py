@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -54,16 +52,10 @@ def tiny_intel(tmp_path_factory) -> Path:
 
 
 def load_recipe(name: str):
-    """Import recipes/<name>.py as a module (with its folder on sys.path, as when run as a script)."""
-    if str(RECIPES) not in sys.path:
-        sys.path.insert(0, str(RECIPES))
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """recipes/<name>.py as a module, imported the way the toolkit's studies import it."""
+    from toolkit.recipes import recipe_module
+
+    return recipe_module(name)
 
 
 def run_script(args: list[str], env: dict | None = None, timeout: int = 600, cwd: Path | None = None):
@@ -72,5 +64,5 @@ def run_script(args: list[str], env: dict | None = None, timeout: int = 600, cwd
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
-TINY_CLASSIFIER = ["--epochs=2", "--resolution=32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=4",
+TINY_CLASSIFIER = ["--epochs=2", "--image_size=32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=4",
                    "--checkpoint_every=3", "--num_workers=1", "--log_every=1"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from toolkit.data.classification import HOLDOUT_SEED, load_classification_data
 from toolkit.data.folders import find_split, scan_labeled_folder, scan_unlabeled_folder
 from toolkit.data.images import load_rgb
 from toolkit.data.loaders import make_loader, shard_indices
+from toolkit.data.settings import ClassificationDataSettings
 from toolkit.data.split import stratified_split
 from toolkit.errors import DataError
 
@@ -104,7 +106,7 @@ def test_beton_round_trip_raw_pixels_and_labels(tmp_path, cache_dir):
     stored = cached_beton("rt", listing.root, listing.files, listing.labels, listing.classes, store_size=16,
                           storage="raw", cache_dir=cache_dir, num_workers=1)
     assert stored.num_samples == 7 and stored.classes == ["a", "b"]
-    loader = make_loader(stored, np.arange(7), batch_size=7, train=False, resolution=16,
+    loader = make_loader(stored, np.arange(7), batch_size=7, train=False, image_size=16,
                          device=torch.device("cpu"), num_workers=1)
     images, labels = next(iter(loader))
     assert images.shape == (7, 3, 16, 16) and images.dtype == torch.uint8
@@ -118,7 +120,7 @@ def test_beton_jpg_storage_is_close_and_resizes_on_load(tmp_path, cache_dir):
     listing = scan_labeled_folder(root)
     stored = cached_beton("jpg", listing.root, listing.files, listing.labels, listing.classes, store_size=40,
                           storage="jpg", cache_dir=cache_dir, num_workers=1)
-    loader = make_loader(stored, np.arange(4), 4, train=False, resolution=20, device=torch.device("cpu"),
+    loader = make_loader(stored, np.arange(4), 4, train=False, image_size=20, device=torch.device("cpu"),
                          num_workers=1)
     images, _ = next(iter(loader))
     assert images.shape == (4, 3, 20, 20)
@@ -181,24 +183,24 @@ def test_undecodable_files_are_skipped_and_listed(tmp_path, cache_dir):
 # ---- splits from a data folder ------------------------------------------------------------------------
 
 def test_classification_data_holds_out_a_fixed_test_set(tiny_intel, cache_dir):
-    common = dict(train_split="seg_train", test_split="none", val_fraction=0.25, holdout_fraction=0.25,
-                  store_size=16, cache_dir=cache_dir, log=lambda *_: None)
-    first = load_classification_data(str(tiny_intel), seed=0, **common)
-    other = load_classification_data(str(tiny_intel), seed=1, **common)
+    settings = ClassificationDataSettings(data=str(tiny_intel), test_split="none", val_fraction=0.25,
+                                          holdout_fraction=0.25, image_size=16)
+    first = load_classification_data(settings, 0, cache_dir=cache_dir, log=lambda *_: None)
+    other = load_classification_data(settings, 1, cache_dir=cache_dir, log=lambda *_: None)
     assert first.test_name == "holdout" and len(first.test_indices) == 24  # 6 classes x round(0.25 * 16)
     assert np.array_equal(first.test_indices, other.test_indices)  # held-out images never depend on the seed
     assert not np.array_equal(first.val_indices, other.val_indices)
     parts = [first.train_indices, first.val_indices, first.test_indices]
     assert sum(map(len, parts)) == 96 and len(np.unique(np.concatenate(parts))) == 96
-    with_test = load_classification_data(str(tiny_intel), seed=0, **{**common, "test_split": "seg_test"})
+    with_test = load_classification_data(dataclasses.replace(settings, test_split="seg_test"), 0,
+                                         cache_dir=cache_dir, log=lambda *_: None)
     assert with_test.test_name == "seg_test" and len(with_test.test_indices) == 36
     assert HOLDOUT_SEED  # the constant exists and is documented in classification.py
 
 
 def test_missing_data_folder_is_an_error_unless_it_is_the_default(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        load_classification_data(str(tmp_path / "nope"), "seg_train", "seg_test", 0.1, 0.1, 0, 16,
-                                 log=lambda *_: None)
+        load_classification_data(ClassificationDataSettings(data=str(tmp_path / "nope")), 0, log=lambda *_: None)
 
 
 # ---- device transforms ------------------------------------------------------------------------------

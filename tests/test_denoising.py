@@ -15,9 +15,10 @@ from toolkit.cli import main as toolkit_main
 from toolkit.data.augment import step_generator
 from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_unlabeled_folder
-from toolkit.data.loaders import make_loader
+from toolkit.data.loaders import Shard, make_loader
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas, random_crop, sigma_from_255
-from toolkit.models.autoencoders import STUDY_AUTOENCODERS, latent_shape, study_autoencoder
+from toolkit.errors import UserError
+from toolkit.models.autoencoders import STUDY_AUTOENCODERS, family_autoencoder, latent_shape
 from toolkit.models.denoisers import DnCNN, UNetDenoiser
 from toolkit.train.denoise import NoiseSpec, evaluate_denoiser, image_quality, seeded_noisy
 
@@ -75,7 +76,7 @@ def test_random_crop_takes_one_window():
 
 @pytest.mark.parametrize("name, latent", [("AE10", (128, 10, 10)), ("AE38", (32, 38, 38)), ("AE71", (32, 71, 71))])
 def test_study_autoencoders_match_the_spec(name, latent):
-    model = study_autoencoder(name)
+    model = family_autoencoder(name)
     assert latent_shape(model, 150) == latent
     images = torch.rand(2, 3, 150, 150)
     output = model(images)
@@ -135,9 +136,10 @@ def test_evaluate_denoiser_scores_baselines_on_the_same_noise_whatever_the_batch
     noise = NoiseSpec(0.2, 0.2, clip=False, seed=5)
     results = []
     for batch in (5, 12):
-        loader = make_loader(stored, ids, batch, train=False, resolution=32, device=torch.device("cpu"),
+        loader = make_loader(stored, ids, batch, train=False, image_size=32, device=torch.device("cpu"),
                              num_workers=1)
-        results.append(evaluate_denoiser(None, loader, ids, accelerator, noise, baselines=("noisy", "nlm")))
+        shard = Shard(loader, ids, np.arange(len(ids)), len(ids))
+        results.append(evaluate_denoiser(None, shard, accelerator, noise, baselines=("noisy", "nlm")))
     assert results[0]["n"] == 12 and results[0]["noisy"] == pytest.approx(results[1]["noisy"])
     assert results[0]["nlm"]["psnr"] > results[0]["noisy"]["psnr"] + 3  # NLM really denoises
     # unclipped noise of sigma 0.2: the noisy input's MSE is about 0.04 before clamping (less after)
@@ -161,20 +163,27 @@ def test_autoencoder_recipe_runs_resumes_exactly_and_writes_grids(tiny_intel, tm
 
 def test_latent_study_compares_every_model_and_baseline(tiny_intel, tmp_path):
     run_dir = tmp_path / "study"
-    result = run_in_process("latent_study", [
-        f"--data={tiny_intel}", f"--run_dir={run_dir}", "--models=AE10,AE71,unet", "--image_size=48",
-        "--num_workers=1", "--max_steps=2", "--grid_images=2",
-        "--ae_args=--batch_size=8 --grid_images=0", "--unet_args=--batch_size=8 --crop=24 --width=8 --grid_images=0"])
-    assert set(result["models"]) == {"AE10", "AE71", "unet"}
+    args = [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--models=AE10,AE71,AE146,unet", "--image_size=48",
+            "--num_workers=1", "--max_steps=2", "--grid_images=2", "--seeds=0,1",
+            "--ae_args=--batch_size=8 --grid_images=0",
+            "--other_args=--batch_size=8 --crop=24 --grid_images=0 --model_kwargs=width=8"]
+    result = run_in_process("latent_study", args)
+    assert set(result["models"]) == {"AE10", "AE71", "AE146", "unet"}
     assert {"noisy input"} < set(result["baselines"]) and any("non-local" in b for b in result["baselines"])
+    assert result["models"]["AE71"]["psnr"]["n"] == 2 and len(result["models"]["AE71"]["psnr"]["values"]) == 2
     table = (run_dir / "latent_study.md").read_text()
-    for column in ("latent / input", "PSNR dB", "SSIM", "MSE", "train img/s", "| AE71 | 32x20x20 |"):
+    for column in ("latent / input", "PSNR dB", "SSIM", "MSE", "train img/s", "| AE71 (study) | 32x20x20 |", " ± "):
         assert column in table
     for figure in ("psnr_vs_latent.png", "validation_curves.png", "side_by_side.png"):
         assert (run_dir / "plots" / figure).is_file()
-    again = run_in_process("latent_study", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--models=AE10",
-                                            "--image_size=48", "--nlm=false"])  # reads the finished run
-    assert again["models"]["AE10"]["test_psnr"] == result["models"]["AE10"]["test_psnr"]
+    # the noisy input's row is measured on the held-out images, not copied from a model's run
+    noisy = result["baselines"]["noisy input"]["psnr"]
+    assert noisy == pytest.approx(result["models"]["AE10"]["per_seed"]["0"]["test_noisy_psnr"], abs=1e-6)
+    again = run_in_process("latent_study", args)  # reads the finished runs back
+    assert again["models"]["AE10"]["psnr"]["mean"] == result["models"]["AE10"]["psnr"]["mean"]
+    other_noise = [a for a in args] + ["--sigma=0.2"]
+    with pytest.raises(UserError, match="sigma: 0.3 there, 0.2 now"):
+        run_in_process("latent_study", other_noise)  # never reuses a run trained on other noise
 
 
 def test_denoise_command_keeps_odd_sizes_and_skips_bad_files(tiny_intel, tmp_path):
@@ -201,7 +210,15 @@ def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_inte
     results = json.loads(out.read_text())
     row = results["sigmas"]["25.0"]
     # unclipped sigma 25: the noisy input's PSNR is about 20.2 dB (a little above after clamping to [0, 1])
-    assert 19.5 < row["noisy input"]["psnr"] < 23 and row["non-local means"]["psnr"] > row["noisy input"]["psnr"]
+    assert 19.5 < row["noisy"]["psnr"] < 23 and row["nlm"]["psnr"] > row["noisy"]["psnr"]
+    text = capsys.readouterr().out
+    assert "(published)" not in text and "no published figures for this folder" in text  # a user's own folder
+    mcmaster = tmp_path / "McMaster"  # McMaster by name: the published rows come with it
+    mcmaster.mkdir()
+    for image in sorted((tiny_intel / "seg_pred").iterdir())[:2]:
+        (mcmaster / image.name).write_bytes(image.read_bytes())
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(mcmaster), "--sigmas", "25",
+                         "--out", str(out)]) == 0
     assert "FFDNet (published) | 32.35" in capsys.readouterr().out
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tmp_path / "empty"), "--out", str(out)]) == 2
 
@@ -210,7 +227,8 @@ def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_in
     """The README's McMaster model: a noise-conditioned U-Net, sigma drawn per image, unclipped noise."""
     run_dir = tmp_path / "blind"
     summary = run_in_process("autoencoder", [
-        f"--data={tiny_intel}", "--model=unet", "--width=8", "--conditioned", "--sigma=0", "--sigma_max=0.2",
+        f"--data={tiny_intel}", "--model=unet", "--model_kwargs=width=8", "--conditioned", "--sigma=0",
+        "--sigma_max=0.2",
         "--clip_noise=false", "--crop=24", f"--run_dir={run_dir}", *TINY_DENOISER, "--max_steps=3"])
     assert summary["gflop_per_image"] > 0 and summary["test_psnr"] > 0
     out = tmp_path / "bench.json"

@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from toolkit.data.augment import normalize
 from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_labeled_folder
-from toolkit.data.loaders import make_loader
+from toolkit.data.loaders import Shard, make_loader
 from toolkit.models.cnn import SceneCNN
 from toolkit.train.evaluate import classification_metrics, evaluate_classifier, expected_calibration_error
 
@@ -43,13 +43,14 @@ def test_evaluate_classifier_equals_a_direct_computation(tiny_intel, cache_dir):
     stored = cached_beton("eval", listing.root, listing.files, listing.labels, listing.classes, 32,
                           cache_dir=cache_dir)
     indices = np.arange(stored.num_samples)
-    loader = make_loader(stored, indices, 7, train=False, resolution=32, device=torch.device("cpu"),
+    loader = make_loader(stored, indices, 7, train=False, image_size=32, device=torch.device("cpu"),
                          num_workers=1)  # 36 images in batches of 7: the last batch is partial
     torch.manual_seed(0)
     model = SceneCNN(num_classes=6, width=4, image_size=32)
     model.train()  # evaluate must switch to eval mode itself and switch back
     accelerator = Accelerator(cpu=True, mixed_precision="no")
-    metrics = evaluate_classifier(model, loader, accelerator, 6, (0.5,) * 3, (0.5,) * 3, keep_predictions=True)
+    shard = Shard(loader, indices, np.arange(len(indices)), len(indices))
+    metrics = evaluate_classifier(model, shard, accelerator, 6, (0.5,) * 3, (0.5,) * 3, keep_predictions=True)
     assert model.training
 
     images = torch.stack([torch.from_numpy(__import__("toolkit.data.images", fromlist=["x"]).load_rgb(f, 32))

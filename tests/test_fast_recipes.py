@@ -86,7 +86,7 @@ def test_ema_tracks_the_average_and_round_trips():
     assert torch.equal(copy.model.weight, ema.model.weight) and copy.updates == 1
 
 
-FAST = ["--resolutions=24,32", "--eval_resolution=40", "--batch_size=16", "--eval_batch_size=32", "--eval_every=3",
+FAST = ["--train_image_sizes=24,32", "--image_size=40", "--batch_size=16", "--eval_batch_size=32", "--eval_every=3",
         "--checkpoint_every=2", "--num_workers=1", "--epochs=2", "--widths=8,16,16,32"]
 
 
@@ -96,7 +96,7 @@ def test_fast_cnn_runs_and_resumes_exactly_with_its_weight_average(tiny_intel, t
     assert whole["steps"] == 2 * (84 // 16) and whole["flip_tta"] is True
     assert (tmp_path / "whole" / "plots" / "time_to_accuracy.png").is_file()
     _, state = load_trained_model(tmp_path / "whole")  # evaluated (and served) at the larger test size
-    assert state["preprocessing"]["resolution"] == 40
+    assert state.image_size == 40
     run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=3"])
     resumed = run_in_process("fast_cnn", [*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
     assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
@@ -106,14 +106,14 @@ def test_fast_cnn_runs_and_resumes_exactly_with_its_weight_average(tiny_intel, t
 @pytest.mark.parametrize("mode", ["top", "finetune", "linear_probe"])
 def test_efficientnet_recipe_modes(tiny_intel, tmp_path, mode):
     summary = run_in_process("efficientnet_lite0", [
-        f"--data={tiny_intel}", f"--run_dir={tmp_path / mode}", f"--mode={mode}", "--resolution=32",
+        f"--data={tiny_intel}", f"--run_dir={tmp_path / mode}", f"--mode={mode}", "--image_size=32",
         "--batch_size=16", "--eval_batch_size=32", "--max_steps=3", "--num_workers=1"])
     assert summary["recipe"] == f"efficientnet_lite0-{mode}" and "ImageNet" in summary["weights"]
     assert 0 <= summary["test_accuracy"] <= 1
 
 
 def test_efficientnet_top_mode_resumes_exactly_from_its_cached_features(tiny_intel, tmp_path):
-    common = [f"--data={tiny_intel}", "--resolution=32", "--batch_size=16", "--eval_batch_size=32", "--epochs=2",
+    common = [f"--data={tiny_intel}", "--image_size=32", "--batch_size=16", "--eval_batch_size=32", "--epochs=2",
               "--checkpoint_every=2", "--eval_every=3", "--num_workers=1", "--train_from_block=12"]
     whole = run_in_process("efficientnet_lite0", [*common, f"--run_dir={tmp_path / 'whole'}"])
     run_in_process("efficientnet_lite0", [*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=3"])

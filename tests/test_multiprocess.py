@@ -1,42 +1,208 @@
-"""Data-parallel training with two CPU processes (gloo), launched the way the README says."""
+"""Data-parallel training with two CPU processes (gloo), launched the way the README says: results, order,
+failures that must end every process, kills, resumes, per-process random streams, node-local run folders."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import RECIPES, run_script
+from PIL import Image
 from test_recipes import assert_same_final_weights
 
+from toolkit.cli import main as toolkit_main
+
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+CPU_ENV = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+COMMON = ["--width=4", "--image_size=32", "--batch_size=8", "--eval_every=3", "--checkpoint_every=2",
+          "--num_workers=1", "--epochs=2"]
 
 
-def torchrun(args: list[str]):
-    torchrun_path = Path(sys.executable).with_name("torchrun")
-    return run_script([str(torchrun_path), "--nproc_per_node", "2", str(RECIPES / "cnn.py"), *args],
-                      env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        queue += children.get(current, [])
+    return tree
+
+
+def torchrun(args: list[str], recipe: str = "cnn", env: dict | None = None, timeout: int = 600):
+    return run_script([TORCHRUN, "--nproc_per_node", "2", str(RECIPES / f"{recipe}.py"), *args],
+                      env={**CPU_ENV, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def odd_intel(tiny_intel, tmp_path_factory) -> Path:
+    """tiny_intel with one test image less: 35, so the two processes' shards differ in size."""
+    root = tmp_path_factory.mktemp("odd") / "intel"
+    shutil.copytree(tiny_intel, root)
+    sorted((root / "seg_test" / "street").iterdir())[-1].unlink()
+    return root
 
 
 def test_two_cpu_processes_train_together_and_resume_exactly(tiny_intel, tmp_path):
-    common = [f"--data={tiny_intel}", "--width=4", "--resolution=32", "--batch_size=8", "--eval_every=3",
-              "--checkpoint_every=2", "--num_workers=1", "--epochs=2"]
+    common = [f"--data={tiny_intel}", *COMMON]
     whole = torchrun([*common, f"--run_dir={tmp_path / 'whole'}"])
     assert whole.returncode == 0, whole.stderr[-3000:]
     summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     config = json.loads((tmp_path / "whole" / "config.json").read_text())
-    assert config["num_processes"] == 2
+    assert config["num_processes"] == 2 and config["global_batch"] == 16
+    assert "global batch 16 = 8 per process x 2 process(es)" in whole.stdout
     assert summary["test_images"] == 36  # every test image scored once, none padded in twice
     assert summary["steps"] == 2 * (84 // (8 * 2))  # each iteration consumes 8 images per process
     steps = [json.loads(line)["step"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
              if "train/loss" in line]
     assert steps == sorted(set(steps))  # one set of metrics, not one per process
     newest = sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1]
-    assert {p.name for p in newest.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    states = {p.name: p for p in newest.glob("random_states_*.pkl")}
+    assert set(states) == {"random_states_0.pkl", "random_states_1.pkl"}
+    # each process draws its own dropout: their torch random streams differ (they were identical before)
+    torch_states = [torch.load(states[f"random_states_{r}.pkl"], weights_only=False)["torch_manual_seed"]
+                    for r in (0, 1)]
+    assert not torch.equal(torch_states[0], torch_states[1])
 
     first = torchrun([*common, f"--run_dir={tmp_path / 'split'}", "--max_steps=3"])
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = torchrun([*common, f"--run_dir={tmp_path / 'split'}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
+    # a resume with another number of processes is refused with one line
+    single = run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={tmp_path / 'split'}",
+                         "--resume"], env={"WANDB_MODE": "disabled"})
+    assert single.returncode == 2 and "2 process(es) and this run has 1" in single.stderr
+
+
+def test_saved_test_outputs_follow_the_images_order_with_uneven_shards(odd_intel, tmp_path):
+    run = torchrun([f"--data={odd_intel}", *COMMON, f"--run_dir={tmp_path / 'run'}"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    probabilities = np.load(tmp_path / "run" / "test_probabilities.npy")
+    labels = np.load(tmp_path / "run" / "test_labels.npy")
+    assert summary["test_images"] == 35 and probabilities.shape == (35, 6)
+    assert (probabilities.argmax(1) == labels).mean() == pytest.approx(summary["test_accuracy"])
+    # the same checkpoint scored by one process, decoding the files itself, in the folder's order
+    out = tmp_path / "evaluate"
+    assert toolkit_main(["evaluate", str(tmp_path / "run"), str(odd_intel / "seg_test"), "--out", str(out)]) == 0
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    classes = summary["classes"]
+    alone = np.array([[float(x) for x in row.split(",")[-len(classes) - 1:-1]] for row in rows])
+    assert np.allclose(alone, probabilities, atol=1e-4)
+
+
+def test_more_processes_than_validation_or_test_images(tmp_path):
+    data = tmp_path / "data"
+    for name, count in (("a", 10), ("b", 30)):
+        for index in range(count):
+            pixels = np.random.default_rng(index + 100 * len(name)).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            (data / "seg_train" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(data / "seg_train" / name / f"{index}.png")
+    for name in ("a", "b"):
+        (data / "seg_test" / name).mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(data / "seg_test" / "a" / "only.png")
+    result = torchrun([f"--data={data}", *COMMON, "--val_fraction=0.04", "--batch_size=4",
+                       f"--run_dir={tmp_path / 'run'}"], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_images"] == 1 and "validation 1," in summary["data"]  # one process scored nothing
+
+
+def test_a_full_disk_on_another_process_stops_every_process_with_one_message(tiny_intel, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import torch\n"
+        "    _save = torch.save\n"
+        "    def _full(obj, f, *args, **kwargs):\n"
+        "        if 'random_states' in str(f):\n"
+        "            raise OSError(28, 'No space left on device')\n"
+        "        return _save(obj, f, *args, **kwargs)\n"
+        "    torch.save = _full\n")
+    started = time.monotonic()
+    result = torchrun([f"--data={tiny_intel}", *COMMON, f"--run_dir={tmp_path / 'run'}"],
+                      env={"PYTHONPATH": f"{hook}:{os.environ.get('PYTHONPATH', '')}"}, timeout=300)
+    assert time.monotonic() - started < 240  # ended, not deadlocked
+    assert result.returncode != 0
+    assert "error: process 1: could not write checkpoint" in result.stderr and "No space left" in result.stderr
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-*"))  # nothing half-written looks complete
+
+
+def test_a_two_process_run_killed_with_sigkill_resumes_to_the_same_weights(tiny_intel, tmp_path):
+    common = [f"--data={tiny_intel}", *COMMON, "--epochs=4", "--batch_size=4", "--eval_every=5"]
+    assert torchrun([*common, f"--run_dir={tmp_path / 'whole'}"]).returncode == 0
+    broken = tmp_path / "broken"
+    process = subprocess.Popen([TORCHRUN, "--nproc_per_node", "2", str(RECIPES / "cnn.py"), *common,
+                                f"--run_dir={broken}"], env={**os.environ, **CPU_ENV}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    killed_at = None
+    while time.monotonic() < deadline and process.poll() is None:
+        if (broken / "metrics.jsonl").exists():
+            steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()
+                     if line.strip().endswith("}")]
+            if steps and steps[-1] >= 9:
+                killed_at = steps[-1]
+                for pid in process_tree(process.pid):  # torchrun and both workers, as a scheduler kills a job
+                    os.kill(pid, signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    process.wait()
+    assert killed_at is not None and killed_at < 40, "the run ended before it could be killed"
+    time.sleep(2)
+    checkpoint = sorted((broken / "checkpoints").glob("step-*"))[-1]
+    assert not (broken / "summary.json").exists() and int(checkpoint.name[5:]) < 40  # it really died mid-run
+    resumed = torchrun([*common, f"--run_dir={broken}", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {checkpoint}" in resumed.stdout
+    assert_same_final_weights(tmp_path / "whole", broken)
+
+
+def test_two_machines_without_a_shared_filesystem_keep_and_resume_their_own_checkpoints(tiny_intel, tmp_path):
+    """Two 'machines' on this one: two torchrun node agents with different working directories, so the same
+    relative --run_dir names two different folders, as node-local disks would."""
+    common = [f"--data={tiny_intel}", *COMMON, "--run_dir=runs/node-local"]
+
+    def two_nodes(args: list[str]):
+        nodes = []
+        for rank in (0, 1):
+            workdir = tmp_path / f"node{rank}"
+            workdir.mkdir(exist_ok=True)
+            nodes.append(subprocess.Popen([TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+                                           str(rank), "--master_addr", "127.0.0.1", "--master_port", "29551",
+                                           str(RECIPES / "cnn.py"), *args], cwd=workdir,
+                                          env={**os.environ, **CPU_ENV}, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        return [(node.communicate(timeout=400), node.returncode) for node in nodes]
+
+    first = two_nodes([*common, "--max_steps=3"])
+    assert all(code == 0 for _, code in first), first[0][0][1][-2000:] + first[1][0][1][-2000:]
+    assert "local to each machine" in first[0][0][0]
+    for rank in (0, 1):  # each machine holds a complete checkpoint of its own
+        assert sorted(p.name for p in (tmp_path / f"node{rank}" / "runs/node-local/checkpoints").glob("step-*"))
+    resumed = two_nodes([*common, "--resume"])
+    assert all(code == 0 for _, code in resumed), resumed[1][0][1][-3000:]
+    assert "resumed from runs/node-local/checkpoints/step-00000003" in resumed[0][0][0]
+    (tmp_path / "node1" / "runs/node-local/checkpoints").rename(tmp_path / "node1" / "lost")
+    refused = two_nodes([*common, "--resume"])  # node 1 lost its copies: no common step to resume from
+    assert any(code != 0 for _, code in refused)
+    assert "hold no checkpoint in common" in refused[0][0][1] + refused[1][0][1]

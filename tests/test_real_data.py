@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow,
 
 def test_cnn_learns_on_a_subset_of_the_real_intel_split(tmp_path):
     summary = run_in_process("cnn", [f"--data={INTEL}", f"--run_dir={tmp_path / 'run'}", "--max_train_images=600",
-                                     "--width=8", "--resolution=48", "--batch_size=40", "--epochs=3",
+                                     "--width=8", "--image_size=48", "--batch_size=40", "--epochs=3",
                                      "--eval_every=0", "--checkpoint_every=0", "--val_fraction=0.02",
                                      "--holdout_fraction=0.02", "--num_workers=2"])
     assert summary["test_split"] == "holdout" and summary["test_images"] >= 270

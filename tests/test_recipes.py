@@ -12,6 +12,7 @@ from conftest import RECIPES, ROOT, TINY_CLASSIFIER, load_recipe, run_script
 from safetensors.torch import load_file
 
 from toolkit.config import parse_config
+from toolkit.errors import UserError
 
 
 def run_in_process(name: str, args: list[str]) -> dict:
@@ -47,8 +48,9 @@ def test_cnn_recipe_writes_a_complete_run(tiny_intel, tmp_path, monkeypatch):
     assert any("val/accuracy" in r and "train/accuracy_running" in r for r in records)
     assert all(r["train/images_per_s"] > 0 for r in records if "train/images_per_s" in r)
     state = json.loads((sorted((run_dir / "checkpoints").glob("step-*"))[-1] / "trainer_state.json").read_text())
+    assert state["mixed_precision"] == "no" and state["num_processes"] == 1 and state["split"]["fingerprint"]
     assert state["classes"] == ["buildings", "forest", "glacier", "mountain", "sea", "street"]
-    assert state["model_spec"]["name"] == "SceneCNN" and state["preprocessing"]["resolution"] == 32
+    assert state["model_spec"]["name"] == "SceneCNN" and state["preprocessing"]["image_size"] == 32
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     assert json.loads((run_dir / "config.json").read_text())["width"] == 4
 
@@ -69,29 +71,34 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_intel, tmp_path):
     assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["test_loss"] == whole["test_loss"]
 
 
-def test_compare_classifiers_writes_the_side_by_side_table(tiny_intel, tmp_path):
+def test_compare_classifiers_writes_the_side_by_side_table_and_reuses_only_matching_runs(tiny_intel, tmp_path):
     run_dir = tmp_path / "cmp"
     tiny = "--batch_size=16 --eval_batch_size=32"
-    summaries = run_in_process("compare_classifiers", [
-        f"--data={tiny_intel}", f"--run_dir={run_dir}", "--max_steps=2", "--resnet_weights=none", "--resolution=32",
-        "--num_workers=1", f"--cnn_args={tiny} --width=4", f"--resnet_args={tiny}"])
+    args = [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--max_steps=2", "--resnet_weights=none",
+            "--image_size=32", "--num_workers=1", f"--recipe_args=cnn: {tiny} --width=4; resnet18: {tiny}"]
+    result = run_in_process("compare_classifiers", args)
     table = (run_dir / "comparison.md").read_text()
-    assert "| class | CNN | ResNet18 |" in table and "| overall |" in table and "| test loss |" in table
-    assert set(summaries) == {"CNN", "ResNet18"}
+    assert "| class | cnn | resnet18 |" in table and "| overall |" in table and "| test loss |" in table
+    assert set(result["models"]) == {"cnn", "resnet18"} and "McNemar" in table
     assert (run_dir / "plots" / "per_class_comparison.png").is_file()
-    # reading finished runs instead of training
-    again = run_in_process("compare_classifiers", [
-        f"--data={tiny_intel}", f"--run_dir={tmp_path / 'cmp2'}", f"--cnn_run={run_dir / 'cnn'}",
-        f"--resnet_run={run_dir / 'resnet18'}"])
-    assert again["CNN"]["test_accuracy"] == summaries["CNN"]["test_accuracy"]
+    assert (run_dir / "cnn" / "seed-0" / "summary.json").is_file()
+    first = result["models"]["cnn"]["accuracy"]["mean"]
+    again = run_in_process("compare_classifiers", args)  # the same settings: the finished runs are read back
+    assert again["models"]["cnn"]["accuracy"]["mean"] == first
+    changed = [a for a in args if not a.startswith("--image_size")] + ["--image_size=24"]
+    with pytest.raises(UserError, match="image_size: 32 there, 24 now"):
+        run_in_process("compare_classifiers", changed)  # a finished run with another size is never reused
 
 
 def test_compare_checks_sub_recipe_options_before_training(tiny_intel, tmp_path):
     from toolkit.errors import ConfigError
 
     with pytest.raises(ConfigError, match="Did you mean --width"):
-        run_in_process("compare_classifiers", [f"--data={tiny_intel}", f"--run_dir={tmp_path}", "--cnn_args=--widht=3"])
+        run_in_process("compare_classifiers", [f"--data={tiny_intel}", f"--run_dir={tmp_path}",
+                                               "--recipe_args=cnn: --widht=3"])
     assert not (tmp_path / "cnn").exists()
+    with pytest.raises(ConfigError, match="--seeds"):
+        run_in_process("compare_classifiers", [f"--data={tiny_intel}", f"--run_dir={tmp_path}", "--seed=3"])
 
 
 @pytest.mark.parametrize("argument, message", [

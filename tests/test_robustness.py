@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from toolkit.data.beton import cached_beton
 from toolkit.data.check import check_dataset
 from toolkit.data.classification import load_classification_data
 from toolkit.data.folders import scan_labeled_folder
+from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import DataError, TrainingDiverged
 
 
@@ -64,7 +67,7 @@ def messy(tmp_path_factory) -> Path:
 
 
 def test_data_check_finds_every_problem(messy):
-    report = check_dataset(messy, resolution=32)
+    report = check_dataset(messy, image_size=32)
     train = report["splits"]["seg_train"]
     unreadable = {Path(item["file"]).name: item["reason"] for item in train["unreadable"]}
     assert set(unreadable) == {"truncated.jpg", "empty.jpg", "notes.jpg"}
@@ -72,7 +75,7 @@ def test_data_check_finds_every_problem(messy):
     assert "truncated" in unreadable["truncated.jpg"] or "decode" in unreadable["truncated.jpg"]
     assert [Path(item["file"]).name for item in train["extension_mismatch"]] == ["png_inside.jpg"]
     assert train["non_rgb"] == {"CMYK": 1, "L": 1, "P": 1, "RGBA": 1}
-    assert [Path(f).name for f in train["smaller_than_resolution"]] == ["tiny.png"]
+    assert [Path(f).name for f in train["smaller_than_image_size"]] == ["tiny.png"]
     assert train["empty_classes"] == ["empty_class"]
     conflicting = [g for g in report["duplicates"]["groups"] if g["conflicting_labels"]]
     assert len(conflicting) == 1 and conflicting[0]["classes"] == ["beach", "city"]
@@ -80,7 +83,7 @@ def test_data_check_finds_every_problem(messy):
 
 
 def test_data_check_command_exit_status_and_json(messy, tmp_path, capsys):
-    status = toolkit_main(["data", "check", str(messy), "--json", str(tmp_path / "r.json"), "--resolution=32"])
+    status = toolkit_main(["data", "check", str(messy), "--json", str(tmp_path / "r.json"), "--image_size=32"])
     assert status == 1  # the train/test class lists differ: training on both would fail
     text = capsys.readouterr().out
     assert "CONFLICTING LABELS beach/city" in text and "NOT USABLE" in text
@@ -104,17 +107,19 @@ def test_preprocessing_converts_what_it_can_and_skips_the_rest(messy, cache_dir)
 
 
 def test_conflicting_duplicates_can_be_left_out_of_training(messy, cache_dir):
-    common = dict(train_split="seg_train", test_split="none", val_fraction=0.2, holdout_fraction=0.0, seed=0,
-                  store_size=24, cache_dir=cache_dir, log=lambda *_: None)
-    kept = load_classification_data(str(messy), **common)
-    dropped = load_classification_data(str(messy), drop_conflicting_duplicates=True, **common)
+    settings = ClassificationDataSettings(data=str(messy), test_split="none", val_fraction=0.2, holdout_fraction=0.0,
+                                          image_size=24)
+    kept = load_classification_data(settings, 0, cache_dir=cache_dir, log=lambda *_: None)
+    dropped = load_classification_data(dataclasses.replace(settings, drop_conflicting_duplicates=True), 0,
+                                       cache_dir=cache_dir, log=lambda *_: None)
     total = lambda d: len(d.train_indices) + len(d.val_indices)  # noqa: E731
     assert total(kept) - total(dropped) == 2
 
 
 def test_a_test_split_with_other_classes_is_refused(messy):
     with pytest.raises(DataError, match="missing: .*empty_class"):
-        load_classification_data(str(messy), "seg_train", "seg_test", 0.2, 0.0, 0, 24, log=lambda *_: None)
+        load_classification_data(ClassificationDataSettings(data=str(messy), val_fraction=0.2, holdout_fraction=0.0,
+                                                            image_size=24), 0, log=lambda *_: None)
 
 
 def test_a_full_disk_while_writing_a_beton_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch, tiny_intel):
@@ -134,13 +139,65 @@ def test_a_full_disk_while_writing_a_beton_is_a_clear_error_and_leaves_nothing(t
     assert leftovers == []
 
 
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_intel, tmp_path):
-    args = [f"--data={tiny_intel}", f"--run_dir={tmp_path / 'run'}", "--width=4", *TINY_CLASSIFIER]
-    with pytest.raises(TrainingDiverged, match="became nan at iteration"):
-        run_in_process("cnn", [*args, "--lr=1e30"])  # Adam with lr 1e30: weights, then loss, blow up
-    good = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
-    for checkpoint in good:  # whatever was saved before the divergence holds finite weights
-        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
+def test_a_run_that_diverges_after_a_checkpoint_keeps_that_checkpoint_good(tiny_intel, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", *TINY_CLASSIFIER, "--checkpoint_every=1"]
+    run_in_process("cnn", [*args, "--max_steps=3"])  # three good checkpoints' worth of training
+    good = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert [c.name for c in good] == ["step-00000002", "step-00000003"]
+    before = {c.name: load_file(c / "model.safetensors") for c in good}
+    with pytest.raises(TrainingDiverged, match="became NaN or infinite by iteration 4|became nan at iteration"):
+        run_in_process("cnn", [*args, "--resume", "--lr=inf"])  # the first resumed step makes the weights infinite
+    after = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert [c.name for c in after] == ["step-00000002", "step-00000003"]  # nothing non-finite was saved
+    for checkpoint in after:
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values())
+        assert all(torch.equal(weights[k], before[checkpoint.name][k]) for k in weights)
+
+
+def test_gradient_accumulation_applies_the_last_partial_accumulation(tiny_intel, tmp_path):
+    """10 iterations in batches accumulated by 3: the optimizer steps at 3, 6, 9 and, at the end, 10."""
+    args = [f"--data={tiny_intel}", "--width=4", *TINY_CLASSIFIER, "--grad_accumulation=3", "--checkpoint_every=9",
+            "--keep_checkpoints=3", "--eval_every=0"]
+    summary = run_in_process("cnn", [*args, f"--run_dir={tmp_path / 'run'}"])
+    assert summary["steps"] == 10
+    at_nine = load_file(tmp_path / "run" / "checkpoints" / "step-00000009" / "model.safetensors")
+    final = load_file(tmp_path / "run" / "checkpoints" / "step-00000010" / "model.safetensors")
+    assert any(not torch.equal(at_nine[k], final[k]) for k in final)  # step 10's gradient was not dropped
+    # a stop by --max_steps rounds down to a whole accumulation, so that --resume continues exactly
+    stopped = run_in_process("cnn", [*args, f"--run_dir={tmp_path / 'split'}", "--max_steps=5"])
+    assert stopped["steps"] == 3
+    run_in_process("cnn", [*args, f"--run_dir={tmp_path / 'split'}", "--resume"])
+    assert_same_final_weights(tmp_path / "run", tmp_path / "split")
+
+
+def test_sigterm_saves_a_checkpoint_at_the_next_step_and_resume_loses_nothing(tiny_intel, tmp_path):
+    common = [f"--data={tiny_intel}", "--width=4", "--image_size=32", "--batch_size=4", "--eval_every=0",
+              "--checkpoint_every=0", "--num_workers=1", "--epochs=6"]
+    whole = tmp_path / "whole"
+    assert run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={whole}"]).returncode == 0
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={stopped}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        steps = _metrics_steps(stopped)
+        if steps and steps[-1] >= 12:
+            process.send_signal(signal.SIGTERM)  # what a spot machine or SLURM sends before taking the machine
+            break
+        time.sleep(0.01)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "asked to stop (SIGTERM); saved a checkpoint at iteration" in stderr and "--resume" in stderr
+    saved = sorted((stopped / "checkpoints").glob("step-*"))
+    assert len(saved) == 1  # no checkpoint was due (checkpoint_every=0): this one is the stop's own
+    stopped_at = int(saved[0].name[5:])
+    assert _metrics_steps(stopped)[-1] == stopped_at  # at most one step after the signal, nothing lost
+    resumed = run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={stopped}", "--resume"])
+    assert resumed.returncode == 0 and f"at iteration {stopped_at}" in resumed.stdout
+    assert_same_final_weights(whole, stopped)
 
 
 def test_bad_paths_at_every_door_get_one_line_errors(tmp_path, tiny_intel):
@@ -152,6 +209,11 @@ def test_bad_paths_at_every_door_get_one_line_errors(tmp_path, tiny_intel):
     ]
     (tmp_path / "empty").mkdir()
     checks.append(([sys.executable, str(RECIPES / "cnn.py"), f"--data={tmp_path / 'empty'}"], "no 'seg_train'"))
+    checks.append(([sys.executable, str(RECIPES / "cnn.py"), "--seed=-1"], "--seed must be 0 or more"))
+    checks.append(([sys.executable, str(RECIPES / "fast_cnn.py"), f"--data={tiny_intel}", "--train_image_sizes=4",
+                    f"--run_dir={tmp_path}/small"], "too small for FastResNet"))
+    checks.append(([sys.executable, str(RECIPES / "cnn.py"), f"--data={tiny_intel}", "--image_size=8",
+                    f"--run_dir={tmp_path}/cnn8"], "too small for four 2x2 pools (need at least 16)"))
     for command, message in checks:
         result = run_script(command)
         assert result.returncode == 2, (command, result.stderr[-2000:])
@@ -163,7 +225,7 @@ def test_a_checkpoint_from_another_model_is_refused_on_resume(tiny_intel, tmp_pa
 
     run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={tmp_path}", "--width=4", "--max_steps=2",
                            *TINY_CLASSIFIER])
-    with pytest.raises(CheckpointError, match="model='SceneCNN' but this run has model='resnet18_classifier'"):
+    with pytest.raises(CheckpointError, match="holds a cnn run, not a resnet18 run"):
         run_in_process("resnet18", [f"--data={tiny_intel}", f"--run_dir={tmp_path}", "--resume", "--weights=none",
                                     *TINY_CLASSIFIER])
 
@@ -184,7 +246,7 @@ def _metrics_steps(run_dir: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["step", "checkpoint", "evaluation"])
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_intel, tmp_path, kill_at):
-    common = [f"--data={tiny_intel}", "--width=4", "--resolution=32", "--batch_size=8", "--eval_batch_size=4",
+    common = [f"--data={tiny_intel}", "--width=4", "--image_size=32", "--batch_size=8", "--eval_batch_size=4",
               "--eval_every=3", "--checkpoint_every=2", "--num_workers=1", "--epochs=3"]
     whole = tmp_path / "whole"
     assert run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={whole}"]).returncode == 0
@@ -208,8 +270,20 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_inte
     assert process.poll() is None, "the run finished before it could be killed: make it longer"
     process.send_signal(signal.SIGKILL)
     process.wait()
+    killed_after = _metrics_steps(broken)[-1]
+    # the kill landed where the test says it did
+    records = [json.loads(line) for line in (broken / "metrics.jsonl").read_text().splitlines()
+               if line.strip().endswith("}")]
+    if kill_at == "checkpoint":  # mid-write: the partial folder is still there and was never published
+        partial = list((broken / "checkpoints").glob(".partial-*"))
+        assert partial and not (broken / "checkpoints" / partial[0].name.removeprefix(".partial-")).exists()
+    if kill_at == "evaluation":  # after the step, before its validation scores were logged
+        assert killed_after % 3 == 0 and not any("val/loss" in r for r in records if r["step"] == killed_after)
+    assert not (broken / "summary.json").exists()
     resumed = run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={broken}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    loaded = re.search(r"resumed from \S+step-(\d+) at iteration (\d+)", resumed.stdout)
+    assert loaded and 0 < int(loaded.group(2)) <= killed_after  # it continued from a checkpoint, not from zero
     assert_same_final_weights(whole, broken)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, broken)]
     assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]

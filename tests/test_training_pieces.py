@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import sys
@@ -14,40 +15,89 @@ from accelerate import Accelerator
 from toolkit.errors import CheckpointError
 from toolkit.train import precision
 from toolkit.train.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from toolkit.train.state import TrainerState
 from toolkit.train.tracking import RunLogger, choose_wandb_mode
 
 # ---- mixed precision -------------------------------------------------------------------------------
 
 @pytest.fixture
 def cpu_without_bf16(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "0")
 
 
 @pytest.fixture
 def cpu_with_bf16(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "1")
 
 
-def test_bf16_on_a_cpu_without_native_support_warns_and_runs_fp32(cpu_without_bf16):
-    messages = []
-    assert precision.choose_mixed_precision("bf16", "cpu", log=messages.append) == "no"
-    assert "10x slower" in messages[0] and "--force_precision" in messages[0]
-    assert precision.choose_mixed_precision("bf16", "cpu", force=True, log=messages.append) == "bf16"
-    assert precision.choose_mixed_precision("auto", "cpu", log=messages.append) == "no"
+def test_auto_never_picks_emulated_bf16_on_a_cpu(cpu_without_bf16):
+    assert precision.choose_mixed_precision("auto", "cpu") == "no"
 
 
-def test_auto_uses_bf16_where_the_cpu_has_it(cpu_with_bf16, monkeypatch):
-    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+def test_auto_uses_bf16_where_the_cpu_has_it_unless_the_recipe_prefers_fp32(cpu_with_bf16):
     assert precision.choose_mixed_precision("auto", "cpu") == "bf16"
-    assert precision.choose_mixed_precision("no", "cpu") == "no"
+    assert precision.choose_mixed_precision("auto", "cpu", prefer_bf16_on_cpu=False) == "no"
+    assert precision.choose_mixed_precision("bf16", "cpu", prefer_bf16_on_cpu=False) == "bf16"  # asked explicitly
 
 
-def test_fp16_is_refused_on_cpu_and_the_launcher_choice_is_honoured(cpu_with_bf16, monkeypatch):
+def test_an_explicit_choice_is_obeyed_with_a_warning_when_it_is_slow(cpu_without_bf16):
     messages = []
-    assert precision.choose_mixed_precision("fp16", "cpu", log=messages.append) == "no"
-    assert "fp16" in messages[0]
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
-    assert precision.choose_mixed_precision("auto", "cuda") == "fp16"
+    assert precision.choose_mixed_precision("bf16", "cpu", log=messages.append) == "bf16"
+    assert "10x slower" in messages[0]
+    assert precision.choose_mixed_precision("no", "cpu") == "no"
+    assert precision.choose_mixed_precision("fp16", "cpu", log=messages.append) == "no"  # no fp16 autocast on CPUs
+    assert "fp16" in messages[-1]
+
+
+def test_the_launchers_explicit_choice_wins_over_auto(cpu_with_bf16):
+    assert precision.choose_mixed_precision("auto", "cpu", launcher="no") == "no"  # `accelerate launch --mp no`
+    assert precision.choose_mixed_precision("auto", "cuda", launcher="fp16") == "fp16"
+    assert precision.choose_mixed_precision("bf16", "cpu", launcher="no") == "bf16"  # the recipe's own flag wins
+
+
+def test_cpu_bf16_detection_honours_the_avx2_caps(monkeypatch):
+    monkeypatch.delenv("SCENE_TOOLKIT_CPU_BF16", raising=False)
+    monkeypatch.setattr(precision, "_cpuinfo_flags", lambda: frozenset({"avx2", "amx_bf16", "avx512_bf16"}))
+    assert precision.cpu_has_native_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not precision.cpu_has_native_bf16()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert not precision.cpu_has_native_bf16()
+    monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "1")  # the explicit override wins over everything
+    assert precision.cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize("capability, work, expected", [
+    ((9, 0), 100.0, "no"),  # H200, a recipe-sized step: launch-bound, fp32 with TF32 measured fastest
+    ((9, 0), 5000.0, "bf16"),  # a large step: bf16 in hardware
+    ((7, 0), 100.0, "no"),  # V100, small step
+    ((7, 0), 5000.0, "fp16"),  # V100 has no bf16 hardware: fp16, never emulated bf16
+    ((7, 5), precision.BF16_MIN_FORWARD_GFLOP_PER_STEP, "fp16"),  # T4, at the threshold
+])
+def test_auto_on_cuda_follows_the_step_size_and_the_hardware(monkeypatch, capability, work, expected):
+    def is_bf16_supported(including_emulation=True):
+        return including_emulation or capability >= (8, 0)  # what torch answers on such a GPU
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert precision.choose_mixed_precision("auto", "cuda", forward_gflop_per_step=work) == expected
+    assert precision.choose_mixed_precision("auto", "cuda", forward_gflop_per_step=lambda: work) == expected
+    assert precision.cuda_bf16_in_hardware() == (capability >= (8, 0))
+
+
+def test_launcher_precision_tells_an_explicit_no_from_an_unset_one(tmp_path):
+    environ = {"ACCELERATE_MIXED_PRECISION": "no"}  # what accelerate launch exports in both cases
+    assert precision.launcher_precision(environ, ["--mixed_precision", "no", "recipes/cnn.py"]) == "no"
+    assert precision.launcher_precision(environ, ["--mixed-precision=no", "recipes/cnn.py"]) == "no"
+    unset_config = tmp_path / "unset.yaml"
+    unset_config.write_text("num_processes: 1\n# mixed_precision: 'no'   (commented out: the recipe chooses)\n")
+    assert precision.launcher_precision(environ, ["--config_file", str(unset_config), "recipes/cnn.py"]) is None
+    set_config = tmp_path / "set.yaml"
+    set_config.write_text("num_processes: 1\nmixed_precision: 'no'\n")
+    assert precision.launcher_precision(environ, ["--config_file", str(set_config), "recipes/cnn.py"]) == "no"
+    assert precision.launcher_precision({"ACCELERATE_MIXED_PRECISION": "bf16"}, []) == "bf16"
+    assert precision.launcher_precision({}, None) is None  # not launched by accelerate
 
 
 # ---- W&B -----------------------------------------------------------------------------------------
@@ -67,9 +117,8 @@ def test_wandb_mode_choice(monkeypatch):
 
 
 def _logger(tmp_path, mode="offline", resume_step=None):
-    accelerator = Accelerator(cpu=True, log_with="wandb" if mode != "disabled" else None)
-    return RunLogger(accelerator, tmp_path / "run", "tests", "run", {"lr": 0.1}, mode, "test",
-                     resume_step=resume_step, log=lambda *_: None)
+    return RunLogger(True, tmp_path / "run", "tests", "run", {"lr": 0.1}, mode, "test",
+                     resume_step=resume_step, log=lambda *_: None, group="a-study", job_type="cnn", tags=["seed-0"])
 
 
 def test_offline_run_writes_local_files_and_a_wandb_run(tmp_path):
@@ -120,7 +169,7 @@ def test_a_missing_wandb_package_is_not_fatal(tmp_path, monkeypatch):
     """A machine without wandb installed (seen on a lent GPU) still trains and logs locally."""
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
     messages = []
-    logger = RunLogger(Accelerator(cpu=True), tmp_path / "run", "tests", "run", {"lr": 0.1}, "offline", "test",
+    logger = RunLogger(True, tmp_path / "run", "tests", "run", {"lr": 0.1}, "offline", "test",
                        log=messages.append)
     assert logger.wandb_run is None and logger.wandb_mode == "disabled"
     logger.log({"x": 1.0}, step=1)
@@ -144,6 +193,10 @@ def test_resume_truncates_metrics_after_the_checkpoint(tmp_path):
 
 # ---- checkpoints -----------------------------------------------------------------------------------
 
+def _state(step=0, model="SceneCNN", classes=None):
+    return TrainerState("test", {"name": model, "kwargs": {}}, {"image_size": 8}, classes=classes, step=step)
+
+
 def _prepared(seed=0):
     torch.manual_seed(seed)
     accelerator = Accelerator(cpu=True)
@@ -156,27 +209,32 @@ def _prepared(seed=0):
 def test_checkpoints_are_atomic_pruned_and_restorable(tmp_path):
     accelerator, model = _prepared()
     for step in (1, 2, 3):
-        save_checkpoint(accelerator, tmp_path, step, {"step": step, "model": "Linear"}, keep=2)
+        save_checkpoint(accelerator, tmp_path, step, _state(step), keep=2)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
     (tmp_path / "checkpoints" / ".partial-step-00000004").mkdir()  # a write killed half-way
     assert latest_checkpoint(tmp_path).name == "step-00000003"
     saved = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    state = load_checkpoint(accelerator, latest_checkpoint(tmp_path), {"model": "Linear"})
-    assert state["step"] == 3 and torch.equal(model.weight, saved)
+    state = load_checkpoint(accelerator, latest_checkpoint(tmp_path), _state())
+    assert state.step == 3 and torch.equal(model.weight, saved)
 
 
 def test_a_checkpoint_from_another_model_is_refused(tmp_path):
     accelerator, _ = _prepared()
-    save_checkpoint(accelerator, tmp_path, 1, {"model": "Linear", "classes": ["a", "b"]})
+    save_checkpoint(accelerator, tmp_path, 1, _state(1, classes=["a", "b"]))
     with pytest.raises(CheckpointError, match="classes=\\['a', 'b'\\] but this run has classes"):
-        load_checkpoint(accelerator, latest_checkpoint(tmp_path), {"model": "Linear", "classes": ["a", "c"]})
+        load_checkpoint(accelerator, latest_checkpoint(tmp_path), _state(classes=["a", "c"]))
+    with pytest.raises(CheckpointError, match="model='SceneCNN' but this run has model='FastResNet'"):
+        load_checkpoint(accelerator, latest_checkpoint(tmp_path), _state(model="FastResNet", classes=["a", "b"]))
+    with pytest.raises(CheckpointError, match="written by 1 process"):
+        load_checkpoint(accelerator, latest_checkpoint(tmp_path), dataclasses.replace(
+            _state(classes=["a", "b"]), num_processes=2))
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     accelerator, _ = _prepared()
-    save_checkpoint(accelerator, tmp_path, 1, {"model": "Linear"})
+    save_checkpoint(accelerator, tmp_path, 1, _state(1))
 
     def disk_full(output_dir, **kwargs):
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -185,11 +243,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
 
     monkeypatch.setattr(accelerator, "save_state", disk_full)
     with pytest.raises(CheckpointError, match="previous checkpoint is intact"):
-        save_checkpoint(accelerator, tmp_path, 2, {"model": "Linear"})
+        save_checkpoint(accelerator, tmp_path, 2, _state(2))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
 
 
-def test_a_recipe_can_keep_auto_at_fp32_on_cpus(cpu_with_bf16, monkeypatch):
-    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    assert precision.choose_mixed_precision("auto", "cpu", cpu_bf16_pays=False) == "no"
-    assert precision.choose_mixed_precision("bf16", "cpu", cpu_bf16_pays=False) == "bf16"  # asked for explicitly

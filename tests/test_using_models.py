@@ -160,14 +160,40 @@ def test_report_renders_in_a_real_browser_with_every_image(report, tmp_path):
     assert screenshot.stat().st_size > 10_000  # a rendered page, not a blank one
 
 
-def test_evaluate_on_the_held_out_split_scores_exactly_the_recipes_test_images(trained, tiny_intel, tmp_path):
-    from toolkit.data.classification import load_classification_data
+def test_evaluate_scores_exactly_the_images_the_run_held_out_and_names_training_images(tiny_intel, tmp_path):
+    """The held-out images come from the checkpoint, not from re-running the split: they are the run's own
+    test images (its summary counts them), none of them was trained on, and a folder of training images is
+    flagged as such."""
+    from toolkit.data.images import load_rgb, pixel_hash
 
-    out = tmp_path / "holdout"
     pool = tmp_path / "pool"
-    shutil.copytree(tiny_intel / "seg_train", pool)  # a training folder with no test split beside it
-    assert toolkit_main(["evaluate", str(trained), str(pool), "--holdout_fraction=0.25", "--out", str(out)]) == 0
+    shutil.copytree(tiny_intel / "seg_train", pool / "seg_train")  # a training folder with no test split beside it
+    run_dir = tmp_path / "run"
+    summary = run_in_process("cnn", [f"--data={pool}", f"--run_dir={run_dir}", "--width=4", "--holdout_fraction=0.25",
+                                     *TINY_CLASSIFIER[1:]])
+    out = tmp_path / "holdout"
+    assert toolkit_main(["evaluate", str(run_dir), str(pool), "--held_out", "--out", str(out)]) == 0
     rows = _read_csv(out / "predictions.csv")
-    split = load_classification_data(str(pool), "seg_train", "", 0.1, 0.25, 0, 32, log=lambda *_: None)
-    expected = {split.train_set.files[i] for i in split.test_indices}
-    assert {Path(r["file"]).relative_to(pool).as_posix() for r in rows} == expected
+    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    assert len(rows) == summary["test_images"] == 24  # 6 classes x round(0.25 x 16), as the run scored
+    assert metrics["accuracy"] == pytest.approx(summary["test_accuracy"])  # the same images, the same model
+    state = __import__("json").loads(next((run_dir / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    trained = set(state["split"]["train_pixels"])
+    held = {pixel_hash(load_rgb(r["file"]))[:16] for r in rows}
+    assert len(held) == 24 and not held & trained and metrics["training_images"] == 0
+    # a folder of the run's training images: scored, but every image is named as seen in training
+    seen = tmp_path / "seen"
+    train_files = [f for f in sorted((pool / "seg_train").rglob("*.jpg"))
+                   if pixel_hash(load_rgb(f))[:16] in trained][:12]
+    for file in train_files:
+        (seen / file.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, seen / file.parent.name / file.name)
+    for name in state["classes"]:
+        (seen / name).mkdir(parents=True, exist_ok=True)
+    assert toolkit_main(["evaluate", str(run_dir), str(seen), "--out", str(tmp_path / "seen-out")]) == 0
+    assert __import__("json").loads((tmp_path / "seen-out" / "metrics.json").read_text())["training_images"] == 12
+    # a held-out file whose pixels changed: the folder is not the one the run trained on
+    victim = Path(rows[0]["file"])
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(victim)
+    result = run_script([*TOOLKIT, "evaluate", str(run_dir), str(pool), "--held_out", "--out", str(tmp_path / "x")])
+    assert result.returncode == 2 and "hold other pixels" in result.stderr

@@ -5,8 +5,10 @@ Sections (all by default):
     loaders   the study's loader (ImageFolder + PIL resize + flip, DataLoader) vs FFCV loaders
               (raw pixels at the training size; JPEG at full size decoded and resized), img/s,
               ratios against the study's loader, and FFCV start-up (compilation) time
-    steps     training-step throughput per model, memory format and mixed precision, achieved
-              GFLOP/s and its share of the matmul ceiling
+    steps     training-step throughput of every recipe's model at the recipe's own batch and size (the
+              blind denoiser's included), per memory format and precision, achieved GFLOP/s and its
+              share of the matmul ceiling. Emulated bf16 (CPUs without AMX/AVX512-BF16) is not timed
+              unless asked for (--precisions fp32 bf16): `auto` never picks it there.
     pipeline  the real loop (FFCV loader + CNN step): share of step time spent waiting for data
     compile   torch.compile: compile time against the step-time gain
 Everything is printed as tables and written to one JSON file.
@@ -34,11 +36,12 @@ def machine_description() -> dict:
             model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
     except OSError:
         pass
-    from toolkit.train.precision import cpu_has_native_bf16
+    from toolkit.train.precision import cpu_has_native_bf16, describe_cpu
 
     return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "native_bf16": cpu_has_native_bf16(), "python": platform.python_version()}
+            "native_bf16": cpu_has_native_bf16(), "python": platform.python_version(), "description": describe_cpu(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _timed(action, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
@@ -64,13 +67,13 @@ def measure_matmul(size: int = 2048, dtype=torch.float32, device: torch.device |
     return 2 * size**3 / _timed(product) / 1e9
 
 
-def measure_study_loader(folder: Path, resolution: int, batch_size: int, num_workers: int, images: int) -> dict:
+def measure_study_loader(folder: Path, image_size: int, batch_size: int, num_workers: int, images: int) -> dict:
     """The study's pipeline: ImageFolder, PIL Resize((r, r)), flip, ToTensor, Normalize; DataLoader."""
     import torchvision
     from torch.utils.data import DataLoader, Subset
     from torchvision import transforms
 
-    transform = transforms.Compose([transforms.Resize((resolution, resolution)), transforms.RandomHorizontalFlip(),
+    transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.RandomHorizontalFlip(),
                                     transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
     dataset = torchvision.datasets.ImageFolder(str(folder), transform=transform)
     subset = Subset(dataset, np.random.default_rng(0).permutation(len(dataset))[:images].tolist())
@@ -85,13 +88,13 @@ def measure_study_loader(folder: Path, resolution: int, batch_size: int, num_wor
     return {"images_per_s": count / elapsed, "startup_s": first - started, "images": count}
 
 
-def measure_ffcv_loader(stored, indices, resolution: int, batch_size: int, num_workers: int,
+def measure_ffcv_loader(stored, indices, image_size: int, batch_size: int, num_workers: int,
                         with_transforms: bool = True) -> dict:
     from toolkit.data.augment import normalize, random_flip, step_generator
     from toolkit.data.loaders import make_loader
 
     started = time.perf_counter()
-    loader = make_loader(stored, indices, batch_size, train=True, resolution=resolution,
+    loader = make_loader(stored, indices, batch_size, train=True, image_size=image_size,
                          device=torch.device("cpu"), num_workers=num_workers)
     iterator = iter(loader)
     next(iterator)  # FFCV compiles its pipeline with numba on the first batch
@@ -105,27 +108,41 @@ def measure_ffcv_loader(stored, indices, resolution: int, batch_size: int, num_w
     return {"images_per_s": count / elapsed, "startup_s": first - started, "images": count}
 
 
-def measure_train_step(build, batch_size: int, resolution: int, precision: str, channels_last: bool,
-                       steps: int, device: torch.device | str = "cpu") -> dict:
+def measure_train_step(build, batch_size: int, image_size: int, precision: str, channels_last: bool,
+                       steps: int, device: torch.device | str = "cpu", kind: str = "classifier",
+                       split: int = 0) -> dict:
     """Images/s and achieved GFLOP/s of forward + backward + Adam on random inputs, on `device`.
 
-    precision: "fp32", "bf16" or "fp16" (autocast; fp16 without a loss scaler, which costs little)."""
+    precision: "fp32", "bf16" or "fp16" (autocast; fp16 without a loss scaler, which costs little).
+    kind "denoiser": an MSE step on noisy inputs (with a noise level for conditioned models).
+    split > 0 (EfficientNet's top mode): only blocks[split:] train, on the frozen lower blocks' outputs."""
     from toolkit.models.summary import forward_flops
 
     device = torch.device(device)
     torch.manual_seed(0)
     model = build()
-    flops = forward_flops(model, (3, resolution, resolution))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = torch.randn(batch_size, 3, image_size, image_size)
+    extra = (torch.full((batch_size,), 0.1),) if getattr(model, "conditioned", False) else ()
+    if split:
+        with torch.no_grad():
+            images = model.eval().bottom(images, split)  # (B, C, h, w): what the cached features look like
+        flops = forward_flops(_Upper(model, split), tuple(images.shape[1:]))
+    else:
+        flops = forward_flops(model, (3, image_size, image_size), *(e[:1] for e in extra))
     model = model.to(device, memory_format=memory_format).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.randn(batch_size, 3, resolution, resolution, device=device).to(memory_format=memory_format)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    images = images.to(device).to(memory_format=memory_format)
+    extra = tuple(e.to(device) for e in extra)
     labels = torch.randint(0, 6, (batch_size,), device=device)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def step():
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = F.cross_entropy(model(images).float(), labels)
+            if kind == "denoiser":
+                loss = F.mse_loss(model(images, *extra).float(), images)
+            else:
+                loss = F.cross_entropy((model(images, split) if split else model(images)).float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -138,16 +155,27 @@ def measure_train_step(build, batch_size: int, resolution: int, precision: str, 
             "step_s": seconds, "forward_gflop_per_image": flops / 1e9}
 
 
-def measure_data_wait(stored, indices, resolution: int, batch_size: int, num_workers: int, steps: int) -> dict:
+class _Upper(torch.nn.Module):
+    """The trained upper part of a split EfficientNet, for counting its FLOPs."""
+
+    def __init__(self, model, split: int):
+        super().__init__()
+        self.model, self.split = model, split
+
+    def forward(self, features):
+        return self.model(features, self.split)
+
+
+def measure_data_wait(stored, indices, image_size: int, batch_size: int, num_workers: int, steps: int) -> dict:
     """Run the CNN recipe's step on FFCV batches: how much of each step is spent waiting for data."""
     from toolkit.data.augment import STUDY_MEAN, STUDY_STD, normalize, random_flip, step_generator
     from toolkit.data.loaders import make_loader
     from toolkit.models.cnn import SceneCNN
 
     torch.manual_seed(0)
-    model = SceneCNN(image_size=resolution).to(memory_format=torch.channels_last).train()
+    model = SceneCNN(image_size=image_size).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=9e-4)
-    loader = make_loader(stored, indices, batch_size, train=True, resolution=resolution,
+    loader = make_loader(stored, indices, batch_size, train=True, image_size=image_size,
                          device=torch.device("cpu"), num_workers=num_workers)
     iterator = iter(loader)
     next(iterator)
@@ -173,17 +201,17 @@ def measure_data_wait(stored, indices, resolution: int, batch_size: int, num_wor
             "images_per_s": done * batch_size / (waiting + computing)}
 
 
-def measure_compile(batch_size: int, resolution: int, steps: int) -> dict:
+def measure_compile(batch_size: int, image_size: int, steps: int) -> dict:
     """torch.compile on the study CNN: one-off compile time against seconds saved per step."""
     from toolkit.models.cnn import SceneCNN
 
     results = {}
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = SceneCNN(image_size=resolution).to(memory_format=torch.channels_last).train()
+        model = SceneCNN(image_size=image_size).to(memory_format=torch.channels_last).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=9e-4)
         runnable = torch.compile(model) if compiled else model
-        images = torch.randn(batch_size, 3, resolution, resolution).to(memory_format=torch.channels_last)
+        images = torch.randn(batch_size, 3, image_size, image_size).to(memory_format=torch.channels_last)
         labels = torch.randint(0, 6, (batch_size,))
 
         def step(runnable=runnable, images=images, labels=labels, optimizer=optimizer):
@@ -203,21 +231,43 @@ def measure_compile(batch_size: int, resolution: int, steps: int) -> dict:
     return results
 
 
-def recipe_models() -> dict:
-    """name: (constructor, batch, resolution) timed by the benchmark and the GPU check: each recipe's
-    batch and first training size (fast_cnn's as before its defaults became batches of 64, 64 -> 96 px;
-    kept so that the measured figures in the README stay comparable)."""
-    from toolkit.models.cnn import SceneCNN
-    from toolkit.models.efficientnet_lite import efficientnet_lite0
-    from toolkit.models.fast_resnet import FastResNet
-    from toolkit.models.resnet import resnet18_classifier
+def recipe_models(tiny: bool = False) -> dict:
+    """name: {"build", "batch", "image_size", "kind", "split"}: each recipe's model at its own Config defaults
+    (batch, first training size; EfficientNet's top mode trains blocks[11:] on cached features), read from the
+    recipes themselves. tiny=True: the same networks at small widths, batch 4 and 32 px (seconds on any CPU)."""
+    from toolkit.config import parse_kwargs, parse_sizes
+    from toolkit.models import build_model
+    from toolkit.recipes import recipe_defaults
 
-    return {
-        "SceneCNN (study CNN)": (lambda: SceneCNN(), 120, 80),
-        "ResNet18": (lambda: resnet18_classifier(), 50, 80),
-        "FastResNet (fast_cnn)": (lambda: FastResNet(), 128, 64),
-        "EfficientNet-Lite0": (lambda: efficientnet_lite0(num_classes=6), 64, 128),
+    cnn, resnet, fast = recipe_defaults("cnn"), recipe_defaults("resnet18"), recipe_defaults("fast_cnn")
+    lite, blind = recipe_defaults("efficientnet_lite0"), recipe_defaults("blind_denoiser")
+    widths = [8, 16, 16, 32] if tiny else parse_sizes("widths", fast.widths)
+    blind_kwargs = parse_kwargs("model_kwargs", blind.model_kwargs) | {"conditioned": True}
+    if tiny:
+        blind_kwargs["widths"] = (8, 16, 32, 64)
+    models = {
+        "SceneCNN (cnn)": {"build": lambda: build_model({"name": "SceneCNN", "kwargs": {
+            "width": 4 if tiny else cnn.width, "image_size": 32 if tiny else cnn.image_size}}),
+            "batch": cnn.batch_size, "image_size": cnn.image_size},
+        "ResNet18 (resnet18)": {"build": lambda: build_model({"name": "resnet18_classifier", "kwargs": {}}),
+                                "batch": resnet.batch_size, "image_size": resnet.image_size},
+        "FastResNet (fast_cnn)": {"build": lambda: build_model({"name": "FastResNet", "kwargs": {"widths": widths}}),
+                                  "batch": fast.batch_size,
+                                  "image_size": parse_sizes("train_image_sizes", fast.train_image_sizes)[0]},
+        f"EfficientNet-Lite0, {lite.mode} mode (efficientnet_lite0)": {
+            "build": lambda: build_model({"name": "efficientnet_lite0", "kwargs": {"num_classes": 6}}),
+            "batch": lite.batch_size, "image_size": lite.image_size,
+            "split": lite.train_from_block if lite.mode == "top" else 0},
+        f"{blind.model} (blind_denoiser)": {
+            "build": lambda: build_model({"name": blind.model, "kwargs": blind_kwargs}),
+            "batch": blind.batch_size, "image_size": blind.patch_size, "kind": "denoiser"},
     }
+    for entry in models.values():
+        entry.setdefault("kind", "classifier")
+        entry.setdefault("split", 0)
+        if tiny:
+            entry.update(batch=4, image_size=32)
+    return models
 
 
 def _print_table(title: str, header: list[str], rows: list[list]) -> None:
@@ -229,7 +279,8 @@ def _print_table(title: str, header: list[str], rows: list[list]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
-def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps: int, num_workers: int) -> dict:
+def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps: int, num_workers: int,
+                  precisions: list[str] | None = None, tiny: bool = False) -> dict:
     from toolkit.data.beton import cached_beton
     from toolkit.data.classification import find_data_root
     from toolkit.data.folders import find_split, scan_labeled_folder
@@ -240,15 +291,18 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
         raise UserError(f"unknown benchmark sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     sections = sections or list(SECTIONS)
     torch.set_num_threads(os.cpu_count() or 1)
-    results = {"machine": machine_description(), "command": "toolkit benchmark", "sections": sections}
-    print(f"[benchmark] {results['machine']}")
+    results = {"machine": machine_description(), "command": "toolkit benchmark", "sections": sections, "tiny": tiny}
+    native_bf16 = results["machine"]["native_bf16"]
+    print(f"[benchmark] {results['machine']['description']}")
 
     ceiling = measure_matmul()
     results["ceiling"] = {"fp32_matmul_gflop_per_s": ceiling}
     if "ceiling" in sections:
-        results["ceiling"]["bf16_matmul_gflop_per_s"] = measure_matmul(dtype=torch.bfloat16)
-        _print_table("matmul 2048x2048 (the arithmetic ceiling)", ["dtype", "GFLOP/s"],
-                     [["fp32", ceiling], ["bf16", results["ceiling"]["bf16_matmul_gflop_per_s"]]])
+        rows = [["fp32", ceiling]]
+        if native_bf16 or "bf16" in (precisions or []):
+            results["ceiling"]["bf16_matmul_gflop_per_s"] = measure_matmul(dtype=torch.bfloat16)
+            rows.append(["bf16", results["ceiling"]["bf16_matmul_gflop_per_s"]])
+        _print_table("matmul 2048x2048 (the arithmetic ceiling)", ["dtype", "GFLOP/s"], rows)
 
     root, synthetic = find_data_root(data)
     results["data"] = {"root": str(root), "synthetic": synthetic}
@@ -280,19 +334,24 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
                      [[k, v["images_per_s"], v["ratio_vs_study"], v["startup_s"]] for k, v in loaders.items()])
 
     if "steps" in sections:
+        precisions = list(precisions or ["fp32"] + (["bf16"] if native_bf16 else []))
+        if "bf16" not in precisions and not native_bf16:
+            print("\n[benchmark] bf16 not timed: this CPU has no native bf16 (no AMX/AVX512-BF16), where autocast "
+                  "emulates it about 10x slower and --mixed_precision=auto never picks it; "
+                  "pass --precisions fp32 bf16 to time it anyway")
+        settings = [("fp32", False), ("fp32", True)] + [(p, True) for p in precisions if p != "fp32"]
         rows, step_results = [], {}
-        for name, (build, model_batch, size) in recipe_models().items():
-            for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
-                # bf16 without hardware support is ~10x slower: time fewer steps
-                n = steps if precision == "fp32" or results["machine"]["native_bf16"] else max(2, steps // 4)
-                r = measure_train_step(build, model_batch, size, precision, channels_last, n)
+        for name, entry in recipe_models(tiny).items():
+            for precision, channels_last in settings:
+                r = measure_train_step(entry["build"], entry["batch"], entry["image_size"], precision, channels_last,
+                                       steps, kind=entry["kind"], split=entry["split"])
                 r["share_of_ceiling"] = r["gflop_per_s"] / ceiling
                 label = f"{precision} {'channels_last' if channels_last else 'NCHW'}"
-                step_results[f"{name} | {label}"] = r
-                rows.append([name, label, f"{model_batch} x {size}px", r["images_per_s"], r["gflop_per_s"],
-                             r["share_of_ceiling"]])
+                step_results[f"{name} | {label}"] = {**r, "batch": entry["batch"], "image_size": entry["image_size"]}
+                rows.append([name, label, f"{entry['batch']} x {entry['image_size']}px", r["images_per_s"],
+                             r["gflop_per_s"], r["share_of_ceiling"]])
         results["steps"] = step_results
-        _print_table("training steps (forward + backward + Adam, random inputs)",
+        _print_table("training steps (forward + backward + Adam, random inputs; each recipe's own batch and size)",
                      ["model", "setting", "batch", "img/s", "GFLOP/s", "of fp32 ceiling"], rows)
 
     if "pipeline" in sections:

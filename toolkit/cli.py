@@ -23,13 +23,10 @@ from toolkit.errors import UserError
 
 def _tool_logger(out_dir: Path, name: str, wandb_mode: str, config: dict):
     """A RunLogger for a command (no training): local files in out_dir, W&B offline/online as usual."""
-    from accelerate import Accelerator
-
     from toolkit.train.tracking import RunLogger, choose_wandb_mode
 
     mode, reason = choose_wandb_mode(wandb_mode)
-    accelerator = Accelerator(cpu=True, log_with="wandb" if mode != "disabled" else None)
-    return RunLogger(accelerator, out_dir, "scene-toolkit", name, config, mode, reason)
+    return RunLogger(True, out_dir, "scene-toolkit", name, config, mode, reason, job_type=config.get("command"))
 
 
 def command_explore(args) -> None:
@@ -50,7 +47,7 @@ def command_explore(args) -> None:
 def command_check(args) -> int:
     from toolkit.data.check import check_dataset, format_report, write_report
 
-    report = check_dataset(Path(args.root), resolution=args.resolution, workers=args.workers)
+    report = check_dataset(Path(args.root), image_size=args.image_size, workers=args.workers)
     print(format_report(report, limit=args.limit))
     out = Path(args.json or "data-check.json")
     write_report(report, out)
@@ -62,7 +59,7 @@ def command_benchmark(args) -> None:
     from toolkit.benchmark import run_benchmark
 
     run_benchmark(data=args.data, images=args.images, out=Path(args.out), sections=args.only,
-                  steps=args.steps, num_workers=args.num_workers)
+                  steps=args.steps, num_workers=args.num_workers, precisions=args.precisions, tiny=args.tiny)
 
 
 def command_predict(args) -> None:
@@ -71,7 +68,8 @@ def command_predict(args) -> None:
 
     resolve_checkpoint(args.checkpoint)  # the first argument is checked first
     files = collect_inputs(args.inputs)
-    predictions = predict_files(args.checkpoint, files, args.batch_size, args.tta, args.device, args.workers)
+    predictions = predict_files(args.checkpoint, files, args.batch_size, args.tta, args.device, args.workers,
+                                mixed_precision=args.mixed_precision)
     out = Path(args.out)
     write_predictions_csv(predictions, out, args.top_k)
     counts = {}
@@ -91,9 +89,13 @@ def command_evaluate(args) -> None:
 
     out = Path(args.out or f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     metrics = evaluate_folder(args.checkpoint, Path(args.data), out, args.batch_size, args.tta, args.device,
-                              args.workers, holdout_fraction=args.holdout_fraction)
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} images, loss {metrics['loss']:.4f}, "
-          f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f}")
+                              args.workers, held_out=args.held_out, mixed_precision=args.mixed_precision)
+    what = "the run's held-out images" if args.held_out else "images"
+    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} {what}, loss {metrics['loss']:.4f}, "
+          f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} ({metrics['mixed_precision']})")
+    if metrics["training_images"]:
+        print(f"WARNING: {metrics['training_images']} of these images were in the run's training set "
+              f"(e.g. {metrics['training_image_examples'][0]}): this score is not a held-out one", file=sys.stderr)
     width = max(len(c) for c in metrics["classes"])
     print(f"{'class':<{width}}  precision  recall  F1")
     for i, name in enumerate(metrics["classes"]):
@@ -123,11 +125,15 @@ def command_denoise(args) -> None:
 
 
 def command_benchmark_denoiser(args) -> None:
-    from toolkit.denoising_benchmark import benchmark_denoiser, benchmark_table, write_benchmark
+    from toolkit.denoising_benchmark import benchmark_denoiser, benchmark_table, published_rows, write_benchmark
 
     checkpoint = None if args.checkpoint == "none" else args.checkpoint
-    results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, nlm=args.nlm)
-    table = benchmark_table(results)
+    name, published = published_rows(Path(args.clean), args.published)
+    baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
+    results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
+                                 max_images=args.max_images)
+    results["published"] = {"set": name, "rows": published}
+    table = benchmark_table(results, published=published)
     print("\n" + table)
     write_benchmark({**results, "table": table}, Path(args.out))
     print(f"results written to {args.out}")
@@ -155,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     explore.set_defaults(handler=command_explore)
     check = data.add_parser("check", help="find unreadable, mislabeled, duplicate, odd-sized or odd-mode images")
     check.add_argument("root", help="dataset root (Intel layout or <class>/<image>)")
-    check.add_argument("--resolution", type=int, default=80, help="flag images smaller than this")
+    check.add_argument("--image_size", type=int, default=80, help="flag images smaller than this")
     check.add_argument("--json", default="", help="where the JSON report goes (default data-check.json)")
     check.add_argument("--limit", type=int, default=12, help="examples listed per problem in the text report")
     check.add_argument("--workers", type=int, default=2, help="decoding processes")
@@ -166,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--images", type=int, default=2400, help="images used for the loader measurements")
     bench.add_argument("--steps", type=int, default=8, help="timed training steps per model and setting")
     bench.add_argument("--num_workers", type=int, default=2, help="loader workers / FFCV threads")
-    bench.add_argument("--only", nargs="*", default=[], help="sections to run: loaders steps compile")
+    bench.add_argument("--only", nargs="*", default=[], help="sections to run: ceiling loaders steps pipeline compile")
+    bench.add_argument("--precisions", nargs="*", default=None, choices=["fp32", "bf16", "fp16"],
+                       help="precisions to time in 'steps' (default: fp32, and bf16 where the CPU has it natively)")
+    bench.add_argument("--tiny", action="store_true", help="small widths, batch 4, 32 px: a check of the command "
+                       "itself (seconds on any CPU), not a measurement")
     bench.add_argument("--out", default="bench-results.json", help="where the JSON goes")
     bench.set_defaults(handler=command_benchmark)
 
@@ -180,18 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch_size", type=int, default=64)
     pred.add_argument("--workers", type=int, default=2, help="decoding processes")
     pred.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    pred.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
+                      help="default: the precision the run was trained with (stored in the checkpoint)")
     pred.set_defaults(handler=command_predict)
 
     ev = commands.add_parser("evaluate", help="full evaluation of a classifier on a labeled folder")
     ev.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     ev.add_argument("data", help="a folder of <class>/<image> with the checkpoint's classes")
     ev.add_argument("--out", default="", help="output folder (default runs/evaluate-<time>)")
-    ev.add_argument("--holdout_fraction", type=float, default=0.0,
-                    help=">0: score the images the recipes hold out of DATA's training folder (their default: 0.1)")
+    ev.add_argument("--held_out", action="store_true",
+                    help="score exactly the images the run held out of DATA's training folder (recorded in the "
+                    "checkpoint), DATA being the data root the run trained on")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     ev.add_argument("--batch_size", type=int, default=64)
     ev.add_argument("--workers", type=int, default=2)
     ev.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ev.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
+                    help="default: the precision the run was trained with (stored in the checkpoint)")
     ev.set_defaults(handler=command_evaluate)
 
     rep = commands.add_parser("report", help="a self-contained HTML report from run directories")
@@ -208,14 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("input", help="an image file or a folder of images")
     den.add_argument("output", help="output file or folder (PNG, same size as the input)")
     den.add_argument("--sigma", type=float, default=None,
-                     help="noise std of the input on the 0-255 scale (needed by noise-conditioned models)")
+                     help="noise std of the input on the 0-255 scale, for models told the noise level "
+                     "(default: estimated per image and printed)")
     den.set_defaults(handler=command_denoise)
 
     bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
     bd.add_argument("checkpoint", help="a denoiser run directory or checkpoint ('none': baselines only)")
-    bd.add_argument("--clean", default="../shared/data/denoise/McMaster", help="folder of clean reference images")
+    bd.add_argument("--clean", required=True, help="folder of clean reference images, e.g. McMaster")
     bd.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50], help="noise std on the 0-255 scale")
-    bd.add_argument("--nlm", action="store_true", help="also score non-local means")
+    bd.add_argument("--baselines", nargs="*", default=[], choices=["nlm", "bm3d"],
+                    help="classical methods to score too: nlm (scikit-image), bm3d (pip install bm3d; non-commercial)")
+    bd.add_argument("--nlm", action="store_true", help="same as --baselines nlm")
+    bd.add_argument("--blind", action="store_true",
+                    help="a noise-conditioned model gets the sigma estimated from each noisy image, not the true one")
+    bd.add_argument("--published", default="auto", help="published rows to print: auto (by folder name: McMaster), "
+                    "mcmaster, none")
+    bd.add_argument("--max_images", type=int, default=0, help=">0: only the first N images (a quick look)")
     bd.add_argument("--out", default="denoiser-benchmark.json", help="where the JSON goes")
     bd.set_defaults(handler=command_benchmark_denoiser)
     return parser

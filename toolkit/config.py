@@ -10,6 +10,7 @@ recipe's config block is also its documentation:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import inspect
@@ -197,6 +198,44 @@ def derive_config(config_class: type, source, shared: typing.Iterable[str], extr
         name = argument[2:].partition("=")[0].replace("-", "_")
         values[name] = getattr(given, name)
     return config_class(**{**values, **overrides})
+
+
+def parse_sizes(key: str, text: str) -> list[int]:
+    """'64,96' -> [64, 96]: comma-separated whole numbers of at least 1, or ConfigError naming --key."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--{key} takes comma-separated whole numbers of at least 1, got {text!r}")
+    return sizes
+
+
+def parse_kwargs(key: str, text: str) -> dict:
+    """'width=16,levels=2,widths=(8,16)' -> {'width': 16, 'levels': 2, 'widths': (8, 16)} (Python literals)."""
+    values, depth, part = {}, 0, ""
+    pieces = []
+    for character in text:  # split on commas outside brackets
+        depth += character in "([{"
+        depth -= character in ")]}"
+        if character == "," and depth == 0:
+            pieces.append(part)
+            part = ""
+        else:
+            part += character
+    pieces.append(part)
+    for piece in (p.strip() for p in pieces):
+        if not piece:
+            continue
+        name, has_value, raw = piece.partition("=")
+        try:
+            if not has_value or not name.strip().isidentifier():
+                raise ValueError
+            values[name.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"--{key} takes name=value pairs with Python literal values "
+                              f"(e.g. width=16,widths=(8,16)); could not read {piece!r}") from None
+    return values
 
 
 def field_names(*config_classes: type) -> set[str]:

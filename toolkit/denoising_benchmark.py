@@ -1,6 +1,12 @@
-"""Scoring a trained denoiser the way the literature does: a folder of clean reference images at full
-size, additive white Gaussian noise at sigma 15/25/50 on the 0-255 scale, NOT clipped, PSNR on RGB
-over the whole image. The published McMaster figures sit beside ours in the printed table.
+"""`toolkit benchmark-denoiser`: score denoisers the way the literature does, on any folder of clean images.
+
+Protocol (the published tables'): each clean image at full size in [0, 1], additive white Gaussian noise
+of sigma 15 / 25 / 50 on the 0-255 scale, NOT clipped, seeded per image; PSNR (data range 1) and SSIM on
+RGB over the whole image, outputs clamped to [0, 1]; the mean over images. A noise-conditioned model is
+told the true sigma (as FFDNet and DRUNet are in their tables), or, with blind=True, the sigma that
+scikit-image estimates from the noisy image. Beside it: the noisy input, non-local means (h = 0.8 sigma)
+and CBM3D from the optional `bm3d` package (non-commercial licence: never a hard dependency), and for
+McMaster the published figures (../shared/data/README.md sources).
 """
 
 from __future__ import annotations
@@ -14,73 +20,115 @@ import torch
 
 from toolkit.data.folders import list_image_files
 from toolkit.data.images import load_rgb
-from toolkit.errors import DataError
-from toolkit.inference import load_trained_model
-from toolkit.train.denoise import NoiseSpec, denoise, image_quality, nlm_denoise, seeded_noisy
+from toolkit.errors import DataError, UserError
+from toolkit.inference import estimate_noise_sigma, load_trained_model
+from toolkit.progress import progress_bar
+from toolkit.train.denoise import (
+    NoiseSpec,
+    bm3d_available,
+    bm3d_denoise,
+    denoise,
+    image_quality,
+    nlm_denoise,
+    seeded_noisy,
+)
 
-# ../shared/data/README.md: PSNR (dB) on McMaster, AWGN, noise not clipped
-PUBLISHED_MCMASTER = {
+# PSNR (dB) on McMaster, AWGN, noise not clipped (FFDNet's table; DPIR and SwinIR's tables)
+PUBLISHED = {"mcmaster": {
     "CBM3D": {15: 34.06, 25: 31.66, 50: 28.51},
     "CDnCNN": {15: 33.44, 25: 31.51, 50: 28.61},
     "FFDNet": {15: 34.66, 25: 32.35, 50: 29.18},
     "DRUNet": {15: 35.40, 25: 33.14, 50: 30.08},
     "SwinIR": {15: 35.61, 25: 33.20, 50: 30.22},
-}
+}}
+PUBLISHED_MCMASTER = PUBLISHED["mcmaster"]
+METHOD_NAMES = {"noisy": "noisy input", "nlm": "non-local means", "bm3d": "CBM3D (bm3d package)"}
+
+
+def published_rows(folder: Path, which: str = "auto") -> tuple[str | None, dict]:
+    """('mcmaster', its rows) when the folder is McMaster (by name, or which='mcmaster'); (None, {}) otherwise."""
+    if which == "none":
+        return None, {}
+    key = Path(folder).name.lower() if which == "auto" else which.lower()
+    if key not in PUBLISHED:
+        if which != "auto":
+            raise UserError(f"no published figures for {which!r}: known {', '.join(PUBLISHED)} (or 'none')")
+        return None, {}
+    return key, PUBLISHED[key]
 
 
 @torch.no_grad()
-def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list[float], nlm: bool = False,
-                       noise_seed: int = 1234, log=print) -> dict:
-    """Mean PSNR/SSIM over the folder for each sigma, for the model (if given), the noisy input and NLM."""
+def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list[float],
+                       baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
+                       max_images: int = 0, log=print) -> dict:
+    """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines."""
     files = list_image_files(Path(clean_dir)) if Path(clean_dir).is_dir() else []
     if not files:
         raise DataError(f"{clean_dir} holds no images: pass a folder of clean reference images (e.g. McMaster)")
-    model, state = load_trained_model(checkpoint) if checkpoint else (None, {})
-    conditioned = state.get("conditioned", False)
+    files = files[:max_images] if max_images else files
+    if "bm3d" in baselines and not bm3d_available():
+        raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
+    model, state = load_trained_model(checkpoint) if checkpoint else (None, None)
+    conditioned = bool(state and state.conditioned)
     if model is not None and not conditioned:
-        trained = state.get("noise", {})
+        trained = state.noise or {}
         log(f"[benchmark] note: this model is not told the noise level; it was trained on "
             f"sigma {trained.get('sigma_min')}-{trained.get('sigma_max')} (clipped: {trained.get('clip')})")
-    results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "sigmas": {}}
+    methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
+    results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
+                     "noise_seed": noise_seed, "protocol": "AWGN, not clipped, whole images, RGB", "sigmas": {},
+                     "seconds": {}}
+    cleans = [torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255 for file in files]  # (1, 3, H, W)
     for sigma_255 in sigmas_255:
         noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
-        totals: dict[str, list] = {}
-        started = time.perf_counter()
-        for image_id, file in enumerate(files):
-            clean = torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
-            noisy, sigmas = seeded_noisy(clean, [image_id], noise)
-            outputs = {"noisy input": noisy}
-            if model is not None:
-                outputs["model"] = denoise(model, noisy, sigmas, conditioned)
-            if nlm:
-                outputs["non-local means"] = nlm_denoise(noisy, sigmas)
-            for name, output in outputs.items():
-                quality = image_quality(output, clean)
-                totals.setdefault(name, []).append([float(quality["psnr"]), float(quality["ssim"])])
-        results["sigmas"][sigma_255] = {name: {"psnr": float(np.mean([v[0] for v in values])),
-                                               "ssim": float(np.mean([v[1] for v in values]))}
-                                        for name, values in totals.items()}
+        totals: dict[str, list] = {m: [] for m in methods}
+        seconds = {m: 0.0 for m in methods}
+        with progress_bar(len(files), f"sigma {sigma_255:g}", unit="img") as bar:
+            for image_id, clean in enumerate(cleans):
+                noisy, sigmas = seeded_noisy(clean, [image_id], noise)
+                for method in methods:
+                    started = time.perf_counter()
+                    if method == "noisy":
+                        output = noisy
+                    elif method == "model":
+                        level = torch.full((1,), estimate_noise_sigma(noisy[0].clamp(0, 1))) if blind else sigmas
+                        output = denoise(model, noisy, level, conditioned)
+                    elif method == "nlm":
+                        output = nlm_denoise(noisy, sigmas)
+                    else:
+                        output = bm3d_denoise(noisy, sigmas)
+                    seconds[method] += time.perf_counter() - started
+                    quality = image_quality(output, clean)
+                    totals[method].append([float(quality["psnr"]), float(quality["ssim"])])
+                bar.update(1)
+        results["sigmas"][sigma_255] = {method: {"psnr": float(np.mean([v[0] for v in values])),
+                                                 "ssim": float(np.mean([v[1] for v in values])),
+                                                 "per_image_psnr": [v[0] for v in values]}
+                                        for method, values in totals.items()}
+        results["seconds"][sigma_255] = seconds
         log(f"[benchmark] sigma {sigma_255:g}: " + ", ".join(
-            f"{name} {v['psnr']:.2f} dB" for name, v in results["sigmas"][sigma_255].items())
-            + f" ({time.perf_counter() - started:.0f}s)")
+            f"{method} {v['psnr']:.2f} dB" for method, v in results["sigmas"][sigma_255].items()))
     return results
 
 
-def benchmark_table(results: dict, label: str = "this toolkit") -> str:
-    """Markdown: our rows (model, NLM, noisy input) and the published rows, one column per sigma."""
+def benchmark_table(results: dict, label: str = "this toolkit", published: dict | None = None) -> str:
+    """Markdown: our rows (model, baselines, noisy input) and the published rows, one column per sigma."""
     sigmas = list(results["sigmas"])
-    header = "| method | " + " | ".join(f"σ={s:g}" for s in sigmas) + " |"
+    header = "| method | " + " | ".join(f"σ={float(s):g}" for s in sigmas) + " |"
     lines = [header, "|" + "---|" * (len(sigmas) + 1)]
-    ours = list(next(iter(results["sigmas"].values())))
-    for name in ours:
-        shown = label if name == "model" else name
+    order = [m for m in ("model", "bm3d", "nlm", "noisy") if m in results["sigmas"][sigmas[0]]]
+    for method in order:
+        shown = (label + (" (blind: sigma estimated)" if results.get("blind") else "")) if method == "model" \
+            else METHOD_NAMES[method]
         lines.append(f"| **{shown}** | " + " | ".join(
-            f"{results['sigmas'][s][name]['psnr']:.2f} / {results['sigmas'][s][name]['ssim']:.3f}" for s in sigmas)
+            f"{results['sigmas'][s][method]['psnr']:.2f} / {results['sigmas'][s][method]['ssim']:.3f}" for s in sigmas)
             + " |")
-    for name, row in PUBLISHED_MCMASTER.items():
-        lines.append(f"| {name} (published) | " + " | ".join(f"{row[int(s)]:.2f}" if int(s) in row else "–"
-                                                            for s in sigmas) + " |")
-    return "\n".join(lines) + "\n\nOurs: PSNR dB / SSIM, mean over images; published: PSNR dB."
+    for name, row in (published or {}).items():
+        lines.append(f"| {name} (published) | " + " | ".join(f"{row[int(float(s))]:.2f}" if int(float(s)) in row
+                                                            else "–" for s in sigmas) + " |")
+    note = "\n\nOurs: PSNR dB / SSIM, mean over images" + ("; published: PSNR dB." if published else
+                                                            " (no published figures for this folder).")
+    return "\n".join(lines) + note
 
 
 def write_benchmark(results: dict, out: Path) -> None:

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from toolkit.errors import CheckpointError
-from toolkit.models.build import build_model
-from toolkit.train.checkpoint import latest_checkpoint, read_trainer_state
+from toolkit.models import build_model, is_denoiser
+from toolkit.train.checkpoint import latest_checkpoint
+from toolkit.train.state import TrainerState
 
 
 def resolve_checkpoint(path: Path | str) -> Path:
@@ -30,13 +31,11 @@ def resolve_checkpoint(path: Path | str) -> Path:
     return newest
 
 
-def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainerState]:
     """(model in eval mode on `device`, trainer state) from a checkpoint or run directory."""
     checkpoint = resolve_checkpoint(path)
-    state = read_trainer_state(checkpoint)
-    if "model_spec" not in state:
-        raise CheckpointError(f"{checkpoint} does not record which model it holds (no model_spec)")
-    model = build_model(state["model_spec"])
+    state = TrainerState.read(checkpoint)
+    model = build_model(state.model_spec)
     weights_file = checkpoint / "model.safetensors"
     if not weights_file.is_file():
         raise CheckpointError(f"{checkpoint} has no model.safetensors: the checkpoint is incomplete")
@@ -44,33 +43,32 @@ def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> 
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
-        raise CheckpointError(f"the weights in {checkpoint} do not fit {state['model_spec']['name']}: "
+        raise CheckpointError(f"the weights in {checkpoint} do not fit {state.model}: "
                               f"{str(error).splitlines()[0]}") from None
     return model.to(device).eval(), state
-
-
-DENOISER_NAMES = ("ConvAutoencoder", "UNetDenoiser", "DnCNN")
 
 
 @torch.no_grad()
 def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path | str, sigma_255: float | None = None,
                   log=print) -> dict:
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
-    the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped."""
+    the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped.
+
+    A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
+    without it, each image's noise level is estimated (scikit-image's wavelet estimator) and printed."""
     from PIL import Image
 
     from toolkit.data.folders import list_image_files
     from toolkit.data.images import UnreadableImage, load_rgb
     from toolkit.errors import UserError
+    from toolkit.progress import tracked
     from toolkit.train.denoise import denoise, to_hwc_uint8
 
     model, state = load_trained_model(checkpoint)
-    if state["model_spec"]["name"] not in DENOISER_NAMES:
-        raise UserError(f"{checkpoint} holds a {state['model_spec']['name']}, not a denoiser; "
+    if not is_denoiser(state.model):
+        raise UserError(f"{checkpoint} holds a {state.model}, not a denoiser; "
                         "classify images with `toolkit predict` instead")
-    conditioned = state.get("conditioned", False)
-    if conditioned and sigma_255 is None:
-        raise UserError("this denoiser is told the noise level: pass --sigma=S (noise std on the 0-255 scale)")
+    conditioned = state.conditioned
     source, destination = Path(source), Path(destination)
     if source.is_dir():
         pairs = [(file, destination / file.relative_to(source).with_suffix(".png"))
@@ -82,18 +80,31 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         pairs = [(source, target if target.suffix else target.with_suffix(".png"))]
     else:
         raise UserError(f"{source} does not exist")
-    written, skipped = 0, []
-    for file, target in pairs:
+    written, skipped, estimated = 0, [], {}
+    for file, target in tracked(pairs, len(pairs), "denoising", "img"):
         try:
-            clean = torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+            noisy = torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
         except UnreadableImage as error:
             skipped.append(str(error))
             log(f"[denoise] skipped {error}")
             continue
-        sigmas = torch.full((1,), (sigma_255 or 0.0) / 255)
-        output = denoise(model, clean, sigmas, conditioned)[0]
+        if conditioned and sigma_255 is None:
+            level = estimate_noise_sigma(noisy[0])
+            estimated[str(file)] = round(level * 255, 2)
+            log(f"[denoise] {file}: estimated noise sigma {level * 255:.1f}/255 (pass --sigma to set it)")
+        else:
+            level = (sigma_255 or 0.0) / 255
+        output = denoise(model, noisy, torch.full((1,), level), conditioned)[0]
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_hwc_uint8(output)).save(target)
         written += 1
     log(f"[denoise] wrote {written} image(s) to {destination}" + (f"; skipped {len(skipped)}" if skipped else ""))
-    return {"written": written, "skipped": skipped}
+    return {"written": written, "skipped": skipped, "estimated_sigma_255": estimated}
+
+
+def estimate_noise_sigma(image: torch.Tensor) -> float:
+    """The noise std (on [0, 1]) of a (3, H, W) image in [0, 1], from the finest wavelet coefficients
+    (Donoho's median estimator, scikit-image's estimate_sigma), averaged over the colour channels."""
+    from skimage.restoration import estimate_sigma
+
+    return float(estimate_sigma(image.permute(1, 2, 0).double().numpy(), channel_axis=-1, average_sigmas=True))

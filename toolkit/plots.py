@@ -138,3 +138,80 @@ def plot_reliability(table: dict, ece: float, path: Path) -> Path:
              title=f"reliability (ECE {ece:.3f})")
     axis.legend(loc="upper left")
     return _save(figure, path)
+
+
+def plot_interval_bars(intervals: dict[str, dict], path: Path, ylabel: str, title: str = "",
+                       reference: dict[str, float] | None = None, ylim=None) -> Path:
+    """One bar per name at its mean, with the interval [low, high] as an error bar and each seed as a dot;
+    `reference` values (e.g. the study's numbers) drawn as horizontal marks."""
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(intervals) + 2), 4))
+    names = list(intervals)
+    means = [intervals[n]["mean"] for n in names]
+    errors = [[m - intervals[n]["low"] for n, m in zip(names, means)], [intervals[n]["high"] - m for n, m in
+                                                                         zip(names, means)]]
+    axis.bar(names, means, yerr=errors, capsize=6, color="#8fb3d9", edgecolor="#335", label="mean, 95% interval")
+    for position, name in enumerate(names):
+        values = intervals[name]["values"]
+        axis.plot([position] * len(values), values, "k.", ms=6, label="one seed" if position == 0 else None)
+    for label, value in (reference or {}).items():
+        axis.axhline(value, ls="--", lw=1, color="#c44")
+        axis.annotate(label, (len(names) - 0.5, value), ha="right", va="bottom", fontsize=8, color="#c44")
+    axis.set(ylabel=ylabel, title=title)
+    if ylim:
+        axis.set_ylim(*ylim)
+    axis.legend(fontsize=8, loc="lower right")
+    return _save(figure, path)
+
+
+def plot_bands(curves: dict[str, list[list[tuple[float, float]]]], path: Path, xlabel: str, ylabel: str,
+               title: str = "") -> Path:
+    """Per name, several runs' curves (x, y) drawn as their mean with a band from the lowest to the highest
+    run at each x (runs of one recipe share their x values: the same evaluation steps)."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, runs in curves.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        xs = sorted(set.intersection(*[{x for x, _ in r} for r in runs]))
+        table = np.array([[dict(r)[x] for x in xs] for r in runs])  # (runs, points)
+        line, = axis.plot(xs, table.mean(0), "o-", ms=3, label=f"{name} (mean of {len(runs)})")
+        if len(runs) > 1:
+            axis.fill_between(xs, table.min(0), table.max(0), alpha=0.2, color=line.get_color())
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_latent_curve(points: list[dict], baselines: dict[str, float], path: Path, input_size: int,
+                      title: str = "") -> Path:
+    """PSNR (mean, interval bar) against latent size relative to the input, training seconds on a second axis,
+    `points`: [{"name", "latent_ratio", "psnr": interval dict, "train_seconds": interval dict, "study": bool}],
+    baselines (models without a latent, classical methods, the noisy input) as horizontal lines."""
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    points = sorted(points, key=lambda p: p["latent_ratio"])
+    ratios = [p["latent_ratio"] for p in points]
+    means = [p["psnr"]["mean"] for p in points]
+    errors = [[m - p["psnr"]["low"] for m, p in zip(means, points)], [p["psnr"]["high"] - m for m, p in
+                                                                     zip(means, points)]]
+    axis.errorbar(ratios, means, yerr=errors, fmt="o-", capsize=4, color="#2a5d9f", label="autoencoder family")
+    for p in points:
+        axis.annotate(p["name"] + (" (study)" if p.get("study") else ""), (p["latent_ratio"], p["psnr"]["mean"]),
+                      textcoords="offset points", xytext=(4, 6), fontsize=8,
+                      fontweight="bold" if p.get("study") else "normal")
+    axis.axvline(1.0, color="grey", lw=0.8, ls=":")
+    axis.annotate("latent = input size", (1.0, axis.get_ylim()[0]), fontsize=7, color="grey", rotation=90,
+                  va="bottom", ha="right")
+    styles = ["--", "-.", ":", (0, (5, 1)), (0, (1, 1))]
+    for index, (name, value) in enumerate(baselines.items()):
+        axis.axhline(value, ls=styles[index % len(styles)], lw=1.2, color=f"C{index + 1}",
+                     label=f"{name} ({value:.2f})")
+    axis.set(xscale="log", xlabel=f"latent size / input size ({input_size:,} values)", ylabel="held-out PSNR (dB)",
+             title=title)
+    cost = axis.twinx()
+    cost.plot(ratios, [p["train_seconds"]["mean"] for p in points], "s:", color="#999", ms=4,
+              label="training seconds (right)")
+    cost.set_ylabel("training seconds", color="#777")
+    lines, labels = axis.get_legend_handles_labels()
+    more, more_labels = cost.get_legend_handles_labels()
+    axis.legend(lines + more, labels + more_labels, fontsize=7, loc="lower right")
+    return _save(figure, path)

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from toolkit.data.folders import list_image_files, scan_labeled_folder
-from toolkit.data.images import UnreadableImage, load_rgb
+from toolkit.data.images import UnreadableImage, load_rgb, pixel_hash, rgb_pixels
 from toolkit.errors import UserError
-from toolkit.inference import DENOISER_NAMES, load_trained_model
+from toolkit.inference import load_trained_model
+from toolkit.models import is_denoiser
+from toolkit.progress import bars_enabled
 from toolkit.train.evaluate import classification_metrics, classifier_outputs, expected_calibration_error
 from toolkit.train.precision import choose_mixed_precision
 
@@ -32,6 +35,8 @@ class Predictions:
     probabilities: np.ndarray  # (N, C); NaN rows for files that could not be read
     errors: dict[int, str]  # index -> why the file was skipped
     classes: list[str]
+    pixel_hashes: list[str] | None = None  # hash of each file's decoded pixels ('' if unreadable)
+    mixed_precision: str = "no"  # what the model ran in
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -56,39 +61,56 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _decode(job: tuple[str, int]):
+    """(pixels at the model's size, hash of the full decoded pixels, error) for one file."""
     path, size = job
     try:
-        return load_rgb(path, size), None
+        full = load_rgb(path)
+        return rgb_pixels(Image.fromarray(full), size), pixel_hash(full), None
     except UnreadableImage as error:
-        return None, str(error).removeprefix(f"{path}: ")
+        return None, "", str(error).removeprefix(f"{path}: ")
     except OSError as error:
-        return None, f"cannot read ({error})"
+        return None, "", f"cannot read ({error})"
 
 
 def load_classifier(checkpoint: str, device: str):
     model, state = load_trained_model(checkpoint, device)
-    if state["model_spec"]["name"] in DENOISER_NAMES or "classes" not in state:
-        raise UserError(f"{checkpoint} holds a {state['model_spec']['name']}, not a classifier; "
+    if is_denoiser(state.model) or not state.classes:
+        raise UserError(f"{checkpoint} holds a {state.model}, not a classifier; "
                         "denoise images with `toolkit denoise` instead")
     return model, state
 
 
+def inference_precision(requested: str | None, state, device: str, log=print) -> str:
+    """--mixed_precision for predict/evaluate: by default the precision the run was trained with."""
+    device_type = torch.device(device).type
+    choice = requested or state.mixed_precision or "no"
+    if choice == "auto":
+        return choose_mixed_precision("auto", device_type, log=log)
+    return choose_mixed_precision(choice, device_type, log=log)
+
+
 @torch.no_grad()
 def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip_tta: bool | None = None,
-                  device: str = "cpu", workers: int = 2, progress: bool = True) -> Predictions:
-    """Class probabilities for every file; unreadable files are recorded, never fatal."""
+                  device: str = "cpu", workers: int = 2, progress: bool = True,
+                  mixed_precision: str | None = None) -> Predictions:
+    """Class probabilities for every file; unreadable files are recorded, never fatal.
+
+    mixed_precision: 'no', 'bf16', 'fp16' or 'auto'; None: the precision the checkpoint was trained with."""
     model, state = load_classifier(checkpoint, device)
-    classes, pre = state["classes"], state["preprocessing"]
-    flip_tta = state.get("flip_tta", False) if flip_tta is None else flip_tta
-    use_bf16 = choose_mixed_precision("auto", torch.device(device).type, log=lambda _: None) == "bf16"
+    classes, pre = state.classes, state.preprocessing
+    flip_tta = state.flip_tta if flip_tta is None else flip_tta
+    precision = inference_precision(mixed_precision, state, device, log=lambda m: print(m, file=sys.stderr))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     probabilities = np.full((len(files), len(classes)), np.nan, dtype=np.float32)
+    hashes = [""] * len(files)
     errors: dict[int, str] = {}
-    jobs = [(str(file), pre["resolution"]) for file in files]
+    jobs = [(str(file), state.image_size) for file in files]
     with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool, \
-            tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr) as bar:
+            tqdm(total=len(files), unit="img", disable=not (progress and bars_enabled()), file=sys.stderr) as bar:
         decoded = pool.imap(_decode, jobs, chunksize=16)
         batch, positions = [], []
-        for index, (pixels, error) in enumerate(decoded):
+        for index, (pixels, full_hash, error) in enumerate(decoded):
+            hashes[index] = full_hash
             if error is not None:
                 errors[index] = error
             else:
@@ -96,14 +118,16 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
                 positions.append(index)
             if len(batch) == batch_size or (index == len(files) - 1 and batch):
                 images = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)  # (B, 3, H, W) uint8
-                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
+                device_type = torch.device(device).type
+                with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                     log_probs = classifier_outputs(model, images, pre["mean"], pre["std"], flip_tta)
-                probabilities[positions] = log_probs.exp().cpu().numpy()
+                probabilities[positions] = log_probs.exp().float().cpu().numpy()
                 bar.update(len(batch))
                 batch, positions = [], []
             if error is not None:
                 bar.update(1)
-    return Predictions(files=files, probabilities=probabilities, errors=errors, classes=classes)
+    return Predictions(files=files, probabilities=probabilities, errors=errors, classes=classes,
+                       pixel_hashes=hashes, mixed_precision=precision)
 
 
 def write_predictions_csv(predictions: Predictions, path: Path, top_k: int = 1) -> None:
@@ -130,37 +154,59 @@ def write_predictions_csv(predictions: Predictions, path: Path, top_k: int = 1) 
             writer.writerow(cells + [f"{p:.6f}" for p in row] + [""])
 
 
-def holdout_images(data: str, holdout_fraction: float, classes: list[str]) -> tuple[list[Path], list[int]]:
-    """The held-out test images the recipes carve from a training folder (same files, same seed)."""
-    from toolkit.data.classification import load_classification_data
+def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
+    """The images the run held out of DATA's training folder, as its checkpoint recorded them, after checking
+    that each file still holds the same pixels (so the score is the held-out one, not a lookalike)."""
+    from toolkit.data.classification import DIGEST_CHARS
+    from toolkit.data.folders import find_split
 
-    split = load_classification_data(data, "seg_train", "", 0.1, holdout_fraction, 0, store_size=32,
-                                     log=lambda *_: None)
-    if split.classes != classes:
-        raise UserError(f"{data} has classes {split.classes} but the model was trained on {classes}")
-    root = Path(split.train_set.manifest["root"])
-    files = [root / split.train_set.files[i] for i in split.test_indices]
-    return files, [int(split.train_set.labels[i]) for i in split.test_indices]
+    split = state.split or {}
+    if not split.get("held_out"):
+        raise UserError("this checkpoint records no held-out images (it was scored on a test folder, or written "
+                        "by an older toolkit): evaluate on a labeled folder instead")
+    folder = find_split(Path(data), "seg_train")
+    if folder is None:
+        raise UserError(f"no training folder (seg_train or <class> folders) under {data}")
+    files, labels, changed = [], [], []
+    for item in split["held_out"]:
+        path = folder / item["file"]
+        files.append(path)
+        labels.append(int(item["label"]))
+        try:
+            if pixel_hash(load_rgb(path))[:DIGEST_CHARS] != item["pixels"]:
+                changed.append(item["file"])
+        except (UnreadableImage, OSError):
+            changed.append(item["file"])
+    if changed:
+        raise UserError(f"{len(changed)} held-out file(s) under {folder} are missing or hold other pixels than when "
+                        f"the run trained (e.g. {changed[0]}): this is not the folder the run was trained on")
+    return files, labels
 
 
 def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: int = 64, flip_tta: bool | None = None,
-                    device: str = "cpu", workers: int = 2, gallery: int = 24, holdout_fraction: float = 0.0) -> dict:
+                    device: str = "cpu", workers: int = 2, gallery: int = 24, held_out: bool = False,
+                    mixed_precision: str | None = None) -> dict:
     """Accuracy, per-class precision/recall/F1, confusion matrix, calibration and the most confident
-    mistakes of a checkpoint on a labeled folder (or, with holdout_fraction > 0, on the images the
-    recipes hold out of that training folder); figures and metrics.json written to out_dir."""
+    mistakes of a checkpoint on a labeled folder (or, with held_out, on exactly the images its run held
+    out of that data root's training folder, as the checkpoint recorded them); figures and metrics.json
+    written to out_dir. Images the run trained on are counted and named: a score on them is not held-out."""
+    from toolkit.data.classification import DIGEST_CHARS
     from toolkit.plots import image_grid, plot_confusion, plot_grouped_bars, plot_reliability
 
     _, state = load_classifier(checkpoint, "cpu")
-    if holdout_fraction > 0:
-        files, all_labels = holdout_images(str(folder), holdout_fraction, state["classes"])
+    if held_out:
+        files, all_labels = held_out_images(str(folder), state)
     else:
-        listing = scan_labeled_folder(folder, classes=state["classes"])
+        listing = scan_labeled_folder(folder, classes=state.classes)
         files, all_labels = listing.files, listing.labels
-    predictions = predict_files(checkpoint, files, batch_size, flip_tta, device, workers)
+    predictions = predict_files(checkpoint, files, batch_size, flip_tta, device, workers,
+                                mixed_precision=mixed_precision)
+    trained_on = set((state.split or {}).get("train_pixels", []))
+    seen_in_training = [str(f) for f, h in zip(files, predictions.pixel_hashes) if h and h[:DIGEST_CHARS] in trained_on]
     good = np.array([i for i in range(len(files)) if i not in predictions.errors], dtype=int)
     labels = np.asarray(all_labels)[good]
     probabilities = predictions.probabilities[good]
-    classes = state["classes"]
+    classes = state.classes
     predicted = probabilities.argmax(1)
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -168,7 +214,9 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     metrics = classification_metrics(confusion, loss)
     ece, reliability = expected_calibration_error(probabilities, labels)
     metrics.update(ece=ece, reliability=reliability, skipped={str(files[i]): e for i, e in predictions.errors.items()},
-                   checkpoint=str(checkpoint), folder=str(folder) + (" (held-out split)" if holdout_fraction else ""),
+                   checkpoint=str(checkpoint), folder=str(folder) + (" (held-out split)" if held_out else ""),
+                   mixed_precision=predictions.mixed_precision, training_images=len(seen_in_training),
+                   training_image_examples=seen_in_training[:10],
                    classes=classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions_csv(Predictions(files, predictions.probabilities, predictions.errors, classes),

@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import shutil
 import time
 from pathlib import Path
 
 from toolkit.errors import UserError
+from toolkit.runs import read_json
 
 STUDY_CLASSIFIERS = {"CNN": 0.864, "ResNet18": 0.899}  # STUDY.md, seg_test
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def run_kind(run_dir: Path) -> str:
@@ -33,12 +26,12 @@ def run_kind(run_dir: Path) -> str:
         return "comparison"
     if (run_dir / "latent_study.json").is_file():
         return "latent_study"
-    summary = _read_json(run_dir / "summary.json") or {}
+    summary = read_json(run_dir / "summary.json") or {}
     if "test_psnr" in summary:
         return "denoiser"
     if "val_accuracy" in summary:
         return "classifier"
-    metrics = _read_json(run_dir / "metrics.json") or {}
+    metrics = read_json(run_dir / "metrics.json") or {}
     if "ece" in metrics:
         return "evaluation"
     return "unknown"
@@ -95,7 +88,7 @@ def _percent(value) -> str:
 
 
 def _classifier_section(page: _Page, run_dir: Path, title: str | None = None) -> dict:
-    summary = _read_json(run_dir / "summary.json") or {}
+    summary = read_json(run_dir / "summary.json") or {}
     page.heading(title or f"{summary.get('recipe', 'classifier')}: {run_dir.name}", 3)
     page.paragraph(f"{summary.get('data', '')}. {summary.get('steps', '?')} iterations, "
                    f"{summary.get('train_seconds', 0):.0f} s of training"
@@ -114,7 +107,7 @@ def _classifier_section(page: _Page, run_dir: Path, title: str | None = None) ->
 
 
 def _denoiser_section(page: _Page, run_dir: Path) -> dict:
-    summary = _read_json(run_dir / "summary.json") or {}
+    summary = read_json(run_dir / "summary.json") or {}
     page.heading(f"{summary.get('label', 'denoiser')}: {run_dir.name}", 3)
     page.paragraph(f"{summary.get('data', '')}; noise {summary.get('noise', '')}; "
                    f"{summary.get('train_seconds', 0):.0f} s of training.")
@@ -132,7 +125,7 @@ def _denoiser_section(page: _Page, run_dir: Path) -> dict:
 
 
 def _evaluation_section(page: _Page, folder: Path) -> None:
-    metrics = _read_json(folder / "metrics.json") or {}
+    metrics = read_json(folder / "metrics.json") or {}
     page.heading(f"Evaluation of {metrics.get('checkpoint', '?')} on {metrics.get('folder', '?')}", 3)
     page.paragraph(f"accuracy {_percent(metrics.get('accuracy'))} on {metrics.get('n')} images, "
                    f"macro F1 {metrics.get('macro_f1', 0):.3f}, expected calibration error {metrics.get('ece', 0):.3f}"
@@ -147,39 +140,45 @@ def _evaluation_section(page: _Page, folder: Path) -> None:
 
 
 def _comparison_section(page: _Page, run_dir: Path) -> None:
-    summaries = _read_json(run_dir / "comparison.json") or {}
-    page.heading("The classifier comparison: the study's CNN against ResNet18", 2)
-    cnn, resnet = summaries.get("CNN", {}), summaries.get("ResNet18", {})
-    key = "test_accuracy" if "test_accuracy" in cnn else "val_accuracy"
-    story = (f"The study reported 86.4% for its CNN and 89.9% for an ImageNet-pretrained ResNet18 on the official "
-             f"test split. Here, on {cnn.get('test_images', '?')} held-out images ({cnn.get('test_split', '')}), "
-             f"the CNN reaches {_percent(cnn.get(key))} and ResNet18 {_percent(resnet.get(key))}")
-    if resnet.get("weights"):
-        story += f" (ResNet18 started from: {resnet['weights']})"
+    result = read_json(run_dir / "comparison.json") or {}
+    models = result.get("models", {})
+    seeds = result.get("seeds", [])
+    page.heading(f"The classifier comparison: {', '.join(models)} ({len(seeds)} seed(s) each)", 2)
+    story = ("The study reported 86.4% for its CNN and 89.9% for an ImageNet-pretrained ResNet18 on the official "
+             f"test split. Here every model is scored on the same held-out images ({result.get('test_split', '')}): "
+             + ", ".join(f"{m} {_percent(r['accuracy']['mean'])}" + (f" [{_percent(r['accuracy']['low'])}, "
+                                                                     f"{_percent(r['accuracy']['high'])}]"
+                                                                     if r["accuracy"]["n"] > 1 else "")
+                         for m, r in models.items()))
     page.paragraph(story + ".")
     if (run_dir / "comparison.md").is_file():
         page.markdown_table((run_dir / "comparison.md").read_text())
-    page.figure(run_dir / "plots" / "per_class_comparison.png", "accuracy per class, side by side")
-    for label, sub in (("CNN", "cnn"), ("ResNet18", "resnet18")):
-        if (run_dir / sub / "summary.json").is_file():
-            _classifier_section(page, run_dir / sub, f"{label} run")
+    for name, caption in (("accuracy_intervals.png", "accuracy per model: mean, 95% interval, seeds"),
+                          ("per_class_comparison.png", "accuracy per class, side by side"),
+                          ("learning_curves.png", "validation accuracy: mean and band over seeds")):
+        page.figure(run_dir / "plots" / name, caption)
+    for model in models:
+        first = run_dir / model / f"seed-{seeds[0]}" if seeds else run_dir / model
+        if (first / "summary.json").is_file():
+            _classifier_section(page, first, f"{model} run (seed {seeds[0]})")
 
 
 def _latent_section(page: _Page, run_dir: Path) -> None:
-    study = _read_json(run_dir / "latent_study.json") or {}
+    study = read_json(run_dir / "latent_study.json") or {}
     models, baselines = study.get("models", {}), study.get("baselines", {})
     page.heading("The latent-size study: denoising autoencoders against baselines", 2)
-    ranked = sorted(models.items(), key=lambda item: -item[1]["test_psnr"])
+    ranked = sorted(models.items(), key=lambda item: -item[1]["psnr"]["mean"])
     if ranked:
         best = ranked[0]
-        autoencoders = {k: v for k, v in models.items() if k.startswith("AE")}
+        family = {k: v for k, v in models.items() if v.get("family")}
         story = ("The study trained three autoencoders at noise sigma 0.3 and reported only training MSE: AE10 "
                  "worst (~17 dB), AE38 and AE71 close (~19.6 dB); it chose AE38. Here every model and baseline is "
-                 "scored on the same held-out noisy images. ")
-        if autoencoders:
-            story += "Autoencoders: " + ", ".join(f"{k} {v['test_psnr']:.2f} dB" for k, v in autoencoders.items())
-            story += ". "
-        story += f"Best model: {best[0]} at {best[1]['test_psnr']:.2f} dB PSNR / {best[1]['test_ssim']:.3f} SSIM. "
+                 f"scored on the same held-out noisy images, with {len(study.get('seeds', []))} seed(s) per model. ")
+        if family:
+            story += "Autoencoders (latent / input: PSNR): " + ", ".join(
+                f"{k} ({v['latent_ratio']:.2f}x) {v['psnr']['mean']:.2f} dB" for k, v in
+                sorted(family.items(), key=lambda item: item[1]["latent_ratio"])) + ". "
+        story += f"Best trained model: {best[0]} at {best[1]['psnr']['mean']:.2f} dB PSNR. "
         story += "Baselines: " + ", ".join(f"{k} {v['psnr']:.2f} dB" for k, v in baselines.items()) + "."
         page.paragraph(story)
     if (run_dir / "latent_study.md").is_file():
@@ -188,9 +187,11 @@ def _latent_section(page: _Page, run_dir: Path) -> None:
                           ("validation_curves.png", "validation loss per model"),
                           ("side_by_side.png", "the same held-out images through every model")):
         page.figure(run_dir / "plots" / name, caption)
+    seeds = study.get("seeds", [0])
     for name in models:
-        if (run_dir / name / "summary.json").is_file():
-            _denoiser_section(page, run_dir / name)
+        first = run_dir / name / f"seed-{seeds[0]}"
+        if (first / "summary.json").is_file():
+            _denoiser_section(page, first)
 
 
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
@@ -228,7 +229,7 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "") -> Path:
         page.heading("Runs at a glance", 2)
         rows = []
         for run_dir in plain:
-            s = _read_json(run_dir / "summary.json") or {}
+            s = read_json(run_dir / "summary.json") or {}
             score = f"{_percent(s.get('test_accuracy'))} accuracy" if "val_accuracy" in s else \
                 f"{s.get('test_psnr', 0):.2f} dB / {s.get('test_ssim', 0):.3f}"
             rows.append([run_dir.name, s.get("recipe", ""), s.get("steps", ""), f"{s.get('train_seconds', 0):.0f}",

@@ -1,4 +1,4 @@
-"""What every recipe does around its loop: settings shared by recipes, starting a run, error exits.
+"""What every recipe does around its loop: the shared run keys, starting a run, error exits.
 
 A recipe's Config inherits the shared keys and adds its own hyper-parameters:
 
@@ -6,58 +6,42 @@ A recipe's Config inherits the shared keys and adds its own hyper-parameters:
     class Config(ClassificationDataSettings, RunSettings):
         lr: float = 9e-4  # Adam learning rate
 
+    def main(cfg):
+        run = start_run(cfg, "cnn")                       # run directory, logging, seeds, processes
+        ...                                               # data, model, optimizer
+        model, optimizer = run.prepare(model, optimizer, batch_size=..., image_size=...)   # precision, devices
+
     if __name__ == "__main__":
         run_recipe(main, Config)
 """
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import sys
 import time
 import traceback
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from toolkit.config import (
-    check_fraction,
-    check_non_negative,
-    check_positive,
-    config_to_dict,
-    format_config,
-    parse_config,
-)
-from toolkit.data.classification import DEFAULT_DATA
-from toolkit.errors import ConfigError, UserError
-from toolkit.train.checkpoint import latest_checkpoint
-from toolkit.train.precision import choose_mixed_precision, training_device_type
+import torch
+
+from toolkit.config import check_non_negative, check_positive, config_to_dict, format_config, parse_config
+from toolkit.errors import CheckpointError, ConfigError, UserError
+from toolkit.progress import say as print_line
+from toolkit.runs import CHANGEABLE_ON_RESUME, config_differences, describe_differences, newest_run, read_config
+from toolkit.train.checkpoint import agreed_latest_checkpoint
+from toolkit.train.precision import choose_mixed_precision, describe_cpu, launcher_precision, training_device_type
 from toolkit.train.tracking import RunLogger, choose_wandb_mode
 
 
-@dataclass
-class ClassificationDataSettings:
-    data: str = DEFAULT_DATA  # a folder with seg_train[/seg_test] or <class>/<image>; 'synthetic' = built-in set
-    train_split: str = "seg_train"  # training folder below --data
-    test_split: str = "seg_test"  # test folder below --data, scored once at the end if present
-    holdout_fraction: float = 0.1  # without a test folder: share of training held out as the test set
-    val_fraction: float = 0.1  # share of the remaining training images used for validation
-    max_train_images: int = 0  # >0: a stratified subset of this many training images (0 = all)
-    resolution: int = 80  # images are squashed to resolution x resolution pixels
-    storage: Literal["raw", "jpg"] = "raw"  # .beton storage: raw pixels at store size, or JPEG
-    store_size: int = 0  # side length stored in the .beton; 0 = --resolution
-    drop_conflicting_duplicates: bool = False  # leave out identical images that carry different labels
-
-
-@dataclass
-class DenoisingDataSettings:
-    data: str = DEFAULT_DATA  # a folder of images; 'synthetic' = built-in set
-    pool_split: str = "seg_pred"  # images below --data to denoise (labels ignored); falls back to seg_train
-    image_size: int = 150  # images are squashed to image_size x image_size pixels
-    holdout_fraction: float = 0.1  # share of the pool held out as the test set (fixed seed)
-    val_fraction: float = 0.1  # share of the remaining images used for validation
-    max_train_images: int = 0  # >0: a random subset of this many training images (0 = all)
-    storage: Literal["raw", "jpg"] = "raw"  # .beton storage: raw pixels or JPEG
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM, as spot and preemptible machines send) and saved a checkpoint."""
 
 
 @dataclass
@@ -65,122 +49,278 @@ class RunSettings:
     seed: int = 0  # seeds model init, validation split, data order and augmentation
     run_dir: str = ""  # where the run writes; default runs/<recipe>-<date>-<time>
     resume: bool = False  # continue from the newest checkpoint in --run_dir (default: this recipe's newest run)
-    # auto: the launcher's choice, else bf16 on GPUs and on CPUs with native bf16 (AMX), else fp32
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto, no, fp16 or bf16 (see above)
-    force_precision: bool = False  # use bf16 even on a CPU that only emulates it (about 10x slower)
+    # auto: the launcher's explicit choice, else bf16 on CPUs with native bf16 (AMX), fp32 with TF32 on GPUs for
+    # small steps and bf16 (fp16 before Ampere) for large ones, fp32 elsewhere (toolkit/train/precision.py)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto, no (fp32), fp16 or bf16 (see above)
     eval_every: int = 25  # iterations between validation passes (0 = only at the end)
     log_every: int = 1  # iterations between training-loss log lines
     checkpoint_every: int = 25  # iterations between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     grad_accumulation: int = 1  # batches whose gradients are summed before each optimizer step
-    max_steps: int = 0  # >0: stop after this many iterations (smoke tests, benchmarks)
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale --lr with the global batch's growth over one process
+    max_steps: int = 0  # >0: stop after this many iterations (smoke tests, benchmarks); --resume continues
     num_workers: int = 0  # FFCV decoding threads per process (0 = this machine's cores, shared by its processes)
     cache_dir: str = ""  # where .beton files are cached; default $SCENE_TOOLKIT_CACHE or ~/.cache/scene-toolkit
     wandb_project: str = "scene-toolkit"  # W&B project name
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online given a key and network
+    wandb_group: str = ""  # W&B group (studies group their runs; W&B then draws mean and spread)
+    wandb_tags: str = ""  # comma-separated W&B tags
+
+    def check_run_settings(self) -> None:
+        check_non_negative(self, "seed", "eval_every", "checkpoint_every", "max_steps", "keep_checkpoints",
+                           "num_workers")
+        check_positive(self, "log_every", "grad_accumulation")
 
 
-def default_num_workers() -> int:
+def default_num_workers(local_processes: int | None = None) -> int:
     """FFCV threads per process: the cores this process may use, shared by the processes on this machine
     (2 on a 2-core laptop; 16 for one process on a 16-core GPU machine, 2 each for 8 processes there)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    local = local_processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // max(1, local))
 
 
-def check_run_settings(cfg) -> None:
-    """Range checks for the shared keys (types are checked by the parser)."""
-    check_non_negative(cfg, "eval_every", "checkpoint_every", "max_steps", "keep_checkpoints", "num_workers")
-    check_positive(cfg, "log_every", "grad_accumulation")
-    if hasattr(cfg, "val_fraction"):
-        check_fraction(cfg, "val_fraction", "holdout_fraction")
-        check_non_negative(cfg, "max_train_images")
-        if cfg.val_fraction == 0:
-            raise ConfigError("--val_fraction must be above 0: validation drives the learning curves")
-    for name in ("resolution", "image_size"):
-        if hasattr(cfg, name):
-            check_positive(cfg, name)
-    if hasattr(cfg, "store_size"):
-        check_non_negative(cfg, "store_size")
-
-
-@dataclass
 class Run:
-    accelerator: object
-    run_dir: Path
-    logger: RunLogger
-    resume_from: Path | None  # the checkpoint to restore, if resuming
-    say: object  # print on the main process only
+    """One training run: its processes, directory, logger and (after `prepare`) its Accelerator."""
+
+    def __init__(self, cfg: RunSettings, recipe: str, state, run_dir: Path, logger: RunLogger,
+                 resume_from: Path | None, shared_run_dir: bool):
+        self.cfg = cfg
+        self.recipe = recipe
+        self.state = state  # accelerate's PartialState: processes, device
+        self.run_dir = run_dir
+        self.logger = logger
+        self.resume_from = resume_from  # the checkpoint to restore, if resuming
+        self.shared_run_dir = shared_run_dir  # False: node-local run directories, one checkpoint copy per node
+        self.accelerator = None
+        self.mixed_precision = None
+
+    @property
+    def rank(self) -> int:
+        return self.state.process_index
+
+    @property
+    def world(self) -> int:
+        return self.state.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
+
+    def say(self, message: str) -> None:
+        """Print on the main process only, without breaking a progress bar."""
+        print_line(message, self.is_main)
+
+    @contextmanager
+    def main_process_first(self):
+        """One process per machine writes shared files (.beton caches) first; the others then reuse them."""
+        with self.state.local_main_process_first():
+            yield
+
+    def scale_lr(self, lr: float) -> float:
+        """--lr as given for one process, scaled to the global batch by --lr_scaling (none, linear, sqrt)."""
+        growth = self.world * self.cfg.grad_accumulation
+        return lr * {"none": 1.0, "linear": growth, "sqrt": math.sqrt(growth)}[self.cfg.lr_scaling]
+
+    def prepare(self, model: torch.nn.Module, *objects, batch_size: int, image_size: int,
+                prefer_bf16_on_cpu: bool = True):
+        """Choose the precision for this model and batch, create the Accelerator, check the image size
+        fits the network, and hand model and optimizer to Accelerate (devices, DDP).
+
+        prefer_bf16_on_cpu=False: `--mixed_precision=auto` keeps fp32 on CPUs for a network measured
+        slower in bf16 there, even where the CPU has native bf16.
+        """
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        check_fits(model, image_size)
+        device_type = training_device_type()
+        precision = choose_mixed_precision(
+            self.cfg.mixed_precision, device_type, launcher=launcher_precision(),
+            prefer_bf16_on_cpu=prefer_bf16_on_cpu,
+            forward_gflop_per_step=lambda: model_forward_gflop(model, image_size) * batch_size,
+            log=self.say)
+        if device_type == "cuda" and precision == "no":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 storage, TF32 tensor-core matmuls
+            torch.backends.cudnn.allow_tf32 = True
+        # an earlier run in this process (a study's sub-run) may have used another precision: start afresh,
+        # keeping the processes (PartialState)
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        self.accelerator = Accelerator(
+            cpu=device_type == "cpu", mixed_precision=precision, gradient_accumulation_steps=self.cfg.grad_accumulation,
+            project_config=ProjectConfiguration(save_on_each_node=not self.shared_run_dir))
+        self.mixed_precision = precision
+        prepared = self.accelerator.prepare(model, *objects)
+        set_seed(self.cfg.seed, device_specific=True)  # each process its own dropout stream; init was shared
+        global_batch = batch_size * self.world * self.cfg.grad_accumulation
+        self.say(f"[run] device {self.device} x {self.world} process(es), mixed precision {precision}"
+                 + (" (fp32 with TF32 matmuls)" if device_type == "cuda" and precision == "no" else "")
+                 + f"; global batch {global_batch} = {batch_size} per process x {self.world} process(es) x "
+                 f"{self.cfg.grad_accumulation} accumulated; lr scaling {self.cfg.lr_scaling}")
+        self.logger.update_config({"mixed_precision_used": precision, "global_batch": global_batch})
+        return prepared
+
+    def prepare_evaluation(self):
+        """An fp32 Accelerator for a run that only scores models (a study's summary step)."""
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+        self.accelerator = Accelerator(cpu=training_device_type() == "cpu", mixed_precision="no")
+        self.mixed_precision = "no"
+        return self.accelerator
 
 
-def _newest_run(recipe: str) -> Path | None:
-    runs = sorted(Path("runs").glob(f"{recipe}-*"), key=lambda path: path.stat().st_mtime)
-    return runs[-1] if runs else None
+def model_forward_gflop(model: torch.nn.Module, image_size: int) -> float:
+    """Forward GFLOP of one image (noise-conditioned denoisers are given a noise level)."""
+    from toolkit.models.summary import forward_flops
+
+    extra = (torch.full((1,), 0.1),) if getattr(model, "conditioned", False) else ()
+    return forward_flops(model, (3, image_size, image_size), *extra) / 1e9
 
 
-def start_run(cfg, recipe: str) -> Run:
-    """Create the Accelerator (precision, trackers), seed everything, pick the run directory."""
-    from accelerate import Accelerator
+def check_fits(model: torch.nn.Module, image_size: int) -> None:
+    """One image of image_size through the network, so that a size it cannot take is a one-line error."""
+    extra = (torch.full((1,), 0.1),) if getattr(model, "conditioned", False) else ()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size), *extra)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"images of {image_size} x {image_size} pixels are too small for "
+                          f"{type(model).__name__} ({str(error).splitlines()[0]}); raise the image size") from None
+    finally:
+        model.train(was_training)
+
+
+def start_run(cfg: RunSettings, recipe: str) -> Run:
+    """Processes, seed, run directory (resumed or new), logger. The Accelerator comes with `Run.prepare`."""
+    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, set_seed
 
-    check_run_settings(cfg)
+    cfg.check_run_settings()
+    state = PartialState(cpu=training_device_type() == "cpu")
+    set_seed(cfg.seed)  # the same on every process: identical model initialisation
     if cfg.num_workers == 0:  # recorded in the config as the number used
         cfg.num_workers = default_num_workers()
-    device_type = training_device_type()
-    precision = choose_mixed_precision(cfg.mixed_precision, device_type, cfg.force_precision,
-                                       log=lambda message: _print_once(message),
-                                       cpu_bf16_pays=getattr(cfg, "cpu_bf16_pays", True))
-    wandb_mode, wandb_reason = choose_wandb_mode(cfg.wandb_mode)
-    accelerator = Accelerator(mixed_precision=precision, log_with="wandb" if wandb_mode != "disabled" else None,
-                              gradient_accumulation_steps=cfg.grad_accumulation)
-    say = accelerator.print
-    set_seed(cfg.seed)
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     if cfg.resume and run_dir is None:
-        run_dir = _newest_run(recipe)
+        run_dir = newest_run("runs", recipe)
     if run_dir is None:
         run_dir = Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # every process agrees on the folder
-    if not cfg.resume and latest_checkpoint(run_dir) is not None:
+    shared = run_dir_is_shared(state, run_dir)
+    resume_from = agreed_latest_checkpoint(state, run_dir)
+    if not cfg.resume and resume_from is not None:
         raise UserError(f"{run_dir} already holds a run with checkpoints: pass --resume to continue it, "
                         "or choose another --run_dir (nothing was changed)")
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        say(f"[run] --resume: no checkpoint in {run_dir} yet; starting from the beginning")
-    resume_step = None
+    if not cfg.resume:
+        resume_from = None
+    config = {**config_to_dict(cfg), "recipe": recipe, "num_processes": state.num_processes,
+              "device": str(state.device), "cpu": describe_cpu()}
     if resume_from is not None:
-        resume_step = int(resume_from.name.split("-")[1])
+        stored = read_config(run_dir)
+        if stored and stored.get("recipe") not in (None, recipe):
+            raise CheckpointError(f"{run_dir} holds a {stored['recipe']} run, not a {recipe} run: resume it with its "
+                                  "own recipe, or start a new --run_dir")
+        differences = config_differences(stored, config) if stored else {}
+        changed = {k: v for k, v in differences.items() if k in CHANGEABLE_ON_RESUME}
+        refused = {k: v for k, v in differences.items() if k not in CHANGEABLE_ON_RESUME}
+        if refused:
+            raise UserError(f"{run_dir} was started with other settings ({describe_differences(refused)}); "
+                            "resume with the same settings, or start a new --run_dir")
+        if changed and state.is_main_process:
+            print_line(f"[run] NOTE: resuming with changed settings ({describe_differences(changed)}): the run "
+                       "continues from its checkpoint with the new values")
+    if cfg.resume and resume_from is None and state.is_main_process:
+        print_line(f"[run] --resume: no checkpoint in {run_dir} yet; starting from the beginning")
 
-    say(f"[run] {recipe}: run directory {run_dir}")
-    say(f"[run] device {accelerator.device} x {accelerator.num_processes} process(es), "
-        f"mixed precision {precision}, {os.cpu_count()} CPU cores")
-    say(f"[run] config:\n{format_config(cfg)}")
-    config = {**config_to_dict(cfg), "recipe": recipe, "mixed_precision_used": precision,
-              "num_processes": accelerator.num_processes, "device": str(accelerator.device)}
-    logger = RunLogger(accelerator, run_dir, cfg.wandb_project, run_dir.name, config, wandb_mode, wandb_reason,
-                       resume_step=resume_step, log=say)
-    return Run(accelerator=accelerator, run_dir=run_dir, logger=logger, resume_from=resume_from, say=say)
+    if state.is_main_process:
+        print_line(f"[run] {recipe}: run directory {run_dir}" + ("" if shared else " (local to each machine)"))
+        print_line(f"[run] CPU: {describe_cpu()}")
+        print_line(f"[run] config:\n{format_config(cfg)}")
+    wandb_mode, wandb_reason = choose_wandb_mode(cfg.wandb_mode)
+    resume_step = int(resume_from.name.split("-")[1]) if resume_from is not None else None
+    tags = [tag.strip() for tag in cfg.wandb_tags.split(",") if tag.strip()]
+    logger = RunLogger(state.is_main_process, run_dir, cfg.wandb_project, run_dir.name, config, wandb_mode,
+                       wandb_reason, resume_step=resume_step, log=print_line, group=cfg.wandb_group or None,
+                       job_type=recipe, tags=tags)
+    return Run(cfg, recipe, state, run_dir, logger, resume_from, shared)
 
 
-def _print_once(message: str) -> None:
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
-        print(message, flush=True)
+def run_dir_is_shared(state, run_dir: Path) -> bool:
+    """True when every machine sees the same --run_dir (one filesystem), False when each has its own.
+
+    The main process leaves a marker file; every machine's first process looks for it. With one machine
+    the answer is always True.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if state.num_processes == 1 or int(os.environ.get("WORLD_SIZE", "1")) == int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                                                 "1")):
+        return True
+    token = broadcast_object_list([uuid.uuid4().hex])[0]
+    marker = run_dir / f".shared-check-{token}"
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token)
+    state.wait_for_everyone()
+    sees = marker.is_file() if state.is_local_main_process else True
+    everyone = gather_object([sees])
+    state.wait_for_everyone()
+    if state.is_main_process:
+        marker.unlink(missing_ok=True)
+    return all(everyone)
 
 
 def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
     """Parse the command line into `config_class`, call main(cfg), turn user errors into one line."""
     argv = sys.argv[1:] if argv is None else argv
     program = Path(sys.argv[0]).name
+    code = 0
     try:
         cfg = parse_config(config_class, argv, program)
         main(cfg)
+    except Preempted as stop:
+        print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        code = 143
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        code = 2
     except KeyboardInterrupt:
         print("\ninterrupted: rerun with --resume (and the same --run_dir) to continue from the last checkpoint",
               file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        code = 130
     except Exception:
         traceback.print_exc()
-        raise SystemExit(1) from None
+        code = 1
+    if code and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # never linger in a collective another process will not join: end every process now
+    if code:
+        raise SystemExit(code)
+
+
+def install_stop_handler() -> list[bool]:
+    """SIGTERM (spot/preemptible machines, SLURM, torchrun passing it on) asks the loop to stop at the next
+    step boundary; returns the flag the handler sets. SIGINT keeps its usual KeyboardInterrupt."""
+    flag = [False]
+
+    def request_stop(signum, frame):
+        flag[0] = True
+
+    try:
+        signal.signal(signal.SIGTERM, request_stop)
+    except ValueError:  # not the main thread (e.g. a notebook's worker): no graceful stop there
+        pass
+    return flag

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 STUDY_MEAN = (0.5, 0.5, 0.5)  # the study's normalisation: inputs in [-1, 1]
 STUDY_STD = (0.5, 0.5, 0.5)
@@ -54,3 +55,32 @@ def random_scale_translate(images: torch.Tensor, generator: torch.Generator, min
     grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
     return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                                            align_corners=False)
+
+
+def random_patches(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random size x size window per image of a (B, C, H, W) batch (each at its own position), by
+    gathering rows and columns: (B, C, size, size)."""
+    batch, channels, height, width = images.shape
+    if size > min(height, width):
+        raise ValueError(f"patches of {size}px do not fit in {height}x{width} images")
+    top = torch.randint(0, height - size + 1, (batch, 1), device=images.device, generator=generator)
+    left = torch.randint(0, width - size + 1, (batch, 1), device=images.device, generator=generator)
+    steps = torch.arange(size, device=images.device)
+    rows = rearrange(top + steps, "b h -> b 1 h 1").expand(batch, channels, size, width)
+    picked = images.gather(2, rows)  # (B, C, size, W)
+    columns = rearrange(left + steps, "b w -> b 1 1 w").expand(batch, channels, size, size)
+    return picked.gather(3, columns)  # (B, C, size, size)
+
+
+def random_dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of a square (B, C, S, S) batch rotated by a random multiple of 90 degrees and mirrored with
+    probability 1/2: the 8 symmetries of the square, the standard augmentation of denoising patches."""
+    turns = torch.randint(0, 4, (images.shape[0],), device=images.device, generator=generator)
+    mirror = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    out = images.clone()
+    for k in range(1, 4):
+        chosen = turns == k
+        if chosen.any():
+            out[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
+    out[mirror] = out[mirror].flip(3)
+    return out

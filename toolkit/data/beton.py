@@ -32,8 +32,9 @@ from ffcv.memory_allocator import MemoryAllocator
 from ffcv.writer import DatasetWriter
 from PIL import Image
 
-from toolkit.data.images import UnreadableImage, load_rgb, open_image, rgb_pixels
+from toolkit.data.images import UnreadableImage, load_rgb, open_image, pixel_hash, rgb_pixels
 from toolkit.errors import DataError
+from toolkit.progress import progress_bar
 
 FORMAT_VERSION = 2  # bump whenever the same inputs would be stored differently (2: pixel hashes)
 STORAGE_MODES = ("raw", "jpg")
@@ -61,6 +62,7 @@ def beton_cache_key(
     store_size: int,
     storage: str,
     jpeg_quality: int,
+    boxes: list | None = None,
 ) -> str:
     """A short hash of everything that determines a .beton's contents."""
     recipe = {
@@ -72,6 +74,7 @@ def beton_cache_key(
         "store_size": store_size,
         "storage": storage,
         "jpeg_quality": jpeg_quality if storage == "jpg" else None,
+        **({"boxes": [list(b) for b in boxes]} if boxes is not None else {}),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -126,10 +129,12 @@ class _ImagesToWrite:
     caller then rewrites without it, so a bad file can never end up in a finished .beton.
     """
 
-    def __init__(self, files: list[Path], labels: list[int] | None, store_size: int, status, pixel_hashes):
+    def __init__(self, files: list[Path], labels: list[int] | None, store_size: int, status, pixel_hashes,
+                 boxes: list[tuple[int, int]] | None = None):
         self.files = files
         self.labels = labels
         self.store_size = store_size
+        self.boxes = boxes  # per sample (top, left) of a store_size square cut from the full image, not resized
         self.status = status  # multiprocessing.Array of int8, one per file
         self.pixel_hashes = pixel_hashes  # multiprocessing.Array of 16 bytes per file
 
@@ -142,9 +147,13 @@ class _ImagesToWrite:
             if image.mode != "RGB":
                 self.status[index] = _CONVERTED
             full = rgb_pixels(image)
-            digest = hashlib.blake2b(full.tobytes() + str(full.shape).encode(), digest_size=16).digest()
-            self.pixel_hashes[16 * index:16 * (index + 1)] = digest
-            pixels = rgb_pixels(Image.fromarray(full), self.store_size)
+            if self.boxes is not None:  # a tile: the pixels as they are, no resampling
+                top, left = self.boxes[index]
+                full = np.ascontiguousarray(full[top:top + self.store_size, left:left + self.store_size])
+                if full.shape[:2] != (self.store_size, self.store_size):
+                    raise UnreadableImage(f"{self.files[index]}: smaller than the {self.store_size}px tile")
+            self.pixel_hashes[16 * index:16 * (index + 1)] = bytes.fromhex(pixel_hash(full))
+            pixels = full if self.boxes is not None else rgb_pixels(Image.fromarray(full), self.store_size)
         except UnreadableImage:
             self.status[index] = _FAILED
             pixels = np.zeros((self.store_size, self.store_size, 3), dtype=np.uint8)
@@ -188,7 +197,9 @@ class _SupervisedWriter(DatasetWriter):
             for worker in workers:
                 worker.start()
             allocations, finished, last_report = [], 0, time.monotonic()
+            bar = progress_bar(num_samples, "writing .beton", unit="img")
             while finished < len(workers):
+                bar.update(done.value - bar.n)
                 try:
                     allocations.extend(allocations_queue.get(timeout=0.2))
                     finished += 1
@@ -201,9 +212,11 @@ class _SupervisedWriter(DatasetWriter):
                     except queue.Empty:
                         reason = "a writer process was killed"
                     raise OSError(reason)
-                if time.monotonic() - last_report > 10:
+                if bar.disable and time.monotonic() - last_report > 10:  # logs without a bar keep a line
                     print(f"  written {done.value}/{num_samples} images", file=sys.stderr, flush=True)
                     last_report = time.monotonic()
+            bar.update(num_samples - bar.n)
+            bar.close()
             for worker in workers:
                 worker.join()
             self.finalize(allocations)
@@ -238,13 +251,15 @@ def write_beton(
     storage: str = "raw",
     jpeg_quality: int = 90,
     num_workers: int = 2,
+    boxes: list[tuple[int, int]] | None = None,
 ) -> tuple[dict[int, str], list[int], list[str]]:
     """Write images (resized to store_size x store_size) and labels to `destination` atomically.
 
     Returns ({index: reason} for files that could not be decoded and were left out, [indices of
     files converted to RGB from another colour mode], [decoded-pixel hash of every file, '' for
     the unreadable]). If any file fails to decode, the .beton is rewritten without it, so the
-    result holds only good images.
+    result holds only good images. With `boxes`, sample i is the store_size square at boxes[i]
+    (top, left) of files[i] as it is, not resized (tiles; a file may appear once per tile).
     """
     if storage not in STORAGE_MODES:
         raise DataError(f"storage must be one of {STORAGE_MODES}, got {storage!r}")
@@ -266,7 +281,8 @@ def write_beton(
     pixel_hashes = context.Array(ctypes.c_uint8, 16 * len(files), lock=False)
     try:
         writer = _SupervisedWriter(str(temporary), fields, num_workers=max(1, min(num_workers, len(files))))
-        writer.from_indexed_dataset(_ImagesToWrite(files, labels, store_size, status, pixel_hashes), chunksize=64)
+        writer.from_indexed_dataset(_ImagesToWrite(files, labels, store_size, status, pixel_hashes, boxes),
+                                    chunksize=64)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         _raise_if_disk_full(error, destination, needed)
@@ -286,13 +302,14 @@ def write_beton(
         reasons = {}
         for index in failed:
             try:
-                load_rgb(files[index])
-                reasons[index] = "failed to decode during writing"
+                pixels = load_rgb(files[index])
+                small = boxes is not None and min(pixels.shape[:2]) < store_size
+                reasons[index] = f"smaller than the {store_size}px tile" if small else "failed to decode during writing"
             except UnreadableImage as error:
                 reasons[index] = str(error).removeprefix(f"{files[index]}: ")
         inner_failed, inner_converted, inner_hashes = write_beton(
             destination, [files[i] for i in keep], None if labels is None else [labels[i] for i in keep],
-            store_size, storage, jpeg_quality, num_workers)
+            store_size, storage, jpeg_quality, num_workers, None if boxes is None else [boxes[i] for i in keep])
         # map the inner call's indices (into `keep`) back to ours
         reasons.update({keep[index]: reason for index, reason in inner_failed.items()})
         hashes = [""] * len(files)
@@ -343,6 +360,7 @@ def cached_beton(
     cache_dir: Path | None = None,
     num_workers: int = 2,
     log=print,
+    boxes: list[tuple[int, int]] | None = None,
 ) -> StoredImages:
     """The .beton for these files at this size and storage mode: reused if cached, else written.
 
@@ -353,7 +371,7 @@ def cached_beton(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     relative = [Path(file).resolve().relative_to(root).as_posix() for file in files]
     digests = [file_digest(file) for file in files]
-    key = beton_cache_key(relative, digests, labels, classes, store_size, storage, jpeg_quality)
+    key = beton_cache_key(relative, digests, labels, classes, store_size, storage, jpeg_quality, boxes)
     entry = cache_dir / f"{name}-{key}"
     stored = load_stored_images(entry)
     if stored is not None:
@@ -365,7 +383,7 @@ def cached_beton(
     entry.mkdir(parents=True, exist_ok=True)
     beton = entry / "images.beton"
     skipped, converted, pixel_hashes = write_beton(beton, files, labels, store_size, storage, jpeg_quality,
-                                                   num_workers)
+                                                   num_workers, boxes)
     kept = [index for index in range(len(files)) if index not in skipped]
     manifest = {
         "format": FORMAT_VERSION,
@@ -375,6 +393,7 @@ def cached_beton(
         "files": [relative[i] for i in kept],
         "digests": [digests[i] for i in kept],
         "pixel_hashes": [pixel_hashes[i] for i in kept],
+        "boxes": None if boxes is None else [list(boxes[i]) for i in kept],
         "labels": None if labels is None else [int(labels[i]) for i in kept],
         "store_size": store_size,
         "storage": storage,
@@ -386,8 +405,10 @@ def cached_beton(
         "seconds_to_write": round(time.perf_counter() - started, 2),
     }
     _write_json_atomically(entry / "manifest.json", manifest)
-    for item in manifest["skipped"]:
+    for item in manifest["skipped"][:20]:
         log(f"[data] skipped {item['file']}: {item['reason']}")
+    if len(manifest["skipped"]) > 20:
+        log(f"[data] ... and {len(manifest['skipped']) - 20} more skipped (listed in {entry / 'manifest.json'})")
     if converted:
         log(f"[data] converted {len(converted)} images to RGB from other colour modes "
             f"(e.g. {manifest['converted_to_rgb'][0]})")

@@ -2,7 +2,7 @@
 
 Per split and class: counts; files that cannot be decoded (truncated, empty, not an image);
 files whose content does not match their extension; colour modes other than RGB; the size
-distribution and images smaller than the target resolution; exact duplicates by decoded pixels,
+distribution and images smaller than the target size; exact duplicates by decoded pixels,
 within a split, across splits, and duplicates that carry different labels; empty class folders;
 class lists that differ between splits. Decoding goes through the same `open_image` as
 preprocessing, so a file judged good here is written, and one judged bad is skipped, there.
@@ -64,13 +64,13 @@ def _labeled_files(folder: Path) -> tuple[list[tuple[Path, str | None]], list[st
     return pairs, classes, empty
 
 
-def check_dataset(root: Path | str, resolution: int = 80, workers: int = 2) -> dict:
+def check_dataset(root: Path | str, image_size: int = 80, workers: int = 2) -> dict:
     """The full report as a dict (see module docstring); raises DataError only if root is unusable."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     splits = _split_folders(root)
-    report: dict = {"root": str(root), "resolution": resolution, "splits": {}, "errors": [], "warnings": []}
+    report: dict = {"root": str(root), "image_size": image_size, "splits": {}, "errors": [], "warnings": []}
     everything: list[tuple[str, str | None, Path]] = []
     class_lists = {}
     for split, folder in splits.items():
@@ -107,7 +107,7 @@ def check_dataset(root: Path | str, resolution: int = 80, workers: int = 2) -> d
             non_rgb_examples=[r["file"] for r in readable if r["mode"] != "RGB"][:10],
             sizes={f"{w}x{h}": n for (w, h), n in sizes.most_common(10)},
             distinct_sizes=len(sizes),
-            smaller_than_resolution=[r["file"] for r in readable if min(r["width"], r["height"]) < resolution],
+            smaller_than_image_size=[r["file"] for r in readable if min(r["width"], r["height"]) < image_size],
         )
         if summary["unreadable"]:
             report["warnings"].append(f"{split}: {len(summary['unreadable'])} files cannot be decoded and will be "
@@ -118,9 +118,9 @@ def check_dataset(root: Path | str, resolution: int = 80, workers: int = 2) -> d
         if summary["non_rgb"]:
             report["warnings"].append(f"{split}: {sum(summary['non_rgb'].values())} images are not RGB "
                                       f"({summary['non_rgb']}); they will be converted")
-        if summary["smaller_than_resolution"]:
-            report["warnings"].append(f"{split}: {len(summary['smaller_than_resolution'])} images are smaller than "
-                                      f"{resolution}px on a side and will be upscaled")
+        if summary["smaller_than_image_size"]:
+            report["warnings"].append(f"{split}: {len(summary['smaller_than_image_size'])} images are smaller than "
+                                      f"{image_size}px on a side and will be upscaled")
         if split != "seg_pred" and not readable:
             report["errors"].append(f"{split}: no readable images")
 
@@ -164,7 +164,7 @@ def _duplicates(records: list[dict]) -> dict:
 
 def format_report(report: dict, limit: int = 8) -> str:
     """The report as text for people."""
-    lines = [f"data check: {report['root']} (target resolution {report['resolution']}px)"]
+    lines = [f"data check: {report['root']} (target size {report['image_size']}px)"]
     for split, summary in report["splits"].items():
         lines.append(f"\n[{split}] {summary.get('images', 0)} readable images of {summary.get('files', 0)} files, "
                      f"{len(summary['classes'])} classes")
@@ -177,9 +177,9 @@ def format_report(report: dict, limit: int = 8) -> str:
                 lines.append(f"  {title}: {item['file']} ({item.get('reason') or item.get('format')})")
         if summary.get("non_rgb"):
             lines.append(f"  colour modes other than RGB: {summary['non_rgb']} (converted to RGB when written)")
-        small = summary.get("smaller_than_resolution", [])
+        small = summary.get("smaller_than_image_size", [])
         if small:
-            lines.append(f"  smaller than {report['resolution']}px: {len(small)}, e.g. {', '.join(small[:3])}")
+            lines.append(f"  smaller than {report['image_size']}px: {len(small)}, e.g. {', '.join(small[:3])}")
     duplicates = report["duplicates"]
     lines.append(f"\nduplicates (identical decoded pixels): {len(duplicates['groups'])} groups, "
                  f"{duplicates['within_split']} within a split, {duplicates['across_splits']} across splits, "

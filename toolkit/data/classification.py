@@ -12,6 +12,8 @@ pixels) together, so no held-out image has a copy in training.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +21,13 @@ import numpy as np
 
 from toolkit.data.beton import StoredImages, cached_beton, conflicting_duplicates, default_cache_dir
 from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_split, scan_labeled_folder
+from toolkit.data.settings import DEFAULT_DATA, ClassificationDataSettings
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.data.synthetic import is_synthetic, write_synthetic_scenes
 from toolkit.errors import DataError
 
-DEFAULT_DATA = "data/intel"
 HOLDOUT_SEED = 20_240_601  # fixed: the held-out images never depend on a run's seed
+DIGEST_CHARS = 16  # pixel-hash prefix kept per image in a checkpoint's split record (64 bits: no collisions here)
 
 SYNTHETIC_BANNER = """
 ################################################################################
@@ -77,27 +80,40 @@ class ClassificationData:
         return (f"{kind} data at {self.root}: {len(self.classes)} classes, train {len(self.train_indices)}, "
                 f"validation {len(self.val_indices)}, test {len(self.test_indices)} ({self.test_name})")
 
+    def fingerprint(self) -> str:
+        """A hash of which images (by decoded pixels) and labels went to train, validation and test: two runs
+        with the same fingerprint saw the same data, whatever the path or the stored size."""
+        def side(stored, indices):
+            return sorted(f"{stored.pixel_hashes[i]}:{stored.labels[i]}" for i in indices)
 
-def load_classification_data(
-    data: str,
-    train_split: str,
-    test_split: str,
-    val_fraction: float,
-    holdout_fraction: float,
-    seed: int,
-    store_size: int,
-    storage: str = "raw",
-    cache_dir: Path | None = None,
-    drop_conflicting_duplicates: bool = False,
-    max_train_images: int = 0,
-    num_workers: int = 2,
-    log=print,
-) -> ClassificationData:
-    """Find, store (once) and split the data for a classification run.
+        content = {"classes": self.classes, "train": side(self.train_set, self.train_indices),
+                   "val": side(self.train_set, self.val_indices),
+                   "test": side(self.test_set, self.test_indices) if self.test_set is not None else []}
+        return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
 
-    max_train_images > 0 keeps a stratified subset of that many training images (the study's
+    def split_record(self) -> dict:
+        """What a checkpoint keeps of the split: the fingerprint, the held-out files (relative to the data
+        root's training folder) with their pixel hashes, and the training images' pixel hashes, so that
+        `toolkit evaluate` scores exactly the held-out images and can tell training images apart."""
+        held_out = []
+        if self.test_name == "holdout":
+            held_out = [{"file": self.train_set.files[i], "pixels": self.train_set.pixel_hashes[i][:DIGEST_CHARS],
+                         "label": int(self.train_set.labels[i])} for i in self.test_indices]
+        return {"fingerprint": self.fingerprint(), "test_name": self.test_name, "held_out": held_out,
+                "train_pixels": sorted(self.train_set.pixel_hashes[i][:DIGEST_CHARS] for i in self.train_indices)}
+
+
+def load_classification_data(settings: ClassificationDataSettings, seed: int, image_size: int | None = None,
+                             cache_dir: Path | str | None = None, num_workers: int = 2,
+                             log=print) -> ClassificationData:
+    """Find, store (once, at `image_size`, default settings.image_size) and split the data of a classifier run.
+
+    settings.max_train_images > 0 keeps a stratified subset of that many training images (the study's
     tuning subset, quick experiments); validation and test are unaffected.
     """
+    settings.check_data_settings()
+    data, train_split, test_split = settings.data, settings.train_split, settings.test_split
+    cache_dir = Path(cache_dir) if cache_dir else None
     root, synthetic = find_data_root(data, cache_dir, log)
     train_folder = find_split(root, train_split)
     if train_folder is None:
@@ -106,13 +122,14 @@ def load_classification_data(
     listing = scan_labeled_folder(train_folder)
     for name in listing.empty_classes:
         log(f"[data] warning: class folder {train_folder / name} holds no images")
-    common = dict(store_size=store_size, storage=storage, cache_dir=cache_dir, num_workers=num_workers, log=log)
+    common = dict(store_size=image_size or settings.image_size, storage=settings.storage, cache_dir=cache_dir,
+                  num_workers=num_workers, log=log)
     train_set = cached_beton(f"{_slug(root)}-{train_split}", listing.root, listing.files, listing.labels,
                              listing.classes, **common)
     labels = train_set.labels
     groups = duplicate_groups(train_set.pixel_hashes, train_set.digests)  # copies stay on one side of every split
     usable = np.arange(train_set.num_samples)
-    if drop_conflicting_duplicates:
+    if settings.drop_conflicting_duplicates:
         conflicting = conflicting_duplicates(groups, labels.tolist())
         usable = np.array([i for i in usable if i not in conflicting])
         log(f"[data] left out {len(conflicting)} identical images that carry different labels")
@@ -124,22 +141,24 @@ def load_classification_data(
                                 test_listing.labels, test_listing.classes, **common)
         test_indices, test_name = np.arange(test_set.num_samples), test_split
         pool = usable
-    elif holdout_fraction > 0:
-        keep, held = stratified_split(labels[usable], holdout_fraction, HOLDOUT_SEED, [groups[i] for i in usable])
+    elif settings.holdout_fraction > 0:
+        keep, held = stratified_split(labels[usable], settings.holdout_fraction, HOLDOUT_SEED,
+                                      [groups[i] for i in usable])
         pool, test_indices = usable[keep], usable[held]
         test_set, test_name = train_set, "holdout"
     else:
         pool, test_indices, test_set, test_name = usable, np.array([], int), None, "none"
 
-    keep, val_positions = stratified_split(labels[pool], val_fraction, seed, [groups[i] for i in pool])
+    keep, val_positions = stratified_split(labels[pool], settings.val_fraction, seed, [groups[i] for i in pool])
     train_indices, val_indices = pool[keep], pool[val_positions]
+    max_train_images = settings.max_train_images
     if max_train_images and max_train_images < len(train_indices):
         fraction = 1 - max_train_images / len(train_indices)
         subset, _ = stratified_split(labels[train_indices], fraction, seed, [groups[i] for i in train_indices])
         train_indices = train_indices[subset]
     if len(train_indices) == 0 or len(val_indices) == 0:
         raise DataError(f"{train_folder} has too few images ({train_set.num_samples}) for a train/validation "
-                        f"split with val_fraction={val_fraction}; add images or raise --val_fraction")
+                        f"split with val_fraction={settings.val_fraction}; add images or raise --val_fraction")
     return ClassificationData(root=root, synthetic=synthetic, classes=listing.classes, train_set=train_set,
                               train_indices=train_indices, val_indices=val_indices, test_set=test_set,
                               test_indices=np.asarray(test_indices), test_name=test_name)

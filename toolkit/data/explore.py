@@ -10,6 +10,7 @@ import numpy as np
 from toolkit.data.classification import load_classification_data
 from toolkit.data.folders import INTEL_SPLITS, find_split, scan_labeled_folder, scan_unlabeled_folder
 from toolkit.data.images import UnreadableImage, load_rgb
+from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import DataError
 from toolkit.plots import image_grid, plot_grouped_bars
 
@@ -55,8 +56,9 @@ def explore_dataset(root: Path | str, out_dir: Path | str, val_fraction: float =
     figures["examples"] = image_grid(examples, captions, out_dir / "examples.png", columns=len(examples) or 1,
                                      title="one example per class", cell=2.2)
 
-    data = load_classification_data(str(root), "seg_train", test_split, val_fraction, holdout_fraction, seed,
-                                    store_size=80, log=log)
+    settings = ClassificationDataSettings(data=str(root), test_split=test_split, val_fraction=val_fraction,
+                                          holdout_fraction=holdout_fraction)
+    data = load_classification_data(settings, seed, log=log)
     parts = {"train": (data.train_set, data.train_indices), "validation": (data.train_set, data.val_indices)}
     if data.test_name == "holdout":
         parts["held-out test"] = (data.test_set, data.test_indices)

@@ -6,6 +6,7 @@ Every entry point (preprocessing, the data doctor, predict, denoise) reads image
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """A hash of decoded (H, W, 3) pixels: equal for copies of an image whatever their file bytes."""
+    return hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest()
 
 
 def load_rgb(path: Path | str, size: int | None = None) -> np.ndarray:

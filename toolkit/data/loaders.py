@@ -8,9 +8,9 @@ the step so that a resumed run sees exactly the batches an uninterrupted one wou
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,12 +39,12 @@ def _ignore_numba_finalizer_noise(unraisable) -> None:
 sys.unraisablehook = _ignore_numba_finalizer_noise
 
 
-def image_pipeline(store_size: int, resolution: int, device: torch.device) -> list:
+def image_pipeline(store_size: int, image_size: int, device: torch.device) -> list:
     """decode (resizing only if stored at another size) -> tensor -> device -> (B, C, H, W) view."""
-    if store_size == resolution:
+    if store_size == image_size:
         decode = SimpleRGBImageDecoder()
     else:  # a square crop of a square image is the whole image: this is a plain resize
-        decode = CenterCropRGBImageDecoder((resolution, resolution), ratio=1.0)
+        decode = CenterCropRGBImageDecoder((image_size, image_size), ratio=1.0)
     return [decode, ToTensor(), *_to_device(device), ToTorchImage(channels_last=True)]
 
 
@@ -62,28 +62,28 @@ def make_loader(
     indices: Sequence[int],
     batch_size: int,
     train: bool,
-    resolution: int,
+    image_size: int,
     device: torch.device,
     seed: int = 0,
-    distributed: bool = False,
+    num_processes: int = 1,
     num_workers: int = 2,
     drop_last: bool | None = None,
 ) -> Loader:
     """A loader over `indices` of a stored dataset.
 
-    train=True: random order reshuffled every epoch from (seed, epoch), dropping the last
-    partial batch, split across processes when `distributed`. train=False: the given order,
-    every sample once, never split (evaluation shards with `shard_indices` instead, so no
-    sample is padded in twice).
+    train=True: random order reshuffled every epoch from (seed, epoch), dropping the last partial
+    batch, each of `num_processes` processes taking its share. train=False: the given order, every
+    sample once, never split (evaluation shards with `shard_loader` instead, so no sample is padded
+    in twice).
     """
     indices = np.asarray(indices, dtype=np.uint64)
     if len(indices) == 0:
         raise ValueError("a loader needs at least one sample")
-    processes = int(os.environ.get("WORLD_SIZE", "1")) if distributed else 1
+    processes = num_processes if train else 1
     if train and (drop_last is None or drop_last) and len(indices) < batch_size * processes:
         raise DataError(f"batch size {batch_size} x {processes} process(es) is more than the {len(indices)} "
                         "training images: no full batch to train on. Lower --batch_size or add images")
-    pipelines = {"image": image_pipeline(stored.store_size, resolution, device)}
+    pipelines = {"image": image_pipeline(stored.store_size, image_size, device)}
     if stored.labels is not None:
         pipelines["label"] = label_pipeline(device)
     return Loader(
@@ -91,7 +91,7 @@ def make_loader(
         batch_size=batch_size,
         num_workers=num_workers,
         order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
-        distributed=distributed and train,
+        distributed=processes > 1,
         seed=seed,
         indices=indices,
         pipelines=pipelines,
@@ -103,3 +103,25 @@ def make_loader(
 def shard_indices(indices: Sequence[int], rank: int, world_size: int) -> np.ndarray:
     """This process's share of an evaluation set: disjoint, together exactly the whole set."""
     return np.asarray(indices)[rank::world_size]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One process's share of an evaluation set: its loader (empty when there are more processes than
+    images), the dataset indices it holds and their positions in the whole set (to restore the order)."""
+
+    loader: object
+    indices: np.ndarray
+    positions: np.ndarray
+    total: int  # images in the whole set
+
+
+def shard_loader(stored: StoredImages, indices: Sequence[int], rank: int, world_size: int, batch_size: int,
+                 image_size: int, device: torch.device, num_workers: int = 2) -> Shard:
+    """An evaluation loader over this process's strided share of `indices` (see Shard)."""
+    indices = np.asarray(indices)
+    positions = np.arange(len(indices))[rank::world_size]
+    mine = indices[positions]
+    loader = make_loader(stored, mine, batch_size, train=False, image_size=image_size, device=device,
+                         num_workers=num_workers) if len(mine) else []
+    return Shard(loader=loader, indices=mine, positions=positions, total=len(indices))

@@ -29,6 +29,25 @@ STUDY_AUTOENCODERS = {
 }
 
 
+def mirrored(encoder: list[list[int]]) -> dict:
+    """An autoencoder spec whose decoder mirrors `encoder` (output paddings are chosen in forward)."""
+    return {"encoder": encoder, "decoder": [[o, i, k, s, p, 0] for i, o, k, s, p in reversed(encoder)]}
+
+
+_S2 = [[3, 16, 3, 2, 1], [16, 32, 3, 2, 1], [32, 64, 3, 2, 1], [64, 128, 3, 2, 1], [128, 128, 3, 2, 1]]
+# The latent-size family: the study's layer types (3x3 stride-2 convs doubling the channels, or the
+# 5x5 valid convs of AE71), latents at 150 px from 0.05x to 5x the input's 67,500 values.
+AUTOENCODER_FAMILY = {
+    "AE5": mirrored(_S2),  # 128 x 5 x 5 = 3,200 (0.05x)
+    "AE10": STUDY_AUTOENCODERS["AE10"],  # 128 x 10 x 10 = 12,800 (0.19x)
+    "AE19": mirrored(_S2[:3]),  # 64 x 19 x 19 = 23,104 (0.34x)
+    "AE38": STUDY_AUTOENCODERS["AE38"],  # 32 x 38 x 38 = 46,208 (0.68x)
+    "AE75": mirrored(_S2[:1]),  # 16 x 75 x 75 = 90,000 (1.33x)
+    "AE71": STUDY_AUTOENCODERS["AE71"],  # 32 x 71 x 71 = 161,312 (2.39x)
+    "AE146": mirrored([[3, 16, 5, 1, 0]]),  # 16 x 146 x 146 = 341,056 (5.05x)
+}
+
+
 class ConvAutoencoder(nn.Module):
     """encoder convs (ReLU after each) -> latent -> decoder transposed convs (ReLU between, Sigmoid last)."""
 
@@ -56,10 +75,11 @@ class ConvAutoencoder(nn.Module):
         return latent
 
 
-def study_autoencoder(name: str) -> ConvAutoencoder:
-    if name not in STUDY_AUTOENCODERS:
-        raise ValueError(f"unknown study autoencoder {name!r}; choose from {', '.join(STUDY_AUTOENCODERS)}")
-    return ConvAutoencoder(**STUDY_AUTOENCODERS[name])
+def family_autoencoder(name: str) -> ConvAutoencoder:
+    """One member of AUTOENCODER_FAMILY (the study's AE10, AE38 and AE71 among them)."""
+    if name not in AUTOENCODER_FAMILY:
+        raise ValueError(f"unknown autoencoder {name!r}; choose from {', '.join(AUTOENCODER_FAMILY)}")
+    return ConvAutoencoder(**AUTOENCODER_FAMILY[name])
 
 
 @torch.no_grad()

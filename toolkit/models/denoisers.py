@@ -77,3 +77,61 @@ class DnCNN(nn.Module):
 
     def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
         return noisy - self.body(_with_noise_level(noisy, sigmas, self.conditioned))
+
+
+class ResBlock(nn.Module):
+    """x + conv(relu(conv(x))): 3x3 convolutions without bias or normalisation (as in DRUNet)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.ReLU(inplace=True),
+                                  nn.Conv2d(channels, channels, 3, padding=1, bias=False))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class ResUNet(nn.Module):
+    """A DRUNet-style residual U-Net (Zhang et al., 2021), small enough to train on a CPU.
+
+        head:  conv3x3(3 + 1 noise-level map -> w0)
+        down:  `blocks` ResBlocks, then a 2x2 stride-2 conv to the next width      (per level)
+        body:  `blocks` ResBlocks at the coarsest level
+        up:    2x2 stride-2 transposed conv, add the same level's encoder output, `blocks` ResBlocks
+        tail:  conv3x3(w0 -> 3): the noise estimate; the output is noisy - noise (residual learning)
+
+    Most of the arithmetic runs at 1/4, 1/16 ... of the pixels, which is what makes it cheap per pixel
+    against a full-resolution network of the same depth. The noise level enters as a constant input
+    map (FFDNet/DRUNet), so one network serves every sigma of its training range. Inputs of any size
+    are reflect-padded to a multiple of 2^(levels-1) and cropped back.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), blocks: int = 2, conditioned: bool = True):
+        super().__init__()
+        widths = list(widths)
+        self.conditioned = conditioned
+        self.multiple = 2 ** (len(widths) - 1)
+        self.head = nn.Conv2d(3 + conditioned, widths[0], 3, padding=1, bias=False)
+        self.down = nn.ModuleList(
+            nn.Sequential(*[ResBlock(w) for _ in range(blocks)], nn.Conv2d(w, w_next, 2, stride=2, bias=False))
+            for w, w_next in zip(widths, widths[1:]))
+        self.body = nn.Sequential(*[ResBlock(widths[-1]) for _ in range(blocks)])
+        self.up = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(w_next, w, 2, stride=2, bias=False), *[ResBlock(w) for _ in range(blocks)])
+            for w, w_next in reversed(list(zip(widths, widths[1:]))))
+        self.tail = nn.Conv2d(widths[0], 3, 3, padding=1, bias=False)
+
+    def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
+        height, width = noisy.shape[-2:]
+        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
+        padded = F.pad(noisy, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else noisy
+        x = self.head(_with_noise_level(padded, sigmas, self.conditioned))  # (B, w0, H, W)
+        skips = [x]
+        for down in self.down:
+            x = down(x)  # half the resolution, the next width
+            skips.append(x)
+        x = self.body(x)
+        for up in self.up:
+            x = up(x + skips.pop())
+        noise = self.tail(x + skips.pop())
+        return (padded - noise)[..., :height, :width]

@@ -98,3 +98,22 @@ def load_resnet18_weights(model: nn.Module, weights: str) -> str:
                     if k.startswith("fc."))
     load_matching(model, state, weights, skip_prefixes=() if head_fits else ("fc.",))
     return f"{weights}" + ("" if head_fits else ", new head")
+
+
+def load_trained_weights(model: nn.Module, run_or_checkpoint: Path | str) -> str:
+    """Start `model` from a trained toolkit checkpoint of the same model (e.g. to fine-tune a denoiser)."""
+    from safetensors.torch import load_file
+
+    from toolkit.inference import resolve_checkpoint
+    from toolkit.train.state import TrainerState
+
+    checkpoint = resolve_checkpoint(run_or_checkpoint)
+    state = TrainerState.read(checkpoint)
+    weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v
+               for k, v in load_file(checkpoint / "model.safetensors").items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise UserError(f"{checkpoint} holds a {state.model} ({state.model_spec.get('kwargs')}) that does not fit "
+                        f"this model: {str(error).splitlines()[0]}") from None
+    return f"fine-tuned from {checkpoint} ({state.recipe}, {state.label or state.model})"

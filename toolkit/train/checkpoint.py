@@ -1,31 +1,38 @@
 """Atomic checkpoints with Accelerate's save_state, and resuming from the newest complete one.
 
     <run_dir>/checkpoints/step-00000125/   model.safetensors, optimizer.bin, random_states_*.pkl,
-                                           scheduler.bin, trainer_state.json (step, epoch, classes,
-                                           model spec, preprocessing, config)
+                                           trainer_state.json (toolkit.train.state.TrainerState)
 
 A checkpoint is written to .partial-step-N and renamed into place only when every process has
 finished writing, so a run killed mid-write leaves the previous checkpoint as the newest
 complete one. trainer_state.json makes each checkpoint self-contained for predict/evaluate.
+
+Several processes: every process saves its own random state, so all of them take part; if any of
+them fails (a full disk), all of them stop with that process's message instead of waiting for it.
+Several machines without a shared filesystem (`per_node`): each machine's first process writes
+and publishes its own copy, and a resume starts from the newest step every machine holds.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 
 from toolkit.errors import CheckpointError
+from toolkit.train.state import STATE_FILE, TrainerState
 
 CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(_STEP_DIR.match(Path(checkpoint).name).group(1))
 
 
 def complete_checkpoints(run_dir: Path | str) -> list[Path]:
@@ -35,7 +42,7 @@ def complete_checkpoints(run_dir: Path | str) -> list[Path]:
         return []
     found = [path for path in folder.iterdir()
              if _STEP_DIR.match(path.name) and (path / STATE_FILE).is_file()]
-    return sorted(found, key=lambda path: int(_STEP_DIR.match(path.name).group(1)))
+    return sorted(found, key=checkpoint_step)
 
 
 def latest_checkpoint(run_dir: Path | str) -> Path | None:
@@ -43,42 +50,75 @@ def latest_checkpoint(run_dir: Path | str) -> Path | None:
     return found[-1] if found else None
 
 
-def read_trainer_state(checkpoint: Path | str) -> dict:
-    path = Path(checkpoint) / STATE_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{checkpoint} is not a checkpoint of this toolkit (no {STATE_FILE})") from None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is corrupt ({error}); delete that checkpoint folder to fall back "
-                              "to the previous one") from None
+def agreed_latest_checkpoint(state, run_dir: Path) -> Path | None:
+    """The newest checkpoint that every machine holds (one filesystem: simply the newest), or None.
+
+    `state` is accelerate's PartialState. Raises when the machines hold no step in common.
+    """
+    from accelerate.utils import gather_object
+
+    mine = [checkpoint_step(path) for path in complete_checkpoints(run_dir)]
+    if state.num_processes == 1:
+        return Path(run_dir) / CHECKPOINTS / checkpoint_name(mine[-1]) if mine else None
+    everyone = gather_object([mine])
+    common = set(everyone[0]).intersection(*everyone[1:])
+    if not any(everyone):
+        return None
+    if not common:
+        raise CheckpointError(f"the processes' copies of {run_dir} hold no checkpoint in common "
+                              f"({sorted({s for steps in everyone for s in steps})} between them): resume needs "
+                              "the same checkpoint on every machine; copy one across or start a new --run_dir")
+    return Path(run_dir) / CHECKPOINTS / checkpoint_name(max(common))
 
 
-def save_checkpoint(accelerator, run_dir: Path | str, step: int, trainer_state: dict, keep: int = 2) -> Path:
-    """Save model, optimizer, scheduler and RNG states plus `trainer_state`; keep the newest `keep`.
+def _first_error(accelerator, error: str | None) -> str | None:
+    """The first error any process met (one collective: every process learns it, none waits forever)."""
+    if accelerator.num_processes == 1:
+        return error
+    from accelerate.utils import gather_object
 
-    Every process must call this (each saves its own RNG state). On failure (e.g. a full disk)
-    the partial folder is removed, the previous checkpoint is untouched, and CheckpointError says why.
+    errors = [e for e in gather_object([error]) if e]
+    return errors[0] if errors else None
+
+
+def save_checkpoint(accelerator, run_dir: Path | str, step: int, trainer_state: TrainerState, keep: int = 2,
+                    per_node: bool = False) -> Path:
+    """Save model, optimizer and RNG states plus `trainer_state`; keep the newest `keep`.
+
+    Every process must call this. On failure (e.g. a full disk) on any process, the partial folder is
+    removed, the previous checkpoint is untouched, and every process raises CheckpointError saying why.
     """
     folder = Path(run_dir) / CHECKPOINTS
     partial = folder / f".partial-{checkpoint_name(step)}"
     final = folder / checkpoint_name(step)
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    writer = accelerator.is_local_main_process if per_node else accelerator.is_main_process
+    where = f"process {accelerator.process_index}: " if accelerator.num_processes > 1 else ""
+    error = None
+    try:
+        if writer:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
+    except OSError as failure:
+        error = f"{where}could not create {folder}: {failure.strerror or failure}"
+    error = _first_error(accelerator, error)
+    if error:
+        raise CheckpointError(error)
     try:
         accelerator.save_state(str(partial), safe_serialization=True)
-        if accelerator.is_main_process:
-            (partial / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
-    except OSError as error:
-        shutil.rmtree(partial, ignore_errors=True)
-        free = shutil.disk_usage(folder).free / 1e6
-        raise CheckpointError(f"could not write checkpoint {final} ({error.strerror or error}; {free:.0f} MB free). "
-                              f"The previous checkpoint is intact: free some space, then rerun with --resume") from None
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _fsync_tree(partial)
+        if writer:
+            trainer_state.write(partial)
+            _fsync_tree(partial)
+    except Exception as failure:  # a full disk (OSError), or torch's RuntimeError for a vanished folder
+        reason = getattr(failure, "strerror", None) or f"{type(failure).__name__}: {failure}"
+        free = shutil.disk_usage(folder).free / 1e6 if folder.exists() else float("nan")
+        error = (f"{where}could not write checkpoint {final} ({reason}; {free:.0f} MB free). "
+                 "The previous checkpoint is intact: free some space, then rerun with --resume")
+    error = _first_error(accelerator, error)
+    if error:
+        if writer:  # only now, once every process has stopped writing into it
+            shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointError(error)
+    if writer:
         if final.exists():  # the same step saved again after a resume: swap, never delete first
             stale = folder / f".stale-{checkpoint_name(step)}"
             shutil.rmtree(stale, ignore_errors=True)
@@ -93,14 +133,6 @@ def save_checkpoint(accelerator, run_dir: Path | str, step: int, trainer_state: 
     return final
 
 
-def ensure_final_checkpoint(accelerator, run_dir: Path | str, step: int, trainer_state: dict, keep: int = 2) -> Path:
-    """The checkpoint of the last step: the one already saved at `step`, or a new one."""
-    newest = latest_checkpoint(run_dir)
-    if newest is not None and newest.name == checkpoint_name(step):
-        return newest
-    return save_checkpoint(accelerator, run_dir, step, trainer_state, keep)
-
-
 def _fsync_tree(folder: Path) -> None:
     """Flush a checkpoint's files to disk before the rename that publishes it."""
     for path in folder.iterdir():
@@ -108,20 +140,19 @@ def _fsync_tree(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def load_checkpoint(accelerator, checkpoint: Path | str, expected: dict) -> dict:
-    """Restore states saved by save_checkpoint; returns the trainer state.
+def load_checkpoint(accelerator, checkpoint: Path | str, expected: TrainerState) -> TrainerState:
+    """Restore states saved by save_checkpoint into what `accelerator` prepared; returns the stored state.
 
-    `expected` holds what must match (e.g. {'model': 'SceneCNN', 'classes': [...]}): a checkpoint
-    from another model or class list is refused with a message naming both.
+    A checkpoint of another model, class list or process count is refused with a message naming both.
     """
     checkpoint = Path(checkpoint)
-    state = read_trainer_state(checkpoint)
-    for key, wanted in expected.items():
-        if state.get(key) != wanted:
-            raise CheckpointError(f"checkpoint {checkpoint} has {key}={state.get(key)!r} but this run has "
-                                  f"{key}={wanted!r}; resume with the same settings or start a new --run_dir")
+    stored = TrainerState.read(checkpoint)
+    problems = expected.mismatches(stored)
+    if problems:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit this run: {'; '.join(problems)}. Resume with "
+                              "the same settings, or start a new --run_dir")
     try:
         accelerator.load_state(str(checkpoint))
     except Exception as error:  # mismatched tensors, missing files, unpickling errors
         raise CheckpointError(f"could not restore {checkpoint}: {type(error).__name__}: {error}") from None
-    return state
+    return stored

@@ -14,7 +14,9 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from toolkit.data.augment import to_unit_range
+from toolkit.data.loaders import Shard
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
+from toolkit.progress import tracked
 
 METRICS = ("mse", "psnr", "ssim")
 
@@ -96,15 +98,18 @@ def bm3d_available() -> bool:
 
 
 @torch.no_grad()
-def evaluate_denoiser(model, loader, image_ids, accelerator, noise: NoiseSpec, conditioned: bool = False,
+def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, conditioned: bool = False,
                       baselines: tuple[str, ...] = ("noisy",), nlm_h_factor: float = 0.8,
-                      keep_examples: int = 0) -> dict:
+                      keep_examples: int = 0, progress: str = "") -> dict:
     """Average per-image metrics of `model` (None: baselines only) and of each baseline
-    ('noisy': the noisy input itself, 'nlm', 'bm3d') over every image of `loader`.
+    ('noisy': the noisy input itself, 'nlm', 'bm3d') over every image of the set `shard` is part of.
 
-    `image_ids` are the dataset indices in the loader's order (they seed the noise). With
-    keep_examples=k, the first k (clean, noisy, output) images come back as 'examples'.
+    Each image's noise is seeded by its dataset index (shard.indices), so every model and baseline
+    sees the same noisy images whatever the batch or process count. With keep_examples=k, the first
+    k (clean, noisy, output) images of this process come back as 'examples'. `progress`: a bar's title.
     """
+    if model is not None:
+        model = accelerator.unwrap_model(model)  # DDP's forward would sync buffers: unequal shards would deadlock
     was_training = model.training if model is not None else False
     if model is not None:
         model.eval()
@@ -114,9 +119,12 @@ def evaluate_denoiser(model, loader, image_ids, accelerator, noise: NoiseSpec, c
     count = torch.zeros((), dtype=torch.int64, device=device)
     examples: dict[str, list] = {"clean": [], "noisy": [], "model": []}
     position = 0
-    for (images,) in loader:
+    batches = shard.loader
+    if progress:
+        batches = tracked(batches, len(batches), progress, "batch", accelerator.is_main_process)
+    for (images,) in batches:
         clean = to_unit_range(images.to(device))
-        ids = image_ids[position:position + len(clean)]
+        ids = shard.indices[position:position + len(clean)]
         position += len(clean)
         noisy, sigmas = seeded_noisy(clean, ids, noise)
         outputs = {}

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.data.augment import normalize
+from toolkit.data.loaders import Shard
 
 
 def classifier_outputs(model, images: torch.Tensor, mean, std, flip_tta: bool = False) -> torch.Tensor:
@@ -25,20 +26,22 @@ def classifier_outputs(model, images: torch.Tensor, mean, std, flip_tta: bool = 
 
 
 @torch.no_grad()
-def evaluate_classifier(model, loader, accelerator, num_classes: int, mean, std, flip_tta: bool = False,
+def evaluate_classifier(model, shard: Shard, accelerator, num_classes: int, mean, std, flip_tta: bool = False,
                         keep_predictions: bool = False) -> dict:
-    """Loss, accuracy, per-class metrics and confusion matrix over every sample of `loader`.
+    """Loss, accuracy, per-class metrics and confusion matrix over every image of the set `shard` is part of.
 
-    With keep_predictions, the result also holds 'probabilities' (N, C) and 'labels' (N,) in the
-    loader's order (main process; gathered from all processes in rank order).
+    Each process scores its own shard (possibly empty); counts and losses are added up over processes.
+    With keep_predictions, the result also holds 'probabilities' (N, C) and 'labels' (N,) for the whole
+    set in its own order (every process gathers the shards and puts each row back at its position).
     """
+    model = accelerator.unwrap_model(model)  # DDP's forward would sync buffers: shards of unequal length deadlock
     was_training = model.training
     model.eval()
     device = accelerator.device
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     kept_probabilities, kept_labels = [], []
-    for images, labels in loader:
+    for images, labels in shard.loader:
         with accelerator.autocast():
             log_probs = classifier_outputs(model, images, mean, std, flip_tta)
         labels = labels.to(device)
@@ -53,23 +56,28 @@ def evaluate_classifier(model, loader, accelerator, num_classes: int, mean, std,
     model.train(was_training)
     metrics = classification_metrics(confusion.view(num_classes, num_classes).cpu().numpy(), float(loss_sum))
     if keep_predictions:
-        from accelerate.utils import gather_object
-
         probabilities = torch.cat(kept_probabilities) if kept_probabilities else torch.zeros(0, num_classes)
         labels = torch.cat(kept_labels) if kept_labels else torch.zeros(0, dtype=torch.int64)
+        parts = [(shard.positions, probabilities, labels)]
         if accelerator.num_processes > 1:
-            parts = gather_object([(probabilities, labels)])
-            probabilities = torch.cat([p for p, _ in parts])
-            labels = torch.cat([part_labels for _, part_labels in parts])
-        metrics["probabilities"] = probabilities.numpy()
-        metrics["labels"] = labels.numpy()
+            from accelerate.utils import gather_object
+
+            parts = gather_object(parts)
+        ordered_probabilities = np.full((shard.total, num_classes), np.nan, dtype=np.float32)
+        ordered_labels = np.full(shard.total, -1, dtype=np.int64)
+        for positions, part_probabilities, part_labels in parts:  # strided shards: back to the set's order
+            ordered_probabilities[positions] = part_probabilities.numpy()
+            ordered_labels[positions] = part_labels.numpy()
+        metrics["probabilities"] = ordered_probabilities
+        metrics["labels"] = ordered_labels
     return metrics
 
 
 def classification_metrics(confusion: np.ndarray, loss_sum: float) -> dict:
     """Metrics from a confusion matrix (rows: true class, columns: predicted) and a summed loss.
 
-    Classes with no samples (or no predictions) get NaN recall (precision), not a fake 0 or 1.
+    Classes with no samples (or no predictions) get NaN recall (precision), not a fake 0 or 1; a class
+    with no samples has no F1 and is left out of the macro F1.
     """
     confusion = np.asarray(confusion, dtype=np.int64)
     total = int(confusion.sum())
@@ -80,6 +88,7 @@ def classification_metrics(confusion: np.ndarray, loss_sum: float) -> dict:
         recall = np.where(support > 0, correct / np.maximum(support, 1), np.nan)
         precision = np.where(predicted > 0, correct / np.maximum(predicted, 1), np.nan)
         f1 = np.where((precision + recall) > 0, 2 * precision * recall / (precision + recall), 0.0)
+        f1 = np.where(support > 0, np.nan_to_num(f1), np.nan)  # a class absent from the set has no F1
     return {
         "n": total,
         "loss": loss_sum / total if total else float("nan"),
@@ -89,8 +98,8 @@ def classification_metrics(confusion: np.ndarray, loss_sum: float) -> dict:
         "per_class_total": support.tolist(),
         "precision": precision.tolist(),
         "recall": recall.tolist(),
-        "f1": np.nan_to_num(f1).tolist(),
-        "macro_f1": float(np.nanmean(np.nan_to_num(f1))) if len(f1) else float("nan"),
+        "f1": f1.tolist(),
+        "macro_f1": float(np.nanmean(f1)) if (support > 0).any() else float("nan"),  # over classes present
         "confusion": confusion.tolist(),
     }
 

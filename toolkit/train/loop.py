@@ -1,37 +1,221 @@
-"""The part of every training loop that is pure bookkeeping: where to start, what to skip, when to stop."""
+"""The bookkeeping around a recipe's step, so that the step itself stays in view in the recipe:
+
+    loop = TrainingLoop(run, state, model, optimizer, validate, eval_every=cfg.eval_every)
+    for images, labels in loop.batches(lambda epoch: train_loader, cfg.epochs):
+        with accelerator.accumulate(model):          # the recipe's own step: batch, forward, loss,
+            ...                                       # accelerator.backward, optimizer.step
+        loop.end_step(loss, len(labels), logits, labels)
+    loop.finish()
+
+What the loop does, in order, and nothing else:
+    resume      restore the newest checkpoint (model, optimizer, RNG states, weight average, counters)
+    batches     continue where the checkpoint stopped: skip the epochs and batches already trained on
+    end_step    clear the gradients; count time, images and loss; update the weight average; log, validate, checkpoint
+                when due; show a progress bar with an ETA; stop cleanly at a step boundary on SIGTERM
+    finish      log the training time; make the weight average the exported model once training is done
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
+import torch
 
-def resumable_batches(loader_for_epoch: Callable[[int], object], state: dict, epochs: int,
-                      last_step: int) -> Iterator[tuple[int, int, int, tuple]]:
-    """Yield (epoch, batch index, batches in the epoch, batch), continuing from `state`.
-
-    FFCV's order for an epoch depends only on (seed, epoch), so a resumed run replays the epoch
-    it stopped in and skips the batches already trained on. Before each yield, `state` is moved
-    to the position *after* the batch (step, epoch, batch_in_epoch): a checkpoint saved once the
-    step is done resumes at the next batch. Stops after `last_step`.
-    """
-    start_epoch, skip = state["epoch"], state["batch_in_epoch"]
-    for epoch in range(start_epoch, epochs):
-        loader = loader_for_epoch(epoch)
-        loader.next_epoch = epoch
-        batches = len(loader)
-        for index, batch in enumerate(loader):
-            if epoch == start_epoch and index < skip:
-                continue
-            if state["step"] >= last_step:
-                return
-            finished_epoch = index + 1 == batches
-            state.update(step=state["step"] + 1, epoch=epoch + finished_epoch,
-                         batch_in_epoch=0 if finished_epoch else index + 1)
-            yield epoch, index, batches, batch
-        if state["step"] >= last_step:
-            return
+from toolkit.errors import TrainingDiverged
+from toolkit.progress import progress_bar
+from toolkit.run import Preempted, Run, install_stop_handler
+from toolkit.train.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from toolkit.train.ema import ModelEMA
+from toolkit.train.meter import TrainingMeter
+from toolkit.train.state import TrainerState
 
 
 def due(step: int, every: int) -> bool:
     """True every `every` steps (never when every is 0)."""
     return bool(every) and step % every == 0
+
+
+class TrainingLoop:
+    """The counters, schedule and side work of one training run (see the module docstring).
+
+    validate(model, step, epoch_end) -> {metric: value}: the recipe's validation of `model` (the weight
+    average when there is one), logged by the loop; epoch_end is the epoch just finished or None.
+    eval_at_epoch_end: validate at every epoch's end too (the denoisers' image grids).
+    """
+
+    def __init__(self, run: Run, state: TrainerState, model, optimizer,
+                 validate: Callable[[torch.nn.Module, int, int | None], dict], eval_every: int,
+                 ema_decay: float = 0.0, eval_at_epoch_end: bool = False, restore: bool = True):
+        self.run, self.state, self.model, self.optimizer = run, state, model, optimizer
+        self.accelerator = run.accelerator
+        self.validate, self.eval_every, self.eval_at_epoch_end = validate, eval_every, eval_at_epoch_end
+        self.ema = None
+        if ema_decay:
+            self.ema = ModelEMA(self.accelerator.unwrap_model(model), ema_decay)
+            self.accelerator.register_for_checkpointing(self.ema)  # the average is part of what a resume needs
+        state.mixed_precision = run.mixed_precision
+        state.num_processes = run.world
+        if restore:
+            self.restore()
+        self.meter = TrainingMeter(self.accelerator)
+        self.stop_requested = install_stop_handler()
+        self.total_steps = self.last_step = 0
+        self.bar = None
+        self._tick = time.perf_counter()
+        self._epoch_progress = 0.0
+
+    def restore(self) -> None:
+        """Load the checkpoint the run resumes from (no-op for a fresh run); the counters come with it."""
+        if self.run.resume_from is None:
+            return
+        # the optimizer's state comes back with the checkpoint, its learning rate and weight decay from this run's
+        # settings (a resume after a divergence lowers --lr; scheduled recipes set the lr every step anyway)
+        settings = [{k: g[k] for k in ("lr", "weight_decay") if k in g} for g in self.optimizer.param_groups] \
+            if self.optimizer is not None else []
+        stored = load_checkpoint(self.accelerator, self.run.resume_from, self.state)
+        for group, values in zip(self.optimizer.param_groups if self.optimizer is not None else [], settings):
+            group.update(values)
+        if stored.weights and not self.state.weights or self.state.weights == "from checkpoint":
+            self.state.weights = stored.weights
+        for name in ("step", "epoch", "batch_in_epoch", "train_seconds", "images_seen"):
+            setattr(self.state, name, getattr(stored, name))
+        self.run.say(f"[run] resumed from {self.run.resume_from} at iteration {self.state.step}")
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def evaluated_model(self):
+        """What validation and the final scores use: the weight average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def batches(self, loader_for_epoch: Callable[[int], object], epochs: int) -> Iterator[tuple]:
+        """Yield the batches still to train on, continuing from the trainer state (loop.step: this one's number).
+
+        Every loader's order for an epoch depends only on (seed, epoch), so a resumed run replays the
+        epoch it stopped in and skips the batches already trained on. Before each yield the state
+        moves to the position *after* the batch: a checkpoint saved once the step is done resumes at
+        the next batch. Stops after --max_steps (rounded down to a whole gradient accumulation, so
+        that a resume continues exactly) or at the end.
+        """
+        steps_per_epoch = len(loader_for_epoch(0))
+        self.total_steps = epochs * steps_per_epoch
+        accumulation = self.run.cfg.grad_accumulation
+        max_steps = self.run.cfg.max_steps
+        self.last_step = self.total_steps
+        if max_steps and max_steps < self.total_steps:
+            self.last_step = max_steps - max_steps % accumulation
+        self.bar = progress_bar(self.total_steps, self.run.recipe, unit="it", initial=self.state.step,
+                                main_process=self.run.is_main)
+        start_epoch, skip = self.state.epoch, self.state.batch_in_epoch
+        self._tick = time.perf_counter()
+        for epoch in range(start_epoch, epochs):
+            loader = loader_for_epoch(epoch)
+            loader.next_epoch = epoch
+            count = len(loader)
+            for index, batch in enumerate(loader):
+                if epoch == start_epoch and index < skip:
+                    continue
+                if self.state.step >= self.last_step:
+                    return
+                finished_epoch = index + 1 == count
+                self.state.step += 1
+                self.state.epoch, self.state.batch_in_epoch = epoch + finished_epoch, 0 if finished_epoch else index + 1
+                self._epoch_progress = epoch + (index + 1) / count
+                if self.state.step == self.total_steps and accumulation > 1:
+                    self.accelerator.step = accumulation - 1  # the last batch applies whatever has accumulated
+                yield batch
+            if self.state.step >= self.last_step:
+                return
+
+    def end_step(self, loss: torch.Tensor, images: int, logits: torch.Tensor | None = None,
+                 labels: torch.Tensor | None = None, **logged) -> None:
+        """After the recipe's optimizer step: clear the gradients (Accelerate keeps them while accumulating),
+        bookkeeping, then logging, validation and checkpoints when due."""
+        step, accelerator = self.state.step, self.accelerator
+        self.optimizer.zero_grad(set_to_none=True)
+        synced = accelerator.sync_gradients
+        if self.ema is not None and synced:
+            self.ema.update(accelerator.unwrap_model(self.model))
+        self.meter.add(loss, images, time.perf_counter() - self._tick, logits, labels)
+        epoch_end = self.state.batch_in_epoch == 0
+        last = step == self.last_step
+        evaluate = (due(step, self.eval_every) or (self.eval_at_epoch_end and epoch_end)) and not last
+        checkpoint = due(step, self.run.cfg.checkpoint_every) and not last and synced
+        stop = self._stop_requested() and synced and not last
+        if due(step, self.run.cfg.log_every) or evaluate or checkpoint or stop or last:
+            metrics = self.meter.flush(step)  # raises TrainingDiverged on a NaN/inf loss, before any save
+            metrics.update(epoch=self._epoch_progress, lr=self.optimizer.param_groups[0]["lr"], **logged)
+            self.state.train_seconds += metrics["seconds"]
+            self.state.images_seen += metrics["images"]
+            self.run.logger.log(metrics, step)
+            if self.bar is not None:
+                self.bar.set_postfix(epoch=f"{self._epoch_progress:.2f}", loss=f"{metrics['train/loss']:.4f}",
+                                     img_s=f"{metrics['train/images_per_s']:.0f}", refresh=False)
+        if self.bar is not None:
+            self.bar.update(1)
+        if evaluate:
+            self.run_validation(step, int(self._epoch_progress) if epoch_end else None)
+        if checkpoint or stop:
+            self.save(step)
+        if stop:
+            self.close()
+            self.run.logger.finish()
+            raise Preempted(f"asked to stop (SIGTERM); saved a checkpoint at iteration {step} in "
+                            f"{self.run.run_dir}. Rerun the same command with --resume to continue from there")
+        self._tick = time.perf_counter()
+
+    def run_validation(self, step: int, epoch_end: int | None = None) -> dict:
+        """Validate, then log the scores with the running train accuracy and the training minutes so far."""
+        started = time.perf_counter()
+        scores = self.validate(self.evaluated_model, step, epoch_end)
+        scores["val/seconds"] = time.perf_counter() - started
+        scores["time/train_minutes"] = self.state.train_seconds / 60  # time-to-accuracy: against training time
+        if self.meter.seen_any:
+            scores["train/accuracy_running"] = self.meter.take_running_accuracy()
+        self.run.logger.log(scores, step)
+        return scores
+
+    def save(self, step: int) -> None:
+        """A checkpoint of this step, unless the weights are no longer finite (the previous one stays)."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        finite = torch.tensor(all(bool(torch.isfinite(p).all()) for p in unwrapped.parameters()), dtype=torch.int32,
+                              device=self.accelerator.device)
+        if int(self.accelerator.reduce(finite, reduction="sum")) < self.run.world:
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite by iteration {step}; the run stopped before saving them, so the "
+                "newest checkpoint is still good. Lower --lr or use --mixed_precision=no, then --resume")
+        save_checkpoint(self.accelerator, self.run.run_dir, step, self.state, self.run.cfg.keep_checkpoints,
+                        per_node=not self.run.shared_run_dir)
+
+    def _stop_requested(self) -> bool:
+        """SIGTERM seen by any process (every process must stop at the same step)."""
+        if self.run.world == 1:
+            return self.stop_requested[0]
+        flag = torch.tensor(int(self.stop_requested[0]), device=self.accelerator.device)
+        return int(self.accelerator.reduce(flag, reduction="sum")) > 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def finish(self) -> TrainerState:
+        """After the last batch: the training time is logged, and once every step is done the weight
+        average becomes the exported model (stopped early by --max_steps, the raw weights stay so that
+        --resume continues exactly; scores still use the average)."""
+        self.close()
+        self.run.logger.log({"time/train_minutes": self.state.train_seconds / 60}, self.state.step)
+        if self.ema is not None and self.state.step >= self.total_steps:
+            self.accelerator.unwrap_model(self.model).load_state_dict(self.ema.model.state_dict())
+        return self.state
+
+    def final_checkpoint(self):
+        """The checkpoint of the last step: the one already saved at this step, or a new one."""
+        final = self.run.run_dir / "checkpoints" / checkpoint_name(self.state.step)
+        if (final / "trainer_state.json").is_file():
+            return final
+        self.save(self.state.step)
+        return final

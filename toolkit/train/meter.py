@@ -21,6 +21,7 @@ class TrainingMeter:
         self.seconds = 0.0
         self.correct = torch.zeros((), device=device, dtype=torch.int64)  # since the last validation
         self.seen = torch.zeros((), device=device, dtype=torch.int64)
+        self.seen_any = False  # a classifier's logits were counted (the running accuracy exists)
 
     def add(self, loss: torch.Tensor, images: int, seconds: float, logits: torch.Tensor | None = None,
             labels: torch.Tensor | None = None) -> None:
@@ -30,6 +31,7 @@ class TrainingMeter:
         self.images += images
         self.seconds += seconds
         if logits is not None:
+            self.seen_any = True
             self.correct += (logits.detach().argmax(dim=1) == labels).sum()
             self.seen += labels.shape[0]
 

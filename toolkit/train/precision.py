@@ -1,28 +1,82 @@
-"""Choosing a mixed-precision mode that is actually faster on the machine at hand."""
+"""Choosing the mixed-precision mode: what `auto` picks, and obeying an explicit choice.
+
+The one rule, measured where it could be (README, "Precision"):
+
+    explicit choice      --mixed_precision=no|bf16|fp16 on the recipe, or `accelerate launch
+                         --mixed_precision X` / `mixed_precision: X` in an Accelerate config file:
+                         always obeyed (a warning says when it will be slow or cannot apply)
+    auto on a CPU        bf16 where the CPU computes it natively (AMX / AVX512-BF16) and the recipe
+                         does not prefer fp32 there (EfficientNet's depthwise convolutions); else fp32.
+                         Emulated bf16 (AVX2-only CPUs) is about 10x slower than fp32: never chosen.
+    auto on a GPU        fp32 with TF32 matmuls while a step is small: at every recipe's batch an H200
+                         ran fp32/TF32 faster than bf16 or fp16 autocast (results/gpu_h200), the casts
+                         costing more than they save in launch-bound steps. From
+                         BF16_MIN_FORWARD_GFLOP_PER_STEP of forward work per step and process, bf16
+                         where the GPU has it in hardware (Ampere and newer), else fp16 with a loss
+                         scaler (V100, T4). Emulated bf16 is never chosen.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
+# Forward GFLOP per step and process above which autocast pays on a GPU. The recipes' steps are 3-115
+# GFLOP and ran slower under autocast on an H200; the threshold is set an order of magnitude above the
+# largest of them, where matmuls dominate (an assumption, not a measurement: no GPU larger step was timed).
+BF16_MIN_FORWARD_GFLOP_PER_STEP = 1000.0
+_ISA_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 @lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it, PyTorch
-    emulates bf16 and autocast runs about 10x slower than fp32 (measured on AMD EPYC / AVX2)."""
+def _cpuinfo_flags() -> frozenset[str]:
     if platform.system() != "Linux":
-        return False
+        return frozenset()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+            return frozenset(next((line for line in cpuinfo if line.startswith("flags")), "").split())
     except OSError:
+        return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX) and nothing caps the kernels below it.
+
+    SCENE_TOOLKIT_CPU_BF16=0/1 overrides the answer; ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY set to an ISA
+    without bf16 (e.g. AVX2, to check an AMX machine's AVX2 path) counts as no native bf16.
+    """
+    override = os.environ.get("SCENE_TOOLKIT_CPU_BF16", "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISA_WITHOUT_BF16:
         return False
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2", "avx512"):
+        return False
+    flags = _cpuinfo_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                        platform.processor())
+    except OSError:
+        return platform.processor() or "unknown CPU"
+
+
+def cuda_bf16_in_hardware() -> bool:
+    """bf16 computed by the GPU itself (compute capability 8.0+), not emulated as torch's default answer allows."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before 2.3 has no including_emulation and answers for the hardware
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def training_device_type() -> str:
@@ -36,42 +90,120 @@ def training_device_type() -> str:
     return "cpu"
 
 
-def choose_mixed_precision(requested: str, device_type: str, force: bool = False, log=print,
-                           cpu_bf16_pays: bool = True) -> str:
-    """The precision to hand to Accelerator: 'no', 'fp16' or 'bf16'.
+def launcher_precision(environ: dict | None = None, launcher_argv: list[str] | None = None) -> str | None:
+    """The precision `accelerate launch` was explicitly given, or None when it was left unset.
 
-    'auto' takes what `accelerate launch` / accelerate_config.yaml asked for, else bf16 on a GPU
-    that supports it (fp16 on older GPUs), bf16 on a CPU with native bf16 (AMX / AVX512-BF16:
-    measured 2.1x faster training steps than fp32 for the study CNN on a Xeon with AMX) and fp32
-    on other CPUs. On a CPU, fp16 autocast is not available and bf16 is only used with hardware
-    support, unless `force` is set. cpu_bf16_pays=False keeps 'auto' at fp32 on every CPU, for
-    networks measured slower in bf16 there (depthwise convolutions: EfficientNet trains 2x faster
-    in fp32 on the same Xeon).
+    Accelerate exports ACCELERATE_MIXED_PRECISION='no' both for `--mixed_precision no` and for nothing
+    at all, so 'no' alone is ambiguous: it counts as a choice only when the launcher's command line
+    names --mixed_precision or its config file sets mixed_precision (the launcher is this process's
+    parent: `accelerate launch` runs the script, or torchrun inside it runs the workers).
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if value in ("fp16", "bf16"):
+        return value
+    if value != "no":
+        return None
+    argv = _launcher_argv() if launcher_argv is None else launcher_argv
+    if argv is None:
+        return None
+    for position, argument in enumerate(argv):
+        name, _, inline = argument.partition("=")
+        if name in ("--mixed_precision", "--mixed-precision"):
+            return (inline or (argv[position + 1] if position + 1 < len(argv) else "no")).lower()
+    config = _config_file_of(argv, environ)
+    if config is not None and _config_sets_precision(config):
+        return "no"
+    return None
+
+
+def _launcher_argv() -> list[str] | None:
+    """The command line of the nearest ancestor that is `accelerate launch`, if any (Linux only)."""
+    pid = os.getppid()
+    for _ in range(4):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        words = [part.decode(errors="replace") for part in argv if part]
+        if "launch" in words and any(Path(w).name in ("accelerate", "accelerate-launch") or w.endswith(
+                "accelerate/commands/accelerate_cli.py") for w in words[:3]):
+            return words[words.index("launch") + 1:]
+        parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "0")
+        if parent in ("0", "1"):
+            return None
+        pid = int(parent)
+    return None
+
+
+def _config_file_of(argv: list[str], environ) -> Path | None:
+    for position, argument in enumerate(argv):
+        name, _, inline = argument.partition("=")
+        if name in ("--config_file", "--config-file"):
+            return Path(inline or (argv[position + 1] if position + 1 < len(argv) else ""))
+    if environ.get("ACCELERATE_CONFIG_FILE"):
+        return Path(environ["ACCELERATE_CONFIG_FILE"])
+    try:
+        from accelerate.commands.config.config_args import default_config_file
+    except ImportError:
+        return None
+    return Path(default_config_file)
+
+
+def _config_sets_precision(path: Path) -> bool:
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    return any(line.split("#", 1)[0].strip().startswith("mixed_precision:") for line in text.splitlines())
+
+
+def choose_mixed_precision(requested: str, device_type: str, *, launcher: str | None = None,
+                           prefer_bf16_on_cpu: bool = True,
+                           forward_gflop_per_step: Callable[[], float] | float | None = None,
+                           log=print) -> str:
+    """The precision to give Accelerate: 'no' (fp32; TF32 matmuls on GPUs), 'fp16' or 'bf16'.
+
+    requested: the recipe's --mixed_precision ('auto' defers to `launcher`, then to the rule above).
+    prefer_bf16_on_cpu=False: a recipe measured slower in bf16 on CPUs keeps fp32 there under auto.
+    forward_gflop_per_step: the forward work of one step on one process (a number, or a function that
+    computes it; only called on a GPU under auto).
     """
     if requested not in PRECISIONS:
         raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {requested!r}")
-    choice = requested
-    if requested == "auto":
-        from_launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-        if from_launcher in ("fp16", "bf16"):
-            choice = from_launcher
-        elif device_type == "cuda":
-            choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device_type == "cpu" and cpu_has_native_bf16() and cpu_bf16_pays:
+    choice = launcher if requested == "auto" and launcher else requested
+    if choice == "auto":
+        if device_type == "cuda":
+            work = forward_gflop_per_step() if callable(forward_gflop_per_step) else (forward_gflop_per_step or 0.0)
+            if work < BF16_MIN_FORWARD_GFLOP_PER_STEP:
+                choice = "no"
+            else:
+                choice = "bf16" if cuda_bf16_in_hardware() else "fp16"
+        elif device_type == "cpu" and cpu_has_native_bf16() and prefer_bf16_on_cpu:
             choice = "bf16"
         else:
             choice = "no"
+        return choice
+    # an explicit choice: obeyed wherever the device can run it at all
     if device_type == "cpu" and choice == "fp16":
-        log("[precision] warning: fp16 autocast is not available on the CPU; running fp32")
-        return "no"
-    if device_type == "cpu" and choice == "bf16" and not cpu_has_native_bf16():
-        if force:
-            log("[precision] warning: forcing bf16 on a CPU without native bf16: expect ~10x slower steps")
-            return "bf16"
-        log("[precision] warning: this CPU has no native bf16 (no AVX512-BF16/AMX), where bf16 autocast runs "
-            "about 10x slower than fp32; running fp32. Pass --force_precision=true to use bf16 anyway")
+        log("[precision] warning: fp16 autocast does not exist on the CPU (Accelerate runs fp32): running fp32")
         return "no"
     if device_type == "mps" and choice == "bf16":
-        log("[precision] warning: bf16 autocast is not supported on MPS; running fp32")
+        log("[precision] warning: bf16 autocast is not supported on MPS: running fp32")
         return "no"
+    if device_type == "cpu" and choice == "bf16" and not cpu_has_native_bf16():
+        log("[precision] warning: bf16 as asked, on a CPU that only emulates it (no AVX512-BF16/AMX): "
+            "expect steps about 10x slower than fp32 (--mixed_precision=auto would pick fp32 here)")
+    if device_type == "cuda" and choice == "bf16" and not cuda_bf16_in_hardware():
+        log("[precision] warning: bf16 as asked, on a GPU without bf16 hardware (emulated, slow): "
+            "fp16 is this GPU's fast half precision")
     return choice
+
+
+def describe_cpu() -> str:
+    """'<model>, N cores, native bf16: yes/no' for logs, benchmarks and CI."""
+    native = cpu_has_native_bf16()
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
+    return (f"{cpu_model_name()}, {os.cpu_count()} cores, native bf16: {'yes' if native else 'no'} "
+            f"(PyTorch CPU kernels: {capability})")

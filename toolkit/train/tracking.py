@@ -83,22 +83,24 @@ def _jsonable(value):
 class RunLogger:
     """Holds the run's logging state: the metrics file and the (possibly failed) W&B run.
 
-    Only the main process writes; on other processes every method does nothing.
+    Only the main process (main=True) writes; on other processes every method does nothing. Runs of a
+    study share a W&B `group` and say their recipe as `job_type`, so W&B groups and filters them itself.
     """
 
-    def __init__(self, accelerator, run_dir: Path, project: str, run_name: str, config: dict,
-                 wandb_mode: str, wandb_reason: str = "", resume_step: int | None = None, log=print):
-        self.accelerator = accelerator
+    def __init__(self, main: bool, run_dir: Path, project: str, run_name: str, config: dict,
+                 wandb_mode: str, wandb_reason: str = "", resume_step: int | None = None, log=print,
+                 group: str | None = None, job_type: str | None = None, tags: list[str] | None = None):
         self.run_dir = Path(run_dir)
         self.say = log
-        self.main = accelerator.is_main_process
+        self.main = main
         self.wandb_run = None
         self.wandb_mode = wandb_mode
         self.wandb_floor = -1  # W&B refuses steps that go back: skip those already sent before a resume
+        self.config = dict(config)
         if not self.main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(_jsonable(config), indent=2))
+        self._write_config()
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
             self.wandb_floor = self._truncate_metrics(resume_step)
@@ -107,7 +109,20 @@ class RunLogger:
             (self.run_dir / "wandb_run_id.txt").unlink(missing_ok=True)
         self.metrics_file = open(self.metrics_path, "a")
         if wandb_mode != "disabled":
-            self._start_wandb(project, run_name, config, wandb_mode, wandb_reason)
+            self._start_wandb(project, run_name, wandb_mode, wandb_reason, group, job_type, tags or [])
+
+    def _write_config(self) -> None:
+        temporary = self.run_dir / ".config.json.tmp"
+        temporary.write_text(json.dumps(_jsonable(self.config), indent=2))
+        os.replace(temporary, self.run_dir / "config.json")
+
+    def update_config(self, values: dict) -> None:
+        """Add what the run decided after it started (e.g. the precision) to config.json and W&B."""
+        if not self.main:
+            return
+        self.config.update(values)
+        self._write_config()
+        self._wandb(lambda run: run.config.update(_jsonable(values), allow_val_change=True))
 
     def _truncate_metrics(self, step: int) -> int:
         """Drop lines logged after the checkpoint we resume from; return the last step ever logged."""
@@ -127,7 +142,7 @@ class RunLogger:
         os.replace(temporary, self.metrics_path)
         return last
 
-    def _start_wandb(self, project, run_name, config, mode, reason) -> None:
+    def _start_wandb(self, project, run_name, mode, reason, group, job_type, tags) -> None:
         id_file = self.run_dir / "wandb_run_id.txt"
         try:
             import wandb
@@ -139,18 +154,17 @@ class RunLogger:
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         for attempt_mode in ([mode, "offline"] if mode == "online" else [mode]):
-            init = {"name": run_name, "id": run_id, "resume": "allow", "dir": str(self.run_dir),
-                    "mode": attempt_mode, "config": _jsonable(config),
-                    "settings": wandb.Settings(init_timeout=90, console="off", x_disable_stats=True)}
             try:
-                self.accelerator.init_trackers(project, config=None, init_kwargs={"wandb": init})
-                self.wandb_run = self.accelerator.get_tracker("wandb", unwrap=True)
+                self.wandb_run = wandb.init(
+                    project=project, name=run_name, id=run_id, resume="allow", dir=str(self.run_dir),
+                    mode=attempt_mode, config=_jsonable(self.config), group=group, job_type=job_type, tags=tags,
+                    settings=wandb.Settings(init_timeout=90, console="off", x_disable_stats=True, quiet=True))
                 self.wandb_mode = attempt_mode
                 if attempt_mode == "offline":
                     self.say(f"[wandb] logging offline ({reason}); upload later with: "
                              f"wandb sync {self.run_dir}/wandb/offline-run-*")
                 else:
-                    self.say(f"[wandb] logging online to project {project} ({reason})")
+                    self.say(f"[wandb] logging online to project {project} ({reason}): {self.wandb_run.url}")
                 return
             except Exception as error:  # bad key, network, service start-up: never fatal
                 self.say(f"[wandb] could not start a {attempt_mode} run ({type(error).__name__}: {error})")
@@ -258,7 +272,6 @@ class RunLogger:
             runs = sorted((self.run_dir / "wandb").glob("offline-run-*"))
             if runs:
                 self.say(f"[wandb] offline run saved; upload it with: wandb sync {runs[-1]}")
-        self.accelerator.trackers = [t for t in self.accelerator.trackers if t.name != "wandb"]
 
 
 def _quietly(action) -> None:

@@ -1,0 +1,112 @@
+"""A blind colour denoiser trained the published way, on clean photographs (CBSD432 or any folder).
+
+Protocol (DnCNN/FFDNet/DRUNet): clean images in [0, 1]; additive white Gaussian noise, NOT clipped, its
+sigma drawn per patch from [0, --sigma_max]/255; the noise level given to the network as an input map,
+so one model serves every sigma (toolkit denoise estimates it when it is not known); residual learning
+(the network predicts the noise); patches cropped at random from tiles stored once in a .beton, then
+rotated and mirrored on the device. Validation: held-out images' tiles at sigma 15 / 25 / 50. The test
+is `toolkit benchmark-denoiser RUN --clean McMaster`: never tune on it.
+
+    accelerate launch recipes/blind_denoiser.py --data=data/denoise/CBSD432          # the default model and budget
+    accelerate launch recipes/blind_denoiser.py --model=dncnn --model_kwargs=depth=17,width=64
+    accelerate launch recipes/blind_denoiser.py --sigma_max=75                       # a wider noise range
+    accelerate launch recipes/blind_denoiser.py --epochs=200 --patch_size=128 --batch_size=32   # a GPU's budget
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from toolkit.config import check_fraction, check_non_negative, check_positive, parse_kwargs, parse_sizes
+from toolkit.data.augment import random_dihedral, random_patches, step_generator, to_unit_range
+from toolkit.data.clean_images import load_clean_images
+from toolkit.data.loaders import make_loader
+from toolkit.data.noise import add_gaussian_noise, draw_sigmas
+from toolkit.data.settings import CleanImageSettings
+from toolkit.errors import ConfigError
+from toolkit.models import DENOISERS, build_model
+from toolkit.run import RunSettings, run_recipe, start_run
+from toolkit.train.denoiser import FixedSigmaEvaluation, finish_denoiser_run
+from toolkit.train.loop import TrainingLoop
+from toolkit.train.schedule import one_cycle_lr, set_lr
+from toolkit.train.state import TrainerState
+
+
+@dataclass
+class Config(CleanImageSettings, RunSettings):
+    model: str = "resunet"  # a denoiser of toolkit.models.DENOISERS that takes a noise level (resunet, unet, dncnn)
+    model_kwargs: str = "widths=(16,32,64,128),blocks=2"  # its constructor arguments (chosen on validation)
+    patch_size: int = 96  # training patches, cropped at random from the tiles
+    batch_size: int = 16  # patches per iteration, per process
+    eval_batch_size: int = 32  # tiles per evaluation batch
+    epochs: int = 36  # passes over the training tiles (one random patch of each per pass)
+    lr: float = 2e-3  # peak Adam learning rate of the one-cycle schedule
+    warmup_fraction: float = 0.05  # share of training spent warming the learning rate up
+    loss: Literal["l1", "mse"] = "l1"  # the training loss
+    sigma_max: float = 50.0  # noise std drawn per patch from [0, sigma_max] on the 0-255 scale
+    val_sigmas: str = "15,25,50"  # validation noise levels (0-255 scale)
+    ema_decay: float = 0.999  # weight averaging for evaluation (0 = evaluate the raw weights)
+    noise_seed: int = 1234  # seeds the validation noise
+    grid_images: int = 4  # validation tiles in the clean / noisy / denoised grids
+    eval_every: int = 500  # iterations between validation passes (each draws a grid)
+
+
+def main(cfg: Config) -> dict:
+    check_positive(cfg, "patch_size", "batch_size", "eval_batch_size", "epochs", "lr", "sigma_max")
+    check_non_negative(cfg, "ema_decay", "grid_images")
+    check_fraction(cfg, "warmup_fraction")
+    if cfg.model not in DENOISERS:
+        raise ConfigError(f"--model={cfg.model!r} is not a denoiser; choose from {', '.join(DENOISERS)}")
+    if cfg.patch_size > cfg.tile_size:
+        raise ConfigError(f"--patch_size={cfg.patch_size} is larger than --tile_size={cfg.tile_size}")
+    val_sigmas = parse_sizes("val_sigmas", cfg.val_sigmas)
+    spec = {"name": cfg.model, "kwargs": parse_kwargs("model_kwargs", cfg.model_kwargs) | {"conditioned": True}}
+    run = start_run(cfg, f"blind_denoiser-{cfg.model}")
+    with run.main_process_first():  # one process per machine writes the tiles; the others reuse them
+        data = load_clean_images(cfg, cfg.cache_dir, cfg.num_workers, log=run.say)
+    run.say(f"[data] {data.describe()}")
+
+    model = build_model(spec).to(memory_format=torch.channels_last)  # NHWC for the convolutions
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.scale_lr(cfg.lr))
+    model, optimizer = run.prepare(model, optimizer, batch_size=cfg.batch_size, image_size=cfg.patch_size)
+    accelerator, device = run.accelerator, run.device
+    train_loader = make_loader(data.stored, data.train_indices, cfg.batch_size, train=True,
+                               image_size=cfg.tile_size, device=device, seed=cfg.seed, num_processes=run.world,
+                               num_workers=cfg.num_workers)
+    evaluation = FixedSigmaEvaluation(run, data.stored, data.val_indices, cfg.tile_size, val_sigmas, True,
+                                      cfg.eval_batch_size, cfg.grid_images, cfg.noise_seed)
+    noise = {"sigma_min": 0.0, "sigma_max": cfg.sigma_max / 255, "clip": False, "seed": cfg.noise_seed}
+    state = TrainerState("blind_denoiser", spec, {"image_size": cfg.tile_size}, noise=noise, conditioned=True,
+                         label=cfg.model)
+    loop = TrainingLoop(run, state, model, optimizer, evaluation.validate, cfg.eval_every, cfg.ema_decay)
+    peak_lr, loss_of = run.scale_lr(cfg.lr), {"l1": F.l1_loss, "mse": F.mse_loss}[cfg.loss]
+
+    model.train()
+    for (tiles,) in loop.batches(lambda epoch: train_loader, cfg.epochs):
+        set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))
+        clean, noisy, sigmas = noisy_patches(tiles, cfg, step_generator(device, cfg.seed, loop.step, run.rank))
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                output = model(noisy, sigmas)  # (B, 3, P, P): noisy minus the predicted noise
+            loss = loss_of(output.float(), clean)
+            accelerator.backward(loss)
+            optimizer.step()
+        loop.end_step(loss, len(clean))
+    return finish_denoiser_run(loop, evaluation, data.describe(), data.fingerprint(), data.synthetic)
+
+
+def noisy_patches(tiles: torch.Tensor, cfg: Config, generator: torch.Generator):
+    """(clean, noisy, sigmas) for a batch of uint8 tiles (B, 3, T, T), on their device: one random patch per
+    tile, turned and mirrored at random, plus unclipped Gaussian noise of a sigma drawn per patch. A pure
+    function of (tiles, step generator): a resumed run replays exactly the same patches and noise."""
+    clean = random_dihedral(random_patches(to_unit_range(tiles), cfg.patch_size, generator), generator)
+    sigmas = draw_sigmas(len(clean), 0.0, cfg.sigma_max / 255, generator, tiles.device)  # (B,)
+    return clean, add_gaussian_noise(clean, sigmas, generator, clip=False), sigmas  # (B, 3, P, P) x2, (B,)
+
+
+if __name__ == "__main__":
+    run_recipe(main, Config)

@@ -1,0 +1,141 @@
+"""The classifier comparison's numbers: per model and seed, means and 95% intervals over seeds, per class
+too; paired tests between models on the same test images; the table, in Markdown; the figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import UserError
+from toolkit.plots import plot_bands, plot_grouped_bars, plot_interval_bars
+from toolkit.runs import read_metrics, series
+from toolkit.stats import compare_pairs, describe_pair, mean_interval
+
+STUDY_RESULTS = {  # STUDY.md, on the official seg_test (3,000 images): for reference, not our data
+    "cnn": {"buildings": 0.87, "forest": 0.95, "glacier": 0.73, "mountain": 0.81, "sea": 0.93, "street": 0.89,
+            "overall": 0.864, "loss": 0.3945, "validation": "≈86%"},
+    "resnet18": {"buildings": 0.90, "forest": 0.98, "glacier": 0.82, "mountain": 0.83, "sea": 0.94, "street": 0.91,
+                 "overall": 0.899, "loss": 0.2897, "validation": "≈89%"},
+}
+
+
+def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, run_dirs: dict) -> dict:
+    """Per model: every seed's numbers and their mean/std/interval, per class too; per pair: paired tests."""
+    first = summaries[models[0], seeds[0]]
+    classes, scored = first["classes"], "test_accuracy" in first
+    if any(s["classes"] != classes for s in summaries.values()):
+        raise UserError("the runs were trained on different class lists; compare runs on the same data")
+    prefix = "test" if scored else "val"
+    result = {"models": {}, "classes": classes, "seeds": seeds, "test_split": first.get("test_split", "validation"),
+              "data": first["data"], "scored_on": prefix}
+    correct, accuracies, labels = {}, {}, None
+    for model in models:
+        runs = [summaries[model, seed] for seed in seeds]
+        accuracies[model] = [r[f"{prefix}_accuracy"] for r in runs]
+        result["models"][model] = {
+            "per_seed": {str(seed): {k: r.get(k) for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
+                                                           "train_seconds", "test_per_class_accuracy", "weights",
+                                                           "test_per_class_correct", "test_per_class_total",
+                                                           "mixed_precision", "steps", "cpu", "num_processes")}
+                         for seed, r in zip(seeds, runs)},
+            "accuracy": mean_interval(accuracies[model]),
+            "loss": mean_interval([r.get(f"{prefix}_loss") for r in runs]),
+            "val_accuracy": mean_interval([r["val_accuracy"] for r in runs]),
+            "train_seconds": mean_interval([r["train_seconds"] for r in runs]),
+            "per_class": {c: mean_interval([r[f"{prefix}_per_class_accuracy"][c] for r in runs]) for c in classes},
+            "mixed_precision": sorted({r.get("mixed_precision", "?") for r in runs}),
+            "weights": runs[0].get("weights"),
+        }
+        if scored:
+            correct[model] = []
+            for seed in seeds:
+                run_dir = Path(run_dirs[model, seed])
+                probabilities = np.load(run_dir / "test_probabilities.npy")
+                seed_labels = np.load(run_dir / "test_labels.npy")
+                if labels is not None and not np.array_equal(labels, seed_labels):
+                    raise UserError(f"{run_dir} was scored on other test images than the first run: "
+                                    "paired tests need the same images")
+                labels = seed_labels
+                correct[model].append(probabilities.argmax(1) == seed_labels)
+    if scored and len(models) > 1:
+        result["pairs"] = compare_pairs(accuracies, correct)
+        for pair in result["pairs"]:
+            pair["sentence"] = describe_pair(pair)
+    if len(seeds) > 1:
+        result["note"] = "intervals: 95% t-intervals of the mean over seeds (training noise, same test images)"
+    return result
+
+
+def _cell(interval: dict, one_seed: str | None = None) -> str:
+    if interval["n"] == 1:
+        return one_seed or f"{interval['mean']:.1%}"
+    return f"{interval['mean']:.1%} ± {interval['std'] * 100:.1f} [{interval['low']:.1%}, {interval['high']:.1%}]"
+
+
+def comparison_table(result: dict) -> str:
+    """Markdown: one row per class, overall, loss, validation, time; one column per model, then the study's."""
+    models, classes = list(result["models"]), result["classes"]
+    studied = [m for m in models if m in STUDY_RESULTS]
+    single = len(result["seeds"]) == 1
+    header = ["class", *models, *[f"study {m} (seg_test)" for m in studied]]
+    rows = []
+    for name in classes:
+        cells = []
+        for model in models:
+            r = result["models"][model]
+            seed = next(iter(r["per_seed"].values()))
+            counted = None
+            if single and seed.get("test_per_class_correct"):
+                correct, total = seed["test_per_class_correct"][name], seed["test_per_class_total"][name]
+                counted = f"{correct / total:.1%} ({correct}/{total})"
+            cells.append(_cell(r["per_class"][name], counted))
+        rows.append([name, *cells, *[f"{STUDY_RESULTS[m][name]:.0%}" for m in studied]])
+    overall = []
+    for model in models:
+        r = result["models"][model]
+        seed = next(iter(r["per_seed"].values()))
+        counted = None
+        if single and seed.get("test_per_class_correct"):
+            right, total = sum(seed["test_per_class_correct"].values()), sum(seed["test_per_class_total"].values())
+            counted = f"**{r['accuracy']['mean']:.1%}** ({right}/{total})"
+        overall.append(_cell(r["accuracy"], counted))
+    rows.append(["overall", *overall, *[f"{STUDY_RESULTS[m]['overall']:.1%}" for m in studied]])
+    rows.append(["test loss", *[f"{result['models'][m]['loss']['mean']:.4f}" for m in models],
+                 *[f"{STUDY_RESULTS[m]['loss']:.4f}" for m in studied]])
+    rows.append(["validation accuracy", *[_cell(result["models"][m]["val_accuracy"]) for m in models],
+                 *[STUDY_RESULTS[m]["validation"] for m in studied]])
+    rows.append(["training time (s)", *[f"{result['models'][m]['train_seconds']['mean']:.0f}" for m in models],
+                 *[""] * len(studied)])
+    rows.append(["precision", *[", ".join(result["models"][m]["mixed_precision"]) for m in models],
+                 *["fp32"] * len(studied)])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    text = "\n".join(lines)
+    seeds = ", ".join(map(str, result["seeds"]))
+    text += (f"\n\nScored on: {result['data']} ({result['test_split']}); seeds {seeds}."
+             + ("" if single else " Cells: mean ± standard deviation [95% t-interval of the mean] over seeds."))
+    for model in models:
+        if result["models"][model].get("weights") and model == "resnet18":
+            text += f"\nresnet18 started from: {result['models'][model]['weights']}."
+    for pair in result.get("pairs", []):
+        text += f"\n- {pair['sentence']}"
+    return text
+
+
+def comparison_figures(plots: Path, result: dict, run_dirs: dict) -> dict:
+    figures = {}
+    models, classes, prefix = list(result["models"]), result["classes"], result["scored_on"]
+    reference = {f"study {m} (seg_test)": STUDY_RESULTS[m]["overall"] for m in models if m in STUDY_RESULTS}
+    figures["accuracy"] = plot_interval_bars({m: result["models"][m]["accuracy"] for m in models},
+                                             plots / "accuracy_intervals.png", f"{prefix} accuracy",
+                                             title="accuracy per model (mean, 95% interval, seeds as dots)",
+                                             reference=reference, ylim=(0, 1))
+    figures["per_class"] = plot_grouped_bars({m: [result["models"][m]["per_class"][c]["mean"] for c in classes]
+                                              for m in models}, classes, plots / "per_class_comparison.png",
+                                             "accuracy", ylim=(0, 1.05), title=f"accuracy per class ({prefix})")
+    curves = {m: [series(read_metrics(run_dirs[m, s]), "val/accuracy") for s in result["seeds"]]
+              for m in models}
+    figures["learning_curves"] = plot_bands(curves, plots / "learning_curves.png", "iteration",
+                                            "validation accuracy", title="validation accuracy (mean, band: all seeds)")
+    return figures

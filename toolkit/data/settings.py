@@ -1,0 +1,74 @@
+"""The data keys a recipe's Config inherits, one class per kind of data, each checking itself.
+
+    @dataclass
+    class Config(ClassificationDataSettings, RunSettings):
+        lr: float = 9e-4  # Adam learning rate
+
+The loaders take the settings object itself (`load_classification_data(cfg, ...)`), so a key is
+defined, documented and validated in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from toolkit.config import check_fraction, check_non_negative, check_positive
+from toolkit.errors import ConfigError
+
+DEFAULT_DATA = "data/intel"
+
+
+@dataclass
+class ClassificationDataSettings:
+    data: str = DEFAULT_DATA  # a folder with seg_train[/seg_test] or <class>/<image>; 'synthetic' = built-in set
+    train_split: str = "seg_train"  # training folder below --data
+    test_split: str = "seg_test"  # test folder below --data, scored once at the end if present
+    holdout_fraction: float = 0.1  # without a test folder: share of training held out as the test set
+    val_fraction: float = 0.1  # share of the remaining training images used for validation
+    max_train_images: int = 0  # >0: a stratified subset of this many training images (0 = all)
+    image_size: int = 80  # images are squashed to image_size x image_size pixels
+    storage: Literal["raw", "jpg"] = "raw"  # .beton storage: raw pixels at the stored size, or JPEG
+    drop_conflicting_duplicates: bool = False  # leave out identical images that carry different labels
+
+    def check_data_settings(self) -> None:
+        check_split_settings(self)
+
+
+@dataclass
+class DenoisingDataSettings:
+    data: str = DEFAULT_DATA  # a folder of images; 'synthetic' = built-in set
+    pool_split: str = "seg_pred"  # images below --data to denoise (labels ignored); falls back to seg_train
+    image_size: int = 150  # images are squashed to image_size x image_size pixels
+    holdout_fraction: float = 0.1  # share of the pool held out as the test set (fixed seed)
+    val_fraction: float = 0.1  # share of the remaining images used for validation
+    max_train_images: int = 0  # >0: a random subset of this many training images (0 = all)
+    storage: Literal["raw", "jpg"] = "raw"  # .beton storage: raw pixels or JPEG
+
+    def check_data_settings(self) -> None:
+        check_split_settings(self)
+
+
+def check_split_settings(settings) -> None:
+    """The keys both image-folder settings share: fractions in [0, 1), a validation set, a positive size."""
+    check_fraction(settings, "val_fraction", "holdout_fraction")
+    check_non_negative(settings, "max_train_images")
+    check_positive(settings, "image_size")
+    if settings.val_fraction == 0:
+        raise ConfigError("--val_fraction must be above 0: validation drives the learning curves")
+
+
+@dataclass
+class CleanImageSettings:
+    data: str = "data/denoise/CBSD432"  # a folder of clean photographs (any sizes, recursive); 'synthetic' = built in
+    tile_size: int = 160  # images are cut into tile x tile squares once, stored without resampling
+    val_fraction: float = 0.075  # share of the images (not tiles) held out for validation
+    max_train_images: int = 0  # >0: only this many training images (0 = all)
+
+    def check_data_settings(self) -> None:
+        check_fraction(self, "val_fraction")
+        check_non_negative(self, "max_train_images")
+        if self.tile_size < 16:
+            raise ConfigError(f"--tile_size must be at least 16 pixels, got {self.tile_size}")
+        if self.val_fraction == 0:
+            raise ConfigError("--val_fraction must be above 0: validation chooses the model")

@@ -1,0 +1,97 @@
+"""Reading a run directory: the one place that knows its files.
+
+    <run_dir>/config.json      the final config (and what the run chose: precision, processes, device)
+    <run_dir>/metrics.jsonl    one JSON object per logged step: {"step", "time", ...}
+    <run_dir>/summary.json     final metrics; present once the run finished
+    <run_dir>/checkpoints/     step-N folders (toolkit.train.checkpoint)
+
+Every reader (the reports, the comparison and the latent study, the GPU check, the end-of-run
+figures) goes through these functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# keys that change how a run is logged or where it writes, never what it computes
+NOT_RESULT_KEYS = frozenset({
+    "run_dir", "resume", "wandb_project", "wandb_mode", "num_workers", "cache_dir", "log_every", "keep_checkpoints",
+    "checkpoint_every", "eval_every", "recipe", "device", "cpu", "mixed_precision_used", "num_processes",
+    "global_batch", "wandb_group", "wandb_tags", "max_steps",
+})
+
+
+# keys a resume may change (after a divergence: a lower --lr), said loudly; any other difference is refused
+CHANGEABLE_ON_RESUME = frozenset({"lr", "weight_decay", "mixed_precision"})
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_config(run_dir: Path | str) -> dict | None:
+    return read_json(Path(run_dir) / "config.json")
+
+
+def read_summary(run_dir: Path | str) -> dict | None:
+    return read_json(Path(run_dir) / "summary.json")
+
+
+def read_metrics(run_dir: Path | str) -> list[dict]:
+    """Every record of metrics.jsonl in order; a line cut short by a kill is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def series(records: list[dict], key: str, x: str = "step") -> list[tuple[float, float]]:
+    """(x, value) for every record holding both (x: 'step', 'epoch' or any logged key)."""
+    return [(r[x], r[key]) for r in records if r.get(key) is not None and r.get(x) is not None]
+
+
+def finished_summary(run_dir: Path | str, result_key: str | None = None) -> dict | None:
+    """The summary of a finished run (one with results: `result_key` present when given), else None."""
+    summary = read_summary(run_dir)
+    if summary is None or (result_key is not None and result_key not in summary):
+        return None
+    return summary
+
+
+def elapsed_seconds(records: list[dict]) -> float:
+    """Wall-clock from the first to the last logged line (evaluations included; a resumed run's
+    downtime too), plus the first logged interval."""
+    timed = [r for r in records if "time" in r]
+    if not timed:
+        return 0.0
+    return round(timed[-1]["time"] - timed[0]["time"] + timed[0].get("seconds", 0.0), 1)
+
+
+def config_differences(stored: dict, wanted: dict, ignore: frozenset[str] = NOT_RESULT_KEYS) -> dict[str, tuple]:
+    """{key: (stored value, wanted value)} for every key of `wanted` that would change a run's results."""
+    keys = set(wanted) - ignore
+    return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys) if stored.get(k) != wanted.get(k)}
+
+
+def describe_differences(differences: dict[str, tuple], limit: int = 6) -> str:
+    shown = [f"{k}: {a!r} there, {b!r} now" for k, (a, b) in list(differences.items())[:limit]]
+    more = f" (and {len(differences) - limit} more)" if len(differences) > limit else ""
+    return "; ".join(shown) + more
+
+
+def newest_run(parent: Path | str, prefix: str) -> Path | None:
+    """The most recently changed folder named <prefix>-* under `parent` (default target of --resume)."""
+    runs = [p for p in Path(parent).glob(f"{prefix}-*") if p.is_dir()]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
