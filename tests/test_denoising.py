@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,84 @@ def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_in
     image = sorted((tiny_intel / "seg_pred").iterdir())[0]
     assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "clean.png"), "--sigma", "25"]) == 0
     assert Image.open(tmp_path / "clean.png").size == Image.open(image).size
+
+
+# ---- the blind denoiser: tiles, patches, the noise estimator, the recipe ------------------------------------
+
+def test_tiles_cover_each_image_and_are_split_by_image(tmp_path, cache_dir):
+    from toolkit.data.clean_images import load_clean_images, tile_offsets
+    from toolkit.data.settings import CleanImageSettings
+
+    assert tile_offsets(481, 160) == [0, 160, 321] and tile_offsets(321, 160) == [0, 161]
+    assert tile_offsets(150, 160) == [] and tile_offsets(250, 160) == [0, 90]  # > half a tile left: overlap
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        size = (80, 50) if index % 2 else (50, 80)  # landscape and portrait
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / "tiny.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    data = load_clean_images(CleanImageSettings(data=str(folder), tile_size=32, val_fraction=0.34), cache_dir,
+                             num_workers=1, log=lambda *_: None)
+    assert data.images == 6 and data.stored.num_samples == 6 * 4  # 80 x 50: tiles at 0 and 48 along 80, 0 and 18
+    # along 50 (18 px over one tile is more than half a tile: a second, overlapping one)
+    skipped = {item["file"]: item["reason"] for item in data.stored.manifest["skipped"]}
+    assert "smaller than the 32px tile" in skipped["tiny.png"] and "broken.jpg" in skipped
+    assert not set(data.source[data.train_indices]) & set(data.source[data.val_indices])  # no image on both sides
+    first = np.asarray(Image.open(folder / "0.png"))  # 50 wide, 80 tall: rows 0 and 48, columns 0 and 18
+    loader = make_loader(data.stored, np.arange(4), 4, train=False, image_size=32, device=torch.device("cpu"),
+                         num_workers=1)
+    tiles = next(iter(loader))[0].permute(0, 2, 3, 1).numpy()
+    for tile, (top, left) in zip(tiles, [(0, 0), (0, 18), (48, 0), (48, 18)]):  # the pixels, not resampled
+        assert np.array_equal(tile, first[top:top + 32, left:left + 32])
+
+
+def test_patches_are_cut_turned_and_mirrored_per_image():
+    from toolkit.data.augment import random_dihedral, random_patches
+
+    images = torch.arange(4 * 3 * 12 * 12, dtype=torch.float32).view(4, 3, 12, 12)
+    patches = random_patches(images, 5, step_generator(torch.device("cpu"), 0, 1))
+    assert patches.shape == (4, 3, 5, 5)
+    for image, patch in zip(images, patches):  # each patch is a window of its own image
+        top, left = [int(v) for v in torch.nonzero(image[0] == patch[0, 0, 0])[0]]
+        assert torch.equal(image[:, top:top + 5, left:left + 5], patch)
+    turned = random_dihedral(patches, step_generator(torch.device("cpu"), 0, 2))
+    symmetries = [torch.rot90(p, k, dims=(1, 2)) for p in patches for k in range(4)]
+    for patch, out in zip(patches, turned):
+        candidates = [torch.rot90(patch, k, dims=(1, 2)) for k in range(4)]
+        candidates += [c.flip(2) for c in candidates]
+        assert any(torch.equal(out, c) for c in candidates)
+    assert symmetries  # the 8 symmetries of the square
+
+
+def test_the_noise_estimator_finds_the_level_of_white_noise():
+    from toolkit.inference import estimate_noise_sigma
+
+    clean = torch.from_numpy(np.asarray(Image.fromarray(
+        (np.indices((96, 96)).sum(0) % 255).astype(np.uint8)).convert("RGB"))).permute(2, 0, 1).float() / 255
+    for sigma in (15, 25, 50):
+        noisy = clean + sigma / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(sigma))
+        assert estimate_noise_sigma(noisy) * 255 == pytest.approx(sigma, rel=0.12)
+
+
+def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_path, capsys):
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
+            "--epochs=2", "--eval_every=5", "--checkpoint_every=4", "--num_workers=1", "--grid_images=2",
+            "--model_kwargs=widths=(8,16,32),blocks=1"]
+    whole = run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'whole'}"])
+    assert whole["val_psnr_25"] > whole["val_noisy_psnr_25"]  # it denoises, even this little
+    assert {"val_psnr_15", "val_psnr_50", "val_psnr"} <= set(whole)
+    assert (tmp_path / "whole" / "plots" / "validation_psnr.png").is_file()
+    run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'split'}", "--max_steps=5"])
+    resumed = run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'split'}", "--resume"])
+    assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
+    assert resumed["val_psnr"] == whole["val_psnr"]
+    source = tmp_path / "noisy.png"
+    clean = np.asarray(Image.open(sorted((Path(__import__("os").environ["SCENE_TOOLKIT_CACHE"]) /
+                                          "synthetic-scenes" / "seg_pred").iterdir())[0]))
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(source)
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "out.png")]) == 0
+    said = capsys.readouterr().out
+    assert "estimated noise sigma" in said and Image.open(tmp_path / "out.png").size == Image.open(source).size

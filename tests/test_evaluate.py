@@ -30,6 +30,18 @@ def test_metrics_from_a_known_confusion_matrix():
     assert metrics["per_class_correct"] == [8, 3, 0] and metrics["per_class_total"] == [10, 4, 0]
 
 
+def test_macro_f1_leaves_out_a_class_absent_from_the_set():
+    confusion = np.array([[8, 2, 0],
+                          [1, 3, 0],
+                          [0, 0, 0]])  # class 2: no images, never predicted
+    metrics = classification_metrics(confusion, loss_sum=1.0)
+    f1 = [2 * (8 / 9) * 0.8 / (8 / 9 + 0.8), 2 * 0.6 * 0.75 / (0.6 + 0.75)]
+    assert np.isnan(metrics["f1"][2])
+    assert metrics["macro_f1"] == pytest.approx(sum(f1) / 2)  # the mean over the two classes present, not three
+    predicted_only = classification_metrics(np.array([[3, 1], [0, 0]]), 1.0)  # class 1 predicted, never present
+    assert predicted_only["macro_f1"] == pytest.approx(2 * 1.0 * 0.75 / 1.75)
+
+
 def test_expected_calibration_error_known_case():
     probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
     labels = np.array([0, 1, 0, 0])  # confidence-0.9 bin: 50% right; 0.6 bin: 100% right

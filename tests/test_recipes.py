@@ -129,3 +129,38 @@ def test_accelerate_launch_runs_a_recipe(tiny_intel, tmp_path):
                         env={"PATH": str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"]})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "launched" / "summary.json").is_file()
+
+
+def test_a_run_shows_a_progress_bar_with_eta_in_a_terminal_and_keeps_logs_plain(tiny_intel, tmp_path):
+    args = [sys.executable, str(RECIPES / "cnn.py"), f"--data={tiny_intel}", "--width=4", *TINY_CLASSIFIER]
+    shown = run_script([*args, f"--run_dir={tmp_path / 'bar'}"], env={"SCENE_TOOLKIT_PROGRESS": "1",
+                                                                      "WANDB_MODE": "disabled"})
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    bar = shown.stderr.replace("\r", "\n").splitlines()
+    final = [line for line in bar if line.startswith("cnn: 100%") and "10/10" in line]
+    assert final, shown.stderr[-2000:]
+    assert "it/s" in final[-1] and "<00:00" in final[-1]  # rate and time left (the ETA)
+    assert "epoch=2.00" in final[-1] and "loss=" in final[-1] and "img_s=" in final[-1]
+    plain = run_script([*args, f"--run_dir={tmp_path / 'plain'}"], env={"WANDB_MODE": "disabled"})  # not a terminal
+    assert plain.returncode == 0 and "it/s" not in plain.stderr and "[val] iteration 4" in plain.stdout
+
+
+@pytest.mark.slow
+def test_accelerate_launch_precision_explicit_no_means_fp32(tiny_intel, tmp_path):
+    """On a CPU declared to have native bf16, auto picks bf16; `accelerate launch --mixed_precision no` and a
+    config file saying mixed_precision: 'no' are explicit choices of fp32, and are obeyed."""
+    env = {"PATH": str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"],
+           "SCENE_TOOLKIT_CPU_BF16": "1", "WANDB_MODE": "disabled"}
+    recipe = [str(RECIPES / "cnn.py"), f"--data={tiny_intel}", "--width=4", *TINY_CLASSIFIER, "--max_steps=1"]
+    config = tmp_path / "fp32.yaml"
+    config.write_text((ROOT / "accelerate_config.yaml").read_text().replace('# mixed_precision: "no"',
+                                                                            'mixed_precision: "no"'))
+    cases = {"unset": ["--config_file", str(ROOT / "accelerate_config.yaml")],
+             "flag": ["--config_file", str(ROOT / "accelerate_config.yaml"), "--mixed_precision", "no"],
+             "config": ["--config_file", str(config)]}
+    used = {}
+    for name, launch in cases.items():
+        result = run_script(["accelerate", "launch", *launch, *recipe, f"--run_dir={tmp_path / name}"], env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        used[name] = json.loads((tmp_path / name / "config.json").read_text())["mixed_precision_used"]
+    assert used == {"unset": "bf16", "flag": "no", "config": "no"}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from toolkit.errors import CheckpointError
+from toolkit.errors import CheckpointError, UserError
 from toolkit.train import precision
 from toolkit.train.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from toolkit.train.state import TrainerState
@@ -247,3 +247,39 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+
+
+# ---- SLURM ------------------------------------------------------------------------------------------
+
+def test_the_slurm_launch_command_comes_from_slurms_variables():
+    from toolkit.slurm import accelerate_launch_command, first_host
+
+    environ = {"SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]",
+               "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_ID": "123456"}
+    command = accelerate_launch_command(environ, ["recipes/fast_cnn.py", "--resume", "--run_dir=/shared/r"])
+    assert command == ["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "8",
+                       "--machine_rank", "1", "--main_process_ip", "gpu07", "--main_process_port", "29956",
+                       "--rdzv_backend", "static", "--same_network", "recipes/fast_cnn.py", "--resume",
+                       "--run_dir=/shared/r"]
+    assert first_host("node12,node13") == "node12" and first_host("a[003-009,011]") == "a003"
+    single = accelerate_launch_command({"SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "box",
+                                        "SLURM_GPUS_PER_NODE": "a100:1", "MAIN_PROCESS_PORT": "4000"},
+                                       ["recipes/cnn.py"])
+    assert "--multi_gpu" not in single and single[single.index("--num_processes") + 1] == "1"
+    assert single[single.index("--main_process_port") + 1] == "4000"
+    with pytest.raises(UserError, match="not inside a SLURM job"):
+        accelerate_launch_command({}, ["recipes/cnn.py"])
+
+
+def test_the_batch_script_runs_the_launcher_through_srun(tmp_path):
+    import subprocess
+
+    from conftest import ROOT
+
+    script = (ROOT / "scripts" / "slurm.sbatch").read_text()
+    assert "#SBATCH --nodes=" in script and "srun" in script and "-m toolkit.slurm" in script
+    fake = {"SLURM_NNODES": "2", "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_GPUS_ON_NODE": "2",
+            "SLURM_JOB_ID": "7", "PATH": __import__("os").environ["PATH"]}
+    shown = subprocess.run([sys.executable, "-m", "toolkit.slurm", "--print", "recipes/cnn.py", "--epochs=1"],
+                           capture_output=True, text=True, env=fake, cwd=ROOT)
+    assert shown.returncode == 0 and "--num_processes 4 --machine_rank 0 --main_process_ip n1" in shown.stdout

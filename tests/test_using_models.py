@@ -197,3 +197,18 @@ def test_evaluate_scores_exactly_the_images_the_run_held_out_and_names_training_
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(victim)
     result = run_script([*TOOLKIT, "evaluate", str(run_dir), str(pool), "--held_out", "--out", str(tmp_path / "x")])
     assert result.returncode == 2 and "hold other pixels" in result.stderr
+
+
+def test_predict_and_evaluate_run_in_the_precision_the_model_was_trained_with(tiny_intel, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "1")  # auto picks bf16 for training (emulated here: tiny)
+    run_dir = tmp_path / "bf16"
+    run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", "--max_steps=2",
+                           *TINY_CLASSIFIER[1:]])
+    files = sorted((tiny_intel / "seg_test" / "sea").glob("*.jpg"))[:2]
+    assert predict_files(str(run_dir), files, progress=False).mixed_precision == "bf16"
+    plain = predict_files(str(run_dir), files, progress=False, mixed_precision="no")
+    assert plain.mixed_precision == "no" and np.isfinite(plain.probabilities).all()
+    out = tmp_path / "evaluation"
+    assert toolkit_main(["evaluate", str(run_dir), str(tiny_intel / "seg_test"), "--mixed_precision", "no",
+                         "--out", str(out)]) == 0
+    assert __import__("json").loads((out / "metrics.json").read_text())["mixed_precision"] == "no"

@@ -102,8 +102,10 @@ def latent_figures(plots: Path, result, data, names, seeds, run_dirs: dict, nois
     figures["validation_curves"] = plot_bands(curves, plots / "validation_curves.png", "epoch",
                                               "validation MSE (per-image mean)",
                                               title="validation loss per model (band: all seeds)")
-    figures["side_by_side"] = side_by_side(plots / "side_by_side.png", data, {n: run_dirs[n, seeds[0]] for n in names},
-                                           noise, image_size, grid_images, nlm_h_factor)
+    if grid_images:
+        first_seed = {n: run_dirs[n, seeds[0]] for n in names}
+        figures["side_by_side"] = side_by_side(plots / "side_by_side.png", data, first_seed, noise, image_size,
+                                               grid_images, nlm_h_factor)
     return figures
 
 

@@ -16,6 +16,7 @@ class SceneCNN(nn.Module):
 
     def __init__(self, num_classes: int = 6, width: int = 20, image_size: int = 80, dropout: float = 0.5):
         super().__init__()
+        self.image_size = image_size  # the head's input size is fixed by it
         layers: list[nn.Module] = []
         channels, side = 3, image_size
         for k in range(1, 13):

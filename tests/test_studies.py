@@ -1,0 +1,116 @@
+"""Studies with repeats: the statistics against hand-computed values, and the comparison and latent study
+as a user reruns, resumes and mixes them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from test_recipes import run_in_process
+
+from toolkit.stats import compare_pairs, describe_pair, mcnemar, mean_interval, paired_difference
+from toolkit.studies import parse_recipe_args, parse_seeds
+
+# ---- statistics, by hand --------------------------------------------------------------------------------
+
+
+def test_t_interval_of_three_seeds():
+    result = mean_interval([0.80, 0.82, 0.84])
+    # mean 0.82, sample std 0.02, t(0.975, df=2) = 4.302653: half-width 4.302653 * 0.02 / sqrt(3) = 0.049683
+    assert result["mean"] == pytest.approx(0.82) and result["std"] == pytest.approx(0.02)
+    assert result["low"] == pytest.approx(0.82 - 0.049683, abs=1e-6)
+    assert result["high"] == pytest.approx(0.82 + 0.049683, abs=1e-6)
+    one = mean_interval([0.75])
+    assert (one["mean"], one["std"], one["low"], one["high"], one["n"]) == (0.75, 0.0, 0.75, 0.75, 1)
+
+
+def test_mcnemar_exact_on_a_small_table():
+    # 3 images only A gets right, 10 only B: exact two-sided binomial, 2 * P(X <= 3 | 13, 1/2) = 2 * 378 / 8192
+    a = [True] * 3 + [False] * 10 + [True] * 20 + [False] * 5
+    b = [False] * 3 + [True] * 10 + [True] * 20 + [False] * 5
+    result = mcnemar(a, b)
+    assert (result["b"], result["c"], result["method"]) == (3, 10, "exact binomial")
+    assert result["p_value"] == pytest.approx(2 * 378 / 8192)
+
+
+def test_mcnemar_chi_square_with_continuity_correction():
+    a = [True] * 30 + [False] * 10
+    b = [False] * 30 + [True] * 10
+    result = mcnemar(a, b)  # (|30 - 10| - 1)^2 / 40 = 9.025; one degree of freedom
+    assert result["statistic"] == pytest.approx(9.025)
+    assert result["p_value"] == pytest.approx(math.erfc(math.sqrt(9.025 / 2)), rel=1e-9)
+    assert mcnemar([True, False], [True, False])["p_value"] == 1.0  # no discordant pairs: nothing to tell
+
+
+def test_paired_difference_and_the_verdict_in_words():
+    difference = paired_difference([0.90, 0.92], [0.85, 0.86])
+    # differences 0.05, 0.06: mean 0.055, std 0.0070711, t(0.975, df=1) = 12.7062: half-width 0.063531
+    assert difference["mean"] == pytest.approx(0.055)
+    assert difference["low"] == pytest.approx(0.055 - 0.063531, abs=1e-6)
+    correct = {"a": [np.array([True] * 70 + [False] * 30)] * 2, "b": [np.array([False] * 70 + [True] * 30)] * 2}
+    pair = compare_pairs({"a": [0.90, 0.92], "b": [0.85, 0.86]}, correct)[0]
+    assert all(t["p_value"] < 0.05 for t in pair["mcnemar"])  # each seed alone is clear ...
+    assert not pair["distinguishable"]  # ... but two seeds' interval still spans zero
+    assert "NOT distinguishable from noise" in describe_pair(pair) and "a is ahead of b by 5.5 points" in \
+        describe_pair(pair)
+
+
+def test_study_options_are_checked():
+    from toolkit.errors import ConfigError
+
+    assert parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("", "0,0", "-1", "a"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+    assert parse_recipe_args("cnn: --epochs=2; resnet18: --lr=1e-4", ["cnn", "resnet18"]) == {
+        "cnn": "--epochs=2", "resnet18": "--lr=1e-4"}
+    with pytest.raises(ConfigError, match="could not read"):
+        parse_recipe_args("vgg: --x=1", ["cnn"])
+
+
+# ---- the studies as a user runs them ----------------------------------------------------------------------
+
+TINY = "--batch_size=16 --eval_batch_size=32"
+
+
+def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tiny_intel, tmp_path, monkeypatch):
+    """Three seeds of two recipes; the runs at another precision (cnn forced to fp32, fast_cnn's auto picks bf16
+    when the CPU says it has it natively) train in one process; --resume without --run_dir continues the newest."""
+    monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "1")  # auto would pick bf16 (emulated here: tiny models only)
+    args = ["--models=cnn,fast_cnn", "--seeds=0,1,2", f"--data={tiny_intel}", "--image_size=32", "--max_steps=2",
+            "--num_workers=1", f"--recipe_args=cnn: {TINY} --width=4 --mixed_precision=no; "
+            f"fast_cnn: {TINY} --widths=8,16,16,32 --train_image_sizes=24"]
+    (tmp_path / "runs").mkdir()
+    result = run_in_process("compare_classifiers", args)
+    study = sorted((tmp_path / "runs").glob("compare-*"))[-1]
+    assert result["models"]["cnn"]["mixed_precision"] == ["no"]
+    assert result["models"]["fast_cnn"]["mixed_precision"] == ["bf16"]
+    for model in ("cnn", "fast_cnn"):
+        accuracy = result["models"][model]["accuracy"]
+        assert accuracy["n"] == 3 and accuracy["low"] <= accuracy["mean"] <= accuracy["high"]
+    pair = result["pairs"][0]
+    assert len(pair["mcnemar"]) == 3 and "seeds" in pair["sentence"]
+    table = (study / "comparison.md").read_text()
+    assert " ± " in table and "| precision | no | bf16 |" in table
+    for figure in ("accuracy_intervals.png", "learning_curves.png", "per_class_comparison.png"):
+        assert (study / "plots" / figure).is_file()
+    stored = json.loads((study / "comparison.json").read_text())
+    assert set(stored["models"]["cnn"]["per_seed"]) == {"0", "1", "2"}
+    (study / "comparison.md").unlink()
+    os.utime(study)  # the newest comparison
+    again = run_in_process("compare_classifiers", [*args, "--resume"])  # no --run_dir: the newest is read back
+    assert again["models"]["cnn"]["accuracy"]["values"] == result["models"]["cnn"]["accuracy"]["values"]
+    assert (study / "comparison.md").is_file() and len(list((tmp_path / "runs").glob("compare-*"))) == 1
+
+
+def test_the_latent_study_resumes_the_newest_one_without_a_run_dir(tiny_intel, tmp_path):
+    args = [f"--data={tiny_intel}", "--models=AE38", "--image_size=48", "--num_workers=1", "--max_steps=2",
+            "--grid_images=0", "--nlm=false", "--ae_args=--batch_size=8 --grid_images=0"]
+    (tmp_path / "runs").mkdir()
+    first = run_in_process("latent_study", args)
+    again = run_in_process("latent_study", [*args, "--resume"])
+    assert again["models"]["AE38"]["psnr"]["mean"] == first["models"]["AE38"]["psnr"]["mean"]
+    assert len(list((tmp_path / "runs").glob("latent-study-*"))) == 1
