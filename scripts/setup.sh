@@ -67,7 +67,11 @@ $PIP install -q $TORCH_PACKAGES
 $PIP install -q "numpy>=1.26" "numba>=0.59" pillow
 $PIP install -q --no-build-isolation ffcv==1.0.2
 
-# 5. the toolkit itself, editable, with the test tools
+# 5. the toolkit itself, editable, with the test tools (and, for the test suite, the optional BM3D: its licence
+#    allows non-commercial use only, so it is never installed for `make run`)
 $PIP install -q -e ".[test]"
+if [ "${1:-}" = "--browser" ]; then
+    $PIP install -q -e ".[bm3d]" || say "the optional bm3d package did not install: its tests will be skipped"
+fi
 "$VENV/bin/python" -c "import toolkit, ffcv, torch, accelerate, wandb; print('[setup] ready: torch', torch.__version__)"
 echo "$WANT" > "$STAMP"

@@ -78,3 +78,24 @@ def test_gpu_check_script_reports_every_recipe_it_runs(tmp_path):
     for r in recipes.values():  # steps 11-12 are the steady window; the first ten hold the start-up
         assert r["steps"] == 12 and r["batch_size"] == 16 and r["device"] == "cpu" and r["warmup_steps"] == 10
         assert r["steady_images_per_s"] > 0 and r["warmup_s"] > 0 and r["train_images_per_s"] > 0
+
+
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "SCENE_TOOLKIT_CPU_BF16": ""}
+
+
+def test_the_avx2_path_on_any_cpu(tiny_intel, tmp_path):
+    """With PyTorch's and oneDNN's kernels capped to AVX2 (on an AMX machine: the AVX2 machines' path), auto
+    precision is fp32 and the benchmark leaves emulated bf16 out, in seconds."""
+    from conftest import RECIPES
+
+    run = run_script([sys.executable, str(RECIPES / "cnn.py"), f"--data={tiny_intel}", f"--run_dir={tmp_path / 'r'}",
+                      "--width=4", "--image_size=32", "--batch_size=16", "--max_steps=2", "--num_workers=1"],
+                     env={**AVX2_CAPS, "WANDB_MODE": "disabled"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "native bf16: no (PyTorch CPU kernels: AVX2)" in run.stdout
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["mixed_precision_used"] == "no"
+    bench = run_script([*TOOLKIT, "benchmark", "--tiny", "--only", "steps", "--steps", "1", "--out",
+                        str(tmp_path / "b.json")], env=AVX2_CAPS, timeout=300)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert "bf16 not timed" in bench.stdout and not any("bf16" in k for k in json.loads(
+        (tmp_path / "b.json").read_text())["steps"])

@@ -322,3 +322,17 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert toolkit_main(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "out.png")]) == 0
     said = capsys.readouterr().out
     assert "estimated noise sigma" in said and Image.open(tmp_path / "out.png").size == Image.open(source).size
+
+
+@pytest.mark.skipif(not __import__("toolkit.train.denoise", fromlist=["x"]).bm3d_available(),
+                    reason="the optional bm3d package is not installed (pip install bm3d; non-commercial licence)")
+def test_bm3d_is_scored_beside_the_model_on_any_folder(tiny_intel, tmp_path):
+    out = tmp_path / "bench.json"
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for image in sorted((tiny_intel / "seg_pred").iterdir())[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(folder), "--sigmas", "25",
+                         "--baselines", "bm3d", "nlm", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["sigmas"]["25.0"]
+    assert row["bm3d"]["psnr"] > row["noisy"]["psnr"] + 3 and len(row["bm3d"]["per_image_psnr"]) == 2
