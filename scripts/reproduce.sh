@@ -1,56 +1,98 @@
 #!/usr/bin/env bash
-# Every measured figure in the README comes from this script, run on the real data:
-#     bash scripts/reproduce.sh [INTEL_ROOT] [CLEAN_IMAGES]
-# defaults: ../shared/data/intel and ../shared/data/denoise/McMaster. Outputs go to $OUT (runs/readme).
-# Every step runs alone on all cores, one after the other (on 2 CPU cores: about 3 hours).
+# Every measured figure in README.md and docs/results.md comes from this script, run on the real data:
+#     bash scripts/reproduce.sh [INTEL_ROOT] [CLEAN_TRAIN_IMAGES] [CLEAN_TEST_IMAGES]
+# defaults: ../shared/data/intel, ../shared/data/denoise/CBSD432, ../shared/data/denoise/McMaster.
+# Outputs go to $OUT (runs/readme). Each step runs alone on all cores, one after the other; a rerun after an
+# interruption skips every finished step (it has a summary.json) and resumes an unfinished one from its checkpoint.
+# STEPS="denoiser compare" runs only those steps (names below); on 2 CPU cores the whole script takes ~10 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/intel}
-CLEAN=${2:-../shared/data/denoise/McMaster}
+CLEAN=${2:-../shared/data/denoise/CBSD432}
+BENCH=${3:-../shared/data/denoise/McMaster}
 OUT=${OUT:-runs/readme}
+STEPS=${STEPS:-"check benchmark select denoiser mcmaster compare latent cnn_gap use"}
 export WANDB_MODE=${WANDB_MODE:-offline}
 BIN=.venv/bin
 LAUNCH="$BIN/accelerate launch --config_file accelerate_config.yaml"
 mkdir -p "$OUT"
-step() { printf '\n=== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
-# A rerun after an interruption skips every run that already finished (it has a summary.json);
-# an unfinished recipe run resumes from its latest checkpoint (--resume starts afresh when there is none).
-finished() { [[ -f "$OUT/$1/summary.json" ]] && echo "[reproduce] $1 already finished, skipped"; }
+step() { printf '\n=== %s (%s; %s)\n' "$1" "$(date +%H:%M:%S)" "$($BIN/python -c 'from toolkit.train.precision import describe_cpu; print(describe_cpu())')"; }
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+finished() { [[ -f "$OUT/$1/summary.json" || -f "$OUT/$1/comparison.json" || -f "$OUT/$1/latent_study.json" ]] \
+    && echo "[reproduce] $1 already finished, skipped"; }
 
-step "data check and exploration"
-[[ -f "$OUT/data-check.json" ]] || $BIN/toolkit data check "$DATA" --json "$OUT/data-check.json" | tee "$OUT/data-check.txt" || true
-[[ -d "$OUT/explore" ]] || $BIN/toolkit data explore "$DATA" --out "$OUT/explore" --wandb_mode=disabled
+if wanted check; then
+    step "data check"
+    [[ -f "$OUT/data-check.json" ]] || $BIN/toolkit data check "$DATA" --json "$OUT/data-check.json" | tee "$OUT/data-check.txt" || true
+fi
 
-step "benchmark (all cores, nothing else running)"
-[[ -f "$OUT/benchmark.json" ]] || $BIN/toolkit benchmark --data="$DATA" --out "$OUT/benchmark.json" | tee "$OUT/benchmark.txt"
+if wanted benchmark; then
+    step "benchmark (all cores, nothing else running)"
+    [[ -f "$OUT/benchmark.json" ]] || $BIN/toolkit benchmark --data="$DATA" --out "$OUT/benchmark.json" | tee "$OUT/benchmark.txt"
+fi
 
-step "fast_cnn (all cores)"
-finished fast_cnn || $LAUNCH recipes/fast_cnn.py --resume --data="$DATA" --run_dir="$OUT/fast_cnn" 2>&1 | tee "$OUT/fast_cnn.log"
-step "efficientnet_lite0 fine-tuning (all cores)"
-finished efficientnet_lite0 || $LAUNCH recipes/efficientnet_lite0.py --resume --data="$DATA" --run_dir="$OUT/efficientnet_lite0" 2>&1 | tee "$OUT/efficientnet.log"
-step "efficientnet_lite0 linear probe (all cores)"
-finished efficientnet_probe || $LAUNCH recipes/efficientnet_lite0.py --resume --data="$DATA" --mode=linear_probe --run_dir="$OUT/efficientnet_probe" \
-    2>&1 | tee "$OUT/efficientnet_probe.log"
+# The blind denoiser's architecture, chosen on a validation split of CBSD432 (32 held-out images' tiles at
+# sigma 15/25/50): each candidate gets about 12 minutes of these 2 cores (epochs set from measured throughput).
+BLIND="recipes/blind_denoiser.py --data=$CLEAN --eval_every=400"
+if wanted select; then
+    step "blind denoiser: architecture selection on CBSD432 validation images"
+    finished select/resunet-16-128-b2 || $LAUNCH $BLIND --resume --run_dir="$OUT/select/resunet-16-128-b2" \
+        --model_kwargs="widths=(16,32,64,128),blocks=2" --epochs=8 2>&1 | tee "$OUT/select-resunet-16-128-b2.log"
+    finished select/resunet-24-192-b2 || $LAUNCH $BLIND --resume --run_dir="$OUT/select/resunet-24-192-b2" \
+        --model_kwargs="widths=(24,48,96,192),blocks=2" --epochs=4 2>&1 | tee "$OUT/select-resunet-24-192-b2.log"
+    finished select/resunet-32-256-b1 || $LAUNCH $BLIND --resume --run_dir="$OUT/select/resunet-32-256-b1" \
+        --model_kwargs="widths=(32,64,128,256),blocks=1" --epochs=3 2>&1 | tee "$OUT/select-resunet-32-256-b1.log"
+    finished select/dncnn-17x64 || $LAUNCH $BLIND --resume --run_dir="$OUT/select/dncnn-17x64" --model=dncnn \
+        --model_kwargs="depth=17,width=64" --epochs=1 --eval_every=0 2>&1 | tee "$OUT/select-dncnn-17x64.log"
+fi
 
-step "the study's classifier comparison (all cores)"
-finished compare || $LAUNCH recipes/compare_classifiers.py --resume --data="$DATA" --run_dir="$OUT/compare" \
-    2>&1 | tee "$OUT/compare.log"
-step "the latent-size study (all cores)"
-finished latent_study || $LAUNCH recipes/latent_study.py --resume --data="$DATA" --run_dir="$OUT/latent_study" \
-    2>&1 | tee "$OUT/latent_study.log"
+if wanted denoiser; then
+    step "the blind denoiser at its defaults (at most 60 training minutes on 2 cores)"
+    finished blind_denoiser || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser" 2>&1 | tee "$OUT/blind_denoiser.log"
+fi
 
-step "a blind, noise-conditioned U-Net for the published benchmark protocol (all cores)"
-finished unet_blind || $LAUNCH recipes/autoencoder.py --resume --data="$DATA" --model=unet --conditioned --sigma=0 --sigma_max=0.2 \
-    --clip_noise=false --crop=64 --epochs=2 --run_dir="$OUT/unet_blind" 2>&1 | tee "$OUT/unet_blind.log"
-$BIN/toolkit benchmark-denoiser "$OUT/unet_blind" --clean "$CLEAN" --sigmas 15 25 50 --nlm \
-    --out "$OUT/mcmaster.json" | tee "$OUT/mcmaster.txt"
+if wanted mcmaster; then
+    step "McMaster: the published protocol, beside CBM3D and non-local means measured here"
+    [[ -f "$OUT/mcmaster.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser" --clean "$BENCH" \
+        --sigmas 15 25 50 --baselines bm3d nlm --out "$OUT/mcmaster.json" | tee "$OUT/mcmaster.txt"
+    [[ -f "$OUT/mcmaster-blind.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser" --clean "$BENCH" \
+        --sigmas 15 25 50 --blind --out "$OUT/mcmaster-blind.json" | tee "$OUT/mcmaster-blind.txt"
+fi
 
-step "using the models: evaluate on the held-out split, predict a folder, reports"
-$BIN/toolkit evaluate "$OUT/efficientnet_lite0" "$DATA" --holdout_fraction=0.1 --out "$OUT/evaluate_efficientnet"
-$BIN/toolkit evaluate "$OUT/fast_cnn" "$DATA" --holdout_fraction=0.1 --out "$OUT/evaluate_fast_cnn"
-$BIN/toolkit predict "$OUT/efficientnet_lite0" "$DATA/seg_train/glacier" --top_k 2 --out "$OUT/predictions.csv"
-$BIN/toolkit report "$OUT/compare" "$OUT/fast_cnn" "$OUT/efficientnet_lite0" "$OUT/efficientnet_probe" \
-    "$OUT/evaluate_efficientnet" --out "$OUT/report_classifiers" --title "Intel scenes: classifiers"
-$BIN/toolkit report "$OUT/latent_study" "$OUT/unet_blind" --out "$OUT/report_denoising" \
-    --title "Intel scenes: denoising"
+if wanted compare; then
+    step "the classifier comparison: fast_cnn and EfficientNet-Lite0, three seeds each"
+    finished compare || $LAUNCH recipes/compare_classifiers.py --resume --data="$DATA" --run_dir="$OUT/compare" \
+        --models=fast_cnn,efficientnet_lite0 --seeds=0,1,2 2>&1 | tee "$OUT/compare.log"
+fi
+
+if wanted latent; then
+    step "the latent-size study: the autoencoder family and a U-Net at two seeds, the blind denoiser, baselines"
+    finished latent_study || $LAUNCH recipes/latent_study.py --resume --data="$DATA" --run_dir="$OUT/latent_study" \
+        --seeds=0,1 --models=AE5,AE10,AE19,AE38,AE75,AE71,AE146,unet,resunet --bm3d --baseline_images=300 \
+        --pretrained="$OUT/blind_denoiser" \
+        --model_args="resunet: --init_from=$OUT/blind_denoiser --conditioned --model_kwargs=widths=(16,32,64,128),blocks=2 --lr=2e-4" \
+        2>&1 | tee "$OUT/latent_study.log"
+fi
+
+if wanted cnn_gap; then
+    step "the study CNN's gap to the study: repeats at this toolkit's training share and at the study's"
+    finished cnn_gap/share-90 || $LAUNCH recipes/compare_classifiers.py --resume --data="$DATA" --models=cnn \
+        --seeds=0,1 --run_dir="$OUT/cnn_gap/share-90" 2>&1 | tee "$OUT/cnn_gap-share-90.log"
+    finished cnn_gap/share-99 || $LAUNCH recipes/compare_classifiers.py --resume --data="$DATA" --models=cnn \
+        --seeds=0,1 --val_fraction=0.01 --run_dir="$OUT/cnn_gap/share-99" 2>&1 | tee "$OUT/cnn_gap-share-99.log"
+fi
+
+if wanted use; then
+    step "using the models: evaluate the held-out images, predict a folder, reports"
+    FAST="$OUT/compare/fast_cnn/seed-0"
+    $BIN/toolkit evaluate "$FAST" "$DATA" --held_out --out "$OUT/evaluate_fast_cnn"
+    $BIN/toolkit predict "$FAST" "$DATA/seg_train/glacier" --top_k 2 --out "$OUT/predictions.csv"
+    $BIN/toolkit denoise "$OUT/blind_denoiser" "$BENCH" "$OUT/denoised-mcmaster-blind" > "$OUT/denoise-blind.txt"
+    $BIN/toolkit report "$OUT/compare" "$OUT/evaluate_fast_cnn" --out "$OUT/report_classifiers" \
+        --title "Intel scenes: classifiers" --wandb_mode=disabled
+    $BIN/toolkit report "$OUT/latent_study" "$OUT/blind_denoiser" --out "$OUT/report_denoising" \
+        --title "Intel scenes: denoising" --wandb_mode=disabled
+    $BIN/toolkit wandb-report "$OUT/compare" --out "$OUT/wandb_report_compare"
+    $BIN/toolkit wandb-report "$OUT/latent_study" --out "$OUT/wandb_report_latent"
+fi
 step "done"

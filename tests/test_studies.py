@@ -114,3 +114,72 @@ def test_the_latent_study_resumes_the_newest_one_without_a_run_dir(tiny_intel, t
     again = run_in_process("latent_study", [*args, "--resume"])
     assert again["models"]["AE38"]["psnr"]["mean"] == first["models"]["AE38"]["psnr"]["mean"]
     assert len(list((tmp_path / "runs").glob("latent-study-*"))) == 1
+    # its W&B report: PSNR against latent size from each run's summary, grouped by model
+    import wandb_workspaces.reports.v2.interface as interface
+
+    from toolkit.wandb_report import build_report, report_spec
+
+    spec = report_spec(next((tmp_path / "runs").glob("latent-study-*")))
+    interface_api = interface._get_api
+    try:
+        interface._get_api = lambda: _OfflineApi()
+        text = json.dumps(build_report(spec, "someone")._to_model().model_dump(by_alias=True), default=str)
+    finally:
+        interface._get_api = interface_api
+    for needle in ("latent_ratio", "test_psnr", "val/psnr", "val/grid", "latent_study/psnr_vs_latent", "Scatter Plot",
+                   "autoencoder-AE38"):
+        assert needle in text, needle
+
+
+# ---- W&B Reports, without a network -------------------------------------------------------------------------
+
+class _OfflineApi:
+    """Stands in for wandb.Api where the report serialiser looks a project up (as the package's tests do)."""
+
+    def __init__(self):
+        self._service_api = self
+
+    def execute_graphql(self, query, variables=None):
+        return {"project": {"internalId": "UHJvamVjdEludGVybmFsSWQ6MQ=="}}
+
+
+def test_wandb_report_of_a_comparison_is_built_and_serialised_offline(tiny_intel, tmp_path, monkeypatch, capsys):
+    import wandb_workspaces.reports.v2.interface as interface
+
+    from toolkit.cli import main as toolkit_main
+    from toolkit.wandb_report import build_report, report_spec
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    study = tmp_path / "cmp"
+    run_in_process("compare_classifiers", [
+        "--models=cnn,fast_cnn", "--seeds=0,1", f"--data={tiny_intel}", f"--run_dir={study}", "--image_size=32",
+        "--max_steps=2", "--num_workers=1", f"--recipe_args=cnn: {TINY} --width=4; "
+        f"fast_cnn: {TINY} --widths=8,16,16,32 --train_image_sizes=24"])
+    configs = [json.loads((study / m / f"seed-{s}" / "config.json").read_text()) for m in ("cnn", "fast_cnn")
+               for s in (0, 1)]
+    assert {c["wandb_group"] for c in configs} == {"cmp"} and {c["recipe"] for c in configs} == {"cnn", "fast_cnn"}
+    assert all(f"seed-{c['seed']}" in c["wandb_tags"] for c in configs)  # tags say model and seed
+
+    assert toolkit_main(["wandb-report", str(study)]) == 0  # no key, no network: the definition and the command
+    said = capsys.readouterr().out
+    assert "not published" in said and "toolkit wandb-report --publish" in said and "wandb sync" in said
+    spec = json.loads((study / "wandb_report.json").read_text())
+    assert spec == report_spec(study) and len(spec["runs"]) == 4 and spec["group"] == "cmp"
+
+    monkeypatch.setattr(interface, "_get_api", lambda: _OfflineApi())
+    model = build_report(spec, entity="someone")._to_model()
+    text = json.dumps(model.model_dump(by_alias=True, exclude_none=True), default=str)
+    for needle in ("val/accuracy", "test/accuracy", "test/accuracy_forest", "plots/confusion", "train/loss",
+                   "time/train_minutes", "comparison/accuracy", '"cmp"', "fast_cnn", "recipe"):
+        assert needle in text, needle
+    panel_types = {panel["viewType"] for block in model.model_dump(by_alias=True)["spec"]["blocks"]
+                   if block.get("type") == "panel-grid" for panel in block["metadata"]["panelBankSectionConfig"]
+                   ["panels"]}
+    assert {"Run History Line Plot", "Bar Chart", "Media Browser", "Run Comparer"} <= panel_types
+
+
+def test_wandb_report_refuses_a_folder_that_holds_no_study(tmp_path, capsys):
+    from toolkit.cli import main as toolkit_main
+
+    assert toolkit_main(["wandb-report", str(tmp_path)]) == 2
+    assert "holds no finished study" in capsys.readouterr().err

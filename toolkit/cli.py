@@ -8,6 +8,7 @@
     toolkit report RUN_DIR...                   one self-contained HTML report (and PNGs) from runs
     toolkit denoise CHECKPOINT INPUT OUTPUT     denoise an image or a folder with a trained denoiser
     toolkit benchmark-denoiser CHECKPOINT       PSNR/SSIM on clean references (McMaster) at sigma 15/25/50
+    toolkit wandb-report STUDY_DIR              a W&B Report of a comparison or latent study (or its definition)
 """
 
 from __future__ import annotations
@@ -139,6 +140,15 @@ def command_benchmark_denoiser(args) -> None:
     print(f"results written to {args.out}")
 
 
+def command_wandb_report(args) -> None:
+    from toolkit.wandb_report import wandb_report
+
+    if not args.study and not args.publish:
+        raise UserError("name a study folder (a comparison or a latent study), or --publish a definition")
+    wandb_report(Path(args.study) if args.study else None, Path(args.out) if args.out else None,
+                 Path(args.publish) if args.publish else None, args.wandb_mode)
+
+
 def _cuda() -> bool:
     import torch
 
@@ -241,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--max_images", type=int, default=0, help=">0: only the first N images (a quick look)")
     bd.add_argument("--out", default="denoiser-benchmark.json", help="where the JSON goes")
     bd.set_defaults(handler=command_benchmark_denoiser)
+    wr = commands.add_parser("wandb-report", help="a Weights & Biases Report of a comparison or a latent study")
+    wr.add_argument("study", nargs="?", default="", help="the study's folder (compare_classifiers or latent_study)")
+    wr.add_argument("--out", default="", help="where wandb_report.json goes (default: the study's folder)")
+    wr.add_argument("--publish", default="", help="publish a definition written earlier (needs a key and network)")
+    wr.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                    help="auto: publish when an API key and the server are there; else write and say how")
+    wr.set_defaults(handler=command_wandb_report)
     return parser
 
 
