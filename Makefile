@@ -5,6 +5,8 @@
 VENV ?= .venv
 ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist: one worker per core (each test file stays on one worker, sharing its fixtures)
+TEST_WORKERS ?= auto
 
 .PHONY: setup run test test-fast bench explore clean
 
@@ -17,10 +19,10 @@ run: setup
 test:
 	bash scripts/setup.sh --browser
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/toolkit benchmark $(ARGS)

@@ -39,11 +39,12 @@ from toolkit.train.state import TrainerState
 @dataclass
 class Config(CleanImageSettings, RunSettings):
     model: str = "resunet"  # a denoiser of toolkit.models.DENOISERS that takes a noise level (resunet, unet, dncnn)
-    model_kwargs: str = "widths=(16,32,64,128),blocks=2"  # its constructor arguments (chosen on validation)
+    # chosen on CBSD432 validation images at equal CPU time (docs/results.md): 24-192 channels, 2 blocks per level
+    model_kwargs: str = "widths=(24,48,96,192),blocks=2"  # its constructor arguments
     patch_size: int = 96  # training patches, cropped at random from the tiles
     batch_size: int = 16  # patches per iteration, per process
     eval_batch_size: int = 32  # tiles per evaluation batch
-    epochs: int = 36  # passes over the training tiles (one random patch of each per pass)
+    epochs: int = 15  # passes over the training tiles, one random patch of each (~54 min on 2 AVX2 cores)
     lr: float = 2e-3  # peak Adam learning rate of the one-cycle schedule
     warmup_fraction: float = 0.05  # share of training spent warming the learning rate up
     loss: Literal["l1", "mse"] = "l1"  # the training loss
@@ -53,6 +54,7 @@ class Config(CleanImageSettings, RunSettings):
     noise_seed: int = 1234  # seeds the validation noise
     grid_images: int = 4  # validation tiles in the clean / noisy / denoised grids
     eval_every: int = 500  # iterations between validation passes (each draws a grid)
+    log_every: int = 5  # iterations between training-loss log lines
 
 
 def main(cfg: Config) -> dict:

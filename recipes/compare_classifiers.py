@@ -24,14 +24,14 @@ from toolkit.config import chosen_keys, field_names
 from toolkit.data.classification import load_classification_data
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import ConfigError
-from toolkit.recipes import recipe_module
+from toolkit.recipes import classifier_recipes, recipe_module
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.studies import parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
 
-CLASSIFIER_RECIPES = ("cnn", "resnet18", "fast_cnn", "efficientnet_lite0")
+
 @dataclass
 class Config(ClassificationDataSettings, RunSettings):
-    models: str = "cnn,resnet18"  # recipes to compare, each with its own defaults: cnn, resnet18, fast_cnn, ...
+    models: str = "cnn,resnet18"  # classifier recipes to compare, each with its own defaults (any in recipes/)
     seeds: str = "0"  # one run per model and seed, e.g. 0,1,2 (intervals and paired tests need two or more)
     recipe_args: str = ""  # options per recipe: "cnn: --epochs=2 --width=4; resnet18: --lr=1e-4"
     resnet_weights: str = "auto"  # resnet18's --weights: 'auto' (ImageNet, else random init, said loudly), a path
@@ -42,7 +42,7 @@ def _fingerprint(sub) -> str:
 
 
 def main(cfg: Config) -> dict:
-    models = parse_names("models", cfg.models, CLASSIFIER_RECIPES)
+    models = parse_names("models", cfg.models, classifier_recipes())
     seeds = parse_seeds(cfg.seeds)
     if "seed" in chosen_keys(cfg):
         raise ConfigError("the comparison trains every model at each of --seeds (e.g. --seeds=0,1,2); --seed is unused")

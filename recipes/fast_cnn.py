@@ -8,6 +8,7 @@ average of the weights for evaluation; flip test-time augmentation; bf16 where t
     accelerate launch recipes/fast_cnn.py                           # the defaults (docs/results.md for timings)
     accelerate launch recipes/fast_cnn.py --epochs=24 --train_image_sizes=64,80,96   # longer, larger
     accelerate launch recipes/fast_cnn.py --ema_decay=0 --flip_tta=false             # ablations
+    accelerate launch recipes/fast_cnn.py --model=resnet18_classifier                # any classifier of the table
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit.config import check_fraction, check_non_negative, check_positive, parse_sizes
+from toolkit.config import check_fraction, check_non_negative, check_positive, parse_kwargs, parse_sizes
 from toolkit.data.augment import STUDY_MEAN, STUDY_STD, normalize, random_flip, random_scale_translate, step_generator
 from toolkit.data.classification import load_classification_data
 from toolkit.data.loaders import make_loader
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import ConfigError
-from toolkit.models import build_model
+from toolkit.models import CLASSIFIERS, build_model
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.train.classifier import ClassifierEvaluation, finish_classifier_run
 from toolkit.train.loop import TrainingLoop
@@ -34,7 +35,9 @@ from toolkit.train.state import TrainerState
 
 @dataclass
 class Config(ClassificationDataSettings, RunSettings):
-    widths: str = "32,64,128,256"  # channels of the stem and of each of the three stages
+    model: str = "FastResNet"  # any classifier of toolkit.models.CLASSIFIERS, trained with this recipe's schedule
+    model_kwargs: str = ""  # its constructor arguments beyond num_classes, e.g. "width=8" (FastResNet: --widths)
+    widths: str = "32,64,128,256"  # FastResNet: channels of the stem and of each of the three stages
     train_image_sizes: str = "64,96"  # training sizes, each for an equal share of the epochs, smallest first
     # evaluation (and checkpoint) size: zoom augmentation shows objects larger in training than whole images do,
     # so a test size above the last training size matches them
@@ -61,6 +64,8 @@ def main(cfg: Config) -> dict:
     if not 0 < cfg.min_scale <= 1:
         raise ConfigError(f"--min_scale must lie in (0, 1], got {cfg.min_scale}")
     widths, sizes = parse_sizes("widths", cfg.widths), parse_sizes("train_image_sizes", cfg.train_image_sizes)
+    if cfg.model not in CLASSIFIERS:
+        raise ConfigError(f"--model={cfg.model!r} is not a classifier; choose from {', '.join(CLASSIFIERS)}")
     run = start_run(cfg, "fast_cnn")
     with run.main_process_first():  # each size stored once: the last training size and evaluation read as stored
         data = load_classification_data(cfg, cfg.seed, max(sizes), cfg.cache_dir, cfg.num_workers, run.say)
@@ -70,8 +75,9 @@ def main(cfg: Config) -> dict:
         raise RuntimeError("the validation split differs between the two stored sizes: please report this")
     run.say(f"[data] {data.describe()}")
 
-    spec = {"name": "FastResNet", "kwargs": {"num_classes": len(data.classes), "widths": widths,
-                                             "dropout": cfg.dropout}}
+    own = {"widths": widths, "dropout": cfg.dropout} if cfg.model == "FastResNet" else {}
+    spec = {"name": cfg.model, "kwargs": {"num_classes": len(data.classes), **own,
+                                          **parse_kwargs("model_kwargs", cfg.model_kwargs)}}
     model = build_model(spec).to(memory_format=torch.channels_last)  # NHWC for the convolutions
     optimizer = torch.optim.SGD(model.parameters(), lr=run.scale_lr(cfg.lr), momentum=cfg.momentum, nesterov=True,
                                 weight_decay=cfg.weight_decay)

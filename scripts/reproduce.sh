@@ -70,7 +70,7 @@ if wanted latent; then
     finished latent_study || $LAUNCH recipes/latent_study.py --resume --data="$DATA" --run_dir="$OUT/latent_study" \
         --seeds=0,1 --models=AE5,AE10,AE19,AE38,AE75,AE71,AE146,unet,resunet --bm3d --baseline_images=300 \
         --pretrained="$OUT/blind_denoiser" \
-        --model_args="resunet: --init_from=$OUT/blind_denoiser --conditioned --model_kwargs=widths=(16,32,64,128),blocks=2 --lr=2e-4" \
+        --model_args="resunet: --init_from=$OUT/blind_denoiser --conditioned --model_kwargs=widths=(24,48,96,192),blocks=2 --lr=2e-4" \
         2>&1 | tee "$OUT/latent_study.log"
 fi
 
@@ -87,7 +87,6 @@ if wanted use; then
     FAST="$OUT/compare/fast_cnn/seed-0"
     $BIN/toolkit evaluate "$FAST" "$DATA" --held_out --out "$OUT/evaluate_fast_cnn"
     $BIN/toolkit predict "$FAST" "$DATA/seg_train/glacier" --top_k 2 --out "$OUT/predictions.csv"
-    $BIN/toolkit denoise "$OUT/blind_denoiser" "$BENCH" "$OUT/denoised-mcmaster-blind" > "$OUT/denoise-blind.txt"
     $BIN/toolkit report "$OUT/compare" "$OUT/evaluate_fast_cnn" --out "$OUT/report_classifiers" \
         --title "Intel scenes: classifiers" --wandb_mode=disabled
     $BIN/toolkit report "$OUT/latent_study" "$OUT/blind_denoiser" --out "$OUT/report_denoising" \

@@ -13,6 +13,20 @@ RECIPES = ROOT / "recipes"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist each worker gets its share of the cores, and so do the processes its tests start."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+_share_cores_between_workers()
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One .beton cache for the whole session, so tests share what earlier tests wrote."""
@@ -66,3 +80,19 @@ def run_script(args: list[str], env: dict | None = None, timeout: int = 600, cwd
 
 TINY_CLASSIFIER = ["--epochs=2", "--image_size=32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=4",
                    "--checkpoint_every=3", "--num_workers=1", "--log_every=1"]
+
+
+def run_command_line(recipe: str, args: list[str], capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `python recipes/<recipe>.py ARGS`, run in this process (no interpreter
+    start-up): run_recipe parses, runs and turns errors into one line exactly as the script does."""
+    from toolkit.run import run_recipe
+
+    module = load_recipe(recipe)
+    capsys.readouterr()
+    try:
+        run_recipe(module.main, module.Config, args)
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err

@@ -107,6 +107,25 @@ def test_modern_denoisers_keep_size_and_train(make):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_the_noise_level_reaches_the_network_as_a_constant_map_per_image():
+    """A conditioned denoiser sees its input plus one channel holding each image's sigma everywhere."""
+    from toolkit.models.denoisers import ResUNet
+
+    model = ResUNet(widths=(4, 8), blocks=1, conditioned=True)
+    seen = {}
+    model.head.register_forward_hook(lambda module, inputs, output: seen.setdefault("input", inputs[0]))
+    noisy = torch.rand(2, 3, 20, 28)  # not a multiple of the U-Net's 2: reflect-padded to 20 x 28 -> 20 x 28
+    output = model(noisy, torch.tensor([0.05, 0.2]))
+    head_input = seen["input"]  # (B, 3 + 1, H, W)
+    assert head_input.shape == (2, 4, 20, 28) and torch.equal(head_input[:, :3], noisy)
+    assert torch.all(head_input[0, 3] == 0.05) and torch.all(head_input[1, 3] == 0.2)
+    assert output.shape == noisy.shape
+    with pytest.raises(ValueError, match="pass sigmas"):
+        model(noisy)
+    odd = ResUNet(widths=(4, 8, 16), blocks=1)(torch.rand(1, 3, 37, 53), torch.tensor([0.1]))
+    assert odd.shape == (1, 3, 37, 53)  # any size: padded to a multiple of 4 and cropped back
+
+
 def test_residual_denoisers_start_from_the_noisy_input():
     model = UNetDenoiser(width=8)
     torch.nn.init.zeros_(model.head.weight)

@@ -285,6 +285,7 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
     from toolkit.data.classification import find_data_root
     from toolkit.data.folders import find_split, scan_labeled_folder
     from toolkit.errors import UserError
+    from toolkit.recipes import recipe_defaults
 
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -304,6 +305,8 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
             rows.append(["bf16", results["ceiling"]["bf16_matmul_gflop_per_s"]])
         _print_table("matmul 2048x2048 (the arithmetic ceiling)", ["dtype", "GFLOP/s"], rows)
 
+    study_cnn = recipe_defaults("cnn")  # the loaders, the real loop and torch.compile at the study CNN's settings
+    size = study_cnn.image_size
     root, synthetic = find_data_root(data)
     results["data"] = {"root": str(root), "synthetic": synthetic}
     needs_data = {"loaders", "pipeline"} & set(sections)
@@ -312,24 +315,26 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
         listing = scan_labeled_folder(folder)
         chosen = np.sort(np.random.default_rng(0).permutation(len(listing.files))[:images])
         files, labels = [listing.files[i] for i in chosen], [listing.labels[i] for i in chosen]
-        raw = cached_beton("bench", listing.root, files, labels, listing.classes, store_size=80, storage="raw")
+        raw = cached_beton("bench", listing.root, files, labels, listing.classes, store_size=size, storage="raw")
         everything = np.arange(raw.num_samples)
-        batch = min(120, max(1, len(files) // 4))  # the study CNN's batch, or smaller for tiny data
+        batch = min(study_cnn.batch_size, max(1, len(files) // 4))  # the study CNN's batch, or less on tiny data
 
     if "loaders" in sections:
         jpg = cached_beton("bench", listing.root, files, labels, listing.classes, store_size=150, storage="jpg")
-        study = measure_study_loader(folder, 80, batch, num_workers, images)
+        study = measure_study_loader(folder, size, batch, num_workers, images)
         loaders = {
             "study: ImageFolder + PIL resize + flip + normalise": study,
-            "FFCV raw@80 + flip + normalise": measure_ffcv_loader(raw, everything, 80, batch, num_workers),
-            "FFCV JPEG@150 -> 80 + flip + normalise": measure_ffcv_loader(jpg, everything, 80, batch, num_workers),
-            "FFCV raw@80, loader alone": measure_ffcv_loader(raw, everything, 80, batch, num_workers, False),
-            "FFCV JPEG@150 -> 80, loader alone": measure_ffcv_loader(jpg, everything, 80, batch, num_workers, False),
+            f"FFCV raw@{size} + flip + normalise": measure_ffcv_loader(raw, everything, size, batch, num_workers),
+            f"FFCV JPEG@150 -> {size} + flip + normalise": measure_ffcv_loader(jpg, everything, size, batch,
+                                                                               num_workers),
+            f"FFCV raw@{size}, loader alone": measure_ffcv_loader(raw, everything, size, batch, num_workers, False),
+            f"FFCV JPEG@150 -> {size}, loader alone": measure_ffcv_loader(jpg, everything, size, batch, num_workers,
+                                                                          False),
         }
         for result in loaders.values():
             result["ratio_vs_study"] = result["images_per_s"] / study["images_per_s"]
         results["loaders"] = loaders
-        _print_table(f"loaders: {len(files)} images -> 80x80 batches of {batch}, {num_workers} workers, same cores",
+        _print_table(f"loaders: {len(files)} images -> {size}x{size} batches of {batch}, {num_workers} workers",
                      ["loader", "img/s", "x study", "start-up s"],
                      [[k, v["images_per_s"], v["ratio_vs_study"], v["startup_s"]] for k, v in loaders.items()])
 
@@ -355,15 +360,16 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
                      ["model", "setting", "batch", "img/s", "GFLOP/s", "of fp32 ceiling"], rows)
 
     if "pipeline" in sections:
-        wait = measure_data_wait(raw, everything, 80, batch, num_workers, steps)
+        wait = measure_data_wait(raw, everything, size, batch, num_workers, steps)
         results["pipeline"] = wait
-        _print_table(f"the real loop (FFCV raw@80 + study CNN step, batch {batch})", ["data wait share", "img/s"],
+        _print_table(f"the real loop (FFCV raw@{size} + study CNN step, batch {batch})", ["data wait share", "img/s"],
                      [[wait["data_wait_share"], wait["images_per_s"]]])
 
     if "compile" in sections:
-        compiled = measure_compile(120, 80, steps)
+        compiled = measure_compile(study_cnn.batch_size, size, steps)
         results["compile"] = compiled
-        _print_table("torch.compile on the study CNN (batch 120, 80x80)", ["mode", "first step s", "step s"],
+        _print_table(f"torch.compile on the study CNN (batch {study_cnn.batch_size}, {size}x{size})",
+                     ["mode", "first step s", "step s"],
                      [[k, v["first_step_s"], v["step_s"]] for k, v in compiled.items() if isinstance(v, dict)])
         break_even = compiled["break_even_steps"]
         verdict = (f"compile pays for itself after {round(break_even)} steps" if break_even is not None

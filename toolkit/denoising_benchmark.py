@@ -120,14 +120,13 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
 
 def _bm3d_all(noisy_images: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[int, torch.Tensor]:
     """CBM3D of every (noisy, sigma) pair, spread over the cores."""
-    import multiprocessing
     import os
 
-    from toolkit.train.denoise import _bm3d_one
+    from toolkit.bm3d_worker import bm3d_many
 
-    jobs = [(noisy[0].float().numpy().transpose(1, 2, 0), float(sigmas[0])) for noisy, sigmas in noisy_images]
-    with multiprocessing.get_context("fork").Pool(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-        results = pool.map(_bm3d_one, jobs, chunksize=1)
+    jobs = [(np.ascontiguousarray(noisy[0].float().numpy().transpose(1, 2, 0)), float(sigmas[0]))
+            for noisy, sigmas in noisy_images]
+    results = bm3d_many(jobs, os.cpu_count() or 1)
     return {i: torch.from_numpy(r.transpose(2, 0, 1))[None] for i, r in enumerate(results)}
 
 

@@ -39,3 +39,16 @@ def recipe_module(name: str) -> ModuleType:
 def recipe_defaults(name: str):
     """The recipe's Config with its own defaults."""
     return recipe_module(name).Config()
+
+
+def classifier_recipes() -> list[str]:
+    """Every recipe that trains one classifier (its Config takes the classification data keys and it is not a study)."""
+    from toolkit.data.settings import ClassificationDataSettings
+
+    found = []
+    for name in available_recipes():
+        config = getattr(recipe_module(name), "Config", None)
+        if config is not None and issubclass(config, ClassificationDataSettings) and "models" not in \
+                config.__dataclass_fields__:
+            found.append(name)
+    return found

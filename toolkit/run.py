@@ -290,6 +290,7 @@ def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
     try:
         cfg = parse_config(config_class, argv, program)
         main(cfg)
+        _end_processes()
     except Preempted as stop:
         print(f"stopped: {stop}", file=sys.stderr, flush=True)
         code = 143
@@ -309,6 +310,16 @@ def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
         os._exit(code)  # never linger in a collective another process will not join: end every process now
     if code:
         raise SystemExit(code)
+
+
+def _end_processes() -> None:
+    """After a successful run with several processes: meet, then close the process group, so that no
+    communication thread is left to be torn down at interpreter exit (which aborts the process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def install_stop_handler() -> list[bool]:

@@ -79,26 +79,14 @@ def nlm_denoise(noisy: torch.Tensor, sigmas: torch.Tensor, h_factor: float = 0.8
     return torch.stack(out).to(noisy.device)
 
 
-def _bm3d_one(job: tuple[np.ndarray, float]) -> np.ndarray:
-    import bm3d
-
-    image, sigma = job  # (H, W, 3), sigma on the image's scale
-    return np.asarray(bm3d.bm3d_rgb(image, sigma_psd=sigma), dtype=np.float32)
-
-
 def bm3d_denoise(noisy: torch.Tensor, sigmas: torch.Tensor, workers: int | None = None) -> torch.Tensor:
     """CBM3D (colour BM3D, Dabov et al. 2007; the `bm3d` package of Tampere University, licensed for
     non-commercial use only: never a hard dependency) given the true sigma, one image per core."""
-    import multiprocessing
+    from toolkit.bm3d_worker import bm3d_many
 
-    jobs = [(image.transpose(1, 2, 0), float(sigma)) for image, sigma in
+    jobs = [(np.ascontiguousarray(image.transpose(1, 2, 0)), float(sigma)) for image, sigma in
             zip(noisy.float().cpu().numpy(), sigmas.cpu().numpy())]
-    workers = min(len(jobs), workers or os.cpu_count() or 1)
-    if workers > 1:  # the library runs on one core: images in parallel
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_bm3d_one, jobs)
-    else:
-        results = [_bm3d_one(job) for job in jobs]
+    results = bm3d_many(jobs, workers or os.cpu_count() or 1)
     return torch.stack([torch.from_numpy(r.transpose(2, 0, 1)) for r in results]).to(noisy.device)
 
 
@@ -123,6 +111,7 @@ def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, condit
     """
     if model is not None:
         model = accelerator.unwrap_model(model)  # DDP's forward would sync buffers: unequal shards would deadlock
+        share_buffers(model, accelerator)
     was_training = model.training if model is not None else False
     if model is not None:
         model.eval()
@@ -170,6 +159,16 @@ def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, condit
     if keep_examples:
         result["examples"] = examples
     return result
+
+
+def share_buffers(model: torch.nn.Module, accelerator) -> None:
+    """Give every process the main process's buffers (BatchNorm statistics) before scoring: each process's last
+    training forward updated its own copy, and the checkpoint holds the main process's."""
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
 
 
 def to_hwc_uint8(image: torch.Tensor) -> np.ndarray:

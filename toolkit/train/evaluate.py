@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from toolkit.data.augment import normalize
 from toolkit.data.loaders import Shard
+from toolkit.train.denoise import share_buffers
 
 
 def classifier_outputs(model, images: torch.Tensor, mean, std, flip_tta: bool = False) -> torch.Tensor:
@@ -35,6 +36,7 @@ def evaluate_classifier(model, shard: Shard, accelerator, num_classes: int, mean
     set in its own order (every process gathers the shards and puts each row back at its position).
     """
     model = accelerator.unwrap_model(model)  # DDP's forward would sync buffers: shards of unequal length deadlock
+    share_buffers(model, accelerator)
     was_training = model.training
     model.eval()
     device = accelerator.device
