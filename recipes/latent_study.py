@@ -5,8 +5,10 @@ input, the study's AE10, AE38 and AE71 among them) and any other denoiser, each 
 same noise; then scores all of them, the classical baselines (the noisy input, non-local means, BM3D)
 and any already trained denoiser (--pretrained) on the same seeded noisy held-out images.
 
-    accelerate launch recipes/latent_study.py                                  # the family and a U-Net, one seed
-    accelerate launch recipes/latent_study.py --seeds=0,1                      # repeats: intervals
+    accelerate launch recipes/latent_study.py                   # the family and a U-Net, one seed, a CPU's budget
+    accelerate launch recipes/latent_study.py --seeds=0,1       # repeats: intervals
+    accelerate launch recipes/latent_study.py --seeds=0,1,2 --ae_args=--epochs=8 --other_args="--crop=64 --epochs=4"
+        # the full sweep at the study's 8 epochs (a GPU's budget)
     accelerate launch recipes/latent_study.py --models=AE10,AE38,AE71 --ae_args="--epochs=8"   # the study's three
     accelerate launch recipes/latent_study.py --bm3d --baseline_images=300     # BM3D (pip install bm3d; non-commercial)
     accelerate launch recipes/latent_study.py --pretrained=runs/blind_denoiser-X   # a CBSD432 model, used as is
@@ -49,8 +51,9 @@ from toolkit.train.denoiser import denoiser_facts
 class Config(DenoisingDataSettings, RunSettings):
     models: str = "AE5,AE10,AE19,AE38,AE75,AE71,AE146,unet"  # denoisers to train: family members and others
     seeds: str = "0"  # one run per model and seed, e.g. 0,1 (intervals need two or more)
-    ae_args: str = ""  # options for every autoencoder of the family (recipes/autoencoder.py keys)
-    other_args: str = "--crop=64 --epochs=4"  # options for the other denoisers (64 px crops: 5x cheaper)
+    # a 2-core CPU's budget (docs/results.md: the time it takes); the study's own 8 epochs: --ae_args=--epochs=8
+    ae_args: str = "--epochs=2"  # options for every autoencoder of the family (recipes/autoencoder.py keys)
+    other_args: str = "--crop=64 --epochs=1"  # options for the other denoisers (64 px crops: 5x cheaper)
     model_args: str = ""  # options per model, after the above: "AE71: --epochs=4; unet: --model_kwargs=width=16"
     pretrained: str = ""  # comma-separated trained denoiser runs or checkpoints, scored as they are
     sigma: float = 0.3  # noise standard deviation on [0, 1], for every model and baseline

@@ -355,3 +355,34 @@ def test_bm3d_is_scored_beside_the_model_on_any_folder(tiny_intel, tmp_path):
                          "--baselines", "bm3d", "nlm", "--out", str(out)]) == 0
     row = json.loads(out.read_text())["sigmas"]["25.0"]
     assert row["bm3d"]["psnr"] > row["noisy"]["psnr"] + 3 and len(row["bm3d"]["per_image_psnr"]) == 2
+
+
+def test_a_blind_denoiser_joins_the_latent_study_as_is_and_fine_tuned(tiny_intel, tmp_path):
+    blind = tmp_path / "blind"
+    kwargs = "--model_kwargs=widths=(8,16,32),blocks=1"
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_batch_size=8", "--epochs=1", "--max_steps=3", "--eval_every=0",
+                                      "--num_workers=1", "--grid_images=0", kwargs, f"--run_dir={blind}"])
+    args = [f"--data={tiny_intel}", f"--run_dir={tmp_path / 'study'}", "--models=AE38,resunet", "--image_size=48",
+            "--num_workers=1", "--max_steps=2", "--grid_images=2", "--nlm=false", f"--pretrained={blind}",
+            "--ae_args=--batch_size=8 --grid_images=0", "--other_args=--batch_size=8 --crop=24 --grid_images=0",
+            f"--model_args=resunet: --init_from={blind} --conditioned {kwargs} --lr=2e-4"]
+    result = run_in_process("latent_study", args)
+    assert {"AE38", "resunet"} <= set(result["models"])
+    assert list(result["pretrained"]) == ["resunet (pretrained: blind)"]  # used as is, on the same noisy images
+    assert np.isfinite(result["pretrained"]["resunet (pretrained: blind)"]["psnr"])
+    config = json.loads((tmp_path / "study" / "resunet" / "seed-0" / "config.json").read_text())
+    assert config["init_from"] == str(blind) and config["conditioned"] is True
+    table = (tmp_path / "study" / "latent_study.md").read_text()
+    assert "| resunet (pretrained: blind) |" in table and "| resunet |" in table
+    # served blind on a folder: the noise level estimated per image, not told
+    folder, told, estimated = tmp_path / "two", tmp_path / "told.json", tmp_path / "estimated.json"
+    folder.mkdir()
+    for image in sorted((tiny_intel / "seg_pred").iterdir())[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    for out, extra in ((told, []), (estimated, ["--blind"])):
+        assert toolkit_main(["benchmark-denoiser", str(blind), "--clean", str(folder), "--sigmas", "25",
+                             "--baselines", "--out", str(out), *extra]) == 0
+    told, estimated = json.loads(told.read_text()), json.loads(estimated.read_text())
+    assert estimated["blind"] is True and told["blind"] is False
+    assert estimated["sigmas"]["25.0"]["model"]["psnr"] != told["sigmas"]["25.0"]["model"]["psnr"]

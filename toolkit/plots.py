@@ -178,7 +178,10 @@ def plot_bands(curves: dict[str, list[list[tuple[float, float]]]], path: Path, x
         if len(runs) > 1:
             axis.fill_between(xs, table.min(0), table.max(0), alpha=0.2, color=line.get_color())
     axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    axis.legend(fontsize=8)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
+    else:  # no run logged a point yet (e.g. stopped before its first validation)
+        axis.text(0.5, 0.5, "no validation points yet", ha="center", va="center", transform=axis.transAxes)
     return _save(figure, path)
 
 
