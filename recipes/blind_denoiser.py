@@ -97,10 +97,11 @@ def main(cfg: Config) -> dict:
                 output = model(noisy, sigmas)  # (B, 3, P, P): noisy minus the predicted noise
             loss = loss_of(output.float(), clean)
             accelerator.backward(loss)
-            if cfg.max_grad_norm and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = None
+            if cfg.max_grad_norm and accelerator.sync_gradients:  # the norm before clipping, logged
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
-        loop.end_step(loss, len(clean))
+        loop.end_step(loss, len(clean), grad_norm=grad_norm)
     return finish_denoiser_run(loop, evaluation, data.describe(), data.fingerprint(), data.synthetic)
 
 

@@ -329,6 +329,11 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert whole["val_psnr_25"] > whole["val_noisy_psnr_25"]  # it denoises, even this little
     assert {"val_psnr_15", "val_psnr_50", "val_psnr"} <= set(whole)
     assert (tmp_path / "whole" / "plots" / "validation_psnr.png").is_file()
+    logged = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    norms = [row["grad_norm"] for row in logged if "grad_norm" in row]  # the norm before clipping, at log steps
+    assert norms and all(np.isfinite(norm) and norm > 0 for norm in norms)
+    with pytest.raises(UserError, match="max_grad_norm"):
+        run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'bad'}", "--max_grad_norm=-1"])
     run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'split'}", "--max_steps=5"])
     resumed = run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'split'}", "--resume"])
     assert_same_final_weights(tmp_path / "whole", tmp_path / "split")

@@ -147,7 +147,9 @@ class TrainingLoop:
         stop = self._stop_requested() and synced and not last
         if due(step, self.run.cfg.log_every) or evaluate or checkpoint or stop or last:
             metrics = self.meter.flush(step)  # raises TrainingDiverged on a NaN/inf loss, before any save
-            metrics.update(epoch=self._epoch_progress, lr=self.optimizer.param_groups[0]["lr"], **logged)
+            metrics.update(epoch=self._epoch_progress, lr=self.optimizer.param_groups[0]["lr"],
+                           **{key: value.item() if isinstance(value, torch.Tensor) else value  # read when logged
+                              for key, value in logged.items() if value is not None})
             self.state.train_seconds += metrics["seconds"]
             self.state.images_seen += metrics["images"]
             self.run.logger.log(metrics, step)
