@@ -33,7 +33,14 @@ from toolkit.data.loaders import shard_loader
 from toolkit.data.settings import DenoisingDataSettings
 from toolkit.errors import ConfigError
 from toolkit.inference import load_trained_model
-from toolkit.latent import STUDY_TRAINING_MSE, aggregate_latent_study, latent_figures, latent_table, tune_nlm
+from toolkit.latent import (
+    STUDY_TRAINING_MSE,
+    aggregate_latent_study,
+    latent_figures,
+    latent_table,
+    spread_subset,
+    tune_nlm,
+)
 from toolkit.models import DENOISERS
 from toolkit.models.autoencoders import AUTOENCODER_FAMILY
 from toolkit.recipes import recipe_module
@@ -61,7 +68,7 @@ class Config(DenoisingDataSettings, RunSettings):
     noise_seed: int = 1234  # the evaluation noise, shared by every model and baseline
     nlm: bool = True  # score non-local means (scikit-image) on the held-out images
     bm3d: bool = False  # score BM3D too (needs `pip install bm3d`; licence: non-commercial use only)
-    baseline_images: int = 0  # >0: score the classical baselines (and every model again) on the first N only
+    baseline_images: int = 0  # >0: score the baselines (and every model again) on N held-out images, spread evenly
     grid_images: int = 6  # held-out images in the final side-by-side grid
     eval_batch_size: int = 100  # images per evaluation batch
     # every epoch ends with a validation pass (and grids); SSIM on a CPU makes more of them costly
@@ -104,7 +111,7 @@ def main(cfg: Config) -> dict:
         data = load_denoising_data(cfg, cfg.seed, cfg.cache_dir, cfg.num_workers, log=run.say)
     noise = NoiseSpec(cfg.sigma, cfg.sigma, cfg.clip_noise, cfg.noise_seed)
     run.prepare_evaluation()  # scores in fp32, whatever each model trained in
-    subset = data.test_indices[:cfg.baseline_images] if cfg.baseline_images else data.test_indices
+    subset = spread_subset(data.test_indices, cfg.baseline_images)  # over every class, not the first ones
     shard = shard_loader(data.stored, subset, run.rank, run.world, cfg.eval_batch_size, cfg.image_size, run.device,
                          cfg.num_workers)
     h_factor = tune_nlm(data, cfg.image_size, noise) if cfg.nlm else 0.8
@@ -134,7 +141,7 @@ def main(cfg: Config) -> dict:
         run.logger.finish()
         return {}
     result = aggregate_latent_study(names, seeds, summaries, rescored, baselines, extra, scored["n"], cfg.image_size)
-    scope = f" (the first {scored['n']} of them, for every row)" if cfg.baseline_images else ""
+    scope = f" ({scored['n']} of them, spread evenly over the set, for every row)" if cfg.baseline_images else ""
     table = latent_table(result) + (
         f"\n\nHeld-out test: {data.describe()}{scope}; noise {noise.describe()}, seed {cfg.noise_seed}: every row "
         "saw the same noisy images. Per-image averages; outputs clamped to [0, 1].\nThe study reported final "

@@ -183,3 +183,13 @@ def test_wandb_report_refuses_a_folder_that_holds_no_study(tmp_path, capsys):
 
     assert toolkit_main(["wandb-report", str(tmp_path)]) == 2
     assert "holds no finished study" in capsys.readouterr().err
+
+
+def test_the_baselines_subset_is_spread_over_the_held_out_images_not_their_first_classes():
+    from toolkit.latent import spread_subset
+
+    held_out = np.arange(100, 200)  # folder order: class by class
+    subset = spread_subset(held_out, 5)
+    assert subset.tolist() == [100, 125, 150, 174, 199]  # first, last and evenly between
+    assert len(set(spread_subset(held_out, 99).tolist())) == 99  # no image twice
+    assert spread_subset(held_out, 0) is held_out and spread_subset(held_out, 500) is held_out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from toolkit.data.loaders import make_loader
@@ -17,6 +18,13 @@ from toolkit.train.denoise import NoiseSpec, denoise, nlm_denoise, seeded_noisy,
 
 STUDY_TRAINING_MSE = {"AE10": "0.019-0.021 (≈17 dB)", "AE38": "≈0.011 (≈19.6 dB)", "AE71": "≈0.011 (≈19.6 dB)"}
 
+
+def spread_subset(indices: np.ndarray, count: int) -> np.ndarray:
+    """`count` of `indices` spread evenly over them (all of them when count is 0 or larger): the held-out
+    images are in folder order, so the first N would be the first classes' images only."""
+    if count <= 0 or count >= len(indices):
+        return indices
+    return indices[np.linspace(0, len(indices) - 1, count).round().astype(int)]
 
 def aggregate_latent_study(names, seeds, summaries, rescored, baselines, extra, images: int, image_size: int) -> dict:
     models = {}
