@@ -26,6 +26,7 @@ def spread_subset(indices: np.ndarray, count: int) -> np.ndarray:
         return indices
     return indices[np.linspace(0, len(indices) - 1, count).round().astype(int)]
 
+
 def aggregate_latent_study(names, seeds, summaries, rescored, baselines, extra, images: int, image_size: int) -> dict:
     models = {}
     for name in names:

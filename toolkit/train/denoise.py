@@ -18,6 +18,7 @@ from toolkit.data.augment import to_unit_range
 from toolkit.data.loaders import Shard
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
 from toolkit.progress import tracked
+from toolkit.train.evaluate import share_buffers
 
 METRICS = ("mse", "psnr", "ssim")
 
@@ -159,16 +160,6 @@ def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, condit
     if keep_examples:
         result["examples"] = examples
     return result
-
-
-def share_buffers(model: torch.nn.Module, accelerator) -> None:
-    """Give every process the main process's buffers (BatchNorm statistics) before scoring: each process's last
-    training forward updated its own copy, and the checkpoint holds the main process's."""
-    if accelerator.num_processes > 1:
-        import torch.distributed as dist
-
-        for buffer in model.buffers():
-            dist.broadcast(buffer.data, src=0)
 
 
 def to_hwc_uint8(image: torch.Tensor) -> np.ndarray:

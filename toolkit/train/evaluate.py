@@ -13,7 +13,16 @@ import torch.nn.functional as F
 
 from toolkit.data.augment import normalize
 from toolkit.data.loaders import Shard
-from toolkit.train.denoise import share_buffers
+
+
+def share_buffers(model: torch.nn.Module, accelerator) -> None:
+    """Give every process the main process's buffers (BatchNorm statistics) before scoring: each process's last
+    training forward updated its own copy, and the checkpoint holds the main process's."""
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
 
 
 def classifier_outputs(model, images: torch.Tensor, mean, std, flip_tta: bool = False) -> torch.Tensor:
