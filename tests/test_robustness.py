@@ -172,6 +172,44 @@ def test_gradient_accumulation_applies_the_last_partial_accumulation(tiny_intel,
     assert_same_final_weights(tmp_path / "run", tmp_path / "split")
 
 
+def test_a_run_inside_a_program_gives_sigterm_back_and_forked_workers_still_end_on_it(tiny_intel, tmp_path):
+    """A run's stop-at-next-step SIGTERM handler lasts as long as its training. Left installed, every pool
+    forked afterwards in the same program (predict, the data doctor) inherited it: its workers survived the
+    SIGTERM the pool sends on exit, and the pool waited for them forever (a hang seen in CI)."""
+    from toolkit.run import install_stop_handler, restore_sigterm
+    from toolkit.worker_pool import forked_pool
+
+    def programs_own(signum, frame):  # what an embedding program (a notebook, a scheduler) may have set
+        pass
+
+    previous = signal.signal(signal.SIGTERM, programs_own)
+    try:
+        args = [f"--data={tiny_intel}", "--width=4", *TINY_CLASSIFIER, "--max_steps=2", "--eval_every=0"]
+        run_in_process("cnn", [*args, f"--run_dir={tmp_path / 'done'}"])
+        assert signal.getsignal(signal.SIGTERM) is programs_own
+        with pytest.raises(TrainingDiverged):
+            run_in_process("cnn", [*args, f"--run_dir={tmp_path / 'diverged'}", "--lr=inf"])
+        assert signal.getsignal(signal.SIGTERM) is programs_own  # an error gives it back too
+
+        install_stop_handler()  # as during training: forked workers must not keep this handler
+        with forked_pool(2) as pool:
+            assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+    finally:
+        restore_sigterm(previous)
+    # The hang itself: under the training handler, pools that exit (terminate) right after their work. With
+    # workers that kept the handler, the 8th of these pools never returned here; in a child process, so that
+    # a regression fails in seconds (and is killed with SIGKILL: it would ignore SIGTERM).
+    script = ("from toolkit.run import install_stop_handler\n"
+              "from toolkit.worker_pool import forked_pool\n"
+              "install_stop_handler()\n"
+              "for _ in range(40):\n"
+              "    with forked_pool(2) as pool:\n"
+              "        assert sum(pool.imap(abs, range(-100, 0), chunksize=16)) == 5050\n"
+              "print('all pools ended')\n")
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 0 and "all pools ended" in finished.stdout, finished.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_at_the_next_step_and_resume_loses_nothing(tiny_intel, tmp_path, uninterrupted):
     common = [f"--data={tiny_intel}", *KILL_RUN]

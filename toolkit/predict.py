@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from toolkit.models import is_denoiser
 from toolkit.progress import bars_enabled
 from toolkit.train.evaluate import classification_metrics, classifier_outputs, expected_calibration_error
 from toolkit.train.precision import choose_mixed_precision
+from toolkit.worker_pool import forked_pool
 
 
 @dataclass
@@ -105,7 +105,7 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
     hashes = [""] * len(files)
     errors: dict[int, str] = {}
     jobs = [(str(file), state.image_size) for file in files]
-    with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool, \
+    with forked_pool(workers) as pool, \
             tqdm(total=len(files), unit="img", disable=not (progress and bars_enabled()), file=sys.stderr) as bar:
         decoded = pool.imap(_decode, jobs, chunksize=16)
         batch, positions = [], []

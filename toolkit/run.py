@@ -287,6 +287,7 @@ def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     program = Path(sys.argv[0]).name
     code = 0
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         cfg = parse_config(config_class, argv, program)
         main(cfg)
@@ -304,6 +305,8 @@ def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
     except Exception:
         traceback.print_exc()
         code = 1
+    finally:
+        restore_sigterm(sigterm)  # a recipe run inside a program leaves its SIGTERM as it found it
     if code and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -335,3 +338,12 @@ def install_stop_handler() -> list[bool]:
     except ValueError:  # not the main thread (e.g. a notebook's worker): no graceful stop there
         pass
     return flag
+
+
+def restore_sigterm(handler) -> None:
+    """Put back the SIGTERM handler found before install_stop_handler (once training is over, SIGTERM ends
+    the process again, and processes forked later do not inherit a handler that ignores it)."""
+    try:
+        signal.signal(signal.SIGTERM, handler if handler is not None else signal.SIG_DFL)
+    except ValueError:  # not the main thread: nothing was installed
+        pass

@@ -35,6 +35,7 @@ from PIL import Image
 from toolkit.data.images import UnreadableImage, load_rgb, open_image, pixel_hash, rgb_pixels
 from toolkit.errors import DataError
 from toolkit.progress import progress_bar
+from toolkit.worker_pool import default_sigterm
 
 FORMAT_VERSION = 2  # bump whenever the same inputs would be stored differently (2: pixel hashes)
 STORAGE_MODES = ("raw", "jpg")
@@ -163,6 +164,7 @@ class _ImagesToWrite:
 
 
 def _run_worker(errors, work, arguments) -> None:
+    default_sigterm()  # not the parent's stop-at-next-step handler (see toolkit.worker_pool)
     try:
         work(*arguments)
     except BaseException as error:  # report and die: the parent stops the other workers

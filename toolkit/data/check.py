@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from toolkit.data.folders import IMAGE_EXTENSIONS, INTEL_SPLITS, find_split, is_image_file
 from toolkit.data.images import UnreadableImage, extension_matches_format, open_image, to_rgb
 from toolkit.errors import DataError
+from toolkit.worker_pool import forked_pool
 
 
 def inspect_file(path: Path) -> dict:
@@ -87,7 +87,7 @@ def check_dataset(root: Path | str, image_size: int = 80, workers: int = 2) -> d
         if others:
             report["warnings"].append(f"{split}: {len(others)} non-image files ignored (e.g. {others[0].name})")
 
-    with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool:
+    with forked_pool(workers) as pool:
         records = pool.map(inspect_file, [file for _, _, file in everything], chunksize=64)
     for (split, label, _), record in zip(everything, records):
         record["split"], record["class"] = split, label

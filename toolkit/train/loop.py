@@ -9,7 +9,8 @@
 
 What the loop does, in order, and nothing else:
     resume      restore the newest checkpoint (model, optimizer, RNG states, weight average, counters)
-    batches     continue where the checkpoint stopped: skip the epochs and batches already trained on
+    batches     continue where the checkpoint stopped: skip the epochs and batches already trained on; while
+                they run, SIGTERM asks for a stop (its previous handler is back once they end, however)
     end_step    clear the gradients; count time, images and loss; update the weight average; log, validate, checkpoint
                 when due; show a progress bar with an ETA; stop cleanly at a step boundary on SIGTERM
     finish      log the training time; make the weight average the exported model once training is done
@@ -17,6 +18,7 @@ What the loop does, in order, and nothing else:
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,7 +26,7 @@ import torch
 
 from toolkit.errors import TrainingDiverged
 from toolkit.progress import progress_bar
-from toolkit.run import Preempted, Run, install_stop_handler
+from toolkit.run import Preempted, Run, install_stop_handler, restore_sigterm
 from toolkit.train.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from toolkit.train.ema import ModelEMA
 from toolkit.train.meter import TrainingMeter
@@ -59,7 +61,7 @@ class TrainingLoop:
         if restore:
             self.restore()
         self.meter = TrainingMeter(self.accelerator)
-        self.stop_requested = install_stop_handler()
+        self.stop_requested, self.previous_sigterm = [False], []  # SIGTERM stops at a step while batches run
         self.total_steps = self.last_step = 0
         self.bar = None
         self._tick = time.perf_counter()
@@ -109,6 +111,14 @@ class TrainingLoop:
             self.last_step = max_steps - max_steps % accumulation
         self.bar = progress_bar(self.total_steps, self.run.recipe, unit="it", initial=self.state.step,
                                 main_process=self.run.is_main)
+        self.previous_sigterm = [signal.getsignal(signal.SIGTERM)]
+        self.stop_requested = install_stop_handler()
+        try:
+            yield from self._remaining_batches(loader_for_epoch, epochs, accumulation)
+        finally:  # done, stopped or failed: the bar closes and SIGTERM gets its previous handler back
+            self.close()
+
+    def _remaining_batches(self, loader_for_epoch, epochs: int, accumulation: int) -> Iterator[tuple]:
         start_epoch, skip = self.state.epoch, self.state.batch_in_epoch
         self._tick = time.perf_counter()
         for epoch in range(start_epoch, epochs):
@@ -200,9 +210,12 @@ class TrainingLoop:
         return int(self.accelerator.reduce(flag, reduction="sum")) > 0
 
     def close(self) -> None:
+        """End of training (done or stopped): the bar closes and SIGTERM gets back its previous handler."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.previous_sigterm:
+            restore_sigterm(self.previous_sigterm.pop())
 
     def finish(self) -> TrainerState:
         """After the last batch: the training time is logged, and once every step is done the weight
