@@ -200,8 +200,7 @@ def test_a_run_inside_a_program_gives_sigterm_back_and_forked_workers_still_end_
     # (terminate), in two busy processes at once. Workers that kept the handler hung the 8th pool; workers that
     # reset it in their initializer still hung now and then under load (a SIGTERM before the initializer ran).
     # In child processes, so that a regression fails in seconds (killed with SIGKILL: they would ignore SIGTERM).
-    script = ("import sys\n"
-              "from toolkit.run import install_stop_handler\n"
+    script = ("from toolkit.run import install_stop_handler\n"
               "from toolkit.worker_pool import forked_pool\n"
               "install_stop_handler()\n"
               "for index in range(80):\n"

@@ -61,7 +61,7 @@ class TrainingLoop:
         if restore:
             self.restore()
         self.meter = TrainingMeter(self.accelerator)
-        self.stop_requested, self.previous_sigterm = [False], []  # SIGTERM stops at a step while batches run
+        self.stop_requested = [False]  # set by SIGTERM while the batches run (see batches)
         self.total_steps = self.last_step = 0
         self.bar = None
         self._tick = time.perf_counter()
@@ -111,12 +111,13 @@ class TrainingLoop:
             self.last_step = max_steps - max_steps % accumulation
         self.bar = progress_bar(self.total_steps, self.run.recipe, unit="it", initial=self.state.step,
                                 main_process=self.run.is_main)
-        self.previous_sigterm = [signal.getsignal(signal.SIGTERM)]
+        previous_sigterm = signal.getsignal(signal.SIGTERM)
         self.stop_requested = install_stop_handler()
         try:
             yield from self._remaining_batches(loader_for_epoch, epochs, accumulation)
         finally:  # done, stopped or failed: the bar closes and SIGTERM gets its previous handler back
             self.close()
+            restore_sigterm(previous_sigterm)
 
     def _remaining_batches(self, loader_for_epoch, epochs: int, accumulation: int) -> Iterator[tuple]:
         start_epoch, skip = self.state.epoch, self.state.batch_in_epoch
@@ -210,12 +211,9 @@ class TrainingLoop:
         return int(self.accelerator.reduce(flag, reduction="sum")) > 0
 
     def close(self) -> None:
-        """End of training (done or stopped): the bar closes and SIGTERM gets back its previous handler."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.previous_sigterm:
-            restore_sigterm(self.previous_sigterm.pop())
 
     def finish(self) -> TrainerState:
         """After the last batch: the training time is logged, and once every step is done the weight
