@@ -6,7 +6,7 @@ RGB over the whole image, outputs clamped to [0, 1]; the mean over images. A noi
 told the true sigma (as FFDNet and DRUNet are in their tables), or, with blind=True, the sigma that
 scikit-image estimates from the noisy image. Beside it: the noisy input, non-local means (h = 0.8 sigma)
 and CBM3D from the optional `bm3d` package (non-commercial licence: never a hard dependency), and for
-McMaster the published figures (../shared/data/README.md sources).
+McMaster the published figures (FFDNet, DPIR and SwinIR papers; PUBLISHED below).
 """
 
 from __future__ import annotations
