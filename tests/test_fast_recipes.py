@@ -128,3 +128,85 @@ def test_efficientnet_top_mode_resumes_exactly_from_its_cached_features(tiny_int
     assert torch.equal(frozen["blocks.3.depthwise.0.weight"], pretrained.state_dict()["blocks.3.depthwise.0.weight"])
     assert not torch.equal(frozen["blocks.14.depthwise.0.weight"],
                            pretrained.state_dict()["blocks.14.depthwise.0.weight"])
+
+
+def test_efficientnet_top_mode_keeps_its_frozen_features_for_other_seeds_and_recomputes_a_damaged_cache(
+        tiny_intel, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    common = [f"--data={tiny_intel}", "--image_size=32", "--batch_size=16", "--eval_batch_size=32", "--max_steps=4",
+              "--checkpoint_every=4", "--eval_every=0", "--num_workers=1", "--train_from_block=12",
+              f"--cache_dir={cache}"]
+    run_in_process("efficientnet_lite0", [*common, "--seed=0", f"--run_dir={tmp_path / 'seed-0'}"])
+    out = capsys.readouterr().out
+    assert "features of 84 images and their mirrors (0 MB, torch.float32): 84 computed, kept in" in out
+    [kept] = (cache / "features").glob("efficientnet_lite0-*.pt")
+    seed_0 = torch.load(kept, weights_only=True)
+    assert len(seed_0["indices"]) == 84 and seed_0["features"].shape[:2] == (84, 2)
+
+    # seed 1 validates on other images: it computes only the training images seed 0 did not train on
+    run_in_process("efficientnet_lite0", [*common, "--seed=1", f"--run_dir={tmp_path / 'seed-1'}"])
+    out = capsys.readouterr().out
+    both = torch.load(kept, weights_only=True)
+    added = len(both["indices"]) - 84
+    assert 0 < added < 84 and f": {added} computed, {84 - added} read from {kept}, kept in {kept}" in out
+    rows = torch.searchsorted(both["indices"], seed_0["indices"])
+    assert torch.equal(both["features"][rows], seed_0["features"])  # seed 0's rows kept as they were
+
+    # a third run of seed 1 reads everything and trains exactly as the second did
+    run_in_process("efficientnet_lite0", [*common, "--seed=1", f"--run_dir={tmp_path / 'seed-1-again'}"])
+    assert f": 0 computed, 84 read from {kept} (" in capsys.readouterr().out
+    assert_same_final_weights(tmp_path / "seed-1", tmp_path / "seed-1-again")
+    # what a seed reads is what it would have computed alone, to rounding (a convolution's result for one image
+    # may depend on the size of the batch it came in)
+    fresh = [*common[:-1], f"--cache_dir={tmp_path / 'fresh-cache'}", "--seed=1"]
+    run_in_process("efficientnet_lite0", [*fresh, f"--run_dir={tmp_path / 'seed-1-fresh'}"])
+    [alone] = (tmp_path / "fresh-cache" / "features").glob("*.pt")
+    alone = torch.load(alone, weights_only=True)
+    both = torch.load(kept, weights_only=True)
+    rows = torch.searchsorted(both["indices"], alone["indices"])
+    torch.testing.assert_close(both["features"][rows], alone["features"], rtol=1e-3, atol=1e-4)
+    # without the cache: every row computed, nothing written
+    run_in_process("efficientnet_lite0", [*common, "--seed=1", "--keep_feature_cache=false",
+                                          f"--run_dir={tmp_path / 'seed-1-uncached'}"])
+    assert ": 84 computed (" in capsys.readouterr().out
+    assert len(torch.load(kept, weights_only=True)["indices"]) == 84 + added
+
+    kept.write_bytes(kept.read_bytes()[:1000])  # cut short, e.g. by a disk that filled up
+    run_in_process("efficientnet_lite0", [*common, "--seed=1", f"--run_dir={tmp_path / 'seed-1-damaged'}"])
+    out = capsys.readouterr().out
+    assert f"ignoring the damaged feature cache {kept}" in out and ": 84 computed, kept in" in out
+    assert_same_final_weights(tmp_path / "seed-1-fresh", tmp_path / "seed-1-damaged")  # both computed all 84
+    assert len(torch.load(kept, weights_only=True)["indices"]) == 84  # written again, whole
+
+    # other frozen blocks are other features: a second entry beside the first
+    run_in_process("efficientnet_lite0", [*common, "--seed=0", "--train_from_block=13",
+                                          f"--run_dir={tmp_path / 'block-13'}"])
+    assert ": 84 computed, kept in" in capsys.readouterr().out
+    assert len(list((cache / "features").glob("*.pt"))) == 2
+
+
+def test_cached_rows_reads_what_it_has_computes_the_rest_and_answers_in_the_order_asked(tmp_path, capsys):
+    from toolkit.data.cached_features import cached_rows
+
+    asked = []
+
+    def compute(indices):  # row i of a stored set: (i, -i), so every row says which image it belongs to
+        asked.append(indices.tolist())
+        return torch.tensor([[i, -i] for i in indices], dtype=torch.float32)
+
+    file = tmp_path / "features" / "rows.pt"
+    rows, computed = cached_rows(file, np.array([7, 2, 5]), compute, write=True)
+    assert rows[:, 0].tolist() == [7, 2, 5] and computed == 3 and asked == [[2, 5, 7]]
+    rows, computed = cached_rows(file, np.array([9, 5, 1]), compute, write=True)
+    assert rows[:, 0].tolist() == [9, 5, 1] and computed == 2 and asked[-1] == [1, 9]
+    assert torch.load(file, weights_only=True)["indices"].tolist() == [1, 2, 5, 7, 9]
+    rows, computed = cached_rows(file, np.array([1, 2, 5, 7, 9]), compute, write=False)
+    assert computed == 0 and len(asked) == 2 and rows[:, 1].tolist() == [-1, -2, -5, -7, -9]
+    rows, computed = cached_rows(file, np.array([3]), compute, write=False)  # computed, not kept
+    assert computed == 1 and torch.load(file, weights_only=True)["indices"].tolist() == [1, 2, 5, 7, 9]
+
+    torch.save({"indices": torch.tensor([4, 3]), "features": torch.zeros(2, 2)}, file)  # not in order: not trusted
+    rows, computed = cached_rows(file, np.array([3, 4]), compute, write=True)
+    assert computed == 2 and rows[:, 0].tolist() == [3, 4]
+    assert "ignoring the damaged feature cache" in capsys.readouterr().out
+    assert not list(file.parent.glob("*.partial"))

@@ -1,11 +1,20 @@
 """Training on cached features: a loader over tensors held in memory that behaves like our FFCV
 loaders (`next_epoch`, `len`, order seeded by (seed, epoch), split across processes), so the
-resumable loop and exact resume work unchanged."""
+resumable loop and exact resume work unchanged; and a file cache for features of a frozen network,
+so that other seeds and resumes read them instead of running the frozen network again."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from toolkit.progress import say
 
 
 class CachedFeatureLoader:
@@ -34,3 +43,73 @@ class CachedFeatureLoader:
             picked = torch.from_numpy(views[order[start:start + self.batch_size]])
             batch = self.features[chosen, picked].float().contiguous(memory_format=torch.channels_last)
             yield batch, self.labels[chosen]
+
+
+def weights_digest(modules) -> str:
+    """A hash of the parameters and buffers of `modules` (names, dtypes, shapes and values)."""
+    digest = hashlib.sha256()
+    for index, module in enumerate(modules):
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{index}.{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def features_cache_file(cache_dir: Path, name: str, key: dict) -> Path:
+    """Where the features described by `key` (everything they depend on, JSON-able) are kept."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "features" / f"{name}-{digest}.pt"
+
+
+def cached_rows(file: Path | None, wanted: np.ndarray, compute, write: bool, is_main: bool = True,
+                ) -> tuple[torch.Tensor, int]:
+    """Features of the stored samples `wanted` (indices into one stored image set), in that order: the rows
+    `file` already holds are read, the others computed by compute(sorted indices) -> tensor on the CPU and,
+    when `write`, added to `file`. Another seed's split needs only the images the first one did not train on.
+    Returns the features and how many rows were computed."""
+    wanted = np.asarray(wanted, dtype=np.int64)
+    kept = read_cached_features(file, is_main) if file is not None else None
+    indices = kept["indices"].numpy() if kept is not None else np.empty(0, np.int64)
+    missing = np.setdiff1d(wanted, indices)
+    if len(missing):
+        started = time.perf_counter()
+        computed = compute(missing).cpu()
+        seconds = time.perf_counter() - started
+        if kept is None:
+            indices, features = missing, computed
+        else:
+            indices = np.concatenate([indices, missing])
+            features = torch.cat([kept["features"], computed.to(kept["features"].dtype)])
+            order = np.argsort(indices, kind="stable")
+            indices, features = indices[order], features[torch.from_numpy(order)]
+        kept = {"indices": torch.from_numpy(indices), "features": features,
+                "seconds": seconds + (kept["seconds"] if kept is not None else 0.0)}
+        if write and file is not None:
+            write_cached_features(file, kept)
+    rows = np.searchsorted(kept["indices"].numpy(), wanted)
+    return kept["features"][torch.from_numpy(rows)], len(missing)
+
+
+def read_cached_features(file: Path, is_main: bool = True) -> dict | None:
+    """The cache entry {'indices', 'features', 'seconds'} in `file`, or None when there is none or it cannot be
+    used (unreadable, cut short, inconsistent: then it is said, and its rows are computed again)."""
+    if not file.exists():
+        return None
+    try:
+        entry = torch.load(file, map_location="cpu", weights_only=True)
+        indices, features = entry["indices"], entry["features"]
+        if len(indices) != len(features) or (len(indices) > 1 and not bool((indices[1:] > indices[:-1]).all())):
+            raise ValueError("its indices and rows do not match")
+        return entry
+    except Exception as error:  # a damaged cache costs a recomputation, never the run
+        say(f"[cache] ignoring the damaged feature cache {file} ({type(error).__name__}: {error}); "
+            f"computing the features again", is_main)
+        return None
+
+
+def write_cached_features(file: Path, entry: dict) -> None:
+    """Keep `entry` in `file`, atomically: a killed write leaves the previous entry (or none), never half of one."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
+    torch.save(entry, partial)
+    os.replace(partial, file)
