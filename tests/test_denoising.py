@@ -391,3 +391,6 @@ def test_a_blind_denoiser_joins_the_latent_study_as_is_and_fine_tuned(tiny_intel
     told, estimated = json.loads(told.read_text()), json.loads(estimated.read_text())
     assert estimated["blind"] is True and told["blind"] is False
     assert estimated["sigmas"]["25.0"]["model"]["psnr"] != told["sigmas"]["25.0"]["model"]["psnr"]
+    levels = estimated["sigmas"]["25.0"]["model"]["estimated_sigma_255"]  # one per image, near the true 25
+    assert len(levels) == 2 and all(15 < level < 35 for level in levels) and "estimated_sigma_255" not in \
+        told["sigmas"]["25.0"]["model"]

@@ -82,6 +82,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
         totals: dict[str, list] = {m: [] for m in methods}
         seconds = {m: 0.0 for m in methods}
+        estimates = []  # blind: the noise level estimated on each noisy image, 0-255
         noisy_images = [seeded_noisy(clean, [image_id], noise) for image_id, clean in enumerate(cleans)]
         bm3d_outputs = {}
         if "bm3d" in methods:  # one image per core; images differ in size, so they go one by one into the pool
@@ -97,7 +98,9 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                     if method == "noisy":
                         output = noisy
                     elif method == "model":
-                        level = torch.full((1,), estimate_noise_sigma(noisy[0].clamp(0, 1))) if blind else sigmas
+                        if blind:  # estimated on the image the model is given (here not clipped: the protocol)
+                            estimates.append(estimate_noise_sigma(noisy[0]) * 255)
+                        level = torch.full((1,), estimates[-1] / 255) if blind else sigmas
                         output = denoise(model, noisy, level, conditioned)
                     elif method == "nlm":
                         output = nlm_denoise(noisy, sigmas)
@@ -113,8 +116,11 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                                                  "per_image_psnr": [v[0] for v in values]}
                                         for method, values in totals.items()}
         results["seconds"][sigma_255] = seconds
+        if estimates:
+            results["sigmas"][sigma_255]["model"]["estimated_sigma_255"] = estimates
         log(f"[benchmark] sigma {sigma_255:g}: " + ", ".join(
-            f"{method} {v['psnr']:.2f} dB" for method, v in results["sigmas"][sigma_255].items()))
+            f"{method} {v['psnr']:.2f} dB" for method, v in results["sigmas"][sigma_255].items())
+            + (f" (sigma estimated {np.mean(estimates):.1f} on average)" if estimates else ""))
     return results
 
 

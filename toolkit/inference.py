@@ -103,8 +103,10 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
 
 
 def estimate_noise_sigma(image: torch.Tensor) -> float:
-    """The noise std (on [0, 1]) of a (3, H, W) image in [0, 1], from the finest wavelet coefficients
-    (Donoho's median estimator, scikit-image's estimate_sigma), averaged over the colour channels."""
+    """The noise std (on the [0, 1] scale) of a (3, H, W) image, from the finest wavelet coefficients
+    (Donoho's median estimator, scikit-image's estimate_sigma), averaged over the colour channels. A photograph
+    saved with noise is clipped to [0, 1], which hides part of strong noise: on McMaster at sigma 15 / 25 / 50
+    the estimate reads 15.5 / 25.3 / 50.1 unclipped but 14.2 / 22.4 / 41.0 clipped."""
     from skimage.restoration import estimate_sigma
 
     return float(estimate_sigma(image.permute(1, 2, 0).double().numpy(), channel_axis=-1, average_sigmas=True))
