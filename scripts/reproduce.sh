@@ -21,9 +21,9 @@ wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 finished() { [[ -f "$OUT/$1/summary.json" || -f "$OUT/$1/comparison.json" || -f "$OUT/$1/latent_study.json" ]] \
     && echo "[reproduce] $1 already finished, skipped"; }
 
-latent_done() { [[ -f "$OUT/latent_study/latent_study.json" ]] && $BIN/python -c "import json, sys; sys.exit(json.load(open(
-    '$OUT/latent_study/latent_study.json'))['seeds'] != [int(s) for s in '${LATENT_SEEDS:-0,1}'.split(',')])" \
-    && echo "[reproduce] latent_study already finished at seeds ${LATENT_SEEDS:-0,1}, skipped"; }
+# a study is finished when its JSON holds exactly the seeds asked for (more seeds: it resumes, reusing sub-runs)
+seeds_done() { [[ -f "$OUT/$1" ]] && $BIN/python -c "import json, sys; sys.exit(json.load(open('$OUT/$1'))['seeds']
+    != [int(s) for s in '$2'.split(',')])" && echo "[reproduce] $1 already finished at seeds $2, skipped"; }
 
 if wanted check; then
     step "data check"
@@ -64,21 +64,22 @@ if wanted mcmaster; then
 fi
 
 if wanted compare; then
-    step "the classifier comparison: fast_cnn and EfficientNet-Lite0, three seeds each"
-    finished compare || $LAUNCH recipes/compare_classifiers.py --resume --data="$DATA" --run_dir="$OUT/compare" \
-        --models=fast_cnn,efficientnet_lite0 --seeds=0,1,2 2>&1 | tee "$OUT/compare.log"
+    step "the classifier comparison: fast_cnn and EfficientNet-Lite0, three seeds each (COMPARE_SEEDS)"
+    seeds_done compare/comparison.json "${COMPARE_SEEDS:-0,1,2}" || $LAUNCH recipes/compare_classifiers.py --resume \
+        --data="$DATA" --run_dir="$OUT/compare" --models=fast_cnn,efficientnet_lite0 --seeds="${COMPARE_SEEDS:-0,1,2}" \
+        2>&1 | tee -a "$OUT/compare.log"
 fi
 
 # The latent-size study at a 2-core CPU's budget: the autoencoder family at 2 epochs (the study trained 8), the
 # U-Net and the blind denoiser fine-tuned on this noise at 1 epoch of 64 px crops; the blind denoiser also as is;
-# BM3D and non-local means on the first 300 held-out images (every row rescored on them). LATENT_SEEDS=0 runs
-# one seed (what docs/results.md shows); rerunning with 0,1 reuses seed 0's runs and trains seed 1.
+# BM3D and non-local means on 300 held-out images spread over the set (every row rescored on them). LATENT_SEEDS=0
+# runs one seed; 0,1 (the default, what docs/results.md shows) reuses seed 0's runs and trains seed 1.
 if wanted latent; then
     step "the latent-size study: the autoencoder family, a U-Net, the blind denoiser, BM3D"
-    latent_done || $LAUNCH recipes/latent_study.py --resume --data="$DATA" --run_dir="$OUT/latent_study" \
-        --seeds="${LATENT_SEEDS:-0,1}" --models=AE5,AE10,AE19,AE38,AE75,AE71,AE146,unet,resunet \
-        --ae_args="--epochs=2" --other_args="--crop=64 --epochs=1" --bm3d --baseline_images=300 \
-        --pretrained="$OUT/blind_denoiser" \
+    seeds_done latent_study/latent_study.json "${LATENT_SEEDS:-0,1}" || $LAUNCH recipes/latent_study.py --resume \
+        --data="$DATA" --run_dir="$OUT/latent_study" --seeds="${LATENT_SEEDS:-0,1}" \
+        --models=AE5,AE10,AE19,AE38,AE75,AE71,AE146,unet,resunet --ae_args="--epochs=2" \
+        --other_args="--crop=64 --epochs=1" --bm3d --baseline_images=300 --pretrained="$OUT/blind_denoiser" \
         --model_args="resunet: --init_from=$OUT/blind_denoiser --conditioned --model_kwargs=widths=(24,48,96,192),blocks=2 --lr=2e-4" \
         2>&1 | tee "$OUT/latent_study.log"
 fi
