@@ -95,3 +95,18 @@ def test_the_avx2_path_on_any_cpu(tiny_intel, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "native bf16: no (PyTorch CPU kernels: AVX2)" in run.stdout
     assert json.loads((tmp_path / "r" / "config.json").read_text())["mixed_precision_used"] == "no"
+
+
+def test_noise_estimates_script_reads_clipped_and_unclipped_noise(tiny_intel, tmp_path):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for image in sorted((tiny_intel / "seg_pred").iterdir())[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    script = Path(__file__).resolve().parents[1] / "scripts" / "noise_estimates.py"
+    done = run_script([sys.executable, str(script), str(folder), "--sigmas", "25", "--out", str(tmp_path / "e.json")])
+    assert done.returncode == 0, done.stderr
+    assert "| 25 | " in done.stdout
+    row = json.loads((tmp_path / "e.json").read_text())["25.0"]
+    assert set(row) == {"clipped", "unclipped"} and set(row["clipped"]) == {"whole image", "toolkit"}
+    assert 20 < row["unclipped"]["toolkit"] < 30  # small synthetic scenes: roughly right
+    assert row["clipped"]["toolkit"] >= row["clipped"]["whole image"]  # what clipping hid is not read as less noise

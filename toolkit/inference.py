@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -103,10 +104,29 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
 
 
 def estimate_noise_sigma(image: torch.Tensor) -> float:
-    """The noise std (on the [0, 1] scale) of a (3, H, W) image, from the finest wavelet coefficients
-    (Donoho's median estimator, scikit-image's estimate_sigma), averaged over the colour channels. A photograph
-    saved with noise is clipped to [0, 1], which hides part of strong noise: on McMaster at sigma 15 / 25 / 50
-    the estimate reads 15.5 / 25.3 / 50.1 unclipped but 14.2 / 22.4 / 41.0 clipped."""
-    from skimage.restoration import estimate_sigma
+    """The noise std (on the [0, 1] scale) of a (3, H, W) image: scikit-image's wavelet estimator (Donoho's median
+    of the finest diagonal db2 coefficients, per colour channel, averaged), then repeated on the coefficients whose
+    neighbourhood lies 2 sigma inside [0, 1]. A saved photograph is clipped to [0, 1], and clipping hides the noise
+    near black and white: on McMaster with clipped noise of sigma 15 / 25 / 50 / 75, the estimate over the whole
+    image reads 14.3 / 22.4 / 41.1 / 57.2, this one 15.6 / 25.3 / 49.5 / 69.4 (scripts/noise_estimates.py)."""
+    import pywt
+    from scipy.ndimage import uniform_filter
+    from scipy.stats import norm
 
-    return float(estimate_sigma(image.permute(1, 2, 0).double().numpy(), channel_axis=-1, average_sigmas=True))
+    def median_sigma(coefficients: np.ndarray) -> float:
+        nonzero = coefficients[coefficients != 0]  # as scikit-image: flat (e.g. saturated) areas say nothing
+        return float(np.median(np.abs(nonzero)) / norm.ppf(0.75)) if nonzero.size else 0.0
+
+    sigmas = []
+    for channel in image.double().numpy():
+        detail = pywt.dwt2(channel, "db2")[1][2]  # diagonal details, about half the size each way
+        sigma = median_sigma(detail)
+        local_mean = uniform_filter(channel, 7)[::2, ::2]
+        rows, cols = min(detail.shape[0], local_mean.shape[0]), min(detail.shape[1], local_mean.shape[1])
+        for _ in range(3):
+            inside = (local_mean[:rows, :cols] > 2 * sigma) & (local_mean[:rows, :cols] < 1 - 2 * sigma)
+            if inside.sum() < 256:  # too little of the image away from black and white: keep what we have
+                break
+            sigma = median_sigma(detail[:rows, :cols][inside])
+        sigmas.append(sigma)
+    return float(np.mean(sigmas))
