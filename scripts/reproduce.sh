@@ -61,6 +61,8 @@ if wanted mcmaster; then
         --sigmas 15 25 50 --baselines bm3d nlm --out "$OUT/mcmaster.json" | tee "$OUT/mcmaster.txt"
     [[ -f "$OUT/mcmaster-blind.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser" --clean "$BENCH" \
         --sigmas 15 25 50 --blind --out "$OUT/mcmaster-blind.json" | tee "$OUT/mcmaster-blind.txt"
+    [[ -f "$OUT/noise-estimates.json" ]] || $BIN/python scripts/noise_estimates.py "$BENCH" \
+        --out "$OUT/noise-estimates.json" | tee "$OUT/noise-estimates.txt"
 fi
 
 if wanted compare; then
