@@ -54,8 +54,17 @@ def test_paired_difference_and_the_verdict_in_words():
     pair = compare_pairs({"a": [0.90, 0.92], "b": [0.85, 0.86]}, correct)[0]
     assert all(t["p_value"] < 0.05 for t in pair["mcnemar"])  # each seed alone is clear ...
     assert not pair["distinguishable"]  # ... but two seeds' interval still spans zero
-    assert "NOT distinguishable from noise" in describe_pair(pair) and "a is ahead of b by 5.5 points" in \
-        describe_pair(pair)
+    said = describe_pair(pair)
+    assert "a is ahead of b by 5.5 points (95% interval of that difference over 2 seeds: -0.9 to +11.9 points)" \
+        in said and "NOT distinguishable from noise yet: each seed's difference is beyond chance" in said
+    # the same pair named the other way round: the interval is still that of the model ahead minus the other
+    flipped = compare_pairs({"b": [0.85, 0.86], "a": [0.90, 0.92]}, {"b": correct["b"], "a": correct["a"]})[0]
+    assert "a is ahead of b by 5.5 points (95% interval of that difference over 2 seeds: -0.9 to +11.9 points)" \
+        in describe_pair(flipped)
+    only_a, only_b = [True] * 3 + [False] + [True] * 7, [False] * 3 + [True] + [True] * 7  # 3 against 1: p 0.625
+    one_seed_unclear = compare_pairs({"a": [0.90], "b": [0.89]}, {"a": [np.array(only_a)], "b": [np.array(only_b)]})[0]
+    assert "one seed: no interval" in describe_pair(one_seed_unclear) and \
+        "McNemar p >= 0.05 on at least one seed" in describe_pair(one_seed_unclear)
 
 
 def test_study_options_are_checked():
@@ -94,7 +103,7 @@ def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tin
     pair = result["pairs"][0]
     assert len(pair["mcnemar"]) == 3 and "seeds" in pair["sentence"]
     table = (study / "comparison.md").read_text()
-    assert " ± " in table and "| precision | no | bf16 |" in table
+    assert " ± " in table and "| precision | fp32 | bf16 |" in table
     for figure in ("accuracy_intervals.png", "learning_curves.png", "per_class_comparison.png"):
         assert (study / "plots" / figure).is_file()
     stored = json.loads((study / "comparison.json").read_text())

@@ -68,9 +68,14 @@ def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, r
 
 
 def _cell(interval: dict, one_seed: str | None = None) -> str:
+    """mean ± std [interval] of an accuracy; the interval shown within [0%, 100%] (the JSON keeps it whole)."""
     if interval["n"] == 1:
         return one_seed or f"{interval['mean']:.1%}"
-    return f"{interval['mean']:.1%} ± {interval['std'] * 100:.1f} [{interval['low']:.1%}, {interval['high']:.1%}]"
+    low, high = max(0.0, interval["low"]), min(1.0, interval["high"])
+    return f"{interval['mean']:.1%} ± {interval['std'] * 100:.1f} [{low:.1%}, {high:.1%}]"
+
+
+PRECISION_NAMES = {"no": "fp32"}  # Accelerate's name for "no mixed precision"
 
 
 def comparison_table(result: dict) -> str:
@@ -107,14 +112,16 @@ def comparison_table(result: dict) -> str:
                  *[STUDY_RESULTS[m]["validation"] for m in studied]])
     rows.append(["training time (s)", *[f"{result['models'][m]['train_seconds']['mean']:.0f}" for m in models],
                  *[""] * len(studied)])
-    rows.append(["precision", *[", ".join(result["models"][m]["mixed_precision"]) for m in models],
+    rows.append(["precision", *[", ".join(PRECISION_NAMES.get(p, p) for p in result["models"][m]["mixed_precision"])
+                                for m in models],
                  *["fp32"] * len(studied)])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     text = "\n".join(lines)
     seeds = ", ".join(map(str, result["seeds"]))
     text += (f"\n\nScored on: {result['data']} ({result['test_split']}); seeds {seeds}."
-             + ("" if single else " Cells: mean ± standard deviation [95% t-interval of the mean] over seeds."))
+             + ("" if single else " Cells: mean ± standard deviation [95% t-interval of the mean, shown within "
+                                  "0-100%] over seeds."))
     for model in models:
         if result["models"][model].get("weights") and model == "resnet18":
             text += f"\nresnet18 started from: {result['models'][model]['weights']}."

@@ -76,14 +76,23 @@ def compare_pairs(accuracies: dict[str, list[float]], correct: dict[str, list[np
     return pairs
 
 
-def describe_pair(pair: dict) -> str:
-    """One plain sentence: which model is ahead, by how much, and whether that is more than noise."""
+def describe_pair(pair: dict, alpha: float = 0.05) -> str:
+    """One plain sentence: which model is ahead, by how much (with the interval of that difference), and whether
+    that is more than noise, saying which test decides when it is not."""
     d, a, b = pair["difference"], pair["a"], pair["b"]
     ahead, behind = (a, b) if d["mean"] >= 0 else (b, a)
-    points = abs(d["mean"]) * 100
+    sign = 1 if d["mean"] >= 0 else -1  # the interval of (ahead - behind)
+    low, high = sorted((sign * d["low"] * 100, sign * d["high"] * 100))
     p_values = ", ".join(f"{t['p_value']:.2g}" for t in pair["mcnemar"])
-    interval = (f" (95% interval of the difference {d['low'] * 100:+.1f} to {d['high'] * 100:+.1f} points over "
-                f"{d['n']} seeds)" if d["n"] > 1 else " (one seed: no interval)")
-    verdict = "distinguishable from noise" if pair["distinguishable"] else "NOT distinguishable from noise"
-    return (f"{ahead} is ahead of {behind} by {points:.1f} points{interval}; McNemar p = {p_values} per seed: "
-            f"{verdict}.")
+    interval = (f" (95% interval of that difference over {d['n']} seeds: {low:+.1f} to {high:+.1f} points)"
+                if d["n"] > 1 else " (one seed: no interval)")
+    every_seed = all(t["p_value"] < alpha for t in pair["mcnemar"])
+    if pair["distinguishable"]:
+        verdict = "distinguishable from noise"
+    elif every_seed:
+        verdict = (f"NOT distinguishable from noise yet: each seed's difference is beyond chance on these test "
+                   f"images, but over {d['n']} seeds the interval still includes zero (more seeds narrow it)")
+    else:
+        verdict = f"NOT distinguishable from noise (McNemar p >= {alpha:g} on at least one seed)"
+    return f"{ahead} is ahead of {behind} by {abs(d['mean']) * 100:.1f} points{interval}; McNemar p = {p_values} " \
+           f"per seed: {verdict}."
