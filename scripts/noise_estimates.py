@@ -14,21 +14,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from skimage.restoration import estimate_sigma
 
-from toolkit.data.folders import list_image_files
-from toolkit.data.images import load_rgb
+from toolkit.denoising_benchmark import clean_reference_images
 from toolkit.inference import estimate_noise_sigma
 from toolkit.train.denoise import NoiseSpec, seeded_noisy
 
 
 def noise_estimates(folder: Path, sigmas_255: list[float], noise_seed: int = 1234) -> dict:
     """{sigma: {'clipped' | 'unclipped': {'whole image' | 'toolkit': mean estimate, 0-255}}}."""
-    files = list_image_files(folder)
-    if not files:
-        raise SystemExit(f"{folder} holds no images: pass a folder of clean images")
-    cleans = [torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255 for file in files]
+    _, cleans = clean_reference_images(folder)
     results = {}
     for sigma in sigmas_255:
         results[sigma] = {}

@@ -61,10 +61,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
                        max_images: int = 0, log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines."""
-    files = list_image_files(Path(clean_dir)) if Path(clean_dir).is_dir() else []
-    if not files:
-        raise DataError(f"{clean_dir} holds no images: pass a folder of clean reference images (e.g. McMaster)")
-    files = files[:max_images] if max_images else files
+    files, cleans = clean_reference_images(clean_dir, max_images)
     if "bm3d" in baselines and not bm3d_available():
         raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
     model, state = load_trained_model(checkpoint) if checkpoint else (None, None)
@@ -77,7 +74,6 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
                      "noise_seed": noise_seed, "protocol": "AWGN, not clipped, whole images, RGB", "sigmas": {},
                      "seconds": {}}
-    cleans = [torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255 for file in files]  # (1, 3, H, W)
     for sigma_255 in sigmas_255:
         noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
         totals: dict[str, list] = {m: [] for m in methods}
@@ -122,6 +118,16 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
             f"{method} {v['psnr']:.2f} dB" for method, v in results["sigmas"][sigma_255].items())
             + (f" (sigma estimated {np.mean(estimates):.1f} on average)" if estimates else ""))
     return results
+
+
+def clean_reference_images(clean_dir: Path | str, max_images: int = 0) -> tuple[list[Path], list[torch.Tensor]]:
+    """The image files of a folder of clean references (the first max_images, 0 = all) and each as a
+    (1, 3, H, W) tensor in [0, 1]."""
+    files = list_image_files(Path(clean_dir)) if Path(clean_dir).is_dir() else []
+    if not files:
+        raise DataError(f"{clean_dir} holds no images: pass a folder of clean reference images (e.g. McMaster)")
+    files = files[:max_images] if max_images else files
+    return files, [torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255 for file in files]
 
 
 def _bm3d_all(noisy_images: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[int, torch.Tensor]:

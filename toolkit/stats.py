@@ -71,12 +71,12 @@ def compare_pairs(accuracies: dict[str, list[float]], correct: dict[str, list[np
         difference = paired_difference(accuracies[a], accuracies[b])
         every_seed = all(t["p_value"] < alpha for t in tests)
         interval_clear = difference["n"] < 2 or difference["low"] > 0 or difference["high"] < 0
-        pairs.append({"a": a, "b": b, "mcnemar": tests, "difference": difference,
-                      "distinguishable": bool(every_seed and interval_clear)})
+        pairs.append({"a": a, "b": b, "mcnemar": tests, "difference": difference, "alpha": alpha,
+                      "mcnemar_every_seed": bool(every_seed), "distinguishable": bool(every_seed and interval_clear)})
     return pairs
 
 
-def describe_pair(pair: dict, alpha: float = 0.05) -> str:
+def describe_pair(pair: dict) -> str:
     """One plain sentence: which model is ahead, by how much (with the interval of that difference), and whether
     that is more than noise, saying which test decides when it is not."""
     d, a, b = pair["difference"], pair["a"], pair["b"]
@@ -86,13 +86,12 @@ def describe_pair(pair: dict, alpha: float = 0.05) -> str:
     p_values = ", ".join(f"{t['p_value']:.2g}" for t in pair["mcnemar"])
     interval = (f" (95% interval of that difference over {d['n']} seeds: {low:+.1f} to {high:+.1f} points)"
                 if d["n"] > 1 else " (one seed: no interval)")
-    every_seed = all(t["p_value"] < alpha for t in pair["mcnemar"])
     if pair["distinguishable"]:
         verdict = "distinguishable from noise"
-    elif every_seed:
+    elif pair["mcnemar_every_seed"]:
         verdict = (f"NOT distinguishable from noise yet: each seed's difference is beyond chance on these test "
                    f"images, but over {d['n']} seeds the interval still includes zero (more seeds narrow it)")
     else:
-        verdict = f"NOT distinguishable from noise (McNemar p >= {alpha:g} on at least one seed)"
+        verdict = f"NOT distinguishable from noise (McNemar p >= {pair['alpha']:g} on at least one seed)"
     return f"{ahead} is ahead of {behind} by {abs(d['mean']) * 100:.1f} points{interval}; McNemar p = {p_values} " \
            f"per seed: {verdict}."

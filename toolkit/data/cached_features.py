@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +71,7 @@ def cached_rows(file: Path | None, wanted: np.ndarray, compute, write: bool, is_
     indices = kept["indices"].numpy() if kept is not None else np.empty(0, np.int64)
     missing = np.setdiff1d(wanted, indices)
     if len(missing):
-        started = time.perf_counter()
         computed = compute(missing).cpu()
-        seconds = time.perf_counter() - started
         if kept is None:
             indices, features = missing, computed
         else:
@@ -82,8 +79,7 @@ def cached_rows(file: Path | None, wanted: np.ndarray, compute, write: bool, is_
             features = torch.cat([kept["features"], computed.to(kept["features"].dtype)])
             order = np.argsort(indices, kind="stable")
             indices, features = indices[order], features[torch.from_numpy(order)]
-        kept = {"indices": torch.from_numpy(indices), "features": features,
-                "seconds": seconds + (kept["seconds"] if kept is not None else 0.0)}
+        kept = {"indices": torch.from_numpy(indices), "features": features}
         if write and file is not None:
             write_cached_features(file, kept)
     rows = np.searchsorted(kept["indices"].numpy(), wanted)
@@ -91,7 +87,7 @@ def cached_rows(file: Path | None, wanted: np.ndarray, compute, write: bool, is_
 
 
 def read_cached_features(file: Path, is_main: bool = True) -> dict | None:
-    """The cache entry {'indices', 'features', 'seconds'} in `file`, or None when there is none or it cannot be
+    """The cache entry {'indices', 'features'} in `file`, or None when there is none or it cannot be
     used (unreadable, cut short, inconsistent: then it is said, and its rows are computed again)."""
     if not file.exists():
         return None
