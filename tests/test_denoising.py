@@ -375,6 +375,23 @@ def test_bm3d_is_scored_beside_the_model_on_any_folder(tiny_intel, tmp_path):
     assert row["bm3d"]["psnr"] > row["noisy"]["psnr"] + 3 and len(row["bm3d"]["per_image_psnr"]) == 2
 
 
+@pytest.mark.skipif(not __import__("toolkit.train.denoise", fromlist=["x"]).bm3d_available(),
+                    reason="the optional bm3d package is not installed (pip install bm3d; non-commercial licence)")
+def test_bm3d_of_a_batch_is_each_image_denoised_with_its_own_sigma():
+    from toolkit.train.denoise import bm3d_denoise, bm3d_denoise_each
+
+    clean = torch.linspace(0, 1, 32)[None, None, :, None].expand(2, 3, 32, 32).contiguous()
+    noise = NoiseSpec(15 / 255, 50 / 255, clip=False, seed=3)
+    noisy, sigmas = seeded_noisy(clean, [0, 1], noise)
+    batch = bm3d_denoise(noisy, sigmas, workers=2)
+    each = bm3d_denoise_each([noisy[1]], [float(sigmas[1])], workers=1)
+    # (in a worker process or in this one: equal up to the FFT library's rounding)
+    assert batch.shape == noisy.shape and torch.allclose(batch[1], each[0], atol=1e-4)
+    assert float(sigmas[0]) != float(sigmas[1])  # a sigma per image, each given to its own image
+    for output, image in zip(batch, noisy):
+        assert image_quality(output[None], clean[:1])["psnr"] > image_quality(image[None], clean[:1])["psnr"] + 3
+
+
 def test_a_blind_denoiser_joins_the_latent_study_as_is_and_fine_tuned(tiny_intel, tmp_path):
     blind = tmp_path / "blind"
     kwargs = "--model_kwargs=widths=(8,16,32),blocks=1"

@@ -26,6 +26,7 @@ from toolkit.progress import progress_bar
 from toolkit.train.denoise import (
     NoiseSpec,
     bm3d_available,
+    bm3d_denoise_each,
     denoise,
     image_quality,
     nlm_denoise,
@@ -80,11 +81,12 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         seconds = {m: 0.0 for m in methods}
         estimates = []  # blind: the noise level estimated on each noisy image, 0-255
         noisy_images = [seeded_noisy(clean, [image_id], noise) for image_id, clean in enumerate(cleans)]
-        bm3d_outputs = {}
+        bm3d_outputs = []
         if "bm3d" in methods:  # one image per core; images differ in size, so they go one by one into the pool
             started = time.perf_counter()
             log(f"[benchmark] sigma {sigma_255:g}: CBM3D on {len(files)} images ...")
-            bm3d_outputs = _bm3d_all(noisy_images)
+            bm3d_outputs = bm3d_denoise_each([noisy[0] for noisy, _ in noisy_images],
+                                             [float(sigmas[0]) for _, sigmas in noisy_images])
             seconds["bm3d"] = time.perf_counter() - started
         with progress_bar(len(files), f"sigma {sigma_255:g}", unit="img") as bar:
             for image_id, clean in enumerate(cleans):
@@ -101,7 +103,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                     elif method == "nlm":
                         output = nlm_denoise(noisy, sigmas)
                     else:
-                        output = bm3d_outputs[image_id]
+                        output = bm3d_outputs[image_id][None]
                     if method != "bm3d":
                         seconds[method] += time.perf_counter() - started
                     quality = image_quality(output, clean)
@@ -128,18 +130,6 @@ def clean_reference_images(clean_dir: Path | str, max_images: int = 0) -> tuple[
         raise DataError(f"{clean_dir} holds no images: pass a folder of clean reference images (e.g. McMaster)")
     files = files[:max_images] if max_images else files
     return files, [torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255 for file in files]
-
-
-def _bm3d_all(noisy_images: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[int, torch.Tensor]:
-    """CBM3D of every (noisy, sigma) pair, spread over the cores."""
-    import os
-
-    from toolkit.bm3d_worker import bm3d_many
-
-    jobs = [(np.ascontiguousarray(noisy[0].float().numpy().transpose(1, 2, 0)), float(sigmas[0]))
-            for noisy, sigmas in noisy_images]
-    results = bm3d_many(jobs, os.cpu_count() or 1)
-    return {i: torch.from_numpy(r.transpose(2, 0, 1))[None] for i, r in enumerate(results)}
 
 
 def benchmark_table(results: dict, label: str = "this toolkit", published: dict | None = None) -> str:

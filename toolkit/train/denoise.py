@@ -82,13 +82,20 @@ def nlm_denoise(noisy: torch.Tensor, sigmas: torch.Tensor, h_factor: float = 0.8
 
 def bm3d_denoise(noisy: torch.Tensor, sigmas: torch.Tensor, workers: int | None = None) -> torch.Tensor:
     """CBM3D (colour BM3D, Dabov et al. 2007; the `bm3d` package of Tampere University, licensed for
-    non-commercial use only: never a hard dependency) given the true sigma, one image per core."""
+    non-commercial use only: never a hard dependency) of a batch given the true sigmas, one image per core."""
+    outputs = bm3d_denoise_each(list(noisy), [float(sigma) for sigma in sigmas.cpu()], workers)
+    return torch.stack(outputs).to(noisy.device)
+
+
+def bm3d_denoise_each(images: list[torch.Tensor], sigmas: list[float],
+                      workers: int | None = None) -> list[torch.Tensor]:
+    """CBM3D of (3, H, W) images of any sizes, each with its noise std, one image per core; CPU tensors back."""
     from toolkit.bm3d_worker import bm3d_many
 
-    jobs = [(np.ascontiguousarray(image.transpose(1, 2, 0)), float(sigma)) for image, sigma in
-            zip(noisy.float().cpu().numpy(), sigmas.cpu().numpy())]
+    jobs = [(np.ascontiguousarray(image.float().cpu().numpy().transpose(1, 2, 0)), sigma)
+            for image, sigma in zip(images, sigmas)]
     results = bm3d_many(jobs, workers or os.cpu_count() or 1)
-    return torch.stack([torch.from_numpy(r.transpose(2, 0, 1)) for r in results]).to(noisy.device)
+    return [torch.from_numpy(result.transpose(2, 0, 1)) for result in results]
 
 
 def bm3d_available() -> bool:
