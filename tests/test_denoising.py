@@ -342,6 +342,12 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert whole["val_psnr_25"] > whole["val_noisy_psnr_25"]  # it denoises, even this little
     assert {"val_psnr_15", "val_psnr_50", "val_psnr"} <= set(whole)
     assert (tmp_path / "whole" / "plots" / "validation_psnr.png").is_file()
+    # toolkit report reads it as a denoiser run: its validation table per noise level and its figures
+    assert toolkit_main(["report", str(tmp_path / "whole"), "--out", str(tmp_path / "report"),
+                         "--wandb_mode=disabled"]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "validation, σ (of 255)" in page and f"{whole['val_psnr_25']:.2f}" in page
+    assert "validation PSNR per noise level" in page and "clean / noisy / denoised" in page
     logged = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     norms = [row["grad_norm"] for row in logged if "grad_norm" in row]  # the norm before clipping, at log steps
     assert norms and all(np.isfinite(norm) and norm > 0 for norm in norms)

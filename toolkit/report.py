@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ def run_kind(run_dir: Path) -> str:
     if (run_dir / "latent_study.json").is_file():
         return "latent_study"
     summary = read_json(run_dir / "summary.json") or {}
-    if "test_psnr" in summary:
+    if "test_psnr" in summary or "val_psnr" in summary:  # a held-out test split, or validation per sigma (blind)
         return "denoiser"
     if "val_accuracy" in summary:
         return "classifier"
@@ -111,13 +112,20 @@ def _denoiser_section(page: _Page, run_dir: Path) -> dict:
     page.heading(f"{summary.get('label', 'denoiser')}: {run_dir.name}", 3)
     page.paragraph(f"{summary.get('data', '')}; noise {summary.get('noise', '')}; "
                    f"{summary.get('train_seconds', 0):.0f} s of training.")
-    page.table(["", "PSNR dB", "SSIM", "MSE"],
-               [["model (held-out test)", f"{summary['test_psnr']:.2f}", f"{summary['test_ssim']:.4f}",
-                 f"{summary['test_mse']:.5f}"],
-                ["noisy input", f"{summary['test_noisy_psnr']:.2f}", f"{summary['test_noisy_ssim']:.4f}",
-                 f"{summary['test_noisy_mse']:.5f}"]])
+    if "test_psnr" in summary:
+        page.table(["", "PSNR dB", "SSIM", "MSE"],
+                   [["model (held-out test)", f"{summary['test_psnr']:.2f}", f"{summary['test_ssim']:.4f}",
+                     f"{summary['test_mse']:.5f}"],
+                    ["noisy input", f"{summary['test_noisy_psnr']:.2f}", f"{summary['test_noisy_ssim']:.4f}",
+                     f"{summary['test_noisy_mse']:.5f}"]])
+    else:  # a blind denoiser: validated at each noise level (its benchmark is `toolkit benchmark-denoiser`)
+        sigmas = sorted(int(key.removeprefix("val_psnr_")) for key in summary if re.fullmatch(r"val_psnr_\d+", key))
+        page.table(["validation, σ (of 255)", "model PSNR dB", "model SSIM", "noisy input PSNR dB"],
+                   [[sigma, f"{summary[f'val_psnr_{sigma}']:.2f}", f"{summary[f'val_ssim_{sigma}']:.4f}",
+                     f"{summary[f'val_noisy_psnr_{sigma}']:.2f}"] for sigma in sigmas])
     plots = run_dir / "plots"
     page.figure(plots / "learning_curves.png", f"{run_dir.name}: learning curves")
+    page.figure(plots / "validation_psnr.png", f"{run_dir.name}: validation PSNR per noise level")
     grids = sorted(plots.glob("grid-test-*.png")) or sorted(plots.glob("grid-val-*.png"))
     if grids:
         page.figure(grids[-1], f"{run_dir.name}: clean / noisy / denoised")
@@ -230,8 +238,12 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "") -> Path:
         rows = []
         for run_dir in plain:
             s = read_json(run_dir / "summary.json") or {}
-            score = f"{_percent(s.get('test_accuracy'))} accuracy" if "val_accuracy" in s else \
-                f"{s.get('test_psnr', 0):.2f} dB / {s.get('test_ssim', 0):.3f}"
+            if "val_accuracy" in s:
+                score = f"{_percent(s.get('test_accuracy'))} accuracy"
+            elif "test_psnr" in s:
+                score = f"{s['test_psnr']:.2f} dB / {s.get('test_ssim', 0):.3f}"
+            else:
+                score = f"{s.get('val_psnr', 0):.2f} dB (validation, mean over σ)"
             rows.append([run_dir.name, s.get("recipe", ""), s.get("steps", ""), f"{s.get('train_seconds', 0):.0f}",
                          f"{s.get('train_images_per_s', 0):.0f}", score])
         page.table(["run", "recipe", "iterations", "training s", "img/s", "held-out score"], rows)
