@@ -11,7 +11,7 @@ DATA=${1:-../shared/data/intel}
 CLEAN=${2:-../shared/data/denoise/CBSD432}
 BENCH=${3:-../shared/data/denoise/McMaster}
 OUT=${OUT:-runs/readme}
-STEPS=${STEPS:-"check benchmark select denoiser mcmaster compare latent cnn_gap use"}
+STEPS=${STEPS:-"check benchmark select denoiser mcmaster compare latent use cnn_gap"}
 export WANDB_MODE=${WANDB_MODE:-offline}
 BIN=.venv/bin
 LAUNCH="$BIN/accelerate launch --config_file accelerate_config.yaml"
@@ -86,6 +86,19 @@ if wanted latent; then
         2>&1 | tee "$OUT/latent_study.log"
 fi
 
+if wanted use; then  # needs the compare step's runs only, so it comes before the long cnn_gap step
+    step "using the models: evaluate the held-out images, predict a folder, reports"
+    FAST="$OUT/compare/fast_cnn/seed-0"
+    $BIN/toolkit evaluate "$FAST" "$DATA" --held_out --out "$OUT/evaluate_fast_cnn"
+    $BIN/toolkit predict "$FAST" "$DATA/seg_train/glacier" --top_k 2 --out "$OUT/predictions.csv"
+    $BIN/toolkit report "$OUT/compare" "$OUT/evaluate_fast_cnn" --out "$OUT/report_classifiers" \
+        --title "Intel scenes: classifiers" --wandb_mode=disabled
+    $BIN/toolkit report "$OUT/latent_study" "$OUT/blind_denoiser" --out "$OUT/report_denoising" \
+        --title "Intel scenes: denoising" --wandb_mode=disabled
+    $BIN/toolkit wandb-report "$OUT/compare" --out "$OUT/wandb_report_compare"
+    $BIN/toolkit wandb-report "$OUT/latent_study" --out "$OUT/wandb_report_latent"
+fi
+
 # About 55 minutes per run on 2 AVX2 cores (10 epochs at 80 px in fp32); CNN_GAP_SEEDS=0 runs one seed at both
 # shares first, a later CNN_GAP_SEEDS=0,1 adds the second seed and reuses the finished runs.
 if wanted cnn_gap; then
@@ -98,16 +111,4 @@ if wanted cnn_gap; then
     done
 fi
 
-if wanted use; then
-    step "using the models: evaluate the held-out images, predict a folder, reports"
-    FAST="$OUT/compare/fast_cnn/seed-0"
-    $BIN/toolkit evaluate "$FAST" "$DATA" --held_out --out "$OUT/evaluate_fast_cnn"
-    $BIN/toolkit predict "$FAST" "$DATA/seg_train/glacier" --top_k 2 --out "$OUT/predictions.csv"
-    $BIN/toolkit report "$OUT/compare" "$OUT/evaluate_fast_cnn" --out "$OUT/report_classifiers" \
-        --title "Intel scenes: classifiers" --wandb_mode=disabled
-    $BIN/toolkit report "$OUT/latent_study" "$OUT/blind_denoiser" --out "$OUT/report_denoising" \
-        --title "Intel scenes: denoising" --wandb_mode=disabled
-    $BIN/toolkit wandb-report "$OUT/compare" --out "$OUT/wandb_report_compare"
-    $BIN/toolkit wandb-report "$OUT/latent_study" --out "$OUT/wandb_report_latent"
-fi
 step "done"
