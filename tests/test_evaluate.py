@@ -13,7 +13,14 @@ from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_labeled_folder
 from toolkit.data.loaders import Shard, make_loader
 from toolkit.models.cnn import SceneCNN
-from toolkit.train.evaluate import classification_metrics, evaluate_classifier, expected_calibration_error
+from toolkit.train.evaluate import (
+    classification_metrics,
+    classifier_outputs,
+    evaluate_classifier,
+    expected_calibration_error,
+    fit_temperature,
+    with_temperature,
+)
 
 
 def test_metrics_from_a_known_confusion_matrix():
@@ -48,6 +55,31 @@ def test_expected_calibration_error_known_case():
     ece, table = expected_calibration_error(probabilities, labels, bins=10)
     assert ece == pytest.approx(0.5 * abs(0.9 - 0.5) + 0.5 * abs(0.6 - 1.0))
     assert sum(table["count"]) == 4
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.0])
+def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_ranking(true_temperature):
+    # labels drawn from softmax(z / T): a model reporting softmax(z) is over-confident (T = 2) or
+    # under-confident (T = 0.5) by exactly T, which the fit must find and which must lower the ECE
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(20000, 6))
+    reported = np.exp(logits - logits.max(1, keepdims=True))
+    reported /= reported.sum(1, keepdims=True)
+    truth = with_temperature(reported, true_temperature)
+    labels = np.array([rng.choice(6, p=row) for row in truth])
+    fitted = fit_temperature(reported, labels)
+    assert fitted == pytest.approx(true_temperature, rel=0.05)
+    calibrated = with_temperature(reported, fitted)
+    assert np.allclose(calibrated.sum(1), 1) and (calibrated.argmax(1) == reported.argmax(1)).all()
+    assert expected_calibration_error(calibrated, labels)[0] < expected_calibration_error(reported, labels)[0] / 3
+    assert fit_temperature(reported[:0], labels[:0]) == 1.0  # nothing to fit on: as trained
+    # the same rescaling in the model's output, in log space
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 6))
+    mean, std = [0.5] * 3, [0.25] * 3
+    plain = classifier_outputs(model, images, mean, std, flip_tta=True).exp().detach().numpy()
+    scaled = classifier_outputs(model, images, mean, std, flip_tta=True, temperature=2.0).exp().detach().numpy()
+    assert np.allclose(scaled, with_temperature(plain, 2.0), atol=1e-5)
 
 
 def test_evaluate_classifier_equals_a_direct_computation(tiny_intel, cache_dir):

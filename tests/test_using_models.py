@@ -116,6 +116,30 @@ def test_evaluate_agrees_with_the_predictions_it_writes(trained, tiny_intel, tmp
         assert (out / figure).is_file()
 
 
+def test_the_run_fits_a_temperature_that_predict_and_evaluate_apply(trained, tiny_intel, tmp_path):
+    import json
+
+    from toolkit.inference import resolve_checkpoint
+    from toolkit.train.evaluate import with_temperature
+    from toolkit.train.state import TrainerState
+
+    summary = json.loads((trained / "summary.json").read_text())
+    temperature = TrainerState.read(resolve_checkpoint(trained)).temperature
+    assert temperature == summary["temperature"] and temperature != 1.0 and 0.05 <= temperature <= 20
+    assert {"val_ece", "test_ece", "test_ece_calibrated", "test_loss_calibrated"} <= set(summary)
+    folder = str(tiny_intel / "seg_test")
+    assert toolkit_main(["predict", str(trained), folder, "--out", str(tmp_path / "calibrated.csv")]) == 0
+    assert toolkit_main(["predict", str(trained), folder, "--out", str(tmp_path / "plain.csv"),
+                         "--no-calibrated"]) == 0
+    columns = [f"p_{name}" for name in summary["classes"]]
+    calibrated, plain = ([[float(row[c]) for c in columns] for row in _read_csv(tmp_path / name)]
+                         for name in ("calibrated.csv", "plain.csv"))
+    assert np.allclose(calibrated, with_temperature(np.array(plain), temperature), atol=2e-5)
+    assert (np.argmax(calibrated, 1) == np.argmax(plain, 1)).all()
+    assert toolkit_main(["evaluate", str(trained), folder, "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["temperature"] == temperature
+
+
 def test_evaluate_refuses_a_folder_with_other_classes(trained, tmp_path):
     (tmp_path / "cats").mkdir()
     Image.new("RGB", (20, 20)).save(tmp_path / "cats" / "a.png")

@@ -70,7 +70,7 @@ def command_predict(args) -> None:
     resolve_checkpoint(args.checkpoint)  # the first argument is checked first
     files = collect_inputs(args.inputs)
     predictions = predict_files(args.checkpoint, files, args.batch_size, args.tta, args.device, args.workers,
-                                mixed_precision=args.mixed_precision)
+                                mixed_precision=args.mixed_precision, calibrated=args.calibrated)
     out = Path(args.out)
     write_predictions_csv(predictions, out, args.top_k)
     counts = {}
@@ -90,10 +90,12 @@ def command_evaluate(args) -> None:
 
     out = Path(args.out or f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     metrics = evaluate_folder(args.checkpoint, Path(args.data), out, args.batch_size, args.tta, args.device,
-                              args.workers, held_out=args.held_out, mixed_precision=args.mixed_precision)
+                              args.workers, held_out=args.held_out, mixed_precision=args.mixed_precision,
+                              calibrated=args.calibrated)
     what = "the run's held-out images" if args.held_out else "images"
     print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} {what}, loss {metrics['loss']:.4f}, "
-          f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} ({metrics['mixed_precision']})")
+          f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} ({metrics['mixed_precision']}; "
+          f"temperature {metrics['temperature']:.3f})")
     if metrics["training_images"]:
         print(f"WARNING: {metrics['training_images']} of these images were in the run's training set "
               f"(e.g. {metrics['training_image_examples'][0]}): this score is not a held-out one", file=sys.stderr)
@@ -202,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", default="cuda" if _cuda() else "cpu")
     pred.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
                       help="default: the precision the run was trained with (stored in the checkpoint)")
+    pred.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
+                      help="probabilities divided by the temperature the run fitted on its validation "
+                      "images (--no-calibrated: as trained; older checkpoints hold none)")
     pred.set_defaults(handler=command_predict)
 
     ev = commands.add_parser("evaluate", help="full evaluation of a classifier on a labeled folder")
@@ -217,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ev.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
                     help="default: the precision the run was trained with (stored in the checkpoint)")
+    ev.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
+                    help="probabilities divided by the temperature the run fitted on its validation "
+                    "images (--no-calibrated: as trained; older checkpoints hold none)")
     ev.set_defaults(handler=command_evaluate)
 
     rep = commands.add_parser("report", help="a self-contained HTML report from run directories")

@@ -37,6 +37,7 @@ class Predictions:
     classes: list[str]
     pixel_hashes: list[str] | None = None  # hash of each file's decoded pixels ('' if unreadable)
     mixed_precision: str = "no"  # what the model ran in
+    temperature: float = 1.0  # the calibration temperature the probabilities were divided by (1: as trained)
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -92,13 +93,16 @@ def inference_precision(requested: str | None, state, device: str, log=print) ->
 @torch.no_grad()
 def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip_tta: bool | None = None,
                   device: str = "cpu", workers: int = 2, progress: bool = True,
-                  mixed_precision: str | None = None) -> Predictions:
+                  mixed_precision: str | None = None, calibrated: bool = True) -> Predictions:
     """Class probabilities for every file; unreadable files are recorded, never fatal.
 
-    mixed_precision: 'no', 'bf16', 'fp16' or 'auto'; None: the precision the checkpoint was trained with."""
+    mixed_precision: 'no', 'bf16', 'fp16' or 'auto'; None: the precision the checkpoint was trained with.
+    calibrated: divided by the temperature the run fitted on its validation images (checkpoints written
+    before calibration existed hold 1, as trained); False: as trained."""
     model, state = load_classifier(checkpoint, device)
     classes, pre = state.classes, state.preprocessing
     flip_tta = state.flip_tta if flip_tta is None else flip_tta
+    temperature = state.temperature if calibrated else 1.0
     precision = inference_precision(mixed_precision, state, device, log=lambda m: print(m, file=sys.stderr))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     probabilities = np.full((len(files), len(classes)), np.nan, dtype=np.float32)
@@ -120,14 +124,15 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
                 images = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)  # (B, 3, H, W) uint8
                 device_type = torch.device(device).type
                 with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                    log_probs = classifier_outputs(model, images, pre["mean"], pre["std"], flip_tta)
+                    log_probs = classifier_outputs(model, images, pre["mean"], pre["std"], flip_tta,
+                                                   temperature)
                 probabilities[positions] = log_probs.exp().float().cpu().numpy()
                 bar.update(len(batch))
                 batch, positions = [], []
             if error is not None:
                 bar.update(1)
     return Predictions(files=files, probabilities=probabilities, errors=errors, classes=classes,
-                       pixel_hashes=hashes, mixed_precision=precision)
+                       pixel_hashes=hashes, mixed_precision=precision, temperature=temperature)
 
 
 def write_predictions_csv(predictions: Predictions, path: Path, top_k: int = 1) -> None:
@@ -185,7 +190,7 @@ def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
 
 def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: int = 64, flip_tta: bool | None = None,
                     device: str = "cpu", workers: int = 2, gallery: int = 24, held_out: bool = False,
-                    mixed_precision: str | None = None) -> dict:
+                    mixed_precision: str | None = None, calibrated: bool = True) -> dict:
     """Accuracy, per-class precision/recall/F1, confusion matrix, calibration and the most confident
     mistakes of a checkpoint on a labeled folder (or, with held_out, on exactly the images its run held
     out of that data root's training folder, as the checkpoint recorded them); figures and metrics.json
@@ -200,7 +205,7 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
         listing = scan_labeled_folder(folder, classes=state.classes)
         files, all_labels = listing.files, listing.labels
     predictions = predict_files(checkpoint, files, batch_size, flip_tta, device, workers,
-                                mixed_precision=mixed_precision)
+                                mixed_precision=mixed_precision, calibrated=calibrated)
     trained_on = set((state.split or {}).get("train_pixels", []))
     seen_in_training = [str(f) for f, h in zip(files, predictions.pixel_hashes) if h and h[:DIGEST_CHARS] in trained_on]
     good = np.array([i for i in range(len(files)) if i not in predictions.errors], dtype=int)
@@ -215,7 +220,8 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     ece, reliability = expected_calibration_error(probabilities, labels)
     metrics.update(ece=ece, reliability=reliability, skipped={str(files[i]): e for i, e in predictions.errors.items()},
                    checkpoint=str(checkpoint), folder=str(folder) + (" (held-out split)" if held_out else ""),
-                   mixed_precision=predictions.mixed_precision, training_images=len(seen_in_training),
+                   mixed_precision=predictions.mixed_precision, temperature=predictions.temperature,
+                   training_images=len(seen_in_training),
                    training_image_examples=seen_in_training[:10],
                    classes=classes)
     out_dir.mkdir(parents=True, exist_ok=True)

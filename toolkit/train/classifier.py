@@ -10,7 +10,7 @@ from toolkit.data.loaders import make_loader, shard_loader
 from toolkit.plots import image_grid, plot_classifier_curves, plot_confusion, plot_grouped_bars, plot_lines
 from toolkit.run import Run
 from toolkit.runs import elapsed_seconds, read_metrics, series
-from toolkit.train.evaluate import evaluate_classifier
+from toolkit.train.evaluate import evaluate_classifier, expected_calibration_error, fit_temperature, with_temperature
 from toolkit.train.loop import TrainingLoop
 
 
@@ -51,9 +51,14 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
     one), the final checkpoint, figures, tables and summary.json."""
     run, state = loop.run, loop.finish()
     data, classes, model = evaluation.eval_data, evaluation.data.classes, loop.evaluated_model
-    validation = evaluation.score(model, evaluation.val)
+    validation = evaluation.score(model, evaluation.val, keep_predictions=True)
     loop.run.logger.log(evaluation_scalars("val", validation, classes), state.step)
-    run.say(f"[val] final: loss {validation['loss']:.4f} accuracy {validation['accuracy']:.4f}")
+    # calibration: the temperature that makes the validation probabilities honest, kept in the checkpoint for
+    # predict and evaluate (every process fits the same one: each holds all the validation predictions)
+    state.temperature = fit_temperature(validation["probabilities"], validation["labels"])
+    val_ece = expected_calibration_error(validation["probabilities"], validation["labels"])[0]
+    run.say(f"[val] final: loss {validation['loss']:.4f} accuracy {validation['accuracy']:.4f}; "
+            f"calibration: temperature {state.temperature:.3f} (expected calibration error as trained {val_ece:.3f})")
     summary = {"recipe": state.recipe, "steps": state.step, "train_seconds": round(state.train_seconds, 1),
                "train_images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "seed": run.cfg.seed,
                "val_accuracy": validation["accuracy"], "val_loss": validation["loss"], "data": data.describe(),
@@ -61,7 +66,7 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
                "flip_tta": evaluation.flip_tta, "mixed_precision": state.mixed_precision,
                "num_processes": state.num_processes, "cpu": run.logger.config.get("cpu"),
                "val_per_class_accuracy": dict(zip(classes, validation["per_class_accuracy"])),
-               "weights": state.weights}
+               "weights": state.weights, "temperature": state.temperature, "val_ece": val_ece}
     test = None
     if len(data.test_indices):
         shard = shard_loader(data.test_set, data.test_indices, run.rank, run.world, evaluation.batch_size,
@@ -72,10 +77,14 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
                        test_images=test["n"], test_per_class_accuracy=dict(zip(classes, test["per_class_accuracy"])),
                        test_per_class_correct=dict(zip(classes, test["per_class_correct"])),
                        test_per_class_total=dict(zip(classes, test["per_class_total"])),
-                       test_macro_f1=test["macro_f1"], test_confusion=test["confusion"])
+                       test_macro_f1=test["macro_f1"], test_confusion=test["confusion"],
+                       **calibration_scores(test["probabilities"], test["labels"], state.temperature))
         run.say(f"[test] {data.test_name}: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} "
-                f"({test['n']} images)")
+                f"({test['n']} images); expected calibration error {summary['test_ece']:.3f} as trained, "
+                f"{summary['test_ece_calibrated']:.3f} with the temperature")
     final = loop.final_checkpoint()
+    if run.is_main:  # the last step's checkpoint may predate the temperature
+        state.write(final)
     summary["checkpoint"] = str(final)
     if run.is_main:
         records = read_metrics(run.run_dir)
@@ -85,6 +94,15 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
     run.logger.summary(summary)
     run.logger.finish()
     return summary
+
+
+def calibration_scores(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """Expected calibration error and loss of held-out predictions as trained and with the fitted temperature."""
+    calibrated = with_temperature(probabilities, temperature)
+    rows = np.arange(len(labels))
+    return {"test_ece": expected_calibration_error(probabilities, labels)[0],
+            "test_ece_calibrated": expected_calibration_error(calibrated, labels)[0],
+            "test_loss_calibrated": float(-np.log(np.clip(calibrated[rows, labels], 1e-30, 1)).mean())}
 
 
 def _example_images(stored, indices, image_size: int) -> list[np.ndarray]:

@@ -25,14 +25,41 @@ def share_buffers(model: torch.nn.Module, accelerator) -> None:
             dist.broadcast(buffer.data, src=0)
 
 
-def classifier_outputs(model, images: torch.Tensor, mean, std, flip_tta: bool = False) -> torch.Tensor:
-    """Log-probabilities (B, C) for a uint8 batch; with flip_tta, averaged over the image and its mirror."""
+def classifier_outputs(model, images: torch.Tensor, mean, std, flip_tta: bool = False,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Log-probabilities (B, C) for a uint8 batch; with flip_tta, averaged over the image and its mirror;
+    then divided by the run's fitted temperature (1: as trained), which never changes the predicted class."""
     inputs = normalize(images, mean, std)
     log_probs = F.log_softmax(model(inputs).float(), dim=1)
     if flip_tta:
         mirrored = F.log_softmax(model(inputs.flip(3)).float(), dim=1)
         log_probs = torch.logsumexp(torch.stack([log_probs, mirrored]), dim=0) - np.log(2.0)
-    return log_probs
+    return F.log_softmax(log_probs / temperature, dim=1) if temperature != 1.0 else log_probs
+
+
+def with_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities (N, C) rescaled as softmax(log p / temperature)."""
+    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-30, 1)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al., 2017): the T in [0.05, 20] that minimises the negative log-likelihood
+    of softmax(log p / T) on held-back images (a run's validation images). T > 1 softens over-confident
+    probabilities, T < 1 sharpens under-confident ones; the ranking of the classes never changes."""
+    from scipy.optimize import minimize_scalar
+
+    if len(labels) == 0:
+        return 1.0
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        return float(-np.log(np.clip(with_temperature(probabilities, np.exp(log_t))[rows, labels], 1e-30, 1)).mean())
+
+    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(found.x))
 
 
 @torch.no_grad()

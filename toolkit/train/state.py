@@ -33,6 +33,7 @@ class TrainerState:
     num_processes: int = 1  # a resume must use as many (each process's data order and RNG depend on it)
     weights: str | None = None  # where the initial weights came from
     flip_tta: bool = False  # classifiers: evaluated on each image and its mirror
+    temperature: float = 1.0  # classifiers: fitted on the validation images after training (calibration)
     noise: dict | None = None  # denoisers: the training noise (NoiseSpec.as_dict())
     conditioned: bool = False  # denoisers: told the noise level per image
     label: str | None = None  # a short display name (the denoiser's --model)
