@@ -83,7 +83,8 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
                 f"({test['n']} images); expected calibration error {summary['test_ece']:.3f} as trained, "
                 f"{summary['test_ece_calibrated']:.3f} with the temperature")
     final = loop.final_checkpoint()
-    if run.is_main:  # the last step's checkpoint may predate the temperature
+    # the last step's checkpoint may predate the temperature; written where save_checkpoint writes
+    if run.accelerator.is_main_process or (not run.shared_run_dir and run.accelerator.is_local_main_process):
         state.write(final)
     summary["checkpoint"] = str(final)
     if run.is_main:

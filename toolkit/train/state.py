@@ -74,7 +74,11 @@ class TrainerState:
                                   "to the previous one") from None
 
     def write(self, checkpoint: Path | str) -> None:
-        (Path(checkpoint) / STATE_FILE).write_text(self.to_json())
+        """Atomically: a crash leaves the previous file or the new one, never half of one."""
+        path = Path(checkpoint) / STATE_FILE
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(self.to_json())
+        partial.replace(path)
 
     def mismatches(self, other: TrainerState) -> list[str]:
         """What keeps `other` (from a checkpoint) from continuing this run: the model, its classes, the
