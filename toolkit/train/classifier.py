@@ -79,6 +79,8 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
                        test_per_class_total=dict(zip(classes, test["per_class_total"])),
                        test_macro_f1=test["macro_f1"], test_confusion=test["confusion"],
                        **calibration_scores(test["probabilities"], test["labels"], state.temperature))
+        # from here on (figures, test_probabilities.npy) the probabilities as predict and evaluate give them
+        test["probabilities"] = with_temperature(test["probabilities"], state.temperature).astype(np.float32)
         run.say(f"[test] {data.test_name}: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} "
                 f"({test['n']} images); expected calibration error {summary['test_ece']:.3f} as trained, "
                 f"{summary['test_ece_calibrated']:.3f} with the temperature")
@@ -148,5 +150,5 @@ def _write_figures(run, data, state, records, validation, test, image_size) -> N
         run.logger.log_table("test/examples", ["image", "true", "predicted", "probability"],
                              [[image, classes[y], classes[p.argmax()], float(p.max())]
                               for image, p, y in zip(examples, probabilities, labels)], step)
-        np.save(run.run_dir / "test_probabilities.npy", test["probabilities"])
+        np.save(run.run_dir / "test_probabilities.npy", test["probabilities"])  # calibrated, as served
         np.save(run.run_dir / "test_labels.npy", test["labels"])
