@@ -81,6 +81,12 @@ def _first_error(accelerator, error: str | None) -> str | None:
     return errors[0] if errors else None
 
 
+def writes_checkpoints(accelerator, per_node: bool = False) -> bool:
+    """Whether this process writes a checkpoint's files: one process per machine (per_node: node-local run
+    directories) or one in all."""
+    return accelerator.is_local_main_process if per_node else accelerator.is_main_process
+
+
 def save_checkpoint(accelerator, run_dir: Path | str, step: int, trainer_state: TrainerState, keep: int = 2,
                     per_node: bool = False) -> Path:
     """Save model, optimizer and RNG states plus `trainer_state`; keep the newest `keep`.
@@ -91,7 +97,7 @@ def save_checkpoint(accelerator, run_dir: Path | str, step: int, trainer_state: 
     folder = Path(run_dir) / CHECKPOINTS
     partial = folder / f".partial-{checkpoint_name(step)}"
     final = folder / checkpoint_name(step)
-    writer = accelerator.is_local_main_process if per_node else accelerator.is_main_process
+    writer = writes_checkpoints(accelerator, per_node)
     where = f"process {accelerator.process_index}: " if accelerator.num_processes > 1 else ""
     error = None
     try:

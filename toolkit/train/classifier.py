@@ -10,7 +10,13 @@ from toolkit.data.loaders import make_loader, shard_loader
 from toolkit.plots import image_grid, plot_classifier_curves, plot_confusion, plot_grouped_bars, plot_lines
 from toolkit.run import Run
 from toolkit.runs import elapsed_seconds, read_metrics, series
-from toolkit.train.evaluate import evaluate_classifier, expected_calibration_error, fit_temperature, with_temperature
+from toolkit.train.evaluate import (
+    evaluate_classifier,
+    expected_calibration_error,
+    fit_temperature,
+    mean_negative_log_likelihood,
+    with_temperature,
+)
 from toolkit.train.loop import TrainingLoop
 
 
@@ -85,9 +91,6 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
                 f"({test['n']} images); expected calibration error {summary['test_ece']:.3f} as trained, "
                 f"{summary['test_ece_calibrated']:.3f} with the temperature")
     final = loop.final_checkpoint()
-    # the last step's checkpoint may predate the temperature; written where save_checkpoint writes
-    if run.accelerator.is_main_process or (not run.shared_run_dir and run.accelerator.is_local_main_process):
-        state.write(final)
     summary["checkpoint"] = str(final)
     if run.is_main:
         records = read_metrics(run.run_dir)
@@ -102,10 +105,9 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
 def calibration_scores(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """Expected calibration error and loss of held-out predictions as trained and with the fitted temperature."""
     calibrated = with_temperature(probabilities, temperature)
-    rows = np.arange(len(labels))
     return {"test_ece": expected_calibration_error(probabilities, labels)[0],
             "test_ece_calibrated": expected_calibration_error(calibrated, labels)[0],
-            "test_loss_calibrated": float(-np.log(np.clip(calibrated[rows, labels], 1e-30, 1)).mean())}
+            "test_loss_calibrated": mean_negative_log_likelihood(calibrated, labels)}
 
 
 def _example_images(stored, indices, image_size: int) -> list[np.ndarray]:

@@ -45,6 +45,11 @@ def with_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarra
     return scaled / scaled.sum(axis=1, keepdims=True)
 
 
+def mean_negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The mean cross-entropy of probabilities (N, C) against integer labels (N,)."""
+    return float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-30, 1)).mean())
+
+
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Temperature scaling (Guo et al., 2017): the T in [0.05, 20] that minimises the negative log-likelihood
     of softmax(log p / T) on held-back images (a run's validation images). T > 1 softens over-confident
@@ -53,10 +58,9 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
     if len(labels) == 0:
         return 1.0
-    rows = np.arange(len(labels))
 
     def nll(log_t: float) -> float:
-        return float(-np.log(np.clip(with_temperature(probabilities, np.exp(log_t))[rows, labels], 1e-30, 1)).mean())
+        return mean_negative_log_likelihood(with_temperature(probabilities, np.exp(log_t)), labels)
 
     found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(found.x))

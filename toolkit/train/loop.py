@@ -27,7 +27,7 @@ import torch
 from toolkit.errors import TrainingDiverged
 from toolkit.progress import progress_bar
 from toolkit.run import Preempted, Run, install_stop_handler, restore_sigterm
-from toolkit.train.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from toolkit.train.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint, writes_checkpoints
 from toolkit.train.ema import ModelEMA
 from toolkit.train.meter import TrainingMeter
 from toolkit.train.state import TrainerState
@@ -226,9 +226,12 @@ class TrainingLoop:
         return self.state
 
     def final_checkpoint(self):
-        """The checkpoint of the last step: the one already saved at this step, or a new one."""
+        """The checkpoint of the last step: the one already saved at this step (its trainer state rewritten, so
+        that what was set after the save, such as a classifier's temperature, is kept), or a new one."""
         final = self.run.run_dir / "checkpoints" / checkpoint_name(self.state.step)
         if (final / "trainer_state.json").is_file():
+            if writes_checkpoints(self.accelerator, per_node=not self.run.shared_run_dir):
+                self.state.write(final)
             return final
         self.save(self.state.step)
         return final
