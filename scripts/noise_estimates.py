@@ -2,7 +2,7 @@
 clipped to [0, 1] (as in a saved photograph) and not clipped (the published benchmark protocol), beside
 scikit-image's estimate over the whole image. The figures in docs/results.md come from
 
-    python scripts/noise_estimates.py ../shared/data/denoise/McMaster
+    python scripts/noise_estimates.py data/denoise/McMaster
 
 Noise is seeded per image as in `toolkit benchmark-denoiser`; printed: the mean estimate (0-255 scale).
 """

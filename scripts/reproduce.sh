@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Every measured figure in README.md and docs/results.md comes from this script, run on the real data:
 #     bash scripts/reproduce.sh [INTEL_ROOT] [CLEAN_TRAIN_IMAGES] [CLEAN_TEST_IMAGES]
-# defaults: ../shared/data/intel, ../shared/data/denoise/CBSD432, ../shared/data/denoise/McMaster.
+# defaults: data/intel, data/denoise/CBSD432, data/denoise/McMaster (the Intel scenes as in the README's quick
+# start; CBSD432 and McMaster as any folders of clean images).
 # Outputs go to $OUT (runs/readme). Each step runs alone on all cores, one after the other; a rerun after an
 # interruption skips every finished step (it has a summary.json) and resumes an unfinished one from its checkpoint.
 # STEPS="denoiser compare" runs only those steps (names below); on 2 CPU cores the whole script takes ~10 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/data/intel}
-CLEAN=${2:-../shared/data/denoise/CBSD432}
-BENCH=${3:-../shared/data/denoise/McMaster}
+DATA=${1:-data/intel}
+CLEAN=${2:-data/denoise/CBSD432}
+BENCH=${3:-data/denoise/McMaster}
 OUT=${OUT:-runs/readme}
 STEPS=${STEPS:-"check benchmark select denoiser mcmaster compare latent use cnn_gap"}
 export WANDB_MODE=${WANDB_MODE:-offline}
