@@ -5,6 +5,7 @@
     toolkit benchmark                           loader and training-step throughput, printed and as JSON
     toolkit predict CHECKPOINT INPUT...         classify images / folders / @lists, write a CSV
     toolkit evaluate CHECKPOINT FOLDER          accuracy, P/R/F1, confusion, calibration, confident mistakes
+    toolkit calibrate CHECKPOINT DATA           fit a run's temperature after the fact (runs trained before it)
     toolkit report RUN_DIR...                   one self-contained HTML report (and PNGs) from runs
     toolkit denoise CHECKPOINT INPUT OUTPUT     denoise an image or a folder with a trained denoiser
     toolkit benchmark-denoiser CHECKPOINT       PSNR/SSIM on clean references (McMaster) at sigma 15/25/50
@@ -106,6 +107,18 @@ def command_evaluate(args) -> None:
     for file, error in metrics["skipped"].items():
         print(f"skipped {file}: {error}", file=sys.stderr)
     print(f"figures, predictions.csv and metrics.json in {out}")
+
+
+def command_calibrate(args) -> None:
+    from toolkit.predict import calibrate_checkpoint
+
+    result = calibrate_checkpoint(args.checkpoint, args.data, args.batch_size, args.device, args.workers)
+    print(f"temperature {result['temperature_before']:.3f} -> {result['temperature']:.3f}, fitted on "
+          f"{result['images']} images of {args.data} the run never trained on or held out; on them: expected "
+          f"calibration error {result['ece_as_trained']:.4f} -> {result['ece_calibrated']:.4f}, loss "
+          f"{result['loss_as_trained']:.4f} -> {result['loss_calibrated']:.4f}")
+    print(f"written to {result['checkpoint']}/trainer_state.json: predict and evaluate apply it "
+          "(--no-calibrated: as trained)")
 
 
 def command_report(args) -> None:
@@ -226,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probabilities divided by the temperature the run fitted on its validation "
                     "images (--no-calibrated: as trained; older checkpoints hold none)")
     ev.set_defaults(handler=command_evaluate)
+
+    cal = commands.add_parser("calibrate", help="fit a classifier's calibration temperature after training")
+    cal.add_argument("checkpoint", help="a run directory or one of its checkpoints (the newest is written)")
+    cal.add_argument("data", help="the data root the run trained on: the temperature is fitted on its training "
+                     "folder's images the run neither trained on nor held out (its validation images)")
+    cal.add_argument("--batch_size", type=int, default=64)
+    cal.add_argument("--workers", type=int, default=2)
+    cal.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    cal.set_defaults(handler=command_calibrate)
 
     rep = commands.add_parser("report", help="a self-contained HTML report from run directories")
     rep.add_argument("runs", nargs="+", help="run directories: classifier, denoiser, comparison, latent study, "

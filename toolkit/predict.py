@@ -24,7 +24,8 @@ from toolkit.errors import UserError
 from toolkit.inference import load_trained_model
 from toolkit.models import is_denoiser
 from toolkit.progress import bars_enabled
-from toolkit.train.evaluate import classification_metrics, classifier_outputs, expected_calibration_error
+from toolkit.train.evaluate import (classification_metrics, classifier_outputs, expected_calibration_error,
+                                   mean_negative_log_likelihood)
 from toolkit.train.precision import choose_mixed_precision
 from toolkit.worker_pool import forked_pool
 
@@ -188,6 +189,69 @@ def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
+def _full_pixel_hash(path: str) -> str:
+    try:
+        return pixel_hash(load_rgb(path))
+    except (UnreadableImage, OSError):
+        return ""
+
+
+def unseen_training_folder_images(data: str, state, workers: int = 2) -> tuple[list[Path], list[int]]:
+    """The images of DATA's training folder that the run neither trained on nor held out, told apart by their
+    pixels as the checkpoint recorded them: its validation images (and, for a run trained on a subset, the
+    training images it left out). What a temperature is fitted on after the fact."""
+    from toolkit.data.classification import DIGEST_CHARS
+    from toolkit.data.folders import find_split
+
+    split = state.split or {}
+    if not split.get("train_pixels"):
+        raise UserError("this checkpoint does not record which images it trained on (written by an older "
+                        "toolkit): its validation images cannot be told apart, so it cannot be calibrated")
+    folder = find_split(Path(data), "seg_train")
+    if folder is None:
+        raise UserError(f"no training folder (seg_train or <class> folders) under {data}: pass the data root "
+                        "the run trained on")
+    listing = scan_labeled_folder(folder, classes=state.classes)
+    excluded = set(split["train_pixels"]) | {item["pixels"] for item in split.get("held_out", [])}
+    with forked_pool(workers) as pool:
+        hashes = list(tqdm(pool.imap(_full_pixel_hash, [str(f) for f in listing.files], chunksize=32),
+                           total=len(listing.files), unit="img", desc="hashing", disable=not bars_enabled(),
+                           file=sys.stderr))
+    unseen = [i for i, full in enumerate(hashes) if full and full[:DIGEST_CHARS] not in excluded]
+    if not unseen:
+        raise UserError(f"every image under {folder} was trained on or held out by this run: no images are left "
+                        "to fit a temperature on (is this the data root the run trained on?)")
+    return [listing.files[i] for i in unseen], [int(listing.labels[i]) for i in unseen]
+
+
+def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, device: str = "cpu",
+                         workers: int = 2) -> dict:
+    """Fit (or refit) a classifier's calibration temperature after training, as the recipes do at the end of a
+    run, on the images of DATA's training folder the run never trained on or held out, and write it into the
+    checkpoint's trainer state (predict and evaluate then apply it). For runs trained before calibration."""
+    from toolkit.inference import resolve_checkpoint
+    from toolkit.train.evaluate import fit_temperature, with_temperature
+
+    folder = resolve_checkpoint(checkpoint)
+    _, state = load_classifier(str(folder), "cpu")
+    files, labels = unseen_training_folder_images(data, state, workers)
+    predictions = predict_files(str(folder), files, batch_size, None, device, workers, calibrated=False)
+    good = np.array([i for i in range(len(files)) if i not in predictions.errors], dtype=int)
+    probabilities, labels = predictions.probabilities[good].astype(np.float64), np.asarray(labels)[good]
+    temperature = fit_temperature(probabilities, labels)
+    calibrated = with_temperature(probabilities, temperature)
+    result = {"checkpoint": str(folder), "images": len(labels), "temperature_before": state.temperature,
+              "temperature": temperature,
+              "ece_as_trained": expected_calibration_error(probabilities, labels)[0],
+              "ece_calibrated": expected_calibration_error(calibrated, labels)[0],
+              "loss_as_trained": mean_negative_log_likelihood(probabilities, labels),
+              "loss_calibrated": mean_negative_log_likelihood(calibrated, labels)}
+    state.temperature = temperature
+    state.extra["calibration"] = {"by": "toolkit calibrate", "data": str(data), "images": len(labels)}
+    state.write(folder)
+    return result
+
+
 def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: int = 64, flip_tta: bool | None = None,
                     device: str = "cpu", workers: int = 2, gallery: int = 24, held_out: bool = False,
                     mixed_precision: str | None = None, calibrated: bool = True) -> dict:
@@ -215,7 +279,7 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     predicted = probabilities.argmax(1)
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    loss = float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1)).sum())
+    loss = mean_negative_log_likelihood(probabilities, labels) * len(labels) if len(labels) else 0.0  # summed
     metrics = classification_metrics(confusion, loss)
     ece, reliability = expected_calibration_error(probabilities, labels)
     metrics.update(ece=ece, reliability=reliability, skipped={str(files[i]): e for i, e in predictions.errors.items()},
