@@ -24,8 +24,12 @@ from toolkit.errors import UserError
 from toolkit.inference import load_trained_model
 from toolkit.models import is_denoiser
 from toolkit.progress import bars_enabled
-from toolkit.train.evaluate import (classification_metrics, classifier_outputs, expected_calibration_error,
-                                   mean_negative_log_likelihood)
+from toolkit.train.evaluate import (
+    classification_metrics,
+    classifier_outputs,
+    expected_calibration_error,
+    mean_negative_log_likelihood,
+)
 from toolkit.train.precision import choose_mixed_precision
 from toolkit.worker_pool import forked_pool
 
