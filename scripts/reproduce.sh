@@ -90,6 +90,8 @@ fi
 if wanted use; then  # needs the compare step's runs only, so it comes before the long cnn_gap step
     step "using the models: evaluate the held-out images, predict a folder, reports"
     FAST="$OUT/compare/fast_cnn/seed-0"
+    # runs trained before calibration hold temperature 1; for a newer run this refits the same temperature
+    $BIN/toolkit calibrate "$FAST" "$DATA"
     $BIN/toolkit evaluate "$FAST" "$DATA" --held_out --out "$OUT/evaluate_fast_cnn"
     $BIN/toolkit predict "$FAST" "$DATA/seg_train/glacier" --top_k 2 --out "$OUT/predictions.csv"
     $BIN/toolkit report "$OUT/compare" "$OUT/evaluate_fast_cnn" --out "$OUT/report_classifiers" \
