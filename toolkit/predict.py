@@ -164,19 +164,27 @@ def write_predictions_csv(predictions: Predictions, path: Path, top_k: int = 1) 
             writer.writerow(cells + [f"{p:.6f}" for p in row] + [""])
 
 
+def training_folder(data: str) -> Path:
+    """DATA's training folder (DATA/seg_train, or DATA itself when it holds the class folders)."""
+    from toolkit.data.folders import find_split
+
+    folder = find_split(Path(data), "seg_train")
+    if folder is None:
+        raise UserError(f"no training folder (seg_train or <class> folders) under {data}: pass the data root "
+                        "the run trained on")
+    return folder
+
+
 def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
     """The images the run held out of DATA's training folder, as its checkpoint recorded them, after checking
     that each file still holds the same pixels (so the score is the held-out one, not a lookalike)."""
     from toolkit.data.classification import DIGEST_CHARS
-    from toolkit.data.folders import find_split
 
     split = state.split or {}
     if not split.get("held_out"):
         raise UserError("this checkpoint records no held-out images (it was scored on a test folder, or written "
                         "by an older toolkit): evaluate on a labeled folder instead")
-    folder = find_split(Path(data), "seg_train")
-    if folder is None:
-        raise UserError(f"no training folder (seg_train or <class> folders) under {data}")
+    folder = training_folder(data)
     files, labels, changed = [], [], []
     for item in split["held_out"]:
         path = folder / item["file"]
@@ -205,16 +213,12 @@ def unseen_training_folder_images(data: str, state, workers: int = 2) -> tuple[l
     pixels as the checkpoint recorded them: its validation images (and, for a run trained on a subset, the
     training images it left out). What a temperature is fitted on after the fact."""
     from toolkit.data.classification import DIGEST_CHARS
-    from toolkit.data.folders import find_split
 
     split = state.split or {}
     if not split.get("train_pixels"):
         raise UserError("this checkpoint does not record which images it trained on (written by an older "
                         "toolkit): its validation images cannot be told apart, so it cannot be calibrated")
-    folder = find_split(Path(data), "seg_train")
-    if folder is None:
-        raise UserError(f"no training folder (seg_train or <class> folders) under {data}: pass the data root "
-                        "the run trained on")
+    folder = training_folder(data)
     listing = scan_labeled_folder(folder, classes=state.classes)
     excluded = set(split["train_pixels"]) | {item["pixels"] for item in split.get("held_out", [])}
     with forked_pool(workers) as pool:
