@@ -102,13 +102,15 @@ if wanted use; then  # needs the compare step's runs only, so it comes before th
     $BIN/toolkit wandb-report "$OUT/latent_study" --out "$OUT/wandb_report_latent"
 fi
 
-# About 55 minutes per run on 2 AVX2 cores (10 epochs at 80 px in fp32); CNN_GAP_SEEDS=0 runs one seed at both
-# shares first, a later CNN_GAP_SEEDS=0,1 adds the second seed and reuses the finished runs.
+# About 55 minutes per run on 2 AVX2 cores (10 epochs at 80 px in fp32): the study CNN at this toolkit's training
+# share (90%; seeds CNN_GAP_SEEDS, default 0,1) and at the study's (99%; CNN_GAP_STUDY_SHARE_SEEDS, default 0).
+# More seeds later reuse the finished runs.
 if wanted cnn_gap; then
     step "the study CNN's gap to the study: repeats at this toolkit's training share and at the study's"
-    for share in 90 99; do
-        seeds_done "cnn_gap/share-$share/comparison.json" "${CNN_GAP_SEEDS:-0,1}" || $LAUNCH \
-            recipes/compare_classifiers.py --resume --data="$DATA" --models=cnn --seeds="${CNN_GAP_SEEDS:-0,1}" \
+    for share_seeds in "90:${CNN_GAP_SEEDS:-0,1}" "99:${CNN_GAP_STUDY_SHARE_SEEDS:-0}"; do
+        share=${share_seeds%%:*} seeds=${share_seeds#*:}
+        seeds_done "cnn_gap/share-$share/comparison.json" "$seeds" || $LAUNCH \
+            recipes/compare_classifiers.py --resume --data="$DATA" --models=cnn --seeds="$seeds" \
             --val_fraction="$([[ $share == 99 ]] && echo 0.01 || echo 0.1)" --run_dir="$OUT/cnn_gap/share-$share" \
             2>&1 | tee -a "$OUT/cnn_gap-share-$share.log"
     done
