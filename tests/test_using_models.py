@@ -140,7 +140,8 @@ def test_the_run_fits_a_temperature_that_predict_and_evaluate_apply(trained, tin
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["temperature"] == temperature
 
 
-def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images(trained, tiny_intel, tmp_path):
+def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images(trained, tiny_intel, tmp_path,
+                                                                                   capsys):
     """A run trained before calibration (temperature 1) gets the temperature the recipe itself fitted: the images
     it never trained on are found by their pixels, which is its validation split here (its test is a folder)."""
     from toolkit.data.images import load_rgb, pixel_hash
@@ -154,12 +155,12 @@ def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images
     fitted_by_the_run = state.temperature
     state.temperature = 1.0
     state.write(checkpoint)
-    result = run_script([*TOOLKIT, "calibrate", str(old), str(tiny_intel)])
-    assert result.returncode == 0, result.stderr
+    assert toolkit_main(["calibrate", str(old), str(tiny_intel)]) == 0
+    printed = capsys.readouterr().out
     state = TrainerState.read(checkpoint)
     assert state.temperature == pytest.approx(fitted_by_the_run, rel=1e-3)
     assert state.extra["calibration"]["images"] == 6 * 16 - len(state.split["train_pixels"])
-    assert "temperature 1.000 -> " in result.stdout and "trainer_state.json" in result.stdout
+    assert "temperature 1.000 -> " in printed and "trainer_state.json" in printed
     # a folder the run trained on entirely leaves nothing to fit on; a checkpoint without a split record is refused
     seen = tmp_path / "seen"
     trained_pixels = set(state.split["train_pixels"])
@@ -167,12 +168,12 @@ def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images
         if pixel_hash(load_rgb(file))[:16] in trained_pixels:
             (seen / file.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(file, seen / file.parent.name / file.name)
-    result = run_script([*TOOLKIT, "calibrate", str(old), str(seen)])
-    assert result.returncode == 2 and "no images are left" in result.stderr
+    assert toolkit_main(["calibrate", str(old), str(seen)]) == 2
+    assert "no images are left" in capsys.readouterr().err
     state.split = None
     state.write(checkpoint)
-    result = run_script([*TOOLKIT, "calibrate", str(old), str(tiny_intel)])
-    assert result.returncode == 2 and "cannot be calibrated" in result.stderr
+    assert toolkit_main(["calibrate", str(old), str(tiny_intel)]) == 2
+    assert "cannot be calibrated" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_folder_with_other_classes(trained, tmp_path):
