@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="default: the precision the run was trained with (stored in the checkpoint)")
     pred.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                       help="probabilities divided by the temperature the run fitted on its validation "
-                      "images (--no-calibrated: as trained; older checkpoints hold none)")
+                      "images (--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
     pred.set_defaults(handler=command_predict)
 
     ev = commands.add_parser("evaluate", help="full evaluation of a classifier on a labeled folder")
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the precision the run was trained with (stored in the checkpoint)")
     ev.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                     help="probabilities divided by the temperature the run fitted on its validation "
-                    "images (--no-calibrated: as trained; older checkpoints hold none)")
+                    "images (--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
     ev.set_defaults(handler=command_evaluate)
 
     cal = commands.add_parser("calibrate", help="fit a classifier's calibration temperature after training")
