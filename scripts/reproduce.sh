@@ -14,7 +14,7 @@ BENCH=${3:-data/denoise/McMaster}
 OUT=${OUT:-runs/readme}
 STEPS=${STEPS:-"check benchmark select denoiser mcmaster compare latent use cnn_gap"}
 export WANDB_MODE=${WANDB_MODE:-offline}
-BIN=.venv/bin
+BIN=${BIN:-.venv/bin}  # the environment scripts/setup.sh made
 LAUNCH="$BIN/accelerate launch --config_file accelerate_config.yaml"
 mkdir -p "$OUT"
 step() { printf '\n=== %s (%s; %s)\n' "$1" "$(date +%H:%M:%S)" "$($BIN/python -c 'from toolkit.train.precision import describe_cpu; print(describe_cpu())')"; }

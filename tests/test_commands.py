@@ -80,6 +80,21 @@ def test_gpu_check_script_reports_every_recipe_it_runs(tmp_path):
         assert r["steady_images_per_s"] > 0 and r["warmup_s"] > 0 and r["train_images_per_s"] > 0
 
 
+def test_reproduce_script_skips_studies_finished_at_the_seeds_asked_for(tmp_path):
+    """scripts/reproduce.sh resumes where it stopped: a study whose JSON holds exactly the seeds asked for is
+    skipped, for each training share of the cnn_gap step with its own seeds; more seeds would rerun it."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.sh"
+    for share, seeds in (("90", [0, 1]), ("99", [0])):
+        (tmp_path / "cnn_gap" / f"share-{share}").mkdir(parents=True)
+        (tmp_path / "cnn_gap" / f"share-{share}" / "comparison.json").write_text(json.dumps({"seeds": seeds}))
+    env = {"OUT": str(tmp_path), "STEPS": "cnn_gap", "BIN": str(Path(sys.executable).parent)}
+    result = run_script(["bash", str(script)], env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cnn_gap/share-90/comparison.json already finished at seeds 0,1, skipped" in result.stdout
+    assert "cnn_gap/share-99/comparison.json already finished at seeds 0, skipped" in result.stdout
+    assert "=== done" in result.stdout and "native bf16" in result.stdout  # every step names the CPU it ran on
+
+
 AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "SCENE_TOOLKIT_CPU_BF16": ""}
 
 
