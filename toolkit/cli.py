@@ -75,7 +75,7 @@ def command_predict(args) -> None:
     out = Path(args.out)
     write_predictions_csv(predictions, out, args.top_k)
     counts = {}
-    for row in predictions.probabilities[[i for i in range(len(files)) if i not in predictions.errors]]:
+    for row in predictions.probabilities[predictions.readable]:
         name = predictions.classes[int(row.argmax())]
         counts[name] = counts.get(name, 0) + 1
     print(f"predicted {len(files) - len(predictions.errors)} images: "

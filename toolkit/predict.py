@@ -44,6 +44,11 @@ class Predictions:
     mixed_precision: str = "no"  # what the model ran in
     temperature: float = 1.0  # the calibration temperature the probabilities were divided by (1: as trained)
 
+    @property
+    def readable(self) -> np.ndarray:
+        """Indices of the files that were read and predicted (the rows that are not NaN)."""
+        return np.array([i for i in range(len(self.files)) if i not in self.errors], dtype=int)
+
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
     """Image files, folders (searched recursively) and @lists (a text file with one path per line)."""
@@ -78,12 +83,24 @@ def _decode(job: tuple[str, int]):
         return None, "", f"cannot read ({error})"
 
 
-def load_classifier(checkpoint: str, device: str):
-    model, state = load_trained_model(checkpoint, device)
+def require_classifier(state, checkpoint) -> None:
     if is_denoiser(state.model) or not state.classes:
         raise UserError(f"{checkpoint} holds a {state.model}, not a classifier; "
                         "denoise images with `toolkit denoise` instead")
+
+
+def load_classifier(checkpoint: str, device: str):
+    model, state = load_trained_model(checkpoint, device)
+    require_classifier(state, checkpoint)
     return model, state
+
+
+def _full_pixel_hash(path: str) -> str:
+    """The hash of a file's decoded pixels; '' when it cannot be read."""
+    try:
+        return pixel_hash(load_rgb(path))
+    except (UnreadableImage, OSError):
+        return ""
 
 
 def inference_precision(requested: str | None, state, device: str, log=print) -> str:
@@ -190,22 +207,12 @@ def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
         path = folder / item["file"]
         files.append(path)
         labels.append(int(item["label"]))
-        try:
-            if pixel_hash(load_rgb(path))[:DIGEST_CHARS] != item["pixels"]:
-                changed.append(item["file"])
-        except (UnreadableImage, OSError):
+        if _full_pixel_hash(str(path))[:DIGEST_CHARS] != item["pixels"]:  # '' when missing or unreadable
             changed.append(item["file"])
     if changed:
         raise UserError(f"{len(changed)} held-out file(s) under {folder} are missing or hold other pixels than when "
                         f"the run trained (e.g. {changed[0]}): this is not the folder the run was trained on")
     return files, labels
-
-
-def _full_pixel_hash(path: str) -> str:
-    try:
-        return pixel_hash(load_rgb(path))
-    except (UnreadableImage, OSError):
-        return ""
 
 
 def unseen_training_folder_images(data: str, state, workers: int = 2) -> tuple[list[Path], list[int]]:
@@ -239,12 +246,14 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
     checkpoint's trainer state (predict and evaluate then apply it). For runs trained before calibration."""
     from toolkit.inference import resolve_checkpoint
     from toolkit.train.evaluate import fit_temperature, with_temperature
+    from toolkit.train.state import TrainerState
 
     folder = resolve_checkpoint(checkpoint)
-    _, state = load_classifier(str(folder), "cpu")
+    state = TrainerState.read(folder)  # the weights are loaded once, by predict_files
+    require_classifier(state, checkpoint)
     files, labels = unseen_training_folder_images(data, state, workers)
     predictions = predict_files(str(folder), files, batch_size, None, device, workers, calibrated=False)
-    good = np.array([i for i in range(len(files)) if i not in predictions.errors], dtype=int)
+    good = predictions.readable
     probabilities, labels = predictions.probabilities[good].astype(np.float64), np.asarray(labels)[good]
     temperature = fit_temperature(probabilities, labels)
     calibrated = with_temperature(probabilities, temperature)
@@ -280,7 +289,7 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
                                 mixed_precision=mixed_precision, calibrated=calibrated)
     trained_on = set((state.split or {}).get("train_pixels", []))
     seen_in_training = [str(f) for f, h in zip(files, predictions.pixel_hashes) if h and h[:DIGEST_CHARS] in trained_on]
-    good = np.array([i for i in range(len(files)) if i not in predictions.errors], dtype=int)
+    good = predictions.readable
     labels = np.asarray(all_labels)[good]
     probabilities = predictions.probabilities[good]
     classes = state.classes
