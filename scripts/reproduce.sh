@@ -114,6 +114,9 @@ if wanted cnn_gap; then
             --val_fraction="$([[ $share == 99 ]] && echo 0.01 || echo 0.1)" --run_dir="$OUT/cnn_gap/share-$share" \
             2>&1 | tee -a "$OUT/cnn_gap-share-$share.log"
     done
+    # bf16 rounding alone: the fp32 seed-0 model scored under bf16 autocast (emulated on AVX2 CPUs: ~4 minutes)
+    [[ -f "$OUT/cnn_gap/evaluate-seed-0-bf16/metrics.json" ]] || $BIN/toolkit evaluate "$OUT/cnn_gap/share-90/cnn/seed-0" \
+        "$DATA" --held_out --mixed_precision=bf16 --no-calibrated --out "$OUT/cnn_gap/evaluate-seed-0-bf16"
 fi
 
 step "done"

@@ -87,6 +87,8 @@ def test_reproduce_script_skips_studies_finished_at_the_seeds_asked_for(tmp_path
     for share, seeds in (("90", [0, 1]), ("99", [0])):
         (tmp_path / "cnn_gap" / f"share-{share}").mkdir(parents=True)
         (tmp_path / "cnn_gap" / f"share-{share}" / "comparison.json").write_text(json.dumps({"seeds": seeds}))
+    (tmp_path / "cnn_gap" / "evaluate-seed-0-bf16").mkdir()  # the step's bf16 evaluation, finished too
+    (tmp_path / "cnn_gap" / "evaluate-seed-0-bf16" / "metrics.json").write_text("{}")
     env = {"OUT": str(tmp_path), "STEPS": "cnn_gap", "BIN": str(Path(sys.executable).parent)}
     result = run_script(["bash", str(script)], env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
