@@ -311,6 +311,31 @@ def test_patches_are_cut_turned_and_mirrored_per_image():
     assert symmetries  # the 8 symmetries of the square
 
 
+def test_self_ensemble_averages_the_eight_symmetries_and_is_itself_symmetric():
+    from toolkit.data.augment import DIHEDRAL, dihedral, undo_dihedral
+    from toolkit.models.denoisers import ResUNet
+    from toolkit.train.denoise import denoise
+
+    image = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(0))  # not square, not a multiple of 4
+    views = [dihedral(image, turns, mirrored) for turns, mirrored in DIHEDRAL]
+    assert len({tuple(view.flatten()[:50].tolist()) for view in views}) == 8  # eight different images
+    assert all(torch.equal(undo_dihedral(view, *how), image) for view, how in zip(views, DIHEDRAL))
+    torch.manual_seed(0)
+    model = ResUNet(widths=(4, 8, 16), blocks=1).eval()  # random weights: not symmetric by itself
+    sigmas = torch.full((1,), 25 / 255)
+    with torch.no_grad():
+        single = denoise(model, image, sigmas, True)
+        ensemble = denoise(model, image, sigmas, True, self_ensemble=True)
+        assert ensemble.shape == image.shape and not torch.allclose(single, ensemble, atol=1e-4)
+        manual = sum(undo_dihedral(model(view, sigmas), *how) for view, how in zip(views, DIHEDRAL)) / 8
+        assert torch.allclose(ensemble, manual, atol=1e-6)
+        for turns, mirrored in DIHEDRAL:  # turning the input turns the ensemble's output the same way
+            turned = denoise(model, dihedral(image, turns, mirrored), sigmas, True, self_ensemble=True)
+            assert torch.allclose(turned, dihedral(ensemble, turns, mirrored), atol=1e-5)
+        model_free = DnCNN(depth=3, width=8).eval()  # unconditioned models take it as well
+        assert denoise(model_free, image, sigmas, False, self_ensemble=True).shape == image.shape
+
+
 def test_the_noise_estimator_finds_the_level_of_white_noise():
     from toolkit.inference import estimate_noise_sigma
 
@@ -365,6 +390,29 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert toolkit_main(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "out.png")]) == 0
     said = capsys.readouterr().out
     assert "estimated noise sigma" in said and Image.open(tmp_path / "out.png").size == Image.open(source).size
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "x8.png"), "--sigma=25",
+                         "--self_ensemble"]) == 0
+    assert Image.open(tmp_path / "x8.png").size == Image.open(source).size
+
+    # the benchmark on the run's own validation images (where inference options are chosen), with the ensemble
+    folder = Path(__import__("os").environ["SCENE_TOOLKIT_CACHE"]) / "synthetic-scenes" / "seg_pred"
+    out = tmp_path / "held-out.json"
+    assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(folder), "--sigmas", "25",
+                         "--held_out", "--self_ensemble", "--out", str(out)]) == 0
+    scored = json.loads(out.read_text())
+    val_images = int(whole["data"].split(" other images")[0].rsplit(" ", 1)[1])  # "... tiles of K other images"
+    assert scored["images"] == val_images < len(list(folder.iterdir())) and scored["held_out"]
+    assert scored["self_ensemble"] and "(x8 self-ensemble)" in scored["table"]
+    assert scored["sigmas"]["25.0"]["model"]["psnr"] > scored["sigmas"]["25.0"]["noisy"]["psnr"]
+    other = tmp_path / "other-folder"  # not the folder the run trained on: its split would mean nothing
+    other.mkdir()
+    for file in sorted(folder.iterdir())[:6]:
+        (other / file.name).write_bytes(file.read_bytes())
+    assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(other), "--held_out",
+                         "--out", str(tmp_path / "x.json")]) == 2
+    assert "is not the folder" in capsys.readouterr().err
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(folder), "--held_out",
+                         "--out", str(tmp_path / "x.json")]) == 2
 
 
 @pytest.mark.skipif(not __import__("toolkit.train.denoise", fromlist=["x"]).bm3d_available(),

@@ -137,7 +137,7 @@ def command_report(args) -> None:
 def command_denoise(args) -> None:
     from toolkit.inference import denoise_files
 
-    denoise_files(args.checkpoint, args.input, args.output, args.sigma)
+    denoise_files(args.checkpoint, args.input, args.output, args.sigma, self_ensemble=args.self_ensemble)
 
 
 def command_benchmark_denoiser(args) -> None:
@@ -147,7 +147,8 @@ def command_benchmark_denoiser(args) -> None:
     name, published = published_rows(Path(args.clean), args.published)
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
-                                 max_images=args.max_images)
+                                 max_images=args.max_images, self_ensemble=args.self_ensemble,
+                                 held_out=args.held_out)
     results["published"] = {"set": name, "rows": published}
     table = benchmark_table(results, published=published)
     print("\n" + table)
@@ -168,6 +169,10 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+SELF_ENSEMBLE_HELP = ("average the model's outputs over the image's 8 rotations and mirror images (8x the time; "
+                      "typically a little higher PSNR)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--sigma", type=float, default=None,
                      help="noise std of the input on the 0-255 scale, for models told the noise level "
                      "(default: estimated per image and printed)")
+    den.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
     den.set_defaults(handler=command_denoise)
 
     bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
@@ -278,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a noise-conditioned model gets the sigma estimated from each noisy image, not the true one")
     bd.add_argument("--published", default="auto", help="published rows to print: auto (by folder name: McMaster), "
                     "mcmaster, none")
+    bd.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
+    bd.add_argument("--held_out", action="store_true",
+                    help="score only the images of --clean that the model's run held out for validation (the "
+                    "folder it trained on): choose options such as --self_ensemble here, never on the test set")
     bd.add_argument("--max_images", type=int, default=0, help=">0: only the first N images (a quick look)")
     bd.add_argument("--out", default="denoiser-benchmark.json", help="where the JSON goes")
     bd.set_defaults(handler=command_benchmark_denoiser)

@@ -4,7 +4,10 @@ Protocol (the published tables'): each clean image at full size in [0, 1], addit
 of sigma 15 / 25 / 50 on the 0-255 scale, NOT clipped, seeded per image; PSNR (data range 1) and SSIM on
 RGB over the whole image, outputs clamped to [0, 1]; the mean over images. A noise-conditioned model is
 told the true sigma (as FFDNet and DRUNet are in their tables), or, with blind=True, the sigma that
-scikit-image estimates from the noisy image. Beside it: the noisy input, non-local means (h = 0.8 sigma)
+scikit-image estimates from the noisy image; with self_ensemble=True, its output is the mean over the
+noisy image's 8 rotations and mirror images (the "x8"/"+" rows of the literature). With held_out=True only
+the images of the folder that the model's own run held out for validation are scored: the place to choose
+such options, never the test set. Beside it: the noisy input, non-local means (h = 0.8 sigma)
 and CBM3D from the optional `bm3d` package (non-commercial licence: never a hard dependency), and for
 McMaster the published figures (FFDNet, DPIR and SwinIR papers; PUBLISHED below).
 """
@@ -21,7 +24,7 @@ import torch
 from toolkit.data.folders import list_image_files
 from toolkit.data.images import load_rgb
 from toolkit.errors import DataError, UserError
-from toolkit.inference import estimate_noise_sigma, load_trained_model
+from toolkit.inference import estimate_noise_sigma, load_trained_model, resolve_checkpoint
 from toolkit.progress import progress_bar
 from toolkit.train.denoise import (
     NoiseSpec,
@@ -60,9 +63,13 @@ def published_rows(folder: Path, which: str = "auto") -> tuple[str | None, dict]
 @torch.no_grad()
 def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list[float],
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
-                       max_images: int = 0, log=print) -> dict:
+                       max_images: int = 0, self_ensemble: bool = False, held_out: bool = False,
+                       log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines."""
-    files, cleans = clean_reference_images(clean_dir, max_images)
+    if held_out and not checkpoint:
+        raise UserError("held-out images belong to a trained model's run: pass its run directory, not 'none'")
+    only = validation_images_of(checkpoint, clean_dir, log) if held_out else None
+    files, cleans = clean_reference_images(clean_dir, max_images, only)
     if "bm3d" in baselines and not bm3d_available():
         raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
     model, state = load_trained_model(checkpoint) if checkpoint else (None, None)
@@ -73,6 +80,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
             f"sigma {trained.get('sigma_min')}-{trained.get('sigma_max')} (clipped: {trained.get('clip')})")
     methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
     results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
+                     "self_ensemble": self_ensemble, "held_out": held_out,
                      "noise_seed": noise_seed, "protocol": "AWGN, not clipped, whole images, RGB", "sigmas": {},
                      "seconds": {}}
     for sigma_255 in sigmas_255:
@@ -99,7 +107,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                         if blind:  # estimated on the image the model is given (here not clipped: the protocol)
                             estimates.append(estimate_noise_sigma(noisy[0]) * 255)
                         level = torch.full((1,), estimates[-1] / 255) if blind else sigmas
-                        output = denoise(model, noisy, level, conditioned)
+                        output = denoise(model, noisy, level, conditioned, self_ensemble)
                     elif method == "nlm":
                         output = nlm_denoise(noisy, sigmas)
                     else:
@@ -122,14 +130,47 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     return results
 
 
-def clean_reference_images(clean_dir: Path | str, max_images: int = 0) -> tuple[list[Path], list[torch.Tensor]]:
-    """The image files of a folder of clean references (the first max_images, 0 = all) and each as a
-    (1, 3, H, W) tensor in [0, 1]."""
+def clean_reference_images(clean_dir: Path | str, max_images: int = 0,
+                           only: list[Path] | None = None) -> tuple[list[Path], list[torch.Tensor]]:
+    """The image files of a folder of clean references (those in `only` when given; the first max_images,
+    0 = all) and each as a (1, 3, H, W) tensor in [0, 1]."""
     files = list_image_files(Path(clean_dir)) if Path(clean_dir).is_dir() else []
     if not files:
         raise DataError(f"{clean_dir} holds no images: pass a folder of clean reference images (e.g. McMaster)")
+    if only is not None:
+        wanted = {file.resolve() for file in only}
+        files = [file for file in files if file.resolve() in wanted]
     files = files[:max_images] if max_images else files
     return files, [torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255 for file in files]
+
+
+def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> list[Path]:
+    """The images of `clean_dir` that the checkpoint's run (recipes/blind_denoiser.py) held out for validation:
+    the run's own split, rebuilt from its config.json (tile size, validation share) and checked against the
+    data fingerprint its summary recorded, so that another folder cannot pass for the run's."""
+    from toolkit.data.clean_images import load_clean_images
+    from toolkit.data.settings import CleanImageSettings
+
+    run_dir = resolve_checkpoint(checkpoint).parent.parent
+    config_file = run_dir / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if "val_fraction" not in config or "tile_size" not in config:
+        raise UserError(f"{checkpoint}: no config.json of a run trained on a folder of clean images "
+                        f"(recipes/blind_denoiser.py) in {run_dir}; its held-out images are unknown. Pass such "
+                        "a run's directory, or drop --held_out to score the whole folder")
+    settings = CleanImageSettings(data=str(clean_dir), tile_size=int(config["tile_size"]),
+                                  val_fraction=float(config["val_fraction"]))
+    data = load_clean_images(settings, config.get("cache_dir") or None, log=log)
+    summary_file = run_dir / "summary.json"
+    recorded = json.loads(summary_file.read_text()).get("data_fingerprint") if summary_file.is_file() else None
+    if recorded and recorded != data.fingerprint():
+        raise UserError(f"{clean_dir} is not the folder {run_dir} trained on (its split's fingerprint is "
+                        f"{data.fingerprint()}, the run's {recorded}): pass the run's --data folder "
+                        f"({config.get('data')})")
+    if not recorded:
+        log(f"[benchmark] note: {run_dir} has not finished (no summary.json); the split is rebuilt from its "
+            "config but cannot be checked against the data it trained on")
+    return sorted({data.root / data.stored.files[index] for index in data.val_indices})  # files: relative
 
 
 def benchmark_table(results: dict, label: str = "this toolkit", published: dict | None = None) -> str:
@@ -139,8 +180,7 @@ def benchmark_table(results: dict, label: str = "this toolkit", published: dict 
     lines = [header, "|" + "---|" * (len(sigmas) + 1)]
     order = [m for m in ("model", "bm3d", "nlm", "noisy") if m in results["sigmas"][sigmas[0]]]
     for method in order:
-        shown = (label + (" (blind: sigma estimated)" if results.get("blind") else "")) if method == "model" \
-            else METHOD_NAMES[method]
+        shown = model_label(label, results) if method == "model" else METHOD_NAMES[method]
         lines.append(f"| **{shown}** | " + " | ".join(
             f"{results['sigmas'][s][method]['psnr']:.2f} / {results['sigmas'][s][method]['ssim']:.3f}" for s in sigmas)
             + " |")
@@ -150,6 +190,13 @@ def benchmark_table(results: dict, label: str = "this toolkit", published: dict 
     note = "\n\nOurs: PSNR dB / SSIM, mean over images" + ("; published: PSNR dB." if published else
                                                             " (no published figures for this folder).")
     return "\n".join(lines) + note
+
+
+def model_label(label: str, results: dict) -> str:
+    """The model's row name, saying how it was run: blind (sigma estimated), x8 self-ensemble."""
+    how = [words for flag, words in (("blind", "blind: sigma estimated"), ("self_ensemble", "x8 self-ensemble"))
+           if results.get(flag)]
+    return label + (f" ({', '.join(how)})" if how else "")
 
 
 def write_benchmark(results: dict, out: Path) -> None:

@@ -72,6 +72,20 @@ def random_patches(images: torch.Tensor, size: int, generator: torch.Generator) 
     return picked.gather(3, columns)  # (B, C, size, size)
 
 
+DIHEDRAL = [(turns, mirrored) for mirrored in (False, True) for turns in range(4)]  # the square's 8 symmetries
+
+
+def dihedral(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """(B, C, H, W) images turned by `turns` quarter turns, then mirrored left-right if `mirrored`."""
+    turned = torch.rot90(images, turns, dims=(2, 3))
+    return turned.flip(3) if mirrored else turned
+
+
+def undo_dihedral(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """The inverse of dihedral(., turns, mirrored)."""
+    return torch.rot90(images.flip(3) if mirrored else images, -turns, dims=(2, 3))
+
+
 def random_dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image of a square (B, C, S, S) batch rotated by a random multiple of 90 degrees and mirrored with
     probability 1/2: the 8 symmetries of the square, the standard augmentation of denoising patches."""

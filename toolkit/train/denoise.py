@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from toolkit.data.augment import to_unit_range
+from toolkit.data.augment import DIHEDRAL, dihedral, to_unit_range, undo_dihedral
 from toolkit.data.loaders import Shard
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
 from toolkit.progress import tracked
@@ -39,9 +39,19 @@ class NoiseSpec:
         return asdict(self)
 
 
-def denoise(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool) -> torch.Tensor:
-    """Run a denoiser: noise-level-conditioned models also receive sigma per image."""
-    return model(noisy, sigmas) if conditioned else model(noisy)
+def denoise(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool,
+            self_ensemble: bool = False) -> torch.Tensor:
+    """Run a denoiser: noise-level-conditioned models also receive sigma per image. With self_ensemble, the
+    mean of its outputs on the 8 rotations and mirror images of the input, each turned back (the "x8" or "+"
+    rows of EDSR, DRUNet and SwinIR's tables): 8 times the compute, no training."""
+    if not self_ensemble:
+        return model(noisy, sigmas) if conditioned else model(noisy)
+    total = None
+    for turns, mirrored in DIHEDRAL:
+        output = denoise(model, dihedral(noisy, turns, mirrored), sigmas, conditioned)
+        output = undo_dihedral(output.float(), turns, mirrored)
+        total = output if total is None else total + output
+    return total / len(DIHEDRAL)
 
 
 def seeded_noisy(clean: torch.Tensor, image_ids, noise: NoiseSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,13 +119,14 @@ def bm3d_available() -> bool:
 @torch.no_grad()
 def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, conditioned: bool = False,
                       baselines: tuple[str, ...] = ("noisy",), nlm_h_factor: float = 0.8,
-                      keep_examples: int = 0, progress: str = "") -> dict:
+                      keep_examples: int = 0, progress: str = "", self_ensemble: bool = False) -> dict:
     """Average per-image metrics of `model` (None: baselines only) and of each baseline
     ('noisy': the noisy input itself, 'nlm', 'bm3d') over every image of the set `shard` is part of.
 
     Each image's noise is seeded by its dataset index (shard.indices), so every model and baseline
     sees the same noisy images whatever the batch or process count. With keep_examples=k, the first
     k (clean, noisy, output) images of this process come back as 'examples'. `progress`: a bar's title.
+    self_ensemble: the model's output is the mean over the input's 8 rotations and mirror images (see denoise).
     """
     if model is not None:
         model = accelerator.unwrap_model(model)  # DDP's forward would sync buffers: unequal shards would deadlock
@@ -140,7 +151,7 @@ def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, condit
         outputs = {}
         if model is not None:
             with accelerator.autocast():
-                outputs["model"] = denoise(model, noisy, sigmas, conditioned).float()
+                outputs["model"] = denoise(model, noisy, sigmas, conditioned, self_ensemble).float()
         if "noisy" in methods:
             outputs["noisy"] = noisy
         if "nlm" in methods:
