@@ -42,8 +42,8 @@ class NoiseSpec:
 def denoise(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool,
             self_ensemble: bool = False) -> torch.Tensor:
     """Run a denoiser: noise-level-conditioned models also receive sigma per image. With self_ensemble, the
-    mean of its outputs on the 8 rotations and mirror images of the input, each turned back (the "x8" or "+"
-    rows of EDSR, DRUNet and SwinIR's tables): 8 times the compute, no training."""
+    mean of its outputs on the 8 rotations and mirror images of the input, each turned back (the self-ensemble of
+    the "+" rows in restoration tables, e.g. EDSR+): 8 times the compute, no training."""
     if not self_ensemble:
         return model(noisy, sigmas) if conditioned else model(noisy)
     total = None
