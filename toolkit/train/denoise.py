@@ -119,14 +119,13 @@ def bm3d_available() -> bool:
 @torch.no_grad()
 def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, conditioned: bool = False,
                       baselines: tuple[str, ...] = ("noisy",), nlm_h_factor: float = 0.8,
-                      keep_examples: int = 0, progress: str = "", self_ensemble: bool = False) -> dict:
+                      keep_examples: int = 0, progress: str = "") -> dict:
     """Average per-image metrics of `model` (None: baselines only) and of each baseline
     ('noisy': the noisy input itself, 'nlm', 'bm3d') over every image of the set `shard` is part of.
 
     Each image's noise is seeded by its dataset index (shard.indices), so every model and baseline
     sees the same noisy images whatever the batch or process count. With keep_examples=k, the first
     k (clean, noisy, output) images of this process come back as 'examples'. `progress`: a bar's title.
-    self_ensemble: the model's output is the mean over the input's 8 rotations and mirror images (see denoise).
     """
     if model is not None:
         model = accelerator.unwrap_model(model)  # DDP's forward would sync buffers: unequal shards would deadlock
@@ -151,7 +150,7 @@ def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, condit
         outputs = {}
         if model is not None:
             with accelerator.autocast():
-                outputs["model"] = denoise(model, noisy, sigmas, conditioned, self_ensemble).float()
+                outputs["model"] = denoise(model, noisy, sigmas, conditioned).float()
         if "noisy" in methods:
             outputs["noisy"] = noisy
         if "nlm" in methods:
