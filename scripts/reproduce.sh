@@ -62,7 +62,7 @@ if wanted denoiser; then
     for ensemble in "" "--self_ensemble"; do
         name="cbsd432-held-out${ensemble:+-x8}"
         [[ -f "$OUT/$name.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser" --clean "$CLEAN" \
-            --held_out $ensemble --sigmas 15 25 50 --out "$OUT/$name.json" | tee "$OUT/$name.txt"
+            --validation_images $ensemble --sigmas 15 25 50 --out "$OUT/$name.json" | tee "$OUT/$name.txt"
     done
 fi
 

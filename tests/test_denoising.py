@@ -398,20 +398,20 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     folder = Path(__import__("os").environ["SCENE_TOOLKIT_CACHE"]) / "synthetic-scenes" / "seg_pred"
     out = tmp_path / "held-out.json"
     assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(folder), "--sigmas", "25",
-                         "--held_out", "--self_ensemble", "--out", str(out)]) == 0
+                         "--validation_images", "--self_ensemble", "--out", str(out)]) == 0
     scored = json.loads(out.read_text())
     val_images = int(whole["data"].split(" other images")[0].rsplit(" ", 1)[1])  # "... tiles of K other images"
-    assert scored["images"] == val_images < len(list(folder.iterdir())) and scored["held_out"]
+    assert scored["images"] == val_images < len(list(folder.iterdir())) and scored["validation_images"]
     assert scored["self_ensemble"] and "(x8 self-ensemble)" in scored["table"]
     assert scored["sigmas"]["25.0"]["model"]["psnr"] > scored["sigmas"]["25.0"]["noisy"]["psnr"]
     other = tmp_path / "other-folder"  # not the folder the run trained on: its split would mean nothing
     other.mkdir()
     for file in sorted(folder.iterdir())[:6]:
         (other / file.name).write_bytes(file.read_bytes())
-    assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(other), "--held_out",
+    assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(other), "--validation_images",
                          "--out", str(tmp_path / "x.json")]) == 2
     assert "is not the folder" in capsys.readouterr().err
-    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(folder), "--held_out",
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(folder), "--validation_images",
                          "--out", str(tmp_path / "x.json")]) == 2
 
 

@@ -148,7 +148,7 @@ def command_benchmark_denoiser(args) -> None:
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
                                  max_images=args.max_images, self_ensemble=args.self_ensemble,
-                                 held_out=args.held_out)
+                                 validation_images=args.validation_images)
     results["published"] = {"set": name, "rows": published}
     table = benchmark_table(results, published=published)
     print("\n" + table)
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--published", default="auto", help="published rows to print: auto (by folder name: McMaster), "
                     "mcmaster, none")
     bd.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
-    bd.add_argument("--held_out", action="store_true",
+    bd.add_argument("--validation_images", action="store_true",
                     help="score only the images of --clean that the model's run held out for validation (the "
                     "folder it trained on): choose options such as --self_ensemble here, never on the test set")
     bd.add_argument("--max_images", type=int, default=0, help=">0: only the first N images (a quick look)")

@@ -5,7 +5,7 @@ of sigma 15 / 25 / 50 on the 0-255 scale, NOT clipped, seeded per image; PSNR (d
 RGB over the whole image, outputs clamped to [0, 1]; the mean over images. A noise-conditioned model is
 told the true sigma (as FFDNet and DRUNet are in their tables), or, with blind=True, the sigma that
 scikit-image estimates from the noisy image; with self_ensemble=True, its output is the mean over the
-noisy image's 8 rotations and mirror images (the "x8"/"+" rows of the literature). With held_out=True only
+noisy image's 8 rotations and mirror images (the "x8"/"+" rows of the literature). With validation_images=True only
 the images of the folder that the model's own run held out for validation are scored: the place to choose
 such options, never the test set. Beside it: the noisy input, non-local means (h = 0.8 sigma)
 and CBM3D from the optional `bm3d` package (non-commercial licence: never a hard dependency), and for
@@ -63,12 +63,12 @@ def published_rows(folder: Path, which: str = "auto") -> tuple[str | None, dict]
 @torch.no_grad()
 def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list[float],
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
-                       max_images: int = 0, self_ensemble: bool = False, held_out: bool = False,
+                       max_images: int = 0, self_ensemble: bool = False, validation_images: bool = False,
                        log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines."""
-    if held_out and not checkpoint:
-        raise UserError("held-out images belong to a trained model's run: pass its run directory, not 'none'")
-    only = validation_images_of(checkpoint, clean_dir, log) if held_out else None
+    if validation_images and not checkpoint:
+        raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
+    only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
     files, cleans = clean_reference_images(clean_dir, max_images, only)
     if "bm3d" in baselines and not bm3d_available():
         raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
@@ -80,7 +80,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
             f"sigma {trained.get('sigma_min')}-{trained.get('sigma_max')} (clipped: {trained.get('clip')})")
     methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
     results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
-                     "self_ensemble": self_ensemble, "held_out": held_out,
+                     "self_ensemble": self_ensemble, "validation_images": validation_images,
                      "noise_seed": noise_seed, "protocol": "AWGN, not clipped, whole images, RGB", "sigmas": {},
                      "seconds": {}}
     for sigma_255 in sigmas_255:
@@ -157,7 +157,7 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
     if "val_fraction" not in config or "tile_size" not in config:
         raise UserError(f"{checkpoint}: no config.json of a run trained on a folder of clean images "
                         f"(recipes/blind_denoiser.py) in {run_dir}; its held-out images are unknown. Pass such "
-                        "a run's directory, or drop --held_out to score the whole folder")
+                        "a run's directory, or drop --validation_images to score the whole folder")
     settings = CleanImageSettings(data=str(clean_dir), tile_size=int(config["tile_size"]),
                                   val_fraction=float(config["val_fraction"]))
     data = load_clean_images(settings, config.get("cache_dir") or None, log=log)
