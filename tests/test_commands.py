@@ -51,6 +51,11 @@ def test_benchmark_runs_on_tiny_data_and_writes_json(tiny_intel, tmp_path):
     assert native or "bf16 not timed: this CPU has no native bf16" in result.stdout
     assert 0 <= results["pipeline"]["data_wait_share"] <= 1
     assert results["ceiling"]["fp32_matmul_gflop_per_s"] > 0
+    assert ("bf16_matmul_gflop_per_s" in results["ceiling"]) == native
+    for name, step in results["steps"].items():  # each share against the matmul ceiling of its own precision
+        precision = name.split(" | ")[1].split()[0]
+        assert step["share_of_ceiling"] == pytest.approx(
+            step["gflop_per_s"] / results["ceiling"][f"{precision}_matmul_gflop_per_s"])
     assert "x study" in result.stdout and "GFLOP/s" in result.stdout
 
 
