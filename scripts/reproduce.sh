@@ -5,7 +5,7 @@
 # start; CBSD432 and McMaster as any folders of clean images).
 # Outputs go to $OUT (runs/readme). Each step runs alone on all cores, one after the other; a rerun after an
 # interruption skips every finished step (it has a summary.json) and resumes an unfinished one from its checkpoint.
-# STEPS="denoiser compare" runs only those steps (names below); on 2 CPU cores the whole script takes ~11 hours.
+# STEPS="denoiser compare" runs only those steps (names below); on 2 AVX2-only CPU cores the whole script takes ~14 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data/intel}
