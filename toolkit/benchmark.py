@@ -301,10 +301,12 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
     print(f"[benchmark] {results['machine']['description']}")
 
     # the ceiling of each precision a training step below is timed in (bf16's where it is native or asked for)
-    ceilings = {"fp32": measure_matmul()}
-    if native_bf16 or "bf16" in (precisions or []):
-        ceilings["bf16"] = measure_matmul(dtype=torch.bfloat16)
-    results["ceiling"] = {f"{dtype}_matmul_gflop_per_s": rate for dtype, rate in ceilings.items()}
+    ceilings = {}
+    if {"ceiling", "steps"} & set(sections):
+        ceilings["fp32"] = measure_matmul()
+        if native_bf16 or "bf16" in (precisions or []):
+            ceilings["bf16"] = measure_matmul(dtype=torch.bfloat16)
+        results["ceiling"] = {f"{dtype}_matmul_gflop_per_s": rate for dtype, rate in ceilings.items()}
     if "ceiling" in sections:
         _print_table("matmul 2048x2048 (the arithmetic ceiling; best of 3)", ["dtype", "GFLOP/s"],
                      [[dtype, rate] for dtype, rate in ceilings.items()])
