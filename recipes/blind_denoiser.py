@@ -8,7 +8,7 @@ rotated and mirrored on the device. Validation: held-out images' tiles at sigma 
 is `toolkit benchmark-denoiser RUN --clean McMaster`: never tune on it.
 
     accelerate launch recipes/blind_denoiser.py --data=data/denoise/CBSD432          # the default model and budget
-    accelerate launch recipes/blind_denoiser.py --epochs=44 --lr=5e-4                # 60 minutes of 2 bf16 CPU cores
+    accelerate launch recipes/blind_denoiser.py --train_minutes=60 --lr=5e-4        # the epochs 60 minutes hold here
     accelerate launch recipes/blind_denoiser.py --model=dncnn --model_kwargs=depth=17,width=64
     accelerate launch recipes/blind_denoiser.py --sigma_max=75                       # a wider noise range
     accelerate launch recipes/blind_denoiser.py --epochs=200 --patch_size=128 --batch_size=32   # a GPU's budget
@@ -46,8 +46,10 @@ class Config(CleanImageSettings, RunSettings):
     batch_size: int = 16  # patches per iteration, per process
     eval_batch_size: int = 32  # tiles per evaluation batch
     # 44 epochs at --lr=5e-4 scored 0.7 dB higher than these defaults in 59 minutes of 2 AVX512-BF16 cores (bf16);
-    # 1e-3 over 18 epochs had a loss spike it did not recover from: a longer schedule needs a lower peak
+    # 1e-3 over 18 epochs had a loss spike it did not recover from: a longer schedule needs a lower peak.
+    # --train_minutes sets the epochs from the time per iteration measured on this machine before training
     epochs: int = 10  # passes over the tiles (31 min fp32 on 2 AVX2 cores; 13 bf16 on 2 AVX512-BF16 cores)
+    train_minutes: float = 0.0  # >0: instead of --epochs, the epochs that fit in these minutes here (measured first)
     lr: float = 1e-3  # peak Adam learning rate of the one-cycle schedule (2e-3 diverged after 300 steps at the peak)
     max_grad_norm: float = 1.0  # clip the gradient norm to this (0 = never): a guard against a runaway step
     warmup_fraction: float = 0.05  # share of training spent warming the learning rate up
@@ -63,7 +65,7 @@ class Config(CleanImageSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "patch_size", "batch_size", "eval_batch_size", "epochs", "lr", "sigma_max")
-    check_non_negative(cfg, "ema_decay", "grid_images", "max_grad_norm")
+    check_non_negative(cfg, "ema_decay", "grid_images", "max_grad_norm", "train_minutes")
     check_fraction(cfg, "warmup_fraction")
     if cfg.model not in DENOISERS:
         raise ConfigError(f"--model={cfg.model!r} is not a denoiser; choose from {', '.join(DENOISERS)}")
@@ -91,10 +93,8 @@ def main(cfg: Config) -> dict:
     loop = TrainingLoop(run, state, model, optimizer, evaluation.validate, cfg.eval_every, cfg.ema_decay)
     peak_lr, loss_of = run.scale_lr(cfg.lr), {"l1": F.l1_loss, "mse": F.mse_loss}[cfg.loss]
 
-    model.train()
-    for (tiles,) in loop.batches(lambda epoch: train_loader, cfg.epochs):
-        set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))
-        clean, noisy, sigmas = noisy_patches(tiles, cfg, step_generator(device, cfg.seed, loop.step, run.rank))
+    def train_step(tiles: torch.Tensor, step: int):
+        clean, noisy, sigmas = noisy_patches(tiles, cfg, step_generator(device, cfg.seed, step, run.rank))
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 output = model(noisy, sigmas)  # (B, 3, P, P): noisy minus the predicted noise
@@ -104,7 +104,19 @@ def main(cfg: Config) -> dict:
             if cfg.max_grad_norm and accelerator.sync_gradients:  # the norm before clipping, logged
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
-        loop.end_step(loss, len(clean), grad_norm=grad_norm)
+        return loss, len(clean), grad_norm
+
+    model.train()
+    epochs = cfg.epochs
+    if cfg.train_minutes:  # as many epochs as fit on this machine: timed on stand-in tiles, then undone
+        stand_in = torch.randint(0, 256, (cfg.batch_size, 3, cfg.tile_size, cfg.tile_size), dtype=torch.uint8,
+                                 generator=torch.Generator().manual_seed(cfg.seed))
+        stand_in = stand_in.to(device, memory_format=torch.channels_last)  # laid out as the loader's tiles
+        epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader), lambda: train_step(stand_in, 0)[0])
+    for (tiles,) in loop.batches(lambda epoch: train_loader, epochs):
+        set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))
+        loss, patches, grad_norm = train_step(tiles, loop.step)
+        loop.end_step(loss, patches, grad_norm=grad_norm)
     return finish_denoiser_run(loop, evaluation, data.describe(), data.fingerprint(), data.synthetic)
 
 

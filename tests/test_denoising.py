@@ -415,6 +415,38 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
                          "--out", str(tmp_path / "x.json")]) == 2
 
 
+def test_a_time_budget_chooses_the_epochs_once_and_trains_as_those_epochs_would(tmp_path, capsys):
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
+            "--eval_every=0", "--checkpoint_every=4", "--num_workers=1", "--grid_images=0",
+            "--model_kwargs=widths=(8,16,32),blocks=1"]
+    # a budget shorter than one epoch trains one; the timing steps leave no trace: the same weights as --epochs=1
+    budget = run_in_process("blind_denoiser", [*args, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'budget'}"])
+    assert "shorter than one epoch" in capsys.readouterr().out
+    chosen = budget["budget"]
+    assert chosen["epochs"] == 1 and chosen["steps"] == budget["steps"] and chosen["seconds_per_step"] > 0
+    assert json.loads((tmp_path / "budget" / "config.json").read_text())["budget"] == chosen  # W&B's config too
+    run_in_process("blind_denoiser", [*args, "--epochs=1", f"--run_dir={tmp_path / 'epochs'}"])
+    assert_same_final_weights(tmp_path / "budget", tmp_path / "epochs")
+
+    # stopped and resumed: the choice comes from the checkpoint, nothing is measured again, the run is exact
+    split = [*args, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'split'}"]
+    run_in_process("blind_denoiser", [*split, "--max_steps=5"])
+    capsys.readouterr()
+    resumed = run_in_process("blind_denoiser", [*split, "--resume"])
+    assert "as chosen when the run started (kept on resume)" in capsys.readouterr().out
+    assert resumed["budget"] == json.loads((tmp_path / "split" / "config.json").read_text())["budget"]
+    assert_same_final_weights(tmp_path / "budget", tmp_path / "split")
+
+    # a longer budget: the whole epochs that fit at the measured time per iteration
+    summary = run_in_process("blind_denoiser", [*args, "--train_minutes=0.05", "--max_steps=1",
+                                                f"--run_dir={tmp_path / 'longer'}"])
+    chosen = summary["budget"]
+    per_epoch = chosen["steps"] // chosen["epochs"]
+    assert chosen["epochs"] == max(1, int(0.05 * 60 / (chosen["seconds_per_step"] * per_epoch)))
+    with pytest.raises(UserError, match="train_minutes"):
+        run_in_process("blind_denoiser", [*args, "--train_minutes=-1", f"--run_dir={tmp_path / 'bad'}"])
+
+
 @pytest.mark.skipif(not __import__("toolkit.train.denoise", fromlist=["x"]).bm3d_available(),
                     reason="the optional bm3d package is not installed (pip install bm3d; non-commercial licence)")
 def test_bm3d_is_scored_beside_the_model_on_any_folder(tiny_intel, tmp_path):

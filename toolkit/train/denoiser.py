@@ -136,6 +136,8 @@ def finish_denoiser_run(loop: TrainingLoop, evaluation, data_description: str, d
         "cpu": run.logger.config.get("cpu"), "train_seconds": round(state.train_seconds, 1), **facts, **scores,
         "train_images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
     }
+    if "budget" in state.extra:  # --train_minutes: what was measured and chosen
+        summary["budget"] = state.extra["budget"]
     final = loop.final_checkpoint()
     summary["checkpoint"] = str(final)
     if run.is_main:

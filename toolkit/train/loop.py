@@ -9,6 +9,7 @@
 
 What the loop does, in order, and nothing else:
     resume      restore the newest checkpoint (model, optimizer, RNG states, weight average, counters)
+    epochs_within_minutes   --train_minutes: how many epochs fit in a time budget on this machine, measured once
     batches     continue where the checkpoint stopped: skip the epochs and batches already trained on; while
                 they run, SIGTERM asks for a stop (its previous handler is back once they end, however)
     end_step    clear the gradients; count time, images and loss; update the weight average; log, validate, checkpoint
@@ -18,6 +19,8 @@ What the loop does, in order, and nothing else:
 
 from __future__ import annotations
 
+import copy
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +85,7 @@ class TrainingLoop:
             self.state.weights = stored.weights
         for name in ("step", "epoch", "batch_in_epoch", "train_seconds", "images_seen"):
             setattr(self.state, name, getattr(stored, name))
+        self.state.extra = {**stored.extra, **self.state.extra}  # e.g. the epochs a time budget chose
         self.run.say(f"[run] resumed from {self.run.resume_from} at iteration {self.state.step}")
 
     @property
@@ -92,6 +96,52 @@ class TrainingLoop:
     def evaluated_model(self):
         """What validation and the final scores use: the weight average when there is one."""
         return self.ema.model if self.ema is not None else self.model
+
+    def epochs_within_minutes(self, minutes: float, steps_per_epoch: int, train_step: Callable[[], torch.Tensor],
+                              timed_steps: int = 10, warmup_steps: int = 2) -> int:
+        """The whole epochs (at least one) that `minutes` of training hold on this machine.
+
+        The time of one iteration is measured once, before training: `warmup_steps` untimed then `timed_steps`
+        timed calls of train_step() (the recipe's step on a stand-in batch; it returns the loss), each followed
+        by the loop's own per-step work (clearing the gradients, the weight average). The slowest process's time
+        counts. The model, optimizer, weight average and gradient scaler are then put back exactly as they were,
+        so the run trains exactly as --epochs=<the answer> would. Validation and checkpoints are not in the
+        budget, as they are not in the training time the run reports. The choice is kept in the trainer state:
+        a resumed run continues with it and measures nothing.
+        """
+        stored = self.state.extra.get("budget")
+        if stored is not None:
+            self.run.logger.update_config({"budget": stored})
+            self.run.say(f"[budget] {stored['minutes']:g} min: {stored['epochs']} epochs, as chosen when the run "
+                         "started (kept on resume)")
+            return int(stored["epochs"])
+        accelerator = self.accelerator
+        keep = [accelerator.unwrap_model(self.model), self.optimizer]
+        keep += [part for part in (self.ema, accelerator.scaler) if part is not None]
+        saved = [copy.deepcopy(part.state_dict()) for part in keep]
+        accumulation_counter = accelerator.step
+        for index in range(warmup_steps + timed_steps):
+            if index == warmup_steps:
+                started = time.perf_counter()
+            float(train_step().detach())  # reading the loss waits for the device
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None and accelerator.sync_gradients:
+                self.ema.update(accelerator.unwrap_model(self.model))
+        seconds = torch.tensor([(time.perf_counter() - started) / timed_steps], device=accelerator.device)
+        seconds_per_step = float(accelerator.gather(seconds).max())
+        for part, state in zip(keep, saved):
+            part.load_state_dict(state)
+        accelerator.step = accumulation_counter
+        epochs = max(1, math.floor(minutes * 60 / (seconds_per_step * steps_per_epoch)))
+        self.state.extra["budget"] = {"minutes": minutes, "seconds_per_step": round(seconds_per_step, 4),
+                                      "epochs": epochs, "steps": epochs * steps_per_epoch}
+        self.run.logger.update_config({"budget": self.state.extra["budget"]})
+        fits = minutes * 60 / seconds_per_step
+        self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.3f} s per iteration (measured over {timed_steps}), "
+                     f"so {epochs} epochs of {steps_per_epoch} iterations ({epochs * steps_per_epoch} of the "
+                     f"{fits:.0f} that fit)" + ("" if fits >= steps_per_epoch else
+                                                 ": the budget is shorter than one epoch, which runs anyway"))
+        return epochs
 
     def batches(self, loader_for_epoch: Callable[[int], object], epochs: int) -> Iterator[tuple]:
         """Yield the batches still to train on, continuing from the trainer state (loop.step: this one's number).
