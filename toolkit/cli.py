@@ -137,7 +137,8 @@ def command_report(args) -> None:
 def command_denoise(args) -> None:
     from toolkit.inference import denoise_files
 
-    denoise_files(args.checkpoint, args.input, args.output, args.sigma, self_ensemble=args.self_ensemble)
+    denoise_files(args.checkpoint, args.input, args.output, args.sigma, self_ensemble=args.self_ensemble,
+                  precision=denoiser_precision(args.mixed_precision))
 
 
 def command_benchmark_denoiser(args) -> None:
@@ -148,7 +149,8 @@ def command_benchmark_denoiser(args) -> None:
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
                                  max_images=args.max_images, self_ensemble=args.self_ensemble,
-                                 validation_images=args.validation_images)
+                                 validation_images=args.validation_images,
+                                 precision=denoiser_precision(args.mixed_precision))
     results["published"] = {"set": name, "rows": published}
     table = benchmark_table(results, published=published)
     print("\n" + table)
@@ -163,6 +165,18 @@ def command_wandb_report(args) -> None:
         raise UserError("name a study folder (a comparison or a latent study), or --publish a definition")
     wandb_report(Path(args.study) if args.study else None, Path(args.out) if args.out else None,
                  Path(args.publish) if args.publish else None, args.wandb_mode)
+
+
+def denoiser_precision(requested: str) -> str:
+    """--mixed_precision of denoise / benchmark-denoiser (they run on the CPU): 'auto' is bf16 where the CPU
+    computes it natively; an explicit bf16 on a CPU that emulates it runs, with a warning."""
+    from toolkit.train.precision import choose_mixed_precision
+
+    return choose_mixed_precision(requested, "cpu", log=lambda message: print(message, file=sys.stderr))
+
+
+DENOISER_PRECISION_HELP = ("what the model runs in: no (fp32, the default and the README's protocol), bf16, or auto "
+                           "(bf16 where the CPU computes it natively: about 2x faster, ~0.005 dB lower PSNR measured)")
 
 
 def _cuda() -> bool:
@@ -271,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="noise std of the input on the 0-255 scale, for models told the noise level "
                      "(default: estimated per image and printed)")
     den.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
+    den.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
     den.set_defaults(handler=command_denoise)
 
     bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
@@ -285,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--published", default="auto", help="published rows to print: auto (by folder name: McMaster), "
                     "mcmaster, none")
     bd.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
+    bd.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
     bd.add_argument("--validation_images", action="store_true",
                     help="score only the images of --clean that the model's run held out for validation (the "
                     "folder it trained on): choose options such as --self_ensemble here, never on the test set")

@@ -64,8 +64,9 @@ def published_rows(folder: Path, which: str = "auto") -> tuple[str | None, dict]
 def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list[float],
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
                        max_images: int = 0, self_ensemble: bool = False, validation_images: bool = False,
-                       log=print) -> dict:
-    """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines."""
+                       precision: str = "no", log=print) -> dict:
+    """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines.
+    precision: what the model runs in ('no': fp32, the protocol of the README's figures; 'bf16')."""
     if validation_images and not checkpoint:
         raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
     only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
@@ -81,6 +82,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
     results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
                      "self_ensemble": self_ensemble, "validation_images": validation_images,
+                     "mixed_precision": precision if model is not None else None,
                      "noise_seed": noise_seed, "protocol": "AWGN, not clipped, whole images, RGB", "sigmas": {},
                      "seconds": {}}
     for sigma_255 in sigmas_255:
@@ -107,7 +109,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                         if blind:  # estimated on the image the model is given (here not clipped: the protocol)
                             estimates.append(estimate_noise_sigma(noisy[0]) * 255)
                         level = torch.full((1,), estimates[-1] / 255) if blind else sigmas
-                        output = denoise(model, noisy, level, conditioned, self_ensemble)
+                        output = denoise(model, noisy, level, conditioned, self_ensemble, precision)
                     elif method == "nlm":
                         output = nlm_denoise(noisy, sigmas)
                     else:
@@ -196,6 +198,8 @@ def model_label(label: str, results: dict) -> str:
     """The model's row name, saying how it was run: blind (sigma estimated), x8 self-ensemble."""
     how = [words for flag, words in (("blind", "blind: sigma estimated"), ("self_ensemble", "x8 self-ensemble"))
            if results.get(flag)]
+    if results.get("mixed_precision") not in (None, "no"):
+        how.append(f"{results['mixed_precision']} inference")
     return label + (f" ({', '.join(how)})" if how else "")
 
 

@@ -51,13 +51,14 @@ def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> 
 
 @torch.no_grad()
 def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path | str, sigma_255: float | None = None,
-                  self_ensemble: bool = False, log=print) -> dict:
+                  self_ensemble: bool = False, precision: str = "no", log=print) -> dict:
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
     the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped.
 
     A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
     without it, each image's noise level is estimated (scikit-image's wavelet estimator) and printed.
-    self_ensemble: average over the image's 8 rotations and mirror images (toolkit.train.denoise.denoise)."""
+    self_ensemble: average over the image's 8 rotations and mirror images (toolkit.train.denoise.denoise).
+    precision: what the model runs in ('no': fp32; 'bf16': about 2x faster on CPUs with native bf16)."""
     from PIL import Image
 
     from toolkit.data.folders import list_image_files
@@ -96,7 +97,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             log(f"[denoise] {file}: estimated noise sigma {level * 255:.1f}/255 (pass --sigma to set it)")
         else:
             level = (sigma_255 or 0.0) / 255
-        output = denoise(model, noisy, torch.full((1,), level), conditioned, self_ensemble)[0]
+        output = denoise(model, noisy, torch.full((1,), level), conditioned, self_ensemble, precision)[0]
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_hwc_uint8(output)).save(target)
         written += 1

@@ -7,6 +7,7 @@ Metrics are computed per image on outputs clamped to [0, 1], then averaged over 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass
 
@@ -40,15 +41,19 @@ class NoiseSpec:
 
 
 def denoise(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool,
-            self_ensemble: bool = False) -> torch.Tensor:
+            self_ensemble: bool = False, precision: str = "no") -> torch.Tensor:
     """Run a denoiser: noise-level-conditioned models also receive sigma per image. With self_ensemble, the
     mean of its outputs on the 8 rotations and mirror images of the input, each turned back (the self-ensemble of
-    the "+" rows in restoration tables, e.g. EDSR+): 8 times the compute, no training."""
+    the "+" rows in restoration tables, e.g. EDSR+): 8 times the compute, no training. precision 'bf16'/'fp16':
+    the model runs under that autocast (the output comes back fp32); 'no' leaves the caller's setting alone."""
     if not self_ensemble:
-        return model(noisy, sigmas) if conditioned else model(noisy)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        with torch.autocast(noisy.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            output = model(noisy, sigmas) if conditioned else model(noisy)
+        return output.float() if dtype else output
     total = None
     for turns, mirrored in DIHEDRAL:
-        output = denoise(model, dihedral(noisy, turns, mirrored), sigmas, conditioned)
+        output = denoise(model, dihedral(noisy, turns, mirrored), sigmas, conditioned, precision=precision)
         output = undo_dihedral(output.float(), turns, mirrored)
         total = output if total is None else total + output
     return total / len(DIHEDRAL)
