@@ -85,6 +85,12 @@ if wanted mcmaster; then
                 --sigmas 15 25 50 $option $baselines --out "$OUT/$name.json" | tee "$OUT/$name.txt"
         done
     done
+    # bf16 inference against the fp32 x8 row above, only where the CPU computes bf16 natively (elsewhere it is emulated)
+    if $BIN/python -c "import sys; from toolkit.train.precision import cpu_has_native_bf16; sys.exit(not cpu_has_native_bf16())"; then
+        [[ -f "$OUT/mcmaster-60min-x8-bf16.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-60min" \
+            --clean "$BENCH" --sigmas 15 25 50 --self_ensemble --mixed_precision=bf16 \
+            --out "$OUT/mcmaster-60min-x8-bf16.json" | tee "$OUT/mcmaster-60min-x8-bf16.txt"
+    fi
     [[ -f "$OUT/noise-estimates.json" ]] || $BIN/python scripts/noise_estimates.py "$BENCH" \
         --out "$OUT/noise-estimates.json" | tee "$OUT/noise-estimates.txt"
 fi
