@@ -68,6 +68,29 @@ def test_cpu_bf16_detection_honours_the_avx2_caps(monkeypatch):
     assert precision.cpu_has_native_bf16()
 
 
+@pytest.mark.parametrize("vendor, flags, faster", [
+    ("GenuineIntel", {"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}, True),  # AMX Xeon: ~2x fp32, measured
+    ("AuthenticAMD", {"avx2", "avx512_bf16"}, True),  # Zen 4 EPYC: 2.0x fp32 on the denoiser's step, measured
+    ("GenuineIntel", {"avx2", "avx512_bf16", "avx512_fp16"}, False),  # Xeon without AMX: 0.6x fp32, measured
+    ("AuthenticAMD", {"avx2"}, False),  # AVX2 only: emulated, ~10x slower
+])
+def test_auto_picks_bf16_only_where_the_cpu_computes_it_faster_than_fp32(monkeypatch, vendor, flags, faster):
+    for name in ("SCENE_TOOLKIT_CPU_BF16", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(precision, "_cpuinfo_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(precision, "_cpu_vendor", lambda: vendor)
+    assert precision.cpu_has_native_bf16() == ("avx512_bf16" in flags)
+    assert precision.cpu_bf16_is_faster() == faster
+    assert precision.choose_mixed_precision("auto", "cpu") == ("bf16" if faster else "no")
+    said = []
+    assert precision.choose_mixed_precision("bf16", "cpu", log=said.append) == "bf16"  # asked for: obeyed
+    native_but_slow = "avx512_bf16" in flags and not faster
+    assert bool(said) == (not faster) and any("no faster than fp32" in line for line in said) == native_but_slow
+    assert ("auto keeps fp32" in precision.describe_cpu()) == native_but_slow
+    monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "1")  # the override declares fast native bf16
+    assert precision.cpu_bf16_is_faster() and precision.choose_mixed_precision("auto", "cpu") == "bf16"
+
+
 @pytest.mark.parametrize("capability, work, expected", [
     ((9, 0), 100.0, "no"),  # H200, a recipe-sized step: launch-bound, fp32 with TF32 measured fastest
     ((9, 0), 5000.0, "bf16"),  # a large step: bf16 in hardware

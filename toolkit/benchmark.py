@@ -31,17 +31,12 @@ SECTIONS = ("ceiling", "loaders", "steps", "pipeline", "compile")
 
 
 def machine_description() -> dict:
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
-    except OSError:
-        pass
-    from toolkit.train.precision import cpu_has_native_bf16, describe_cpu
+    from toolkit.train.precision import cpu_bf16_is_faster, cpu_has_native_bf16, cpu_model_name, describe_cpu
 
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "native_bf16": cpu_has_native_bf16(), "python": platform.python_version(), "description": describe_cpu(),
+            "native_bf16": cpu_has_native_bf16(), "bf16_faster": cpu_bf16_is_faster(),
+            "python": platform.python_version(), "description": describe_cpu(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 

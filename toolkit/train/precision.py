@@ -5,9 +5,11 @@ The one rule, measured where it could be (README, "Precision"):
     explicit choice      --mixed_precision=no|bf16|fp16 on the recipe, or `accelerate launch
                          --mixed_precision X` / `mixed_precision: X` in an Accelerate config file:
                          always obeyed (a warning says when it will be slow or cannot apply)
-    auto on a CPU        bf16 where the CPU computes it natively (AMX / AVX512-BF16) and the recipe
-                         does not prefer fp32 there (EfficientNet's depthwise convolutions); else fp32.
-                         Emulated bf16 (AVX2-only CPUs) is about 10x slower than fp32: never chosen.
+    auto on a CPU        bf16 where the CPU computes it natively AND faster than fp32 (AMX; AVX512-BF16
+                         on AMD), unless the recipe prefers fp32 there (EfficientNet's depthwise
+                         convolutions); else fp32. Emulated bf16 (AVX2-only CPUs) is about 10x slower than
+                         fp32; native bf16 on an Intel CPU without AMX (AVX512-BF16 only) was measured at
+                         0.6x fp32: neither is chosen.
     auto on a GPU        fp32 with TF32 matmuls while a step is small: at every recipe's batch an H200
                          ran fp32/TF32 faster than bf16 or fp16 autocast (results/gpu_h200), the casts
                          costing more than they save in launch-bound steps. From
@@ -34,15 +36,27 @@ BF16_MIN_FORWARD_GFLOP_PER_STEP = 1000.0
 _ISA_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
-@lru_cache(maxsize=1)
-def _cpuinfo_flags() -> frozenset[str]:
+def _cpuinfo_field(name: str) -> str:
+    """The first `name : value` line's value in /proc/cpuinfo ('' where there is none, or no Linux)."""
     if platform.system() != "Linux":
-        return frozenset()
+        return ""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            return frozenset(next((line for line in cpuinfo if line.startswith("flags")), "").split())
+            line = next((line for line in cpuinfo if line.split(":", 1)[0].strip() == name), "")
     except OSError:
-        return frozenset()
+        return ""
+    return line.split(":", 1)[1].strip() if ":" in line else ""
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo_flags() -> frozenset[str]:
+    return frozenset(_cpuinfo_field("flags").split())
+
+
+@lru_cache(maxsize=1)
+def _cpu_vendor() -> str:
+    """'GenuineIntel', 'AuthenticAMD', ... ('' where unknown)."""
+    return _cpuinfo_field("vendor_id")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -62,13 +76,21 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_bf16_is_faster() -> bool:
+    """True where bf16 autocast trains faster than fp32 on this CPU: native bf16 with AMX, or AVX512-BF16 on AMD.
+
+    Measured (`toolkit benchmark`, docs/results.md): AMX Xeon and AVX512-BF16 AMD EPYC (Zen 4) about 2x fp32 on
+    the denoiser's step. An Intel Xeon with AVX512-BF16 but no AMX (an Emerald Rapids whose hypervisor hides AMX)
+    computes bf16 natively at 0.6x fp32's speed (its bf16 dot products issue at half the rate of fp32 FMAs);
+    other Intel CPUs without AMX (Cooper Lake) are assumed alike. SCENE_TOOLKIT_CPU_BF16=0/1 overrides this too.
+    """
+    if os.environ.get("SCENE_TOOLKIT_CPU_BF16", "").strip() in ("0", "1"):
+        return cpu_has_native_bf16()
+    return cpu_has_native_bf16() and ("amx_bf16" in _cpuinfo_flags() or _cpu_vendor() == "AuthenticAMD")
+
+
 def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-                        platform.processor())
-    except OSError:
-        return platform.processor() or "unknown CPU"
+    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def cuda_bf16_in_hardware() -> bool:
@@ -180,7 +202,7 @@ def choose_mixed_precision(requested: str, device_type: str, *, launcher: str | 
                 choice = "no"
             else:
                 choice = "bf16" if cuda_bf16_in_hardware() else "fp16"
-        elif device_type == "cpu" and cpu_has_native_bf16() and prefer_bf16_on_cpu:
+        elif device_type == "cpu" and cpu_bf16_is_faster() and prefer_bf16_on_cpu:
             choice = "bf16"
         else:
             choice = "no"
@@ -195,6 +217,9 @@ def choose_mixed_precision(requested: str, device_type: str, *, launcher: str | 
     if device_type == "cpu" and choice == "bf16" and not cpu_has_native_bf16():
         log("[precision] warning: bf16 as asked, on a CPU that only emulates it (no AVX512-BF16/AMX): "
             "expect steps about 10x slower than fp32 (--mixed_precision=auto would pick fp32 here)")
+    elif device_type == "cpu" and choice == "bf16" and not cpu_bf16_is_faster():
+        log("[precision] warning: bf16 as asked, on a CPU that computes it natively but no faster than fp32 "
+            "(AVX512-BF16 without AMX on Intel: measured 0.6x fp32; --mixed_precision=auto would pick fp32 here)")
     if device_type == "cuda" and choice == "bf16" and not cuda_bf16_in_hardware():
         log("[precision] warning: bf16 as asked, on a GPU without bf16 hardware (emulated, slow): "
             "fp16 is this GPU's fast half precision")
@@ -204,6 +229,7 @@ def choose_mixed_precision(requested: str, device_type: str, *, launcher: str | 
 def describe_cpu() -> str:
     """'<model>, N cores, native bf16: yes/no' for logs, benchmarks and CI."""
     native = cpu_has_native_bf16()
+    slow = " but no faster than fp32 (no AMX): auto keeps fp32" if native and not cpu_bf16_is_faster() else ""
     capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
-    return (f"{cpu_model_name()}, {os.cpu_count()} cores, native bf16: {'yes' if native else 'no'} "
+    return (f"{cpu_model_name()}, {os.cpu_count()} cores, native bf16: {'yes' if native else 'no'}{slow} "
             f"(PyTorch CPU kernels: {capability})")
