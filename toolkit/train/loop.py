@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import signal
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
@@ -98,16 +99,18 @@ class TrainingLoop:
         return self.ema.model if self.ema is not None else self.model
 
     def epochs_within_minutes(self, minutes: float, steps_per_epoch: int, train_step: Callable[[], torch.Tensor],
-                              timed_steps: int = 10, warmup_steps: int = 2) -> int:
+                              timed_steps: int = 20, warmup_steps: int = 3) -> int:
         """The whole epochs (at least one) that `minutes` of training hold on this machine.
 
         The time of one iteration is measured once, before training: `warmup_steps` untimed then `timed_steps`
         timed calls of train_step() (the recipe's step on a stand-in batch; it returns the loss), each followed
-        by the loop's own per-step work (clearing the gradients, the weight average). The slowest process's time
-        counts. The model, optimizer, weight average and gradient scaler are then put back exactly as they were,
-        so the run trains exactly as --epochs=<the answer> would. Validation and checkpoints are not in the
-        budget, as they are not in the training time the run reports. The choice is kept in the trainer state:
-        a resumed run continues with it and measures nothing.
+        by the loop's own per-step work (clearing the gradients, the weight average). The median step counts,
+        not the mean: on a shared 2-core machine single steps of the denoiser took 0.67-1.26 s, and a few slow
+        ones would pull a mean up and leave budget unused. The slowest process's median counts. The model,
+        optimizer, weight average and gradient scaler are then put back exactly as they were, so the run trains
+        exactly as --epochs=<the answer> would. Validation and checkpoints are not in the budget, as they are
+        not in the training time the run reports. The choice is kept in the trainer state: a resumed run
+        continues with it and measures nothing.
         """
         stored = self.state.extra.get("budget")
         if stored is not None:
@@ -120,15 +123,16 @@ class TrainingLoop:
         keep += [part for part in (self.ema, accelerator.scaler) if part is not None]
         saved = [copy.deepcopy(part.state_dict()) for part in keep]
         accumulation_counter = accelerator.step
-        for index in range(warmup_steps + timed_steps):
-            if index == warmup_steps:
-                started = time.perf_counter()
+        step_seconds = []
+        for _ in range(warmup_steps + timed_steps):
+            started = time.perf_counter()
             float(train_step().detach())  # reading the loss waits for the device
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None and accelerator.sync_gradients:
                 self.ema.update(accelerator.unwrap_model(self.model))
-        seconds = torch.tensor([(time.perf_counter() - started) / timed_steps], device=accelerator.device)
-        seconds_per_step = float(accelerator.gather(seconds).max())
+            step_seconds.append(time.perf_counter() - started)
+        median = statistics.median(step_seconds[warmup_steps:])
+        seconds_per_step = float(accelerator.gather(torch.tensor([median], device=accelerator.device)).max())
         for part, state in zip(keep, saved):
             part.load_state_dict(state)
         accelerator.step = accumulation_counter
@@ -137,7 +141,7 @@ class TrainingLoop:
                                       "epochs": epochs, "steps": epochs * steps_per_epoch}
         self.run.logger.update_config({"budget": self.state.extra["budget"]})
         fits = minutes * 60 / seconds_per_step
-        self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.3f} s per iteration (measured over {timed_steps}), "
+        self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.3f} s per iteration (median of {timed_steps}), "
                      f"so {epochs} epochs of {steps_per_epoch} iterations ({epochs * steps_per_epoch} of the "
                      f"{fits:.0f} that fit)" + ("" if fits >= steps_per_epoch else
                                                  ": the budget is shorter than one epoch, which runs anyway"))
