@@ -47,6 +47,7 @@ from toolkit.progress import tracked
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.train.classifier import ClassifierEvaluation, finish_classifier_run
 from toolkit.train.loop import TrainingLoop
+from toolkit.train.precision import autocast_dtype
 from toolkit.train.schedule import one_cycle_lr, set_lr
 from toolkit.train.state import TrainerState
 
@@ -147,7 +148,7 @@ def cache_lower_features(run, model, data, cfg: Config, split: int) -> tuple[Cac
     started = time.perf_counter()
     accelerator = run.accelerator
     network = accelerator.unwrap_model(model)
-    stored_as = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.mixed_precision, torch.float32)
+    stored_as = autocast_dtype(run.mixed_precision) or torch.float32
     key = {"images": data.train_set.beton.parent.name, "image_size": cfg.image_size, "blocks": split,
            "weights": weights_digest([network.stem, *network.blocks[:split]]), "stored_as": str(stored_as),
            "device": accelerator.device.type, "precision": run.mixed_precision, "torch": torch.__version__}

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from toolkit.train.precision import autocast_dtype
+
 SECTIONS = ("ceiling", "loaders", "steps", "pipeline", "compile")
 
 
@@ -134,10 +136,10 @@ def measure_train_step(build, batch_size: int, image_size: int, precision: str, 
     images = images.to(device).to(memory_format=memory_format)
     extra = tuple(e.to(device) for e in extra)
     labels = torch.randint(0, 6, (batch_size,), device=device)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
 
     def step():
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if kind == "denoiser":
                 loss = F.mse_loss(model(images, *extra).float(), images)
             else:

@@ -58,7 +58,8 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
     without it, each image's noise level is estimated (scikit-image's wavelet estimator) and printed.
     self_ensemble: average over the image's 8 rotations and mirror images (toolkit.train.denoise.denoise).
-    precision: what the model runs in ('no': fp32; 'bf16': about 2x faster on CPUs with native bf16)."""
+    precision: what the model runs in ('no': fp32; 'bf16': about 2x faster where the CPU computes bf16 faster
+    than fp32)."""
     from PIL import Image
 
     from toolkit.data.folders import list_image_files

@@ -30,7 +30,7 @@ from toolkit.train.evaluate import (
     expected_calibration_error,
     mean_negative_log_likelihood,
 )
-from toolkit.train.precision import choose_mixed_precision
+from toolkit.train.precision import autocast_dtype, choose_mixed_precision
 from toolkit.worker_pool import forked_pool
 
 
@@ -126,7 +126,7 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
     flip_tta = state.flip_tta if flip_tta is None else flip_tta
     temperature = state.temperature if calibrated else 1.0
     precision = inference_precision(mixed_precision, state, device, log=lambda m: print(m, file=sys.stderr))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     probabilities = np.full((len(files), len(classes)), np.nan, dtype=np.float32)
     hashes = [""] * len(files)
     errors: dict[int, str] = {}

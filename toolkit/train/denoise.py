@@ -20,6 +20,7 @@ from toolkit.data.loaders import Shard
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
 from toolkit.progress import tracked
 from toolkit.train.evaluate import share_buffers
+from toolkit.train.precision import autocast_dtype
 
 METRICS = ("mse", "psnr", "ssim")
 
@@ -47,7 +48,7 @@ def denoise(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool,
     the "+" rows in restoration tables, e.g. EDSR+): 8 times the compute, no training. precision 'bf16'/'fp16':
     the model runs under that autocast (the output comes back fp32); 'no' leaves the caller's setting alone."""
     if not self_ensemble:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        dtype = autocast_dtype(precision)
         with torch.autocast(noisy.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             output = model(noisy, sigmas) if conditioned else model(noisy)
         return output.float() if dtype else output

@@ -89,6 +89,11 @@ def cpu_bf16_is_faster() -> bool:
     return cpu_has_native_bf16() and ("amx_bf16" in _cpuinfo_flags() or _cpu_vendor() == "AuthenticAMD")
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name ('bf16', 'fp16'); None for 'no' (fp32) and anything else."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def cpu_model_name() -> str:
     return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
