@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from PIL import Image
 from test_recipes import run_in_process
 
 from toolkit.cli import main as toolkit_main
-from toolkit.predict import predict_files
+from toolkit.predict import inference_precision, predict_files
 
 TOOLKIT = [sys.executable, "-m", "toolkit.cli"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -272,3 +273,13 @@ def test_predict_and_evaluate_run_in_the_precision_the_model_was_trained_with(ti
     assert toolkit_main(["evaluate", str(run_dir), str(tiny_intel / "seg_test"), "--mixed_precision", "no",
                          "--out", str(out)]) == 0
     assert __import__("json").loads((out / "metrics.json").read_text())["mixed_precision"] == "no"
+    # the same checkpoint on a CPU that would emulate bf16 (an AVX2 laptop): fp32 by default, saying so
+    monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "0")
+    messages = []
+    assert inference_precision(None, SimpleNamespace(mixed_precision="bf16"), "cpu", log=messages.append) == "no"
+    assert "trained in bf16" in messages[0] and "fp32" in messages[0]
+    assert predict_files(str(run_dir), files, progress=False).mixed_precision == "no"
+    asked = predict_files(str(run_dir), files, progress=False, mixed_precision="bf16")  # asked for: obeyed
+    assert asked.mixed_precision == "bf16" and np.isfinite(asked.probabilities).all()
+    assert inference_precision(None, SimpleNamespace(mixed_precision="fp16"), "cpu", log=messages.append) == "no"
+    assert inference_precision(None, SimpleNamespace(mixed_precision="no"), "cpu", log=messages.append) == "no"

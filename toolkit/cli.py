@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--workers", type=int, default=2, help="decoding processes")
     pred.add_argument("--device", default="cuda" if _cuda() else "cpu")
     pred.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
-                      help="default: the precision the run was trained with (stored in the checkpoint)")
+                      help="default: the precision the run was trained with (stored in the checkpoint), "
+                           "or fp32 where this device would emulate it or run it slower")
     pred.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                       help="probabilities divided by the temperature the run fitted on its validation "
                       "images (--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
@@ -254,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", type=int, default=2)
     ev.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ev.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
-                    help="default: the precision the run was trained with (stored in the checkpoint)")
+                    help="default: the precision the run was trained with (stored in the checkpoint), "
+                         "or fp32 where this device would emulate it or run it slower")
     ev.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                     help="probabilities divided by the temperature the run fitted on its validation "
                     "images (--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")

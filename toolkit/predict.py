@@ -30,7 +30,7 @@ from toolkit.train.evaluate import (
     expected_calibration_error,
     mean_negative_log_likelihood,
 )
-from toolkit.train.precision import autocast_dtype, choose_mixed_precision
+from toolkit.train.precision import autocast_dtype, choose_mixed_precision, cpu_bf16_is_faster, cuda_bf16_in_hardware
 from toolkit.worker_pool import forked_pool
 
 
@@ -104,12 +104,21 @@ def _full_pixel_hash(path: str) -> str:
 
 
 def inference_precision(requested: str | None, state, device: str, log=print) -> str:
-    """--mixed_precision for predict/evaluate: by default the precision the run was trained with."""
+    """--mixed_precision for predict/evaluate: by default the precision the run was trained with, where this
+    device runs it fast; fp32 where it would emulate it or run it slower (a bf16 run of an AMX Xeon, scored
+    on an AVX2 laptop, would otherwise take about 10x fp32's time). An explicit request is obeyed."""
     device_type = torch.device(device).type
-    choice = requested or state.mixed_precision or "no"
-    if choice == "auto":
-        return choose_mixed_precision("auto", device_type, log=log)
-    return choose_mixed_precision(choice, device_type, log=log)
+    if requested:
+        return choose_mixed_precision(requested, device_type, log=log)
+    trained = state.mixed_precision or "no"
+    fast_here = {"no": True, "bf16": (cpu_bf16_is_faster() if device_type == "cpu" else
+                                      cuda_bf16_in_hardware() if device_type == "cuda" else False),
+                 "fp16": device_type == "cuda"}.get(trained, False)
+    if not fast_here:
+        log(f"[precision] the run trained in {trained}, which this {device_type.upper()} would emulate or run no "
+            f"faster than fp32: predicting in fp32 (--mixed_precision={trained} insists on {trained})")
+        return "no"
+    return choose_mixed_precision(trained, device_type, log=log)
 
 
 @torch.no_grad()
@@ -118,7 +127,8 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
                   mixed_precision: str | None = None, calibrated: bool = True) -> Predictions:
     """Class probabilities for every file; unreadable files are recorded, never fatal.
 
-    mixed_precision: 'no', 'bf16', 'fp16' or 'auto'; None: the precision the checkpoint was trained with.
+    mixed_precision: 'no', 'bf16', 'fp16' or 'auto'; None: the precision the checkpoint was trained with where
+    this device runs it fast, else fp32 (inference_precision).
     calibrated: divided by the temperature the run fitted on its validation images (checkpoints written
     before calibration existed hold 1, as trained); False: as trained."""
     model, state = load_classifier(checkpoint, device)
