@@ -311,6 +311,24 @@ def test_patches_are_cut_turned_and_mirrored_per_image():
     assert symmetries  # the 8 symmetries of the square
 
 
+def test_channel_orders_reorder_each_patch_s_colours_and_replay_from_the_step():
+    from toolkit.data.augment import CHANNEL_ORDERS, random_channel_order
+
+    images = torch.rand(64, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    images = images.contiguous(memory_format=torch.channels_last)
+    reordered = random_channel_order(images, step_generator(torch.device("cpu"), 0, 3))
+    assert reordered.is_contiguous(memory_format=torch.channels_last)  # the layout the convolutions want
+    seen = set()
+    for image, out in zip(images, reordered):
+        order = next(order for order in CHANNEL_ORDERS if torch.equal(out, image[list(order)]))
+        seen.add(order)
+    assert seen == set(CHANNEL_ORDERS)  # all 6 orders occur in 64 patches, each channel kept whole
+    again = random_channel_order(images, step_generator(torch.device("cpu"), 0, 3))
+    assert torch.equal(reordered, again)  # a pure function of (patches, seed, step): a resumed run replays it
+    with pytest.raises(ValueError, match="3 colour channels"):
+        random_channel_order(torch.zeros(2, 1, 4, 4), step_generator(torch.device("cpu"), 0, 3))
+
+
 def test_self_ensemble_averages_the_eight_symmetries_and_is_itself_symmetric():
     from toolkit.data.augment import DIHEDRAL, dihedral, undo_dihedral
     from toolkit.models.denoisers import ResUNet
@@ -431,7 +449,7 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
 def test_a_time_budget_chooses_the_epochs_once_and_trains_as_those_epochs_would(tmp_path, capsys):
     args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
             "--eval_every=0", "--checkpoint_every=4", "--num_workers=1", "--grid_images=0",
-            "--model_kwargs=widths=(8,16,32),blocks=1"]
+            "--model_kwargs=widths=(8,16,32),blocks=1", "--channel_orders"]  # channel orders replay on resume too
     # a budget shorter than one epoch trains one; the timing steps leave no trace: the same weights as --epochs=1
     budget = run_in_process("blind_denoiser", [*args, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'budget'}"])
     assert "shorter than one epoch" in capsys.readouterr().out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import permutations
+
 import torch
 from einops import rearrange
 
@@ -98,3 +100,21 @@ def random_dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.T
             out[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
     out[mirror] = out[mirror].flip(3)
     return out
+
+
+CHANNEL_ORDERS = tuple(permutations(range(3)))  # the 6 orders of R, G, B
+
+
+def random_channel_order(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of a (B, 3, H, W) batch with its colour channels put in one of their 6 orders at random
+    (RGB, RBG, GRB, ...): shapes and textures stay, the colours change (a red door can turn blue), so a
+    denoiser cannot lean on the colour statistics of its few training photographs."""
+    if images.shape[1] != 3:
+        raise ValueError(f"random_channel_order needs 3 colour channels, not {images.shape[1]}")
+    orders = torch.tensor(CHANNEL_ORDERS, device=images.device)  # (6, 3)
+    chosen = orders[torch.randint(0, len(CHANNEL_ORDERS), (images.shape[0],), device=images.device,
+                                  generator=generator)]  # (B, 3)
+    reordered = images.gather(1, chosen[:, :, None, None].expand_as(images))
+    if images.is_contiguous(memory_format=torch.channels_last):  # keep the layout the convolutions want
+        return reordered.contiguous(memory_format=torch.channels_last)
+    return reordered
