@@ -357,7 +357,7 @@ def test_self_ensemble_averages_the_eight_symmetries_and_is_itself_symmetric():
 def test_the_noise_estimator_finds_the_level_of_white_noise():
     from toolkit.inference import estimate_noise_sigma
 
-    clean = torch.from_numpy(np.asarray(Image.fromarray(
+    clean = torch.from_numpy(np.array(Image.fromarray(
         (np.indices((96, 96)).sum(0) % 255).astype(np.uint8)).convert("RGB"))).permute(2, 0, 1).float() / 255
     for sigma in (15, 25, 50):
         noisy = clean + sigma / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(sigma))
