@@ -5,8 +5,7 @@
 VENV ?= .venv
 ARGS ?=
 PYTEST_ARGS ?=
-# pytest-xdist: one worker per core (each test file stays on one worker, sharing its fixtures); files are handed
-# out in the order tests/conftest.py gives them (longest first), not reordered by their number of tests
+# pytest-xdist: one worker per core (each test file stays on one worker, sharing its fixtures)
 TEST_WORKERS ?= auto
 
 .PHONY: setup run test test-fast bench explore clean
@@ -20,10 +19,10 @@ run: setup
 test:
 	bash scripts/setup.sh --browser
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/toolkit benchmark $(ARGS)

@@ -27,22 +27,6 @@ def _share_cores_between_workers() -> None:
 _share_cores_between_workers()
 
 
-# Test files, longest first (their measured run time in CI on 2 cores). pytest-xdist (--dist loadfile
-# --no-loadscope-reorder, as the Makefile runs it) hands whole files to its workers in collection order, so the
-# long files start at once and the short ones fill the gaps at the end, instead of one worker running the
-# multi-process tests alone while the other waits (its default order, most tests first, put them last).
-LONGEST_FIRST = ("test_real_data.py", "test_multiprocess.py", "test_robustness.py", "test_recipes.py",
-                 "test_commands.py", "test_denoising.py", "test_studies.py", "test_fast_recipes.py",
-                 "test_using_models.py", "test_training_pieces.py", "test_data.py", "test_models.py",
-                 "test_evaluate.py", "test_config.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Order the collected tests file by file as LONGEST_FIRST says (a stable sort: within a file, as written)."""
-    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One .beton cache for the whole session, so tests share what earlier tests wrote."""

@@ -132,9 +132,3 @@ def test_noise_estimates_script_reads_clipped_and_unclipped_noise(tiny_intel, tm
     assert set(row) == {"clipped", "unclipped"} and set(row["clipped"]) == {"whole image", "toolkit"}
     assert 20 < row["unclipped"]["toolkit"] < 30  # small synthetic scenes: roughly right
     assert row["clipped"]["toolkit"] >= row["clipped"]["whole image"]  # what clipping hid is not read as less noise
-
-
-def test_every_test_file_has_its_place_in_the_longest_first_order():
-    from conftest import LONGEST_FIRST, ROOT
-
-    assert sorted(LONGEST_FIRST) == sorted(path.name for path in (ROOT / "tests").glob("test_*.py"))
