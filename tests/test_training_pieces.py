@@ -87,6 +87,8 @@ def test_auto_picks_bf16_only_where_the_cpu_computes_it_faster_than_fp32(monkeyp
     native_but_slow = "avx512_bf16" in flags and not faster
     assert bool(said) == (not faster) and any("no faster than fp32" in line for line in said) == native_but_slow
     assert ("auto keeps fp32" in precision.describe_cpu()) == native_but_slow
+    assert precision.runs_fast("bf16", "cpu") == faster and precision.runs_fast("no", "cpu")  # predict's default
+    assert not precision.runs_fast("fp16", "cpu") and not precision.runs_fast("bf16", "mps")
     monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "1")  # the override declares fast native bf16
     assert precision.cpu_bf16_is_faster() and precision.choose_mixed_precision("auto", "cpu") == "bf16"
 
@@ -107,6 +109,7 @@ def test_auto_on_cuda_follows_the_step_size_and_the_hardware(monkeypatch, capabi
     assert precision.choose_mixed_precision("auto", "cuda", forward_gflop_per_step=work) == expected
     assert precision.choose_mixed_precision("auto", "cuda", forward_gflop_per_step=lambda: work) == expected
     assert precision.cuda_bf16_in_hardware() == (capability >= (8, 0))
+    assert precision.runs_fast("bf16", "cuda") == (capability >= (8, 0)) and precision.runs_fast("fp16", "cuda")
 
 
 def test_launcher_precision_tells_an_explicit_no_from_an_unset_one(tmp_path):

@@ -30,7 +30,7 @@ from toolkit.train.evaluate import (
     expected_calibration_error,
     mean_negative_log_likelihood,
 )
-from toolkit.train.precision import autocast_dtype, choose_mixed_precision, cpu_bf16_is_faster, cuda_bf16_in_hardware
+from toolkit.train.precision import autocast_dtype, choose_mixed_precision, runs_fast
 from toolkit.worker_pool import forked_pool
 
 
@@ -111,10 +111,7 @@ def inference_precision(requested: str | None, state, device: str, log=print) ->
     if requested:
         return choose_mixed_precision(requested, device_type, log=log)
     trained = state.mixed_precision or "no"
-    fast_here = {"no": True, "bf16": (cpu_bf16_is_faster() if device_type == "cpu" else
-                                      cuda_bf16_in_hardware() if device_type == "cuda" else False),
-                 "fp16": device_type == "cuda"}.get(trained, False)
-    if not fast_here:
+    if not runs_fast(trained, device_type):
         log(f"[precision] the run trained in {trained}, which this {device_type.upper()} would emulate or run no "
             f"faster than fp32: predicting in fp32 (--mixed_precision={trained} insists on {trained})")
         return "no"

@@ -89,6 +89,17 @@ def cpu_bf16_is_faster() -> bool:
     return cpu_has_native_bf16() and ("amx_bf16" in _cpuinfo_flags() or _cpu_vendor() == "AuthenticAMD")
 
 
+def runs_fast(precision: str, device_type: str) -> bool:
+    """True where `device_type` computes `precision` at least as fast as fp32: 'no' anywhere, bf16 on a CPU
+    where cpu_bf16_is_faster() and on a GPU with bf16 hardware, fp16 on CUDA GPUs (autocast has no CPU fp16 that
+    Accelerate runs). Not fast: emulated bf16, Intel's AVX512-BF16 without AMX, anything unknown."""
+    if precision == "no":
+        return True
+    if precision == "bf16":
+        return cpu_bf16_is_faster() if device_type == "cpu" else device_type == "cuda" and cuda_bf16_in_hardware()
+    return precision == "fp16" and device_type == "cuda"
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision name ('bf16', 'fp16'); None for 'no' (fp32) and anything else."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
