@@ -103,3 +103,15 @@ def test_sub_recipes_keep_their_own_defaults_unless_the_parent_chose_a_value():
     built_in_code = Parent(batch=4)  # changed from its default without the parser
     assert derive_config(Child, built_in_code, {"batch", "eval_every"}, "--lr=0.5", seed=7) == Child(
         seed=7, eval_every=0, batch=4, lr=0.5)
+
+
+def test_every_recipe_key_has_help_text():
+    import dataclasses
+
+    from toolkit.recipes import available_recipes, recipe_module
+
+    for name in available_recipes():
+        config_class = recipe_module(name).Config
+        comments = field_comments(config_class)
+        undocumented = [field.name for field in dataclasses.fields(config_class) if not comments.get(field.name)]
+        assert not undocumented, f"recipes/{name}.py: --help has no meaning for {undocumented}"
