@@ -10,17 +10,20 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from toolkit.data.augment import DIHEDRAL, dihedral, to_unit_range, undo_dihedral
-from toolkit.data.loaders import Shard
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
 from toolkit.progress import tracked
 from toolkit.train.evaluate import share_buffers
 from toolkit.train.precision import autocast_dtype
+
+if TYPE_CHECKING:  # the loaders import FFCV, seconds of numba compiling that inference never needs
+    from toolkit.data.loaders import Shard
 
 METRICS = ("mse", "psnr", "ssim")
 

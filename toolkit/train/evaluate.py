@@ -7,12 +7,16 @@ of the whole set, never of padded or duplicated samples.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from toolkit.data.augment import normalize
-from toolkit.data.loaders import Shard
+
+if TYPE_CHECKING:  # the loaders import FFCV, seconds of numba compiling that inference never needs
+    from toolkit.data.loaders import Shard
 
 
 def share_buffers(model: torch.nn.Module, accelerator) -> None:
