@@ -226,3 +226,23 @@ def test_shards_cover_the_set_exactly_once():
     indices = np.arange(11)
     shards = [shard_indices(indices, rank, 3) for rank in range(3)]
     assert sorted(np.concatenate(shards).tolist()) == list(range(11))
+
+
+def test_ffcv_import_compiles_numba_typed_dicts_once_per_machine_not_per_process(tmp_path):
+    """Importing FFCV compiles numba's typed-dict functions; the toolkit turns numba's disk cache on for them
+    first, so the second process loads them instead of compiling (seconds per training process)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import numba.typed.typeddict as typed_dict, toolkit.data.ffcv_parts; "
+             "stats = [typed_dict._make_dict.stats, typed_dict._setitem.stats]; "
+             "print(sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    counts = []
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        counts.append(tuple(int(n) for n in result.stdout.split()))
+    assert counts == [(0, 2), (2, 0)]  # first process: compiled both, then stored; second: loaded both
+    assert any((tmp_path / "numba").rglob("*.nbc"))

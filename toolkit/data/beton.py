@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ffcv.fields import IntField, RGBImageField
-from ffcv.memory_allocator import MemoryAllocator
-from ffcv.writer import DatasetWriter
 from PIL import Image
 
+from toolkit.data.ffcv_parts import DatasetWriter, IntField, MemoryAllocator, RGBImageField
 from toolkit.data.images import UnreadableImage, load_rgb, open_image, pixel_hash, rgb_pixels
 from toolkit.errors import DataError
 from toolkit.progress import progress_bar

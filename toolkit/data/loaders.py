@@ -14,11 +14,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, SimpleRGBImageDecoder
-from ffcv.loader import Loader, OrderOption
-from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from toolkit.data.beton import StoredImages
+from toolkit.data.ffcv_parts import (
+    CenterCropRGBImageDecoder,
+    IntDecoder,
+    Loader,
+    OrderOption,
+    SimpleRGBImageDecoder,
+    Squeeze,
+    ToDevice,
+    ToTensor,
+    ToTorchImage,
+)
 from toolkit.errors import DataError
 
 _default_unraisable_hook = sys.unraisablehook

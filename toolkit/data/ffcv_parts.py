@@ -1,0 +1,42 @@
+"""The parts of FFCV the toolkit uses, imported after numba is told to keep what FFCV's import compiles.
+
+Importing FFCV builds a numba typed dict (`ffcv.fields.rgb_image.IMAGE_MODES`), which compiles numba's
+typed-dict functions from scratch: seconds in every process that reads or writes a .beton (every
+training process, every test that launches one), because numba keeps compiled code on disk only for
+functions that ask for it. Asking for it first makes the compilation a one-off: later processes load it
+from numba's cache (keyed by the source and the CPU, so another CPU kind compiles its own). Where no
+cache folder is writable, numba compiles as before.
+"""
+
+from __future__ import annotations
+
+import numba.typed.typeddict
+from numba.core.dispatcher import Dispatcher
+
+
+def keep_numba_typed_dict_compilations() -> list[str]:
+    """Turn on numba's on-disk cache for its typed-dict functions; returns the names it now caches."""
+    cached = []
+    for name, function in vars(numba.typed.typeddict).items():
+        if not isinstance(function, Dispatcher):
+            continue
+        try:
+            function.enable_caching()
+        except RuntimeError:  # numba found no writable cache folder: this process compiles, as it would anyway
+            continue
+        cached.append(name)
+    return cached
+
+
+keep_numba_typed_dict_compilations()
+
+from ffcv.fields import IntField, RGBImageField  # noqa: E402  (after the cache is on: this import compiles)
+from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, SimpleRGBImageDecoder  # noqa: E402
+from ffcv.loader import Loader, OrderOption  # noqa: E402
+from ffcv.memory_allocator import MemoryAllocator  # noqa: E402
+from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage  # noqa: E402
+from ffcv.writer import DatasetWriter  # noqa: E402
+
+__all__ = ["CenterCropRGBImageDecoder", "DatasetWriter", "IntDecoder", "IntField", "Loader", "MemoryAllocator",
+           "OrderOption", "RGBImageField", "SimpleRGBImageDecoder", "Squeeze", "ToDevice", "ToTensor",
+           "ToTorchImage", "keep_numba_typed_dict_compilations"]
