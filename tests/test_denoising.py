@@ -547,3 +547,18 @@ def test_a_blind_denoiser_joins_the_latent_study_as_is_and_fine_tuned(tiny_intel
     levels = estimated["sigmas"]["25.0"]["model"]["estimated_sigma_255"]  # one per image, near the true 25
     assert len(levels) == 2 and all(15 < level < 35 for level in levels) and "estimated_sigma_255" not in \
         told["sigmas"]["25.0"]["model"]
+
+
+def test_a_run_launched_with_torch_compile_records_it_and_keeps_plain_checkpoints(tmp_path, monkeypatch):
+    """`accelerate launch --dynamo_backend=...` (here the eager backend: dynamo's tracing without inductor's
+    minutes of compiling) compiles the model in Accelerate's prepare: the run says so in its config, and its
+    checkpoints hold the plain model's weights, the same as an uncompiled run's."""
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
+            "--epochs=1", "--max_steps=4", "--eval_every=0", "--checkpoint_every=0", "--num_workers=1",
+            "--grid_images=0", "--model_kwargs=widths=(8,16),blocks=1", "--wandb_mode=disabled"]
+    run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'plain'}"])
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")  # what `accelerate launch --dynamo_backend` sets
+    run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'compiled'}"])
+    configs = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("plain", "compiled")}
+    assert configs["plain"]["torch_compile"] == "no" and configs["compiled"]["torch_compile"] == "eager"
+    assert_same_final_weights(tmp_path / "plain", tmp_path / "compiled")

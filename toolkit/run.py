@@ -156,14 +156,19 @@ class Run:
             cpu=device_type == "cpu", mixed_precision=precision, gradient_accumulation_steps=self.cfg.grad_accumulation,
             project_config=ProjectConfiguration(save_on_each_node=not self.shared_run_dir))
         self.mixed_precision = precision
+        # torch.compile, when launched with `accelerate launch --dynamo_backend=inductor` (Accelerate compiles in
+        # prepare; checkpoints keep the plain model's keys): recorded, since it changes every timing
+        compiled_with = self.accelerator.state.dynamo_plugin.backend.value.lower()
         prepared = self.accelerator.prepare(model, *objects)
         set_seed(self.cfg.seed, device_specific=True)  # each process its own dropout stream; init was shared
         global_batch = batch_size * self.world * self.cfg.grad_accumulation
         self.say(f"[run] device {self.device} x {self.world} process(es), mixed precision {precision}"
                  + (" (fp32 with TF32 matmuls)" if device_type == "cuda" and precision == "no" else "")
                  + f"; global batch {global_batch} = {batch_size} per process x {self.world} process(es) x "
-                 f"{self.cfg.grad_accumulation} accumulated; lr scaling {self.cfg.lr_scaling}")
-        self.logger.update_config({"mixed_precision_used": precision, "global_batch": global_batch})
+                 f"{self.cfg.grad_accumulation} accumulated; lr scaling {self.cfg.lr_scaling}"
+                 + (f"; torch.compile backend {compiled_with}" if compiled_with != "no" else ""))
+        self.logger.update_config({"mixed_precision_used": precision, "global_batch": global_batch,
+                                   "torch_compile": compiled_with})
         return prepared
 
     def prepare_evaluation(self):

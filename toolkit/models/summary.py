@@ -15,6 +15,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...], *extra_inputs: torch.Tensor) -> int:
     """FLOPs (multiply and add counted separately) of one forward pass of one input of `input_shape`,
     with `extra_inputs` passed after it (e.g. the noise level of a conditioned denoiser)."""
+    # a torch.compile'd model: count its module (compiling again for a one-image input would cost minutes)
+    model = getattr(model, "_orig_mod", model)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
