@@ -7,6 +7,7 @@ Defaults are the study's: AE38, Adam lr 1e-3, weight decay 1e-5, batch 100, 8 ep
     accelerate launch recipes/autoencoder.py --model=AE10            # any denoiser of toolkit.models.DENOISERS
     accelerate launch recipes/autoencoder.py --model=unet --crop=96  # the U-Net, trained on random crops
     accelerate launch recipes/autoencoder.py --model=unet --model_kwargs=width=16,levels=2   # its constructor
+    accelerate launch recipes/autoencoder.py --train_minutes=10      # the epochs that 10 minutes hold here
     accelerate launch recipes/autoencoder.py --init_from=runs/blind_denoiser-X --model=resunet --conditioned
         # fine-tune a trained denoiser (e.g. the CBSD432 blind one) on this noise
 """
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from toolkit.config import check_non_negative, check_positive, parse_kwargs
 from toolkit.data.augment import random_flip, step_generator, to_unit_range
 from toolkit.data.denoising import load_denoising_data
-from toolkit.data.loaders import make_loader
+from toolkit.data.loaders import make_loader, stand_in_batch
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas, random_crop
 from toolkit.data.settings import DenoisingDataSettings
 from toolkit.errors import ConfigError
@@ -41,6 +42,7 @@ class Config(DenoisingDataSettings, RunSettings):
     conditioned: bool = False  # give the noise level to the network as an extra channel (unet, dncnn, resunet)
     init_from: str = ""  # start from this trained denoiser's weights (a run directory or checkpoint)
     epochs: int = 8  # passes over the training images
+    train_minutes: float = 0.0  # >0: instead of --epochs, the epochs that fit in these minutes here (measured first)
     batch_size: int = 100  # images per iteration, per process
     eval_batch_size: int = 100  # images per evaluation batch
     lr: float = 1e-3  # Adam learning rate
@@ -57,7 +59,7 @@ class Config(DenoisingDataSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
-    check_non_negative(cfg, "weight_decay", "sigma", "sigma_max", "crop", "grid_images")
+    check_non_negative(cfg, "weight_decay", "sigma", "sigma_max", "crop", "grid_images", "train_minutes")
     if cfg.model not in DENOISERS:
         raise ConfigError(f"--model={cfg.model!r} is not a denoiser; choose from {', '.join(DENOISERS)}")
     if cfg.sigma_max and cfg.sigma_max < cfg.sigma:
@@ -85,9 +87,8 @@ def main(cfg: Config) -> dict:
     loop = TrainingLoop(run, state, model, optimizer, evaluation.validate, cfg.eval_every,
                         eval_at_epoch_end=bool(cfg.grid_images))
 
-    model.train()
-    for (images,) in loop.batches(lambda epoch: train_loader, cfg.epochs):
-        generator = step_generator(device, cfg.seed, loop.step, run.rank)  # flips, crop, noise: replayable on resume
+    def train_step(images: torch.Tensor, step: int):
+        generator = step_generator(device, cfg.seed, step, run.rank)  # flips, crop, noise: replayable on resume
         clean = to_unit_range(random_crop(random_flip(images, generator), cfg.crop, generator))
         sigmas = draw_sigmas(clean.shape[0], cfg.sigma, sigma_max, generator, device)
         noisy = add_gaussian_noise(clean, sigmas, generator, cfg.clip_noise)
@@ -97,7 +98,16 @@ def main(cfg: Config) -> dict:
             loss = F.mse_loss(output.float(), clean)
             accelerator.backward(loss)
             optimizer.step()
-        loop.end_step(loss, len(clean))
+        return loss, len(clean)
+
+    model.train()
+    epochs = cfg.epochs
+    if cfg.train_minutes:  # as many epochs as fit on this machine: timed on stand-in images, then undone
+        stand_in = stand_in_batch(cfg.batch_size, cfg.image_size, cfg.seed, device)
+        epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader), lambda: train_step(stand_in, 0)[0])
+    for (images,) in loop.batches(lambda epoch: train_loader, epochs):
+        loss, images_in_step = train_step(images, loop.step)
+        loop.end_step(loss, images_in_step)
     return finish_denoiser_run(loop, evaluation, data.describe(), data.fingerprint(), data.synthetic)
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from toolkit.config import check_fraction, check_non_negative, check_positive, parse_kwargs, parse_sizes
 from toolkit.data.augment import random_channel_order, random_dihedral, random_patches, step_generator, to_unit_range
 from toolkit.data.clean_images import load_clean_images
-from toolkit.data.loaders import make_loader
+from toolkit.data.loaders import make_loader, stand_in_batch
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
 from toolkit.data.settings import CleanImageSettings
 from toolkit.errors import ConfigError
@@ -110,9 +110,7 @@ def main(cfg: Config) -> dict:
     model.train()
     epochs = cfg.epochs
     if cfg.train_minutes:  # as many epochs as fit on this machine: timed on stand-in tiles, then undone
-        stand_in = torch.randint(0, 256, (cfg.batch_size, 3, cfg.tile_size, cfg.tile_size), dtype=torch.uint8,
-                                 generator=torch.Generator().manual_seed(cfg.seed))
-        stand_in = stand_in.to(device, memory_format=torch.channels_last)  # laid out as the loader's tiles
+        stand_in = stand_in_batch(cfg.batch_size, cfg.tile_size, cfg.seed, device)
         epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader), lambda: train_step(stand_in, 0)[0])
     for (tiles,) in loop.batches(lambda epoch: train_loader, epochs):
         set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))

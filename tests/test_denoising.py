@@ -183,6 +183,18 @@ def test_autoencoder_recipe_runs_resumes_exactly_and_writes_grids(tiny_intel, tm
     assert resumed["test_psnr"] == whole["test_psnr"]
 
 
+def test_autoencoder_time_budget_trains_exactly_as_the_epochs_it_chose(tiny_intel, tmp_path):
+    """--train_minutes in the autoencoder recipe: timed on stand-in images (cropped in the step, as the loader's
+    would be), then undone, so a budget shorter than one epoch trains the weights of --epochs=1."""
+    common = [f"--data={tiny_intel}", "--model=AE10", *TINY_DENOISER, "--grid_images=0", "--crop=32"]
+    budget = run_in_process("autoencoder", [*common, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'budget'}"])
+    assert budget["budget"]["epochs"] == 1 and budget["budget"]["steps"] == budget["steps"]
+    run_in_process("autoencoder", [*common, "--epochs=1", f"--run_dir={tmp_path / 'epochs'}"])
+    assert_same_final_weights(tmp_path / "budget", tmp_path / "epochs")
+    with pytest.raises(UserError, match="train_minutes"):
+        run_in_process("autoencoder", [*common, "--train_minutes=-1", f"--run_dir={tmp_path / 'bad'}"])
+
+
 def test_latent_study_compares_every_model_and_baseline(tiny_intel, tmp_path):
     run_dir = tmp_path / "study"
     args = [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--models=AE10,AE71,AE146,unet", "--image_size=48",

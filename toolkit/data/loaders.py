@@ -65,6 +65,14 @@ def _to_device(device: torch.device) -> list:
     return [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
 
 
+def stand_in_batch(batch_size: int, size: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Random uint8 images laid out as a training loader's batches, (B, 3, size, size) channels_last on
+    `device`: what a recipe times its step on before training (TrainingLoop.epochs_within_minutes)."""
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(seed))
+    return images.to(device, memory_format=torch.channels_last)
+
+
 def make_loader(
     stored: StoredImages,
     indices: Sequence[int],
