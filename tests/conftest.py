@@ -78,6 +78,16 @@ def run_script(args: list[str], env: dict | None = None, timeout: int = 600, cwd
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
+def run_toolkit_without_ffcv(args: list[str]):
+    """`toolkit ARGS` in a fresh process, as a user runs it, failing if the command imported FFCV (whose import
+    costs seconds of numba compiling that inference has no use for); returns CompletedProcess (text)."""
+    import sys
+
+    command = ("import sys; from toolkit.cli import main; code = main(sys.argv[1:]); "
+               "assert 'ffcv' not in sys.modules, f'toolkit {sys.argv[1]} imported FFCV'; sys.exit(code)")
+    return run_script([sys.executable, "-c", command, *args])
+
+
 TINY_CLASSIFIER = ["--epochs=2", "--image_size=32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=4",
                    "--checkpoint_every=3", "--num_workers=1", "--log_every=1"]
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
 
 from toolkit.data.augment import normalize, random_flip, step_generator
@@ -231,17 +232,14 @@ def test_shards_cover_the_set_exactly_once():
 def test_ffcv_import_compiles_numba_typed_dicts_once_per_machine_not_per_process(tmp_path):
     """Importing FFCV compiles numba's typed-dict functions; the toolkit turns numba's disk cache on for them
     first, so the second process loads them instead of compiling (seconds per training process)."""
-    import os
-    import subprocess
     import sys
 
     probe = ("import numba.typed.typeddict as typed_dict, toolkit.data.ffcv_parts; "
              "stats = [typed_dict._make_dict.stats, typed_dict._setitem.stats]; "
              "print(sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats))")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     counts = []
     for _ in range(2):
-        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+        result = run_script([sys.executable, "-c", probe], env={"NUMBA_CACHE_DIR": str(tmp_path / "numba")})
         assert result.returncode == 0, result.stderr[-2000:]
         counts.append(tuple(int(n) for n in result.stdout.split()))
     assert counts == [(0, 2), (2, 0)]  # first process: compiled both, then stored; second: loaded both

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import run_script
+from conftest import run_toolkit_without_ffcv
 from PIL import Image
 from test_recipes import assert_same_final_weights, run_in_process
 
@@ -422,11 +421,8 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert toolkit_main(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "out.png")]) == 0
     said = capsys.readouterr().out
     assert "estimated noise sigma" in said and Image.open(tmp_path / "out.png").size == Image.open(source).size
-    # in a fresh process, as a user runs it: denoising must not import FFCV (seconds of numba compiling)
-    command = ("import sys; from toolkit.cli import main; code = main(sys.argv[1:]); "
-               "assert 'ffcv' not in sys.modules, 'denoise imported FFCV'; sys.exit(code)")
-    result = run_script([sys.executable, "-c", command, "denoise", str(tmp_path / "whole"), str(source),
-                         str(tmp_path / "x8.png"), "--sigma=25", "--self_ensemble"])
+    result = run_toolkit_without_ffcv(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "x8.png"),
+                                       "--sigma=25", "--self_ensemble"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(tmp_path / "x8.png").size == Image.open(source).size
 

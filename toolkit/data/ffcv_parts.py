@@ -10,22 +10,19 @@ cache folder is writable, numba compiles as before.
 
 from __future__ import annotations
 
+import contextlib
+
 import numba.typed.typeddict
 from numba.core.dispatcher import Dispatcher
 
 
-def keep_numba_typed_dict_compilations() -> list[str]:
-    """Turn on numba's on-disk cache for its typed-dict functions; returns the names it now caches."""
-    cached = []
-    for name, function in vars(numba.typed.typeddict).items():
-        if not isinstance(function, Dispatcher):
-            continue
-        try:
-            function.enable_caching()
-        except RuntimeError:  # numba found no writable cache folder: this process compiles, as it would anyway
-            continue
-        cached.append(name)
-    return cached
+def keep_numba_typed_dict_compilations() -> None:
+    """Turn on numba's on-disk cache for its typed-dict functions."""
+    for function in vars(numba.typed.typeddict).values():
+        if isinstance(function, Dispatcher):
+            # RuntimeError: numba found no writable cache folder; this process compiles, as it would anyway
+            with contextlib.suppress(RuntimeError):
+                function.enable_caching()
 
 
 keep_numba_typed_dict_compilations()
