@@ -114,7 +114,7 @@ def test_the_noise_level_reaches_the_network_as_a_constant_map_per_image():
 
     model = ResUNet(widths=(4, 8), blocks=1, conditioned=True)
     seen = {}
-    model.head.register_forward_hook(lambda module, inputs, output: seen.setdefault("input", inputs[0]))
+    model.head.register_forward_hook(lambda module, inputs, output: seen.update(input=inputs[0]))  # returns None
     noisy = torch.rand(2, 3, 20, 28)  # not a multiple of the U-Net's 2: reflect-padded to 20 x 28 -> 20 x 28
     output = model(noisy, torch.tensor([0.05, 0.2]))
     head_input = seen["input"]  # (B, 3 + 1, H, W)
@@ -125,6 +125,32 @@ def test_the_noise_level_reaches_the_network_as_a_constant_map_per_image():
         model(noisy)
     odd = ResUNet(widths=(4, 8, 16), blocks=1)(torch.rand(1, 3, 37, 53), torch.tensor([0.1]))
     assert odd.shape == (1, 3, 37, 53)  # any size: padded to a multiple of 4 and cropped back
+
+
+def test_pixel_unshuffle_folds_2x2_blocks_into_channels_and_unfolds_the_noise_estimate():
+    """FFDNet's reversible downsampling: the head sees 12 colour channels at half the resolution plus the
+    noise-level map, the tail's 12 channels go back to 3 at full resolution, and any size still works."""
+    from toolkit.models.denoisers import ResUNet
+
+    model = ResUNet(widths=(4, 8), blocks=1, pixel_unshuffle=True)
+    seen = {}
+    model.head.register_forward_hook(lambda module, inputs, output: seen.update(input=inputs[0]))  # returns None:
+    model.tail.register_forward_hook(lambda module, inputs, output: seen.update(noise=output))  # outputs unchanged
+    noisy = torch.rand(2, 3, 20, 28, generator=torch.Generator().manual_seed(0))
+    output = model(noisy, torch.tensor([0.05, 0.2]))
+    head_input = seen["input"]
+    assert head_input.shape == (2, 13, 10, 14)
+    # channel 3c + 2i + j of the folded image holds colour c's pixel (i, j) of each 2x2 block
+    for colour in range(3):
+        for i in range(2):
+            for j in range(2):
+                assert torch.equal(head_input[:, 4 * colour + 2 * i + j], noisy[:, colour, i::2, j::2])
+    assert torch.all(head_input[0, 12] == 0.05) and torch.all(head_input[1, 12] == 0.2)
+    noise = seen["noise"]  # (B, 12, H/2, W/2): unfolded the same way, subtracted from the input
+    assert noise.shape == (2, 12, 10, 14)
+    assert torch.allclose(output[:, 1, 1::2, 0::2], noisy[:, 1, 1::2, 0::2] - noise[:, 4 + 2])
+    odd = ResUNet(widths=(4, 8, 16), blocks=1, pixel_unshuffle=True)(torch.rand(1, 3, 37, 53), torch.tensor([0.1]))
+    assert odd.shape == (1, 3, 37, 53)  # padded to a multiple of 8 (2 for the fold x 4 for two levels)
 
 
 def test_residual_denoisers_start_from_the_noisy_input():
