@@ -132,3 +132,22 @@ def test_noise_estimates_script_reads_clipped_and_unclipped_noise(tiny_intel, tm
     assert set(row) == {"clipped", "unclipped"} and set(row["clipped"]) == {"whole image", "toolkit"}
     assert 20 < row["unclipped"]["toolkit"] < 30  # small synthetic scenes: roughly right
     assert row["clipped"]["toolkit"] >= row["clipped"]["whole image"]  # what clipping hid is not read as less noise
+
+
+def test_profile_denoiser_script_times_each_levels_convolutions(tmp_path):
+    """scripts/profile_denoiser.py groups the blocks' 3x3 convolutions by the resolution they run at: one
+    ResBlock per level on the way down and one on the way up (2 convolutions each, forward and backward),
+    one in the body; with the 2x2 fold the first level runs at half the patch size."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_denoiser.py"
+    for kwargs, first_level in (("widths=(8,16),blocks=1", "8 ch 32x32"),
+                                ("widths=(8,16),blocks=1,pixel_unshuffle=True", "8 ch 16x16")):
+        done = run_script([sys.executable, str(script), f"--model_kwargs={kwargs}", "--batch_size", "4",
+                           "--patch_size", "32", "--steps", "2"])
+        assert done.returncode == 0, done.stderr
+        rows = {line[:16].strip(): line[16:].split() for line in done.stdout.splitlines() if " ch " in line}
+        second_level = "16 ch 16x16" if first_level == "8 ch 32x32" else "16 ch 8x8"
+        assert list(rows) == [first_level, second_level]
+        assert [row[0] for row in rows.values()] == ["8", "4"]  # convolutions per step, forward and backward
+        assert all(float(milliseconds) >= 0 and share.endswith("%") and float(rate) >= 0
+                   for _, milliseconds, share, rate in rows.values())
+        assert "s per training step" in done.stdout
