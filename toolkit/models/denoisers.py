@@ -107,7 +107,9 @@ class ResUNet(nn.Module):
 
     `pixel_unshuffle=True` is FFDNet's reversible downsampling: the image's 2x2 pixel blocks become 12
     channels at half the resolution before the head, and the tail's 12 channels are shuffled back, so the
-    first level already runs at a quarter of the pixels (a CPU computes its few channels slowly).
+    first level already runs at a quarter of the pixels (a CPU computes its few channels slowly); inputs are
+    then padded to a multiple of 2^levels. Tried for a 2-core CPU's hour: 0.1 dB below the default
+    (docs/results.md), so it is off by default.
     """
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), blocks: int = 2, conditioned: bool = True,
