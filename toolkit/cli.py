@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(handler=command_report)
 
     den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
-    den.add_argument("checkpoint", help="a run directory or checkpoint of recipes/autoencoder.py")
+    den.add_argument("checkpoint",
+                     help="a run directory or checkpoint of recipes/blind_denoiser.py or recipes/autoencoder.py")
     den.add_argument("input", help="an image file or a folder of images")
     den.add_argument("output", help="output file or folder (PNG, same size as the input)")
     den.add_argument("--sigma", type=float, default=None,
