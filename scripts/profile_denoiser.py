@@ -1,7 +1,7 @@
-"""Where a ResUNet's training step spends its time on this machine: torch.profiler over a few steps
-(forward, backward, Adam; fp32, channels-last, random inputs), the 3x3 convolutions grouped by the
-resolution and width they run at, with the arithmetic rate each reaches. The per-level figures in
-docs/results.md come from
+"""Where a ResUNet's training step spends its time on this machine: torch.profiler over a few of the steps
+`toolkit benchmark` times (forward, backward, Adam; fp32, channels-last, random inputs), the 3x3
+convolutions grouped by the resolution and width they run at, with the arithmetic rate each reaches. The
+per-level figures in docs/results.md come from
 
     python scripts/profile_denoiser.py                                          # the default ResUNet
     python scripts/profile_denoiser.py --model_kwargs="widths=(48,96,192),blocks=2,pixel_unshuffle=True"
@@ -16,9 +16,9 @@ import time
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from toolkit.benchmark import random_input_train_step
 from toolkit.config import parse_kwargs
 from toolkit.models.denoisers import ResUNet
 from toolkit.train.precision import describe_cpu
@@ -26,19 +26,10 @@ from toolkit.train.precision import describe_cpu
 
 def profile_step(model_kwargs: dict, batch: int, patch: int, steps: int) -> tuple[float, list[tuple]]:
     """(median seconds per step, [(channels, height, width, calls, milliseconds, GFLOP/s)] per step of the 3x3
-    convolutions whose input and output widths are equal, forward and backward together)."""
-    torch.manual_seed(0)
-    model = ResUNet(**model_kwargs).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.rand(batch, 3, patch, patch).to(memory_format=torch.channels_last)
-    sigmas = torch.rand(batch) * 50 / 255
-
-    def step():
-        loss = F.l1_loss(model(images, sigmas), images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    convolutions whose input and output widths are equal, forward and backward together). The step is the one
+    `toolkit benchmark` times for the denoiser (fp32, channels-last, random inputs)."""
+    step, _ = random_input_train_step(lambda: ResUNet(**model_kwargs), batch, patch, "fp32", channels_last=True,
+                                      kind="denoiser")
     for _ in range(3):  # untimed: allocation and oneDNN's kernel choice
         step()
     seconds = []

@@ -134,7 +134,7 @@ def test_noise_estimates_script_reads_clipped_and_unclipped_noise(tiny_intel, tm
     assert row["clipped"]["toolkit"] >= row["clipped"]["whole image"]  # what clipping hid is not read as less noise
 
 
-def test_profile_denoiser_script_times_each_levels_convolutions(tmp_path):
+def test_profile_denoiser_script_times_each_levels_convolutions():
     """scripts/profile_denoiser.py groups the blocks' 3x3 convolutions by the resolution they run at: one
     ResBlock per level on the way down and one on the way up (2 convolutions each, forward and backward),
     one in the body; with the 2x2 fold the first level runs at half the patch size."""

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,10 +110,11 @@ def measure_ffcv_loader(stored, indices, image_size: int, batch_size: int, num_w
     return {"images_per_s": count / elapsed, "startup_s": first - started, "images": count}
 
 
-def measure_train_step(build, batch_size: int, image_size: int, precision: str, channels_last: bool,
-                       steps: int, device: torch.device | str = "cpu", kind: str = "classifier",
-                       split: int = 0) -> dict:
-    """Images/s and achieved GFLOP/s of forward + backward + Adam on random inputs, on `device`.
+def random_input_train_step(build, batch_size: int, image_size: int, precision: str, channels_last: bool,
+                            device: torch.device | str = "cpu", kind: str = "classifier",
+                            split: int = 0) -> tuple[Callable[[], None], float]:
+    """(step, forward FLOPs per image): step() runs one forward + backward + Adam step of the model build()
+    returns on fixed random inputs, on `device` (waiting for a GPU's kernels to finish).
 
     precision: "fp32", "bf16" or "fp16" (autocast; fp16 without a loss scaler, which costs little).
     kind "denoiser": an MSE step on noisy inputs (with a noise level for conditioned models).
@@ -150,6 +152,16 @@ def measure_train_step(build, batch_size: int, image_size: int, precision: str, 
         if device.type == "cuda":  # kernels run asynchronously: time them, not their launches
             torch.cuda.synchronize(device)
 
+    return step, flops
+
+
+def measure_train_step(build, batch_size: int, image_size: int, precision: str, channels_last: bool,
+                       steps: int, device: torch.device | str = "cpu", kind: str = "classifier",
+                       split: int = 0) -> dict:
+    """Images/s and achieved GFLOP/s of random_input_train_step's step (the same arguments), over `steps` steps
+    after one untimed."""
+    step, flops = random_input_train_step(build, batch_size, image_size, precision, channels_last, device, kind,
+                                          split)
     seconds = _timed(step, min_seconds=0.0, min_repeats=steps)
     # backward costs about twice the forward: 3x forward FLOPs per image per step
     return {"images_per_s": batch_size / seconds, "gflop_per_s": 3 * flops * batch_size / seconds / 1e9,
