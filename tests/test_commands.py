@@ -62,6 +62,32 @@ def test_benchmark_runs_on_tiny_data_and_writes_json(tiny_intel, tmp_path):
 def test_benchmark_rejects_unknown_sections(tmp_path, capsys):
     assert toolkit_main(["benchmark", "--only", "nonsense", "--out", str(tmp_path / "b.json")]) == 2
     assert "unknown benchmark sections" in capsys.readouterr().err
+    assert toolkit_main(["benchmark", "--only", "compile", "--compile_recipes", "resnet", "--out",
+                         str(tmp_path / "b.json")]) == 2
+    assert "--compile_recipes: unknown recipes ['resnet']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_compile_section_times_compiled_against_eager_steps_in_pairs(tmp_path):
+    """`--only compile` compiles the chosen recipe's model with inductor (a real compile: tens of seconds even
+    for the tiny ResUNet) and times it against eager in interleaved pairs."""
+    out = tmp_path / "bench.json"
+    result = run_script([*TOOLKIT, "benchmark", "--tiny", "--only", "compile", "--compile_recipes", "blind_denoiser",
+                         "--steps", "3", "--out", str(out)], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = json.loads(out.read_text())["compile"]
+    assert list(compiled) == ["resunet (blind_denoiser)"]  # only the recipe asked for
+    r = compiled["resunet (blind_denoiser)"]
+    assert r["pairs"] == 3 and r["batch"] == 4 and r["image_size"] == 32
+    assert r["eager"]["step_s"] > 0 and r["compiled"]["step_s"] > 0 and r["speedup"] > 0
+    assert r["compile_s"] == pytest.approx(r["compiled"]["first_step_s"] - r["eager"]["first_step_s"])
+    assert r["compile_s"] > 1  # the first compiled step generated and built kernels
+    if r["speedup"] > 1:  # paid back by the seconds saved per step at the measured speed-up
+        saved = r["eager"]["step_s"] * (1 - 1 / r["speedup"])
+        assert r["break_even_steps"] == pytest.approx(r["compile_s"] / saved)
+    else:
+        assert r["break_even_steps"] is None and "never" in result.stdout
+    assert "torch.compile (inductor) against eager" in result.stdout and "break-even steps" in result.stdout
 
 
 @pytest.mark.slow

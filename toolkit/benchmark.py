@@ -11,7 +11,8 @@ Sections (all by default):
               Emulated bf16 (CPUs without AMX/AVX512-BF16) is not timed unless asked for
               (--precisions fp32 bf16): `auto` never picks it there.
     pipeline  the real loop (FFCV loader + CNN step): share of step time spent waiting for data
-    compile   torch.compile: compile time against the step-time gain
+    compile   torch.compile against eager on the study CNN's and the blind denoiser's steps: compile
+              time, step times measured in interleaved pairs, speed-up and the steps it takes to pay
 Everything is printed as tables and written to one JSON file.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +33,8 @@ import torch.nn.functional as F
 from toolkit.train.precision import autocast_dtype
 
 SECTIONS = ("ceiling", "loaders", "steps", "pipeline", "compile")
+RECIPE_NAMES = ("cnn", "resnet18", "fast_cnn", "efficientnet_lite0", "blind_denoiser")  # recipe_models' recipes
+COMPILED_RECIPES = ("cnn", "blind_denoiser")  # the compile section's models by default: the two long CPU runs
 
 
 def machine_description() -> dict:
@@ -112,13 +116,14 @@ def measure_ffcv_loader(stored, indices, image_size: int, batch_size: int, num_w
 
 def random_input_train_step(build, batch_size: int, image_size: int, precision: str, channels_last: bool,
                             device: torch.device | str = "cpu", kind: str = "classifier",
-                            split: int = 0) -> tuple[Callable[[], None], float]:
+                            split: int = 0, compiled: bool = False) -> tuple[Callable[[], None], float]:
     """(step, forward FLOPs per image): step() runs one forward + backward + Adam step of the model build()
     returns on fixed random inputs, on `device` (waiting for a GPU's kernels to finish).
 
     precision: "fp32", "bf16" or "fp16" (autocast; fp16 without a loss scaler, which costs little).
     kind "denoiser": an MSE step on noisy inputs (with a noise level for conditioned models).
-    split > 0 (EfficientNet's top mode): only blocks[split:] train, on the frozen lower blocks' outputs."""
+    split > 0 (EfficientNet's top mode): only blocks[split:] train, on the frozen lower blocks' outputs.
+    compiled: the model runs through torch.compile (its first step compiles)."""
     from toolkit.models.summary import forward_flops
 
     device = torch.device(device)
@@ -139,13 +144,14 @@ def random_input_train_step(build, batch_size: int, image_size: int, precision: 
     extra = tuple(e.to(device) for e in extra)
     labels = torch.randint(0, 6, (batch_size,), device=device)
     dtype = autocast_dtype(precision)
+    runnable = torch.compile(model) if compiled else model
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if kind == "denoiser":
-                loss = F.mse_loss(model(images, *extra).float(), images)
+                loss = F.mse_loss(runnable(images, *extra).float(), images)
             else:
-                loss = F.cross_entropy((model(images, split) if split else model(images)).float(), labels)
+                loss = F.cross_entropy((runnable(images, split) if split else runnable(images)).float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -214,33 +220,37 @@ def measure_data_wait(stored, indices, image_size: int, batch_size: int, num_wor
             "images_per_s": done * batch_size / (waiting + computing)}
 
 
-def measure_compile(batch_size: int, image_size: int, steps: int) -> dict:
-    """torch.compile on the study CNN: one-off compile time against seconds saved per step."""
-    from toolkit.models.cnn import SceneCNN
-
-    results = {}
+def measure_compile(build, batch_size: int, image_size: int, steps: int, kind: str = "classifier") -> dict:
+    """torch.compile against eager on one model's training step (random_input_train_step's, fp32, channels-last):
+    the compile time (the compiled first step less the eager first step) and the step times, measured in
+    `steps` pairs, eager then compiled, after 2 untimed steps each. Pairs, not two blocks of steps: on a shared
+    machine the cores' speed drifts within a minute, and both halves of a pair see the same drift; the median
+    of the pairs' ratios is the speed-up."""
+    made = {}
     for compiled in (False, True):
-        torch.manual_seed(0)
-        model = SceneCNN(image_size=image_size).to(memory_format=torch.channels_last).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=9e-4)
-        runnable = torch.compile(model) if compiled else model
-        images = torch.randn(batch_size, 3, image_size, image_size).to(memory_format=torch.channels_last)
-        labels = torch.randint(0, 6, (batch_size,))
-
-        def step(runnable=runnable, images=images, labels=labels, optimizer=optimizer):
-            F.cross_entropy(runnable(images), labels).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+        step, _ = random_input_train_step(build, batch_size, image_size, "fp32", channels_last=True, kind=kind,
+                                          compiled=compiled)
         started = time.perf_counter()
         step()  # compiles when compiled
-        first = time.perf_counter() - started
-        seconds = _timed(step, min_seconds=0.0, min_repeats=steps)
-        results["compiled" if compiled else "eager"] = {"first_step_s": first, "step_s": seconds}
-    saved = results["eager"]["step_s"] - results["compiled"]["step_s"]
+        made[compiled] = {"step": step, "first_step_s": time.perf_counter() - started}
+        for _ in range(2):
+            step()
+    seconds = {False: [], True: []}
+    for _ in range(max(1, steps)):
+        for compiled in (False, True):
+            started = time.perf_counter()
+            made[compiled]["step"]()
+            seconds[compiled].append(time.perf_counter() - started)
+    ratios = [eager / compiled for eager, compiled in zip(seconds[False], seconds[True])]
+    results = {("compiled" if compiled else "eager"): {"first_step_s": made[compiled]["first_step_s"],
+                                                        "step_s": statistics.median(seconds[compiled])}
+               for compiled in (False, True)}
+    results["speedup"] = statistics.median(ratios)
+    results["pairs"] = len(ratios)
+    saved = results["eager"]["step_s"] * (1 - 1 / results["speedup"])  # seconds saved per step at that speed-up
     overhead = results["compiled"]["first_step_s"] - results["eager"]["first_step_s"]
-    results["speedup"] = results["eager"]["step_s"] / results["compiled"]["step_s"]
-    results["break_even_steps"] = overhead / saved if saved > 0 else None
+    results["compile_s"] = overhead
+    results["break_even_steps"] = max(0.0, overhead) / saved if saved > 0 else None
     return results
 
 
@@ -275,7 +285,8 @@ def recipe_models(tiny: bool = False) -> dict:
             "build": lambda: build_model({"name": blind.model, "kwargs": blind_kwargs}),
             "batch": blind.batch_size, "image_size": blind.patch_size, "kind": "denoiser"},
     }
-    for entry in models.values():
+    for name, entry in models.items():
+        entry["recipe"] = name[name.rindex("(") + 1:-1]  # "SceneCNN (cnn)" -> "cnn"
         entry.setdefault("kind", "classifier")
         entry.setdefault("split", 0)
         if tiny:
@@ -293,7 +304,8 @@ def _print_table(title: str, header: list[str], rows: list[list]) -> None:
 
 
 def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps: int, num_workers: int,
-                  precisions: list[str] | None = None, tiny: bool = False) -> dict:
+                  precisions: list[str] | None = None, tiny: bool = False,
+                  compile_recipes: tuple[str, ...] | list[str] = COMPILED_RECIPES) -> dict:
     from toolkit.data.beton import cached_beton
     from toolkit.data.classification import find_data_root
     from toolkit.data.folders import find_split, scan_labeled_folder
@@ -303,6 +315,9 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise UserError(f"unknown benchmark sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    unknown = set(compile_recipes) - set(RECIPE_NAMES)
+    if unknown:
+        raise UserError(f"--compile_recipes: unknown recipes {sorted(unknown)}; choose from {', '.join(RECIPE_NAMES)}")
     sections = sections or list(SECTIONS)
     torch.set_num_threads(os.cpu_count() or 1)
     results = {"machine": machine_description(), "command": "toolkit benchmark", "sections": sections, "tiny": tiny}
@@ -320,7 +335,7 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
         _print_table("matmul 2048x2048 (the arithmetic ceiling; best of 3)", ["dtype", "GFLOP/s"],
                      [[dtype, rate] for dtype, rate in ceilings.items()])
 
-    study_cnn = recipe_defaults("cnn")  # the loaders, the real loop and torch.compile at the study CNN's settings
+    study_cnn = recipe_defaults("cnn")  # the loaders and the real loop at the study CNN's settings
     size = study_cnn.image_size
     root, synthetic = find_data_root(data)
     results["data"] = {"root": str(root), "synthetic": synthetic}
@@ -382,15 +397,21 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
                      [[wait["data_wait_share"], wait["images_per_s"]]])
 
     if "compile" in sections:
-        compiled = measure_compile(study_cnn.batch_size, size, steps)
+        models = recipe_models(tiny)
+        chosen = {name: entry for name, entry in models.items() if entry["recipe"] in compile_recipes}
+        compiled, rows = {}, []
+        for name, entry in chosen.items():
+            r = measure_compile(entry["build"], entry["batch"], entry["image_size"], steps, kind=entry["kind"])
+            compiled[name] = {**r, "batch": entry["batch"], "image_size": entry["image_size"]}
+            break_even = "never" if r["break_even_steps"] is None else round(r["break_even_steps"])
+            rows.append([name, f"{entry['batch']} x {entry['image_size']}px", r["eager"]["step_s"],
+                         r["compiled"]["step_s"], f"{r['speedup']:.2f}x", r["compile_s"], break_even])
         results["compile"] = compiled
-        _print_table(f"torch.compile on the study CNN (batch {study_cnn.batch_size}, {size}x{size})",
-                     ["mode", "first step s", "step s"],
-                     [[k, v["first_step_s"], v["step_s"]] for k, v in compiled.items() if isinstance(v, dict)])
-        break_even = compiled["break_even_steps"]
-        verdict = (f"compile pays for itself after {round(break_even)} steps" if break_even is not None
-                   else "compiled steps are not faster, so compiling never pays here (eager stays the default)")
-        print(f"speed-up {compiled['speedup']:.2f}x; {verdict}")
+        _print_table(f"torch.compile (inductor) against eager: fp32 channels-last training steps, {steps} pairs "
+                     "(eager then compiled; the speed-up is the median of the pairs' ratios)",
+                     ["model", "batch", "eager step s", "compiled step s", "speed-up", "compile s",
+                      "break-even steps"], rows)
+        print("a recipe compiles with `accelerate launch --dynamo_backend=inductor`; none does by default")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

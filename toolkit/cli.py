@@ -58,10 +58,11 @@ def command_check(args) -> int:
 
 
 def command_benchmark(args) -> None:
-    from toolkit.benchmark import run_benchmark
+    from toolkit.benchmark import COMPILED_RECIPES, run_benchmark
 
     run_benchmark(data=args.data, images=args.images, out=Path(args.out), sections=args.only,
-                  steps=args.steps, num_workers=args.num_workers, precisions=args.precisions, tiny=args.tiny)
+                  steps=args.steps, num_workers=args.num_workers, precisions=args.precisions, tiny=args.tiny,
+                  compile_recipes=args.compile_recipes or COMPILED_RECIPES)
 
 
 def command_predict(args) -> None:
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="*", default=[], help="sections to run: ceiling loaders steps pipeline compile")
     bench.add_argument("--precisions", nargs="*", default=None, choices=["fp32", "bf16", "fp16"],
                        help="precisions to time in 'steps' (default: fp32, and bf16 where the CPU has it natively)")
+    bench.add_argument("--compile_recipes", nargs="+", default=None, metavar="RECIPE",
+                       help="whose models the 'compile' section compiles, a minute or more each on a CPU: any of "
+                       "cnn resnet18 fast_cnn efficientnet_lite0 blind_denoiser (default: cnn blind_denoiser)")
     bench.add_argument("--tiny", action="store_true", help="small widths, batch 4, 32 px: a check of the command "
                        "itself (seconds on any CPU), not a measurement")
     bench.add_argument("--out", default="bench-results.json", help="where the JSON goes")
