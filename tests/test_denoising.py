@@ -11,6 +11,7 @@ import torch
 from accelerate import Accelerator
 from conftest import run_toolkit_without_ffcv
 from PIL import Image
+from safetensors.torch import load_file
 from test_recipes import assert_same_final_weights, run_in_process
 
 from toolkit.cli import main as toolkit_main
@@ -516,6 +517,36 @@ def test_a_time_budget_chooses_the_epochs_once_and_trains_as_those_epochs_would(
     assert chosen["epochs"] == max(1, int(0.05 * 60 / (chosen["seconds_per_step"] * per_epoch)))
     with pytest.raises(UserError, match="train_minutes"):
         run_in_process("blind_denoiser", [*args, "--train_minutes=-1", f"--run_dir={tmp_path / 'bad'}"])
+
+
+def test_a_time_budget_is_a_limit_when_the_steps_run_slower_than_they_were_timed(tmp_path, capsys, monkeypatch):
+    """A host that slows down after the timing (here: the timing reads 30x too fast, so far too many epochs are
+    planned) cannot make a --train_minutes run overrun: once the minutes are spent, after the first epoch,
+    training ends, says so, exports the weight average and records where; --resume then trains nothing more."""
+    import toolkit.train.loop as loop_module
+
+    measured = loop_module.typical_step_seconds
+    monkeypatch.setattr(loop_module, "typical_step_seconds", lambda seconds: measured(seconds) / 30)
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
+            "--eval_every=0", "--checkpoint_every=0", "--num_workers=1", "--grid_images=0",
+            "--model_kwargs=widths=(8,16,32),blocks=1", "--train_minutes=0.03", f"--run_dir={tmp_path / 'run'}"]
+    summary = run_in_process("blind_denoiser", args)
+    budget = summary["budget"]
+    per_epoch = budget["steps"] // budget["epochs"]
+    assert budget["epochs"] > 1 and budget["stopped_at"] == summary["steps"]
+    assert per_epoch <= summary["steps"] < budget["steps"]  # the first epoch whole, then stopped by the clock
+    assert summary["train_seconds"] >= 0.03 * 60
+    assert f"min of training spent at iteration {summary['steps']} of {budget['steps']}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["budget"] == budget
+    checkpoint = Path(summary["checkpoint"])
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["extra"]["budget"] == budget
+    exported = load_file(checkpoint / "model.safetensors")  # the weight average, as after a whole schedule
+    average = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)["model"]
+    assert exported.keys() == average.keys() and all(torch.equal(exported[k], average[k]) for k in exported)
+
+    resumed = run_in_process("blind_denoiser", [*args, "--resume"])
+    assert resumed["steps"] == summary["steps"] and resumed["budget"] == budget
+    assert "kept on resume" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not __import__("toolkit.train.denoise", fromlist=["x"]).bm3d_available(),

@@ -9,7 +9,9 @@
 
 What the loop does, in order, and nothing else:
     resume      restore the newest checkpoint (model, optimizer, RNG states, weight average, counters)
-    epochs_within_minutes   --train_minutes: how many epochs fit in a time budget on this machine, measured once
+    epochs_within_minutes   --train_minutes: how many epochs fit in a time budget on this machine, measured once;
+                the budget is then a limit too: once its minutes of training are spent (after the first epoch),
+                training ends there, saying so (a host slower than when it was timed cannot overrun it)
     batches     continue where the checkpoint stopped: skip the epochs and batches already trained on; while
                 they run, SIGTERM asks for a stop (its previous handler is back once they end, however)
     end_step    clear the gradients; count time, images and loss; update the weight average; log, validate, checkpoint
@@ -35,6 +37,11 @@ from toolkit.train.checkpoint import checkpoint_name, load_checkpoint, save_chec
 from toolkit.train.ema import ModelEMA
 from toolkit.train.meter import TrainingMeter
 from toolkit.train.state import TrainerState
+
+
+def typical_step_seconds(step_seconds: list[float]) -> float:
+    """What a time budget plans with: the median of the timed steps (a few slow ones would pull a mean up)."""
+    return statistics.median(step_seconds)
 
 
 def due(step: int, every: int) -> bool:
@@ -67,6 +74,7 @@ class TrainingLoop:
         self.meter = TrainingMeter(self.accelerator)
         self.stop_requested = [False]  # set by SIGTERM while the batches run (see batches)
         self.total_steps = self.last_step = 0
+        self.time_limit_s = None  # a --train_minutes budget's seconds of training (set by batches)
         self.bar = None
         self._tick = time.perf_counter()
         self._epoch_progress = 0.0
@@ -110,7 +118,8 @@ class TrainingLoop:
         optimizer, weight average and gradient scaler are then put back exactly as they were, so the run trains
         exactly as --epochs=<the answer> would. Validation and checkpoints are not in the budget, as they are
         not in the training time the run reports. The choice is kept in the trainer state: a resumed run
-        continues with it and measures nothing.
+        continues with it and measures nothing. The minutes are a limit as well (see end_step): should the steps
+        run slower than they were timed, training ends once the minutes are spent, the first epoch excepted.
         """
         stored = self.state.extra.get("budget")
         if stored is not None:
@@ -131,8 +140,8 @@ class TrainingLoop:
             if self.ema is not None and accelerator.sync_gradients:
                 self.ema.update(accelerator.unwrap_model(self.model))
             step_seconds.append(time.perf_counter() - started)
-        median = statistics.median(step_seconds[warmup_steps:])
-        seconds_per_step = float(accelerator.gather(torch.tensor([median], device=accelerator.device)).max())
+        typical = typical_step_seconds(step_seconds[warmup_steps:])
+        seconds_per_step = float(accelerator.gather(torch.tensor([typical], device=accelerator.device)).max())
         for part, state in zip(keep, saved):
             part.load_state_dict(state)
         accelerator.step = accumulation_counter
@@ -163,6 +172,11 @@ class TrainingLoop:
         self.last_step = self.total_steps
         if max_steps and max_steps < self.total_steps:
             self.last_step = max_steps - max_steps % accumulation
+        budget = self.state.extra.get("budget")
+        if budget is not None:
+            self.time_limit_s = budget["minutes"] * 60
+            if "stopped_at" in budget:  # its minutes were spent there: a resume has nothing left to train
+                self.last_step = min(self.last_step, budget["stopped_at"])
         self.bar = progress_bar(self.total_steps, self.run.recipe, unit="it", initial=self.state.step,
                                 main_process=self.run.is_main)
         previous_sigterm = signal.getsignal(signal.SIGTERM)
@@ -206,6 +220,8 @@ class TrainingLoop:
             self.ema.update(accelerator.unwrap_model(self.model))
         self.meter.add(loss, images, time.perf_counter() - self._tick, logits, labels)
         epoch_end = self.state.batch_in_epoch == 0
+        if step < self.last_step and synced and self._out_of_time(step):
+            self._stop_for_time(step)
         last = step == self.last_step
         evaluate = (due(step, self.eval_every) or (self.eval_at_epoch_end and epoch_end)) and not last
         checkpoint = due(step, self.run.cfg.checkpoint_every) and not last and synced
@@ -257,6 +273,26 @@ class TrainingLoop:
         save_checkpoint(self.accelerator, self.run.run_dir, step, self.state, self.run.cfg.keep_checkpoints,
                         per_node=not self.run.shared_run_dir)
 
+    def _out_of_time(self, step: int) -> bool:
+        """A --train_minutes budget's training time is spent (never within the first epoch, which runs anyway).
+        Checked at log steps only, where every process compares the slowest one's clock, so all stop together
+        (a step's time is read there anyway; the budget is overrun by fewer than --log_every steps)."""
+        if self.time_limit_s is None or self.state.epoch < 1 or not due(step, self.run.cfg.log_every):
+            return False
+        spent = torch.tensor([self.state.train_seconds + self.meter.seconds], device=self.accelerator.device)
+        return float(self.accelerator.gather(spent).max()) >= self.time_limit_s
+
+    def _stop_for_time(self, step: int) -> None:
+        """End training at this step: the budget records where, so that --resume trains nothing more."""
+        budget = self.state.extra["budget"]
+        budget["stopped_at"] = step
+        self.last_step = step
+        self.run.logger.update_config({"budget": budget})
+        spent = self.state.train_seconds + self.meter.seconds
+        self.run.say(f"\n[budget] {budget['minutes']:g} min of training spent at iteration {step} of {self.total_steps}"
+                     f" ({spent / step:.3f} s per iteration against the {budget['seconds_per_step']:.3f} timed): "
+                     "training ends here, before its schedule's end")
+
     def _stop_requested(self) -> bool:
         """SIGTERM seen by any process (every process must stop at the same step)."""
         if self.run.world == 1:
@@ -270,14 +306,20 @@ class TrainingLoop:
             self.bar = None
 
     def finish(self) -> TrainerState:
-        """After the last batch: the training time is logged, and once every step is done the weight
-        average becomes the exported model (stopped early by --max_steps, the raw weights stay so that
-        --resume continues exactly; scores still use the average)."""
+        """After the last batch: the training time is logged, and once training is done (every step, or a time
+        budget spent) the weight average becomes the exported model (stopped early by --max_steps, the raw
+        weights stay so that --resume continues exactly; scores still use the average)."""
         self.close()
         self.run.logger.log({"time/train_minutes": self.state.train_seconds / 60}, self.state.step)
-        if self.ema is not None and self.state.step >= self.total_steps:
+        if self.ema is not None and self.training_done:
             self.accelerator.unwrap_model(self.model).load_state_dict(self.ema.model.state_dict())
         return self.state
+
+    @property
+    def training_done(self) -> bool:
+        """Every step trained, or a time budget ended training (not a --max_steps or SIGTERM stop)."""
+        return self.state.step >= self.total_steps or \
+            self.state.step == self.state.extra.get("budget", {}).get("stopped_at")
 
     def final_checkpoint(self):
         """The checkpoint of the last step: the one already saved at this step (its trainer state rewritten, so
