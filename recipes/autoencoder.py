@@ -42,7 +42,8 @@ class Config(DenoisingDataSettings, RunSettings):
     conditioned: bool = False  # give the noise level to the network as an extra channel (unet, dncnn, resunet)
     init_from: str = ""  # start from this trained denoiser's weights (a run directory or checkpoint)
     epochs: int = 8  # passes over the training images
-    train_minutes: float = 0.0  # >0: instead of --epochs, the epochs that fit in these minutes here (measured first)
+    train_minutes: float = 0.0  # >0: instead of --epochs, the epochs that fit in these minutes here (measured
+    # first); training also ends once these minutes are spent, should the steps run slower than timed
     batch_size: int = 100  # images per iteration, per process
     eval_batch_size: int = 100  # images per evaluation batch
     lr: float = 1e-3  # Adam learning rate
