@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from toolkit.train.precision import autocast_dtype
 
 SECTIONS = ("ceiling", "loaders", "steps", "pipeline", "compile")
-RECIPE_NAMES = ("cnn", "resnet18", "fast_cnn", "efficientnet_lite0", "blind_denoiser")  # recipe_models' recipes
 COMPILED_RECIPES = ("cnn", "blind_denoiser")  # the compile section's models by default: the two long CPU runs
 
 
@@ -305,7 +304,7 @@ def _print_table(title: str, header: list[str], rows: list[list]) -> None:
 
 def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps: int, num_workers: int,
                   precisions: list[str] | None = None, tiny: bool = False,
-                  compile_recipes: tuple[str, ...] | list[str] = COMPILED_RECIPES) -> dict:
+                  compile_recipes: list[str] | None = None) -> dict:
     from toolkit.data.beton import cached_beton
     from toolkit.data.classification import find_data_root
     from toolkit.data.folders import find_split, scan_labeled_folder
@@ -315,10 +314,13 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise UserError(f"unknown benchmark sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
-    unknown = set(compile_recipes) - set(RECIPE_NAMES)
-    if unknown:
-        raise UserError(f"--compile_recipes: unknown recipes {sorted(unknown)}; choose from {', '.join(RECIPE_NAMES)}")
     sections = sections or list(SECTIONS)
+    models = recipe_models(tiny) if {"steps", "compile"} & set(sections) else {}  # reads every recipe's defaults
+    compile_recipes = compile_recipes or COMPILED_RECIPES
+    recipes = [entry["recipe"] for entry in models.values()]
+    unknown = set(compile_recipes) - set(recipes)
+    if "compile" in sections and unknown:
+        raise UserError(f"--compile_recipes: unknown recipes {sorted(unknown)}; choose from {', '.join(recipes)}")
     torch.set_num_threads(os.cpu_count() or 1)
     results = {"machine": machine_description(), "command": "toolkit benchmark", "sections": sections, "tiny": tiny}
     native_bf16 = results["machine"]["native_bf16"]
@@ -376,7 +378,7 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
                   "pass --precisions fp32 bf16 to time it anyway")
         settings = [("fp32", False), ("fp32", True)] + [(p, True) for p in precisions if p != "fp32"]
         rows, step_results = [], {}
-        for name, entry in recipe_models(tiny).items():
+        for name, entry in models.items():
             for precision, channels_last in settings:
                 r = measure_train_step(entry["build"], entry["batch"], entry["image_size"], precision, channels_last,
                                        steps, kind=entry["kind"], split=entry["split"])
@@ -397,7 +399,6 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
                      [[wait["data_wait_share"], wait["images_per_s"]]])
 
     if "compile" in sections:
-        models = recipe_models(tiny)
         chosen = {name: entry for name, entry in models.items() if entry["recipe"] in compile_recipes}
         compiled, rows = {}, []
         for name, entry in chosen.items():

@@ -58,11 +58,11 @@ def command_check(args) -> int:
 
 
 def command_benchmark(args) -> None:
-    from toolkit.benchmark import COMPILED_RECIPES, run_benchmark
+    from toolkit.benchmark import run_benchmark
 
     run_benchmark(data=args.data, images=args.images, out=Path(args.out), sections=args.only,
                   steps=args.steps, num_workers=args.num_workers, precisions=args.precisions, tiny=args.tiny,
-                  compile_recipes=args.compile_recipes or COMPILED_RECIPES)
+                  compile_recipes=args.compile_recipes)
 
 
 def command_predict(args) -> None:

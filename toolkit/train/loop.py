@@ -74,7 +74,6 @@ class TrainingLoop:
         self.meter = TrainingMeter(self.accelerator)
         self.stop_requested = [False]  # set by SIGTERM while the batches run (see batches)
         self.total_steps = self.last_step = 0
-        self.time_limit_s = None  # a --train_minutes budget's seconds of training (set by batches)
         self.bar = None
         self._tick = time.perf_counter()
         self._epoch_progress = 0.0
@@ -172,11 +171,9 @@ class TrainingLoop:
         self.last_step = self.total_steps
         if max_steps and max_steps < self.total_steps:
             self.last_step = max_steps - max_steps % accumulation
-        budget = self.state.extra.get("budget")
-        if budget is not None:
-            self.time_limit_s = budget["minutes"] * 60
-            if "stopped_at" in budget:  # its minutes were spent there: a resume has nothing left to train
-                self.last_step = min(self.last_step, budget["stopped_at"])
+        stopped_at = self.state.extra.get("budget", {}).get("stopped_at")
+        if stopped_at is not None:  # a time budget's minutes were spent there: a resume has nothing left to train
+            self.last_step = min(self.last_step, stopped_at)
         self.bar = progress_bar(self.total_steps, self.run.recipe, unit="it", initial=self.state.step,
                                 main_process=self.run.is_main)
         previous_sigterm = signal.getsignal(signal.SIGTERM)
@@ -277,10 +274,11 @@ class TrainingLoop:
         """A --train_minutes budget's training time is spent (never within the first epoch, which runs anyway).
         Checked at log steps only, where every process compares the slowest one's clock, so all stop together
         (a step's time is read there anyway; the budget is overrun by fewer than --log_every steps)."""
-        if self.time_limit_s is None or self.state.epoch < 1 or not due(step, self.run.cfg.log_every):
+        budget = self.state.extra.get("budget")
+        if budget is None or self.state.epoch < 1 or not due(step, self.run.cfg.log_every):
             return False
         spent = torch.tensor([self.state.train_seconds + self.meter.seconds], device=self.accelerator.device)
-        return float(self.accelerator.gather(spent).max()) >= self.time_limit_s
+        return float(self.accelerator.gather(spent).max()) >= budget["minutes"] * 60
 
     def _stop_for_time(self, step: int) -> None:
         """End training at this step: the budget records where, so that --resume trains nothing more."""
