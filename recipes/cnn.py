@@ -3,6 +3,7 @@
     accelerate launch recipes/cnn.py                           # the study's settings, 10 epochs
     accelerate launch recipes/cnn.py --max_train_images=3000   # the study's tuning subset
     python recipes/cnn.py --data=path/to/folder --epochs=2     # any <class>/<image> folder
+    accelerate launch recipes/cnn.py --train_minutes=10        # the epochs that 10 minutes hold here
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 recipes/cnn.py   # 2 CPU processes
     python recipes/cnn.py --resume --run_dir=runs/cnn-...      # continue a killed run
 """
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from toolkit.config import check_non_negative, check_positive
 from toolkit.data.augment import STUDY_MEAN, STUDY_STD, normalize, random_flip, step_generator
 from toolkit.data.classification import load_classification_data
-from toolkit.data.loaders import make_loader
+from toolkit.data.loaders import make_loader, stand_in_batch, stand_in_labels
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.models import build_model
 from toolkit.run import RunSettings, run_recipe, start_run
@@ -31,6 +32,8 @@ class Config(ClassificationDataSettings, RunSettings):
     width: int = 20  # n: conv k outputs k*n channels
     dropout: float = 0.5  # dropout in the head
     epochs: int = 10  # passes over the training images
+    train_minutes: float = 0.0  # >0: instead of --epochs, the epochs that fit in these minutes here (measured
+    # first); training also ends once these minutes are spent, should the steps run slower than timed
     batch_size: int = 120  # images per iteration, per process
     eval_batch_size: int = 250  # images per evaluation batch
     lr: float = 9e-4  # Adam learning rate
@@ -39,7 +42,7 @@ class Config(ClassificationDataSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "width", "epochs", "batch_size", "eval_batch_size", "lr")
-    check_non_negative(cfg, "weight_decay", "dropout")
+    check_non_negative(cfg, "weight_decay", "dropout", "train_minutes")
     run = start_run(cfg, "cnn")
     with run.main_process_first():  # one process per machine writes the .beton files; the others reuse them
         data = load_classification_data(cfg, cfg.seed, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,
@@ -60,15 +63,25 @@ def main(cfg: Config) -> dict:
     state = TrainerState("cnn", spec, preprocessing, classes=data.classes, split=data.split_record())
     loop = TrainingLoop(run, state, model, optimizer, evaluation.validate, cfg.eval_every)
 
-    model.train()
-    for images, labels in loop.batches(lambda epoch: train_loader, cfg.epochs):
-        images = random_flip(images, step_generator(device, cfg.seed, loop.step, run.rank))
+    def train_step(images: torch.Tensor, labels: torch.Tensor, step: int):
+        images = random_flip(images, step_generator(device, cfg.seed, step, run.rank))
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 logits = model(normalize(images, STUDY_MEAN, STUDY_STD))  # (B, classes)
             loss = F.cross_entropy(logits.float(), labels)
             accelerator.backward(loss)
             optimizer.step()
+        return loss, logits
+
+    model.train()
+    epochs = cfg.epochs
+    if cfg.train_minutes:  # as many epochs as fit on this machine: timed on stand-in images, then undone
+        stand_in = stand_in_batch(cfg.batch_size, cfg.image_size, cfg.seed, device)
+        stand_in_classes = stand_in_labels(cfg.batch_size, len(data.classes), device)
+        epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader),
+                                            lambda: train_step(stand_in, stand_in_classes, 0)[0])
+    for images, labels in loop.batches(lambda epoch: train_loader, epochs):
+        loss, logits = train_step(images, labels, loop.step)
         loop.end_step(loss, len(labels), logits, labels)
     return finish_classifier_run(loop, evaluation)
 

@@ -15,6 +15,7 @@ Three ways to adapt it (--mode):
     accelerate launch recipes/efficientnet_lite0.py --train_from_block=8     # unfreeze more blocks
     accelerate launch recipes/efficientnet_lite0.py --mode=finetune --image_size=128 --epochs=3   # a GPU's choice
     accelerate launch recipes/efficientnet_lite0.py --mode=linear_probe
+    accelerate launch recipes/efficientnet_lite0.py --train_minutes=5        # the epochs that 5 minutes hold here
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from toolkit.data.cached_features import (
     weights_digest,
 )
 from toolkit.data.classification import load_classification_data
-from toolkit.data.loaders import make_loader
+from toolkit.data.loaders import make_loader, stand_in_batch, stand_in_labels
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import ConfigError
 from toolkit.models import build_model
@@ -63,6 +64,8 @@ class Config(ClassificationDataSettings, RunSettings):
     # for other seeds and resumes (1 GB for the Intel training images at 150 px; 4.4 minutes to compute on 2 AVX2 cores)
     image_size: int = 150  # images are squashed to image_size x image_size pixels (150: the Intel images' own)
     epochs: int = 6  # passes over the training images (top mode: 94.5% validation after 3 epochs in tuning)
+    train_minutes: float = 0.0  # >0 (top, finetune): instead of --epochs, the epochs that fit in these minutes here
+    # (measured first; top mode's feature caching counts); training also ends once they are spent
     batch_size: int = 64  # images per iteration, per process
     eval_batch_size: int = 200  # images per evaluation batch
     lr: float = 1e-3  # peak AdamW learning rate (one-cycle); the linear probe uses 10x
@@ -77,7 +80,10 @@ class Config(ClassificationDataSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
-    check_non_negative(cfg, "weight_decay", "dropout", "ema_decay")
+    check_non_negative(cfg, "weight_decay", "dropout", "ema_decay", "train_minutes")
+    if cfg.train_minutes and cfg.mode == "linear_probe":
+        raise ConfigError(f"--train_minutes does not apply to --mode=linear_probe (a fixed {PROBE_STEPS} full-batch "
+                          "steps); use it with --mode=top or --mode=finetune, or leave it out")
     check_fraction(cfg, "warmup_fraction", "label_smoothing")
     if not 1 <= cfg.train_from_block <= 16:
         raise ConfigError(f"--train_from_block must be 1..16 (EfficientNet-Lite0 has 16 blocks), "
@@ -123,11 +129,9 @@ def main(cfg: Config) -> dict:
                                    num_workers=cfg.num_workers)
     peak_lr = run.scale_lr(cfg.lr)
 
-    model.train()
-    for inputs, labels in loop.batches(lambda epoch: train_loader, cfg.epochs):
-        set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))
+    def train_step(inputs: torch.Tensor, labels: torch.Tensor, step: int):
         if not split:  # images: flip on the device; cached features already hold an image or its mirror
-            flipped = random_flip(inputs, step_generator(device, cfg.seed, loop.step, run.rank))
+            flipped = random_flip(inputs, step_generator(device, cfg.seed, step, run.rank))
             inputs = normalize(flipped, LITE_MEAN, LITE_STD)
         with accelerator.accumulate(model):
             with accelerator.autocast():
@@ -135,8 +139,27 @@ def main(cfg: Config) -> dict:
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
             accelerator.backward(loss)
             optimizer.step()
+        return loss, logits
+
+    model.train()
+    epochs = cfg.epochs
+    if cfg.train_minutes:  # as many epochs as fit on this machine: timed on stand-in inputs, then undone
+        stand_in = stand_in_features(train_loader, cfg.batch_size) if split else \
+            stand_in_batch(cfg.batch_size, cfg.image_size, cfg.seed, device)
+        stand_in_classes = stand_in_labels(cfg.batch_size, len(data.classes), device)
+        epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader),
+                                            lambda: train_step(stand_in, stand_in_classes, 0)[0])
+    for inputs, labels in loop.batches(lambda epoch: train_loader, epochs):
+        set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))
+        loss, logits = train_step(inputs, labels, loop.step)
         loop.end_step(loss, len(labels), logits, labels)
     return finish_classifier_run(loop, evaluation)
+
+
+def stand_in_features(loader: CachedFeatureLoader, batch_size: int) -> torch.Tensor:
+    """The first cached images' features (unmirrored), laid out as the loader's batches: top mode's stand-in
+    batch for timing its step (read directly, so the loader's epoch order is untouched)."""
+    return loader.features[:batch_size, 0].float().contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()

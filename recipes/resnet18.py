@@ -8,6 +8,7 @@ what this recipe does by default, is full fine-tuning with Adam at lr 1e-5.
     accelerate launch recipes/resnet18.py --weights=none --lr=1e-3  # from scratch
     accelerate launch recipes/resnet18.py --freeze_backbone       # what the study meant: train the head only
     accelerate launch recipes/resnet18.py --lr=1e-4 --label_smoothing=0.1   # a fine-tuning of our own
+    accelerate launch recipes/resnet18.py --train_minutes=20      # the epochs that 20 minutes hold here
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from toolkit.data.augment import (
     step_generator,
 )
 from toolkit.data.classification import load_classification_data
-from toolkit.data.loaders import make_loader
+from toolkit.data.loaders import make_loader, stand_in_batch, stand_in_labels
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.models import build_model
 from toolkit.models.resnet import freeze_backbone
@@ -45,6 +46,8 @@ class Config(ClassificationDataSettings, RunSettings):
     freeze_backbone: bool = False  # train only the new head (the study's intent; not what it ran)
     normalization: Literal["study", "imagenet"] = "study"  # study: mean/std 0.5, as it ran; imagenet: the weights'
     epochs: int = 4  # passes over the training images
+    train_minutes: float = 0.0  # >0: instead of --epochs, the epochs that fit in these minutes here (measured
+    # first); training also ends once these minutes are spent, should the steps run slower than timed
     batch_size: int = 50  # images per iteration, per process
     eval_batch_size: int = 250  # images per evaluation batch
     lr: float = 1e-5  # Adam learning rate
@@ -54,7 +57,7 @@ class Config(ClassificationDataSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
-    check_non_negative(cfg, "weight_decay")
+    check_non_negative(cfg, "weight_decay", "train_minutes")
     check_fraction(cfg, "label_smoothing")
     run = start_run(cfg, "resnet18")
     with run.main_process_first():  # one process per machine writes the .beton files; the others reuse them
@@ -84,17 +87,27 @@ def main(cfg: Config) -> dict:
                          split=data.split_record())
     loop = TrainingLoop(run, state, model, optimizer, evaluation.validate, cfg.eval_every)
 
-    model.train()
-    for images, labels in loop.batches(lambda epoch: train_loader, cfg.epochs):
+    def train_step(images: torch.Tensor, labels: torch.Tensor, step: int):
         if cfg.freeze_backbone:  # again after every validation pass, which switches the model back to training
             keep_frozen_batchnorm_fixed(model)
-        images = random_flip(images, step_generator(device, cfg.seed, loop.step, run.rank))
+        images = random_flip(images, step_generator(device, cfg.seed, step, run.rank))
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 logits = model(normalize(images, mean, std))  # (B, classes)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
             accelerator.backward(loss)
             optimizer.step()
+        return loss, logits
+
+    model.train()
+    epochs = cfg.epochs
+    if cfg.train_minutes:  # as many epochs as fit on this machine: timed on stand-in images, then undone
+        stand_in = stand_in_batch(cfg.batch_size, cfg.image_size, cfg.seed, device)
+        stand_in_classes = stand_in_labels(cfg.batch_size, len(data.classes), device)
+        epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader),
+                                            lambda: train_step(stand_in, stand_in_classes, 0)[0])
+    for images, labels in loop.batches(lambda epoch: train_loader, epochs):
+        loss, logits = train_step(images, labels, loop.step)
         loop.end_step(loss, len(labels), logits, labels)
     return finish_classifier_run(loop, evaluation)
 

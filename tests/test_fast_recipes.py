@@ -130,6 +130,24 @@ def test_efficientnet_top_mode_resumes_exactly_from_its_cached_features(tiny_int
                            pretrained.state_dict()["blocks.14.depthwise.0.weight"])
 
 
+def test_efficientnet_time_budget_counts_the_feature_cache_and_trains_as_the_epochs_it_chose(
+        tiny_intel, tmp_path, capsys):
+    """--train_minutes in top mode: the step is timed on cached features (then undone: weights, AdamW, the weight
+    average, dropout's generators); the seconds spent caching the frozen blocks' features count as training, so
+    the plan is made with what is left. A budget shorter than one epoch trains the weights of --epochs=1."""
+    common = [f"--data={tiny_intel}", "--image_size=32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=0",
+              "--num_workers=1", "--train_from_block=12", "--keep_feature_cache=false"]
+    budget = run_in_process("efficientnet_lite0", [*common, "--train_minutes=0.0001",
+                                                   f"--run_dir={tmp_path / 'budget'}"])
+    assert budget["budget"]["epochs"] == 1 and budget["budget"]["steps"] == budget["steps"]
+    assert "s already counted as training" in capsys.readouterr().out
+    run_in_process("efficientnet_lite0", [*common, "--epochs=1", f"--run_dir={tmp_path / 'epochs'}"])
+    assert_same_final_weights(tmp_path / "budget", tmp_path / "epochs")
+    with pytest.raises(UserError, match="--train_minutes does not apply to --mode=linear_probe"):
+        run_in_process("efficientnet_lite0", [*common, "--mode=linear_probe", "--train_minutes=1",
+                                              f"--run_dir={tmp_path / 'probe'}"])
+
+
 def test_efficientnet_top_mode_keeps_its_frozen_features_for_other_seeds_and_recomputes_a_damaged_cache(
         tiny_intel, tmp_path, capsys):
     cache = tmp_path / "cache"

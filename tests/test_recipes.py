@@ -73,6 +73,29 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_intel, tmp_path):
     assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["test_loss"] == whole["test_loss"]
 
 
+@pytest.mark.parametrize("recipe, options", [("cnn", ["--width=4", "--dropout=0.5"]),
+                                             ("resnet18", ["--weights=none", "--lr=1e-3"])])
+def test_a_classifier_time_budget_trains_exactly_as_the_epochs_it_chose(tiny_intel, tmp_path, recipe, options):
+    """--train_minutes in the classifier recipes: the step is timed on stand-in images, then everything it touched
+    is put back (weights, Adam, BatchNorm statistics, and the global generators the CNN's dropout draws from), so
+    a budget shorter than one epoch trains the weights of --epochs=1, and a resumed run keeps the choice."""
+    common = [f"--data={tiny_intel}", *options, *TINY_CLASSIFIER]
+    budget = run_in_process(recipe, [*common, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'budget'}"])
+    chosen = budget["budget"]
+    assert chosen["epochs"] == 1 and chosen["steps"] == budget["steps"] == 84 // 16 and chosen["seconds_per_step"] > 0
+    assert json.loads((tmp_path / "budget" / "config.json").read_text())["budget"] == chosen
+    run_in_process(recipe, [*common, "--epochs=1", f"--run_dir={tmp_path / 'epochs'}"])
+    assert_same_final_weights(tmp_path / "budget", tmp_path / "epochs")
+
+    split = [*common, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'split'}"]
+    run_in_process(recipe, [*split, "--max_steps=2"])
+    resumed = run_in_process(recipe, [*split, "--resume"])
+    assert resumed["budget"] == json.loads((tmp_path / "split" / "config.json").read_text())["budget"]
+    assert_same_final_weights(tmp_path / "budget", tmp_path / "split")
+    with pytest.raises(UserError, match="train_minutes"):
+        run_in_process(recipe, [*common, "--train_minutes=-1", f"--run_dir={tmp_path / 'bad'}"])
+
+
 def test_compare_classifiers_writes_the_side_by_side_table_and_reuses_only_matching_runs(tiny_intel, tmp_path):
     run_dir = tmp_path / "cmp"
     tiny = "--batch_size=16 --eval_batch_size=32"

@@ -73,6 +73,11 @@ def stand_in_batch(batch_size: int, size: int, seed: int, device: torch.device) 
     return images.to(device, memory_format=torch.channels_last)
 
 
+def stand_in_labels(batch_size: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    """(B,) int64 class indices cycling through the classes: the labels of a classifier's stand-in batch."""
+    return torch.arange(batch_size, device=device) % num_classes
+
+
 def make_loader(
     stored: StoredImages,
     indices: Sequence[int],

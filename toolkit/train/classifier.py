@@ -73,6 +73,8 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
                "num_processes": state.num_processes, "cpu": run.logger.config.get("cpu"),
                "val_per_class_accuracy": dict(zip(classes, validation["per_class_accuracy"])),
                "weights": state.weights, "temperature": state.temperature, "val_ece": val_ece}
+    if "budget" in state.extra:  # --train_minutes: what was measured and chosen
+        summary["budget"] = state.extra["budget"]
     test = None
     if len(data.test_indices):
         shard = shard_loader(data.test_set, data.test_indices, run.rank, run.world, evaluation.batch_size,

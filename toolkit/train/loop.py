@@ -114,11 +114,13 @@ class TrainingLoop:
         by the loop's own per-step work (clearing the gradients, the weight average). The median step counts,
         not the mean: on a shared 2-core machine single steps of the denoiser took 0.67-1.26 s, and a few slow
         ones would pull a mean up and leave budget unused. The slowest process's median counts. The model,
-        optimizer, weight average and gradient scaler are then put back exactly as they were, so the run trains
-        exactly as --epochs=<the answer> would. Validation and checkpoints are not in the budget, as they are
-        not in the training time the run reports. The choice is kept in the trainer state: a resumed run
-        continues with it and measures nothing. The minutes are a limit as well (see end_step): should the steps
-        run slower than they were timed, training ends once the minutes are spent, the first epoch excepted.
+        optimizer, weight average, gradient scaler and torch's global random generators (which dropout draws
+        from) are then put back exactly as they were, so the run trains exactly as --epochs=<the answer> would.
+        Validation and checkpoints are not in the budget, as they are not in the training time the run reports;
+        what the run already counted as training before its first step (a cache of frozen features) is. The
+        choice is kept in the trainer state: a resumed run continues with it and measures nothing. The minutes
+        are a limit as well (see end_step): should the steps run slower than they were timed, training ends once
+        the minutes are spent, the first epoch excepted.
         """
         stored = self.state.extra.get("budget")
         if stored is not None:
@@ -132,27 +134,32 @@ class TrainingLoop:
         saved = [copy.deepcopy(part.state_dict()) for part in keep]
         accumulation_counter = accelerator.step
         step_seconds = []
-        for _ in range(warmup_steps + timed_steps):
-            started = time.perf_counter()
-            float(train_step().detach())  # reading the loss waits for the device
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None and accelerator.sync_gradients:
-                self.ema.update(accelerator.unwrap_model(self.model))
-            step_seconds.append(time.perf_counter() - started)
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # dropout draws from the global generators: put back after
+            for _ in range(warmup_steps + timed_steps):
+                started = time.perf_counter()
+                float(train_step().detach())  # reading the loss waits for the device
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None and accelerator.sync_gradients:
+                    self.ema.update(accelerator.unwrap_model(self.model))
+                step_seconds.append(time.perf_counter() - started)
         typical = typical_step_seconds(step_seconds[warmup_steps:])
         seconds_per_step = float(accelerator.gather(torch.tensor([typical], device=accelerator.device)).max())
         for part, state in zip(keep, saved):
             part.load_state_dict(state)
         accelerator.step = accumulation_counter
-        epochs = max(1, math.floor(minutes * 60 / (seconds_per_step * steps_per_epoch)))
+        left = minutes * 60 - self.state.train_seconds  # time already counted as training (e.g. feature caching)
+        epochs = max(1, math.floor(left / (seconds_per_step * steps_per_epoch)))
         self.state.extra["budget"] = {"minutes": minutes, "seconds_per_step": round(seconds_per_step, 4),
                                       "epochs": epochs, "steps": epochs * steps_per_epoch}
         self.run.logger.update_config({"budget": self.state.extra["budget"]})
-        fits = minutes * 60 / seconds_per_step
+        fits = max(0.0, left) / seconds_per_step
+        counted = f" after the {self.state.train_seconds:.0f} s already counted as training" \
+            if self.state.train_seconds else ""
         self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.3f} s per iteration (median of {timed_steps}), "
                      f"so {epochs} epochs of {steps_per_epoch} iterations ({epochs * steps_per_epoch} of the "
-                     f"{fits:.0f} that fit)" + ("" if fits >= steps_per_epoch else
-                                                 ": the budget is shorter than one epoch, which runs anyway"))
+                     f"{fits:.0f} that fit{counted})" + ("" if fits >= steps_per_epoch else
+                                                        ": the budget is shorter than one epoch, which runs anyway"))
         return epochs
 
     def batches(self, loader_for_epoch: Callable[[int], object], epochs: int) -> Iterator[tuple]:
