@@ -1,10 +1,11 @@
 """Where a ResUNet's training step spends its time on this machine: torch.profiler over a few of the steps
-`toolkit benchmark` times (forward, backward, Adam; fp32, channels-last, random inputs), the 3x3
-convolutions grouped by the resolution and width they run at, with the arithmetic rate each reaches. The
-per-level figures in docs/results.md come from
+`toolkit benchmark` times (forward, backward, Adam; channels-last, random inputs), the 3x3 convolutions
+grouped by the resolution and width they run at, with the arithmetic rate each reaches. The per-level figures
+in docs/results.md come from
 
     python scripts/profile_denoiser.py                                          # the default ResUNet
     python scripts/profile_denoiser.py --model_kwargs="widths=(48,96,192),blocks=2,pixel_unshuffle=True"
+    python scripts/profile_denoiser.py --precision bf16 --batch_size 4          # bf16, where the CPU has it
 
 Run it alone on the cores: it times, it does not count.
 """
@@ -12,6 +13,8 @@ Run it alone on the cores: it times, it does not count.
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
 from collections import defaultdict
 
@@ -21,14 +24,15 @@ from torch.profiler import ProfilerActivity, profile
 from toolkit.benchmark import random_input_train_step
 from toolkit.config import parse_kwargs
 from toolkit.models.denoisers import ResUNet
-from toolkit.train.precision import describe_cpu
+from toolkit.train.precision import cpu_has_native_bf16, describe_cpu
 
 
-def profile_step(model_kwargs: dict, batch: int, patch: int, steps: int) -> tuple[float, list[tuple]]:
+def profile_step(model_kwargs: dict, batch: int, patch: int, steps: int,
+                 precision: str = "fp32") -> tuple[float, list[tuple]]:
     """(median seconds per step, [(channels, height, width, calls, milliseconds, GFLOP/s)] per step of the 3x3
     convolutions whose input and output widths are equal, forward and backward together). The step is the one
-    `toolkit benchmark` times for the denoiser (fp32, channels-last, random inputs)."""
-    step, _ = random_input_train_step(lambda: ResUNet(**model_kwargs), batch, patch, "fp32", channels_last=True,
+    `toolkit benchmark` times for the denoiser (channels-last, random inputs) in `precision` (fp32 or bf16)."""
+    step, _ = random_input_train_step(lambda: ResUNet(**model_kwargs), batch, patch, precision, channels_last=True,
                                       kind="denoiser")
     for _ in range(3):  # untimed: allocation and oneDNN's kernel choice
         step()
@@ -57,7 +61,7 @@ def profile_step(model_kwargs: dict, batch: int, patch: int, steps: int) -> tupl
         flops = one_forward * (forwards + 2 * backwards)  # a backward computes the input's and the weight's gradients
         rows.append((channels, height, width, (forwards + backwards) // steps, microseconds / 1e3 / steps,
                      flops / microseconds / 1e3))
-    return sorted(seconds)[len(seconds) // 2], rows
+    return statistics.median(seconds), rows
 
 
 def main() -> None:
@@ -66,11 +70,16 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--patch_size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: autocast, refused where the CPU would only emulate it")
     args = parser.parse_args()
+    if args.precision == "bf16" and not cpu_has_native_bf16():
+        sys.exit(f"[profile] this CPU has no native bf16 ({describe_cpu()}): its bf16 is emulated and times "
+                 "nothing a training run would use; profile with --precision fp32")
     seconds, rows = profile_step(parse_kwargs("model_kwargs", args.model_kwargs), args.batch_size,
-                                 args.patch_size, args.steps)
+                                 args.patch_size, args.steps, args.precision)
     print(f"[profile] {describe_cpu()}, {torch.get_num_threads()} threads")
-    print(f"[profile] ResUNet({args.model_kwargs}), {args.batch_size} x {args.patch_size}px: "
+    print(f"[profile] ResUNet({args.model_kwargs}), {args.precision}, {args.batch_size} x {args.patch_size}px: "
           f"{seconds:.3f} s per training step (median of {args.steps}, under the profiler)")
     total = sum(row[4] for row in rows)
     print(f"{'3x3 convs at':>16}  {'per step':>8}  {'ms/step':>8}  {'share':>6}  {'GFLOP/s':>8}")

@@ -177,3 +177,19 @@ def test_profile_denoiser_script_times_each_levels_convolutions():
         assert all(float(milliseconds) >= 0 and share.endswith("%") and float(rate) >= 0
                    for _, milliseconds, share, rate in rows.values())
         assert "s per training step" in done.stdout
+
+
+def test_profile_denoiser_script_profiles_bf16_only_where_the_cpu_computes_it():
+    """--precision bf16 profiles under autocast where the CPU has bf16 in hardware (forced here, so the test runs
+    on every CPU: a tiny model, nothing timed is read) and is refused, with the fix, where it would be emulated."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_denoiser.py"
+    args = [sys.executable, str(script), "--model_kwargs=widths=(8,16),blocks=1", "--batch_size", "2",
+            "--patch_size", "32", "--steps", "2", "--precision", "bf16"]
+    refused = run_script(args, env={"SCENE_TOOLKIT_CPU_BF16": "0"})
+    assert refused.returncode != 0 and "no native bf16" in refused.stderr and "--precision fp32" in refused.stderr
+    assert "s per training step" not in refused.stdout
+    done = run_script(args, env={"SCENE_TOOLKIT_CPU_BF16": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "bf16, 2 x 32px" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if " ch " in line]
+    assert [row.split()[:3] for row in rows] == [["8", "ch", "32x32"], ["16", "ch", "16x16"]]  # the convolutions seen
