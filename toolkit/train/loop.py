@@ -169,9 +169,9 @@ class TrainingLoop:
         counted = f" after the {self.state.train_seconds:.0f} s already counted as training" \
             if self.state.train_seconds else ""
         self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.3f} s per iteration (median of "
-                     f"{len(step_seconds)} timed), so {epochs} epochs of {steps_per_epoch} iterations ({epochs * steps_per_epoch} of the "
-                     f"{fits:.0f} that fit{counted})" + ("" if fits >= steps_per_epoch else
-                                                        ": the budget is shorter than one epoch, which runs anyway"))
+                     f"{len(step_seconds)} timed), so {epochs} epochs of {steps_per_epoch} iterations "
+                     f"({epochs * steps_per_epoch} of the {fits:.0f} that fit{counted})"
+                     + ("" if fits >= steps_per_epoch else ": the budget is shorter than one epoch, which runs anyway"))
         return epochs
 
     def batches(self, loader_for_epoch: Callable[[int], object], epochs: int) -> Iterator[tuple]:
