@@ -115,6 +115,23 @@ def test_two_cpu_processes_train_together_resume_exactly_and_keep_the_images_ord
     assert single.returncode == 2 and "2 process(es) and this run has 1" in single.stderr
 
 
+def test_two_processes_time_a_budget_together_and_train_as_the_epochs_it_chose(tiny_intel, tmp_path):
+    """--train_minutes with two processes: each times as many stand-in steps as the one that needs most (their
+    steps synchronise the gradients, so unequal counts would hang), the slowest median plans, and the timing
+    leaves no trace: the weights equal --epochs=1 launched the same way."""
+    common = [f"--data={tiny_intel}", *[arg for arg in COMMON if not arg.startswith("--epochs")]]
+    budget = torchrun([*common, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'budget'}"], timeout=300)
+    assert budget.returncode == 0, budget.stderr[-3000:]
+    said = budget.stdout + budget.stderr
+    assert "timed), so 1 epochs" in said and "shorter than one epoch" in said
+    assert said.count("[budget]") == 1  # the main process speaks for both
+    chosen = json.loads((tmp_path / "budget" / "config.json").read_text())["budget"]
+    assert chosen["epochs"] == 1 and chosen["seconds_per_step"] > 0
+    epochs = torchrun([*common, "--epochs=1", f"--run_dir={tmp_path / 'epochs'}"], timeout=300)
+    assert epochs.returncode == 0, epochs.stderr[-3000:]
+    assert_same_final_weights(tmp_path / "budget", tmp_path / "epochs")
+
+
 def test_more_processes_than_validation_or_test_images(tmp_path):
     data = tmp_path / "data"
     for name, count in (("a", 10), ("b", 30)):
