@@ -152,7 +152,7 @@ class TrainingLoop:
             for _ in range(warmup_steps):
                 timed_step()
             step_seconds = [timed_step() for _ in range(timed_steps)]
-            wanted = min(max_timed_steps, math.ceil(timed_seconds / max(statistics.median(step_seconds), 1e-6)))
+            wanted = min(max_timed_steps, math.ceil(timed_seconds / max(typical_step_seconds(step_seconds), 1e-6)))
             more = int(accelerator.gather(torch.tensor([wanted - timed_steps], device=accelerator.device)).max())
             step_seconds += [timed_step() for _ in range(max(0, more))]
         typical = typical_step_seconds(step_seconds)
