@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 
@@ -11,6 +10,8 @@ def resnet18_classifier(num_classes: int = 6) -> nn.Module:
 
     Load pretrained weights with toolkit.models.weights.load_resnet18_weights.
     """
+    import torchvision  # here, not at the top: its import (2 s: it imports torch._dynamo) would slow every command
+
     model = torchvision.models.resnet18(weights=None)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
