@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from toolkit.data.augment import DIHEDRAL, dihedral, to_unit_range, undo_dihedral
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
@@ -76,6 +75,9 @@ def seeded_noisy(clean: torch.Tensor, image_ids, noise: NoiseSpec) -> tuple[torc
 
 def image_quality(output: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image MSE, PSNR (dB, data range 1) and SSIM (11x11 Gaussian window, sigma 1.5); (B,) each."""
+    # imported here: torchmetrics' image package imports torchvision (2 s), which `toolkit denoise` never needs
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
     output = output.float().clamp(0, 1)
     clean = clean.float()
     return {
