@@ -80,8 +80,8 @@ def run_script(args: list[str], env: dict | None = None, timeout: int = 600, cwd
 
 def run_toolkit_without_ffcv(args: list[str]):
     """`toolkit ARGS` in a fresh process, as a user runs it, failing if the command imported FFCV (whose import
-    costs seconds of numba compiling that inference has no use for) or, for a model that is not torchvision's,
-    torchvision (2 s: it imports torch._dynamo); returns CompletedProcess (text)."""
+    costs seconds of numba compiling that inference has no use for) or torchvision (2 s: it imports
+    torch._dynamo; give it models that are not torchvision's); returns CompletedProcess (text)."""
     import sys
 
     command = ("import sys; from toolkit.cli import main; code = main(sys.argv[1:]); "
