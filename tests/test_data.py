@@ -116,6 +116,27 @@ def test_beton_round_trip_raw_pixels_and_labels(tmp_path, cache_dir):
         assert np.array_equal(image.permute(1, 2, 0).numpy(), load_rgb(file, 16))
 
 
+def test_loaders_of_different_files_share_one_compiled_reader_and_each_reads_its_own_pixels(tmp_path, cache_dir):
+    """FFCV compiles its page-cache reader per loader (0.1-0.2 s each); the toolkit compiles it once per process,
+    which is right only because the reader depends on its arguments alone: two files, two loaders, each exact."""
+    loaders, listings = [], []
+    for name, size in (("one", (30, 20)), ("two", (24, 24))):
+        root = make_folder(tmp_path / name, {"a": 2, "b": 3}, size=size)
+        listing = scan_labeled_folder(root)
+        stored = cached_beton(name, listing.root, listing.files, listing.labels, listing.classes, store_size=12,
+                              storage="raw", cache_dir=cache_dir, num_workers=1)
+        loaders.append(make_loader(stored, np.arange(5), batch_size=5, train=False, image_size=12,
+                                   device=torch.device("cpu"), num_workers=1))
+        listings.append(listing)
+    readers = [loader.memory_manager.compile_reader() for loader in loaders]
+    assert readers[0] is readers[1]
+    for loader, listing in zip(loaders, listings):
+        images, labels = next(iter(loader))
+        assert labels.tolist() == listing.labels
+        for image, file in zip(images, listing.files):
+            assert np.array_equal(image.permute(1, 2, 0).numpy(), load_rgb(file, 12))
+
+
 def test_beton_jpg_storage_is_close_and_resizes_on_load(tmp_path, cache_dir):
     root = make_folder(tmp_path / "set", {"a": 2, "b": 2}, size=(40, 40))
     listing = scan_labeled_folder(root)
