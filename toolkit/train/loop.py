@@ -107,16 +107,17 @@ class TrainingLoop:
 
     def epochs_within_minutes(self, minutes: float, steps_per_epoch: int, train_step: Callable[[], torch.Tensor],
                               timed_steps: int = 20, warmup_steps: int = 3, timed_seconds: float = 10.0,
-                              max_timed_steps: int = 100) -> int:
+                              max_timed_steps: int = 100, max_timed_share: float = 0.02) -> int:
         """The whole epochs (at least one) that `minutes` of training hold on this machine.
 
         The time of one iteration is measured once, before training: `warmup_steps` untimed then at least
         `timed_steps` timed calls of train_step() (the recipe's step on a stand-in batch; it returns the loss),
         each followed by the loop's own per-step work (clearing the gradients, the weight average), and more
-        until about `timed_seconds` are timed (at most `max_timed_steps`; every process times as many as the one
-        that needs most, as each step may synchronise them): 20 steps of a fast step span only a few seconds,
-        and on 2 cores the denoiser's 20 steps of 4 patches timed 0.125 to 0.190 s per iteration in three runs
-        that then trained at 0.139 s. The median step counts, not the mean: on a shared 2-core machine single
+        until about `timed_seconds` are timed (at most `max_timed_steps`, and no more than `max_timed_share` of
+        the budget: a 1-minute budget times for 1.2 s, not 10; every process times as many as the one that needs
+        most, as each step may synchronise them): 20 steps of a fast step span only a few seconds, and on 2 cores
+        the denoiser's 20 steps of 4 patches timed 0.125 to 0.190 s per iteration in three runs that then
+        trained at 0.139 s. The median step counts, not the mean: on a shared 2-core machine single
         steps of the denoiser took 0.67-1.26 s, and a few slow ones would pull a mean up and leave budget
         unused. The slowest process's median counts. The model,
         optimizer, weight average, gradient scaler and torch's global random generators (which dropout draws
@@ -152,7 +153,8 @@ class TrainingLoop:
             for _ in range(warmup_steps):
                 timed_step()
             step_seconds = [timed_step() for _ in range(timed_steps)]
-            wanted = min(max_timed_steps, math.ceil(timed_seconds / max(typical_step_seconds(step_seconds), 1e-6)))
+            seconds_to_time = min(timed_seconds, max_timed_share * minutes * 60)
+            wanted = min(max_timed_steps, math.ceil(seconds_to_time / max(typical_step_seconds(step_seconds), 1e-6)))
             more = int(accelerator.gather(torch.tensor([wanted - timed_steps], device=accelerator.device)).max())
             step_seconds += [timed_step() for _ in range(max(0, more))]
         typical = typical_step_seconds(step_seconds)
