@@ -114,12 +114,12 @@ class TrainingLoop:
         `timed_steps` timed calls of train_step() (the recipe's step on a stand-in batch; it returns the loss),
         each followed by the loop's own per-step work (clearing the gradients, the weight average), and more
         until about `timed_seconds` are timed (at most `max_timed_steps`, and no more than `max_timed_share` of
-        the budget: a 1-minute budget times for 1.2 s, not 10; every process times as many as the one that needs
-        most, as each step may synchronise them): 20 steps of a fast step span only a few seconds, and on 2 cores
-        the denoiser's 20 steps of 4 patches timed 0.125 to 0.190 s per iteration in three runs that then
-        trained at 0.139 s. The median step counts, not the mean: on a shared 2-core machine single
-        steps of the denoiser took 0.67-1.26 s, and a few slow ones would pull a mean up and leave budget
-        unused. The slowest process's median counts. The model,
+        the budget: a 1-minute budget times ~1.2 s or its 20 steps, not 10 s; every process times as many as
+        the one that needs most, as each step may synchronise them): 20 steps of a fast step span only a few
+        seconds, and on 2 cores the denoiser's 20 steps of 4 patches timed 0.125 to 0.190 s per iteration in
+        three runs that then trained at 0.139 s. The median step counts, not the mean: on a shared 2-core
+        machine single steps of the denoiser took 0.67-1.26 s, and a few slow ones would pull a mean up and
+        leave budget unused. The slowest process's median counts. The model,
         optimizer, weight average, gradient scaler and torch's global random generators (which dropout draws
         from) are then put back exactly as they were, so the run trains exactly as --epochs=<the answer> would.
         Validation and checkpoints are not in the budget, as they are not in the training time the run reports;
