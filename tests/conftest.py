@@ -91,6 +91,23 @@ def run_toolkit_without_ffcv(args: list[str]):
     return run_script([sys.executable, "-c", command, *args])
 
 
+def logged_steps(run_dir: Path) -> list[int]:
+    """The step of every complete line of a run's metrics.jsonl so far ([] before it exists): what tests that
+    kill a running run watch (the line being written when they look is skipped)."""
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return steps
+
+
 TINY_CLASSIFIER = ["--epochs=2", "--image_size=32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=4",
                    "--checkpoint_every=3", "--num_workers=1", "--log_every=1"]
 

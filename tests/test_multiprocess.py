@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES, run_script
+from conftest import RECIPES, logged_steps, run_script
 from PIL import Image
 from test_recipes import assert_same_final_weights
 
@@ -114,14 +114,12 @@ def test_two_cpu_processes_train_together_survive_sigkill_resume_exactly_and_kee
     deadline = time.monotonic() + 300
     killed_at = None
     while time.monotonic() < deadline and process.poll() is None:
-        if (broken / "metrics.jsonl").exists():
-            steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()
-                     if line.strip().endswith("}")]
-            if steps and steps[-1] >= 9:
-                killed_at = steps[-1]
-                for pid in process_tree(process.pid):
-                    os.kill(pid, signal.SIGKILL)
-                break
+        steps = logged_steps(broken)
+        if steps and steps[-1] >= 9:
+            killed_at = steps[-1]
+            for pid in process_tree(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            break
         time.sleep(0.01)
     process.wait()
     assert killed_at is not None and killed_at < 40, "the run ended before it could be killed"

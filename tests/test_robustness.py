@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES, TINY_CLASSIFIER, run_command_line, run_script
+from conftest import RECIPES, TINY_CLASSIFIER, logged_steps, run_command_line, run_script
 from PIL import Image
 from safetensors.torch import load_file
 from test_recipes import assert_same_final_weights, run_in_process
@@ -233,7 +233,7 @@ def test_sigterm_saves_a_checkpoint_at_the_next_step_and_resume_loses_nothing(ti
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        steps = _metrics_steps(stopped)
+        steps = logged_steps(stopped)
         if steps and steps[-1] >= 7:
             process.send_signal(signal.SIGTERM)  # what a spot machine or SLURM sends before taking the machine
             break
@@ -243,7 +243,7 @@ def test_sigterm_saves_a_checkpoint_at_the_next_step_and_resume_loses_nothing(ti
     assert "asked to stop (SIGTERM); saved a checkpoint at iteration" in stderr and "--resume" in stderr
     stopped_at = int(re.search(r"saved a checkpoint at iteration (\d+)", stderr).group(1))
     newest = sorted((stopped / "checkpoints").glob("step-*"))[-1]
-    assert int(newest.name[5:]) == stopped_at == _metrics_steps(stopped)[-1]  # at most one step after the signal
+    assert int(newest.name[5:]) == stopped_at == logged_steps(stopped)[-1]  # at most one step after the signal
     assert stopped_at < 30 and not (stopped / "summary.json").exists()
     resumed = run_script([sys.executable, str(RECIPES / "cnn.py"), *common, f"--run_dir={stopped}", "--resume"])
     assert resumed.returncode == 0 and f"at iteration {stopped_at}" in resumed.stdout
@@ -285,19 +285,6 @@ def test_a_checkpoint_from_another_model_is_refused_on_resume(tiny_intel, tmp_pa
                                     *TINY_CLASSIFIER])
 
 
-def _metrics_steps(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    return steps
-
-
 KILL_RUN = ["--width=4", "--image_size=32", "--batch_size=8", "--eval_batch_size=4", "--eval_every=3",
             "--checkpoint_every=2", "--num_workers=1", "--epochs=3"]
 
@@ -327,7 +314,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_inte
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        steps = _metrics_steps(broken)
+        steps = logged_steps(broken)
         partial = list((broken / "checkpoints").glob(".partial-*")) if (broken / "checkpoints").exists() else []
         if kill_at == "checkpoint" and partial and steps and steps[-1] >= target:
             break  # a checkpoint is being written right now
@@ -339,7 +326,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_inte
     assert process.poll() is None, "the run finished before it could be killed: make it longer"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_after = _metrics_steps(broken)[-1]
+    killed_after = logged_steps(broken)[-1]
     # the kill landed where the test says it did
     records = [json.loads(line) for line in (broken / "metrics.jsonl").read_text().splitlines()
                if line.strip().endswith("}")]
@@ -357,7 +344,7 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_inte
     summaries = [json.loads((d / "summary.json").read_text()) for d in (whole, broken)]
     assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
     assert summaries[0]["test_loss"] == summaries[1]["test_loss"]
-    steps = _metrics_steps(broken)
+    steps = logged_steps(broken)
     train_steps = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()
                    if "train/loss" in line]
     assert train_steps == sorted(set(train_steps)) and steps[-1] == summaries[0]["steps"]
