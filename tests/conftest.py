@@ -78,7 +78,7 @@ def run_script(args: list[str], env: dict | None = None, timeout: int = 600, cwd
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
-def run_toolkit_without_ffcv(args: list[str]):
+def run_toolkit_without_heavy_imports(args: list[str]):
     """`toolkit ARGS` in a fresh process, as a user runs it, failing if the command imported FFCV (whose import
     costs seconds of numba compiling that inference has no use for) or torchvision (2 s: it imports
     torch._dynamo; give it models that are not torchvision's); returns CompletedProcess (text)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import run_toolkit_without_ffcv
+from conftest import run_toolkit_without_heavy_imports
 from PIL import Image
 from safetensors.torch import load_file
 from test_recipes import assert_same_final_weights, run_in_process
@@ -448,8 +448,8 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert toolkit_main(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "out.png")]) == 0
     said = capsys.readouterr().out
     assert "estimated noise sigma" in said and Image.open(tmp_path / "out.png").size == Image.open(source).size
-    result = run_toolkit_without_ffcv(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "x8.png"),
-                                       "--sigma=25", "--self_ensemble"])
+    result = run_toolkit_without_heavy_imports(["denoise", str(tmp_path / "whole"), str(source),
+                                                str(tmp_path / "x8.png"), "--sigma=25", "--self_ensemble"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(tmp_path / "x8.png").size == Image.open(source).size
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import TINY_CLASSIFIER, run_script, run_toolkit_without_ffcv
+from conftest import TINY_CLASSIFIER, run_script, run_toolkit_without_heavy_imports
 from PIL import Image
 from test_recipes import run_in_process
 
@@ -81,7 +81,7 @@ def test_a_checkpoint_alone_is_enough_in_a_fresh_process(trained, tiny_intel, tm
     alone = tmp_path / "shipped"
     shutil.copytree(newest, alone)  # nothing else of the run travels
     image = sorted((tiny_intel / "seg_test" / "forest").glob("*.jpg"))[0]
-    result = run_toolkit_without_ffcv(["predict", str(alone), str(image), "--out", str(tmp_path / "one.csv")])
+    result = run_toolkit_without_heavy_imports(["predict", str(alone), str(image), "--out", str(tmp_path / "one.csv")])
     assert result.returncode == 0, result.stderr[-2000:]
     here = predict_files(str(trained), [image], progress=False)
     there = _read_csv(tmp_path / "one.csv")[0]
