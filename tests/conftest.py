@@ -108,8 +108,9 @@ def logged_steps(run_dir: Path) -> list[int]:
     return steps
 
 
+# no figures (half a tiny run's time): test_cnn_recipe_writes_a_complete_run draws and checks them
 TINY_CLASSIFIER = ["--epochs=2", "--image_size=32", "--batch_size=16", "--eval_batch_size=32", "--eval_every=4",
-                   "--checkpoint_every=3", "--num_workers=1", "--log_every=1"]
+                   "--checkpoint_every=3", "--num_workers=1", "--log_every=1", "--figures=false"]
 
 
 def run_command_line(recipe: str, args: list[str], capsys) -> tuple[int, str, str]:

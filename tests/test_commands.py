@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import ROOT, run_script
 
 from toolkit.cli import main as toolkit_main
 
@@ -193,3 +193,22 @@ def test_profile_denoiser_script_profiles_bf16_only_where_the_cpu_computes_it():
     assert "bf16, 2 x 32px" in done.stdout
     rows = [line for line in done.stdout.splitlines() if " ch " in line]
     assert [row.split()[:3] for row in rows] == [["8", "ch", "32x32"], ["16", "ch", "16x16"]]  # the convolutions seen
+
+
+def test_figures_cost_script_times_runs_with_and_without_figures(tmp_path, capsys):
+    """scripts/figures_cost.py times tiny CNN runs with --figures=true and false (in this process); only the
+    first draws figures, both keep the tables and the test predictions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("figures_cost", ROOT / "scripts" / "figures_cost.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seconds = script.figure_seconds(tmp_path, pairs=1, untimed=0)
+    assert {key: len(times) for key, times in seconds.items()} == {"true": 1, "false": 1}
+    assert all(time > 0 for times in seconds.values() for time in times)
+    drawn, plain = tmp_path / "run-0-true", tmp_path / "run-0-false"
+    assert (drawn / "plots" / "test_examples.png").is_file() and not (plain / "plots").exists()
+    assert (plain / "tables" / "test_per_class.json").is_file() and (plain / "test_probabilities.npy").is_file()
+    with pytest.raises(SystemExit):
+        script.main(["--pairs", "0"])
+    assert "--pairs must be at least 1" in capsys.readouterr().err

@@ -37,7 +37,8 @@ def assert_same_final_weights(run_a: Path, run_b: Path) -> None:
 def test_cnn_recipe_writes_a_complete_run(tiny_intel, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
-    summary = run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", *TINY_CLASSIFIER])
+    summary = run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", *TINY_CLASSIFIER,
+                                     "--figures=true"])
     assert summary["test_split"] == "seg_test" and summary["test_images"] == 36
     # 96 training images - 12 for validation, in batches of 16, for 2 epochs
     assert 0 <= summary["test_accuracy"] <= 1 and summary["steps"] == 2 * (84 // 16)
@@ -62,6 +63,10 @@ def test_resnet18_recipe_runs_and_records_its_weights(tiny_intel, tmp_path):
                                           "--max_steps=3", "--lr=1e-3", *TINY_CLASSIFIER])
     assert summary["steps"] == 3 and summary["weights"] == "random initialisation"
     assert (tmp_path / "r" / "summary.json").is_file()
+    # --figures=false (in TINY_CLASSIFIER): the tables and the test predictions, no figure
+    assert not (tmp_path / "r" / "plots").exists()
+    for name in ("tables/test_per_class.json", "tables/test_confusion.json", "test_probabilities.npy"):
+        assert (tmp_path / "r" / name).is_file(), name
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_intel, tmp_path):

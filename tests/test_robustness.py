@@ -286,7 +286,7 @@ def test_a_checkpoint_from_another_model_is_refused_on_resume(tiny_intel, tmp_pa
 
 
 KILL_RUN = ["--width=4", "--image_size=32", "--batch_size=8", "--eval_batch_size=4", "--eval_every=3",
-            "--checkpoint_every=2", "--num_workers=1", "--epochs=3"]
+            "--checkpoint_every=2", "--num_workers=1", "--epochs=3", "--figures=false"]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ def trained(tiny_intel, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("trained") / "cnn"
     os.environ.setdefault("WANDB_MODE", "disabled")
     run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", "--epochs=3",
-                           *TINY_CLASSIFIER[1:]])
+                           *TINY_CLASSIFIER[1:], "--figures=true"])  # the report shows its figures
     _reset_accelerate()
     return run_dir
 

@@ -65,6 +65,7 @@ class RunSettings:
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online given a key and network
     wandb_group: str = ""  # W&B group (studies group their runs; W&B then draws mean and spread)
     wandb_tags: str = ""  # comma-separated W&B tags
+    figures: bool = True  # the PNG figures a run draws at its end, also logged to W&B (false: scalars and tables only)
 
     def check_run_settings(self) -> None:
         check_non_negative(self, "seed", "eval_every", "checkpoint_every", "max_steps", "keep_checkpoints",

@@ -97,7 +97,7 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
     if run.is_main:
         records = read_metrics(run.run_dir)
         summary["elapsed_seconds"] = elapsed_seconds(records)
-        _write_figures(run, data, state, records, validation, test, evaluation.preprocessing["image_size"])
+        _write_tables_and_figures(run, data, state, records, validation, test, evaluation.preprocessing["image_size"])
         run.logger.log_artifact(f"{run.run_dir.name}-model", "model", final)
     run.logger.summary(summary)
     run.logger.finish()
@@ -120,8 +120,21 @@ def _example_images(stored, indices, image_size: int) -> list[np.ndarray]:
     return [image.permute(1, 2, 0).contiguous().numpy().copy() for image in images]
 
 
-def _write_figures(run, data, state, records, validation, test, image_size) -> None:
+def _write_tables_and_figures(run, data, state, records, validation, test, image_size) -> None:
+    """The run's tables, test predictions and (unless --figures=false) its figures, on disk and in W&B."""
     plots, classes, step = run.run_dir / "plots", data.classes, state.step
+    scored, name = (test, data.test_name) if test is not None else (validation, "validation")
+    prefix = "test" if test is not None else "val"
+    rows = [[c, scored["per_class_correct"][i], scored["per_class_total"][i], scored["per_class_accuracy"][i]]
+            for i, c in enumerate(classes)]
+    run.logger.log_table(f"{prefix}/per_class", ["class", "correct", "total", "accuracy"], rows, step)
+    run.logger.log_table(f"{prefix}/confusion", ["true \\ predicted", *classes],
+                         [[c, *scored["confusion"][i]] for i, c in enumerate(classes)], step)
+    if test is not None:
+        np.save(run.run_dir / "test_probabilities.npy", test["probabilities"])  # calibrated, as served
+        np.save(run.run_dir / "test_labels.npy", test["labels"])
+    if not run.cfg.figures:
+        return
     figures = {"curves": plot_classifier_curves(records, plots / "learning_curves.png", run.run_dir.name)}
     minutes = dict(series(records, "time/train_minutes"))
     timed = [(minutes[s], accuracy) for s, accuracy in series(records, "val/accuracy") if s in minutes]
@@ -129,19 +142,12 @@ def _write_figures(run, data, state, records, validation, test, image_size) -> N
         figures["time_to_accuracy"] = plot_lines({"validation accuracy": timed}, plots / "time_to_accuracy.png",
                                                  "training minutes", "accuracy", title=f"{state.recipe}: "
                                                  "time to accuracy", marker="o-")
-    scored, name = (test, data.test_name) if test is not None else (validation, "validation")
-    prefix = "test" if test is not None else "val"
     figures["confusion"] = plot_confusion(scored["confusion"], classes, plots / "confusion.png",
                                           f"{state.recipe}: {name} confusion matrix")
     figures["per_class"] = plot_grouped_bars({name: scored["per_class_accuracy"]}, classes,
                                              plots / "per_class_accuracy.png", "accuracy", ylim=(0, 1.05),
                                              title=f"{state.recipe}: {name} accuracy per class")
     run.logger.log_images({f"plots/{key}": path for key, path in figures.items()}, step)
-    rows = [[c, scored["per_class_correct"][i], scored["per_class_total"][i], scored["per_class_accuracy"][i]]
-            for i, c in enumerate(classes)]
-    run.logger.log_table(f"{prefix}/per_class", ["class", "correct", "total", "accuracy"], rows, step)
-    run.logger.log_table(f"{prefix}/confusion", ["true \\ predicted", *classes],
-                         [[c, *scored["confusion"][i]] for i, c in enumerate(classes)], step)
     if test is not None:  # example test images with predictions, four of each class
         labels_all = data.test_set.labels[data.test_indices]
         positions = np.concatenate([np.flatnonzero(labels_all == c)[:4] for c in range(len(classes))])
@@ -154,5 +160,3 @@ def _write_figures(run, data, state, records, validation, test, image_size) -> N
         run.logger.log_table("test/examples", ["image", "true", "predicted", "probability"],
                              [[image, classes[y], classes[p.argmax()], float(p.max())]
                               for image, p, y in zip(examples, probabilities, labels)], step)
-        np.save(run.run_dir / "test_probabilities.npy", test["probabilities"])  # calibrated, as served
-        np.save(run.run_dir / "test_labels.npy", test["labels"])

@@ -122,6 +122,18 @@ class FixedSigmaEvaluation:
                 **{k.replace("/", "_"): v for k, v in scalars.items()}}
 
 
+def _plot_denoiser_curves(run, records: list[dict], label: str, noise: str, step: int) -> None:
+    curves = plot_lines({"train loss (per iteration)": series(records, "train/loss"),
+                         "validation MSE": series(records, "val/mse")},
+                        run.run_dir / "plots" / "learning_curves.png", "iteration", "loss", title=f"{label}: {noise}")
+    psnr = {key.removeprefix("val/"): series(records, key) for key in sorted({k for r in records for k in r})
+            if key.startswith("val/psnr")}
+    if psnr:
+        curves = plot_lines(psnr, run.run_dir / "plots" / "validation_psnr.png", "iteration", "PSNR (dB)",
+                            title=f"{label}: validation PSNR")
+    run.logger.log_images({"plots/curves": curves}, step)
+
+
 def finish_denoiser_run(loop: TrainingLoop, evaluation, data_description: str, data_fingerprint: str,
                         synthetic: bool) -> dict:
     """After training: final scores (evaluation.final), final checkpoint, curves and summary.json."""
@@ -143,16 +155,8 @@ def finish_denoiser_run(loop: TrainingLoop, evaluation, data_description: str, d
     if run.is_main:
         records = read_metrics(run.run_dir)
         summary["elapsed_seconds"] = elapsed_seconds(records)
-        curves = plot_lines({"train loss (per iteration)": series(records, "train/loss"),
-                             "validation MSE": series(records, "val/mse")},
-                            run.run_dir / "plots" / "learning_curves.png", "iteration", "loss",
-                            title=f"{state.label}: {summary['noise']}")
-        psnr = {key.removeprefix("val/"): series(records, key) for key in sorted({k for r in records for k in r})
-                if key.startswith("val/psnr")}
-        if psnr:
-            curves = plot_lines(psnr, run.run_dir / "plots" / "validation_psnr.png", "iteration", "PSNR (dB)",
-                                title=f"{state.label}: validation PSNR")
-        run.logger.log_images({"plots/curves": curves}, step)
+        if run.cfg.figures:
+            _plot_denoiser_curves(run, records, state.label, summary["noise"], step)
         run.logger.log_artifact(f"{run.run_dir.name}-model", "model", final)
     run.logger.summary(summary)
     run.logger.finish()
