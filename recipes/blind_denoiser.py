@@ -8,7 +8,7 @@ rotated and mirrored on the device. Validation: held-out images' tiles at sigma 
 is `toolkit benchmark-denoiser RUN --clean McMaster`: never tune on it.
 
     accelerate launch recipes/blind_denoiser.py --data=data/denoise/CBSD432          # the default model and budget
-    accelerate launch recipes/blind_denoiser.py --train_minutes=60 --lr=5e-4 --batch_size=4   # the epochs an hour holds
+    accelerate launch recipes/blind_denoiser.py --train_minutes=60 --lr=7e-4 --batch_size=4   # the epochs an hour holds
     accelerate launch recipes/blind_denoiser.py --model=dncnn --model_kwargs=depth=17,width=64
     accelerate launch recipes/blind_denoiser.py --sigma_max=75                       # a wider noise range
     accelerate launch recipes/blind_denoiser.py --epochs=200 --patch_size=128 --batch_size=32   # a GPU's budget

@@ -59,12 +59,12 @@ fi
 # compared on CBSD432's held-out tiles; then the x8 self-ensemble of the default and of the long run measured on
 # CBSD432's held-out images (whole), before anything touches McMaster.
 if wanted denoiser; then
-    step "the blind denoiser: the default, twice its iterations, and 60 minutes at half the peak"
+    step "the blind denoiser: the default, twice its iterations, and 60 minutes in batches of 4"
     finished blind_denoiser || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser" 2>&1 | tee "$OUT/blind_denoiser.log"
     finished blind_denoiser-18ep || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser-18ep" --epochs=18 2>&1 \
         | tee -a "$OUT/blind_denoiser-18ep.log"
     finished blind_denoiser-60min || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser-60min" \
-        --train_minutes=60 --lr=5e-4 --batch_size=4 --eval_every=4400 2>&1 | tee -a "$OUT/blind_denoiser-60min.log"
+        --train_minutes=60 --lr=7e-4 --batch_size=4 --eval_every=4400 2>&1 | tee -a "$OUT/blind_denoiser-60min.log"
     for run in blind_denoiser blind_denoiser-60min; do
         for ensemble in "" "--self_ensemble"; do
             name="cbsd432-held-out${run#blind_denoiser}${ensemble:+-x8}"
