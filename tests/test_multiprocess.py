@@ -63,6 +63,12 @@ def torchrun(args: list[str], recipe: str = "cnn", env: dict | None = None, time
     return run_script(torchrun_command(args, recipe), env={**CPU_ENV, **(env or {})}, timeout=timeout)
 
 
+def ended(result) -> str:
+    """How a failed launch ended: the main process's last lines (how far the run got) and the end of stderr (torchrun
+    names the rank that failed first, and a rank that aborted says why only there)."""
+    return f"stdout ends:\n{result.stdout[-1500:]}\nstderr ends:\n{result.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="module")
 def odd_intel(tiny_intel, tmp_path_factory) -> Path:
     """tiny_intel with one test image less: 35, so the two processes' shards differ in size."""
@@ -79,7 +85,7 @@ def test_two_cpu_processes_train_together_survive_sigkill_resume_exactly_and_kee
     with the same weights. 40 iterations: long enough to be killed between its checkpoints."""
     common = [f"--data={odd_intel}", *COMMON, "--epochs=4", "--batch_size=4", "--eval_every=5"]
     whole = torchrun([*common, f"--run_dir={tmp_path / 'whole'}"])
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert whole.returncode == 0, ended(whole)
     summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     config = json.loads((tmp_path / "whole" / "config.json").read_text())
     assert config["num_processes"] == 2 and config["global_batch"] == 8
@@ -127,7 +133,7 @@ def test_two_cpu_processes_train_together_survive_sigkill_resume_exactly_and_kee
     checkpoint = sorted((broken / "checkpoints").glob("step-*"))[-1]
     assert not (broken / "summary.json").exists() and int(checkpoint.name[5:]) < 40  # it really died mid-run
     resumed = torchrun([*common, f"--run_dir={broken}", "--resume"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, ended(resumed)
     assert f"resumed from {checkpoint}" in resumed.stdout
     assert_same_final_weights(tmp_path / "whole", broken)
     # a resume with another number of processes is refused with one line
@@ -142,14 +148,14 @@ def test_two_processes_time_a_budget_together_and_train_as_the_epochs_it_chose(t
     leaves no trace: the weights equal --epochs=1 launched the same way."""
     common = [f"--data={tiny_intel}", *[arg for arg in COMMON if not arg.startswith("--epochs")]]
     budget = torchrun([*common, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'budget'}"], timeout=300)
-    assert budget.returncode == 0, budget.stderr[-3000:]
+    assert budget.returncode == 0, ended(budget)
     said = budget.stdout + budget.stderr
     assert "timed), so 1 epochs" in said and "shorter than one epoch" in said
     assert said.count("[budget]") == 1  # the main process speaks for both
     chosen = json.loads((tmp_path / "budget" / "config.json").read_text())["budget"]
     assert chosen["epochs"] == 1 and chosen["seconds_per_step"] > 0
     epochs = torchrun([*common, "--epochs=1", f"--run_dir={tmp_path / 'epochs'}"], timeout=300)
-    assert epochs.returncode == 0, epochs.stderr[-3000:]
+    assert epochs.returncode == 0, ended(epochs)
     assert_same_final_weights(tmp_path / "budget", tmp_path / "epochs")
 
 
@@ -165,7 +171,7 @@ def test_more_processes_than_validation_or_test_images(tmp_path):
     Image.new("RGB", (32, 32), (200, 10, 10)).save(data / "seg_test" / "a" / "only.png")
     result = torchrun([f"--data={data}", *COMMON, "--val_fraction=0.04", "--batch_size=4",
                        f"--run_dir={tmp_path / 'run'}"], timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, ended(result)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_images"] == 1 and "validation 1," in summary["data"]  # one process scored nothing
 
