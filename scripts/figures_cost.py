@@ -23,17 +23,12 @@ TINY_RUN = ["--width=4", "--epochs=2", "--image_size=32", "--batch_size=16", "--
 
 
 def timed_run(data: Path, run_dir: Path, figures: str) -> float:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
+    """One run in this process (each run's Accelerator starts afresh, as a study's runs do)."""
     recipe = recipe_module("cnn")
     start = time.perf_counter()
     recipe.main(parse_config(recipe.Config, [f"--data={data}", f"--run_dir={run_dir}", *TINY_RUN,
                                              f"--figures={figures}"]))
-    seconds = time.perf_counter() - start
-    AcceleratorState._reset_state(reset_partial_state=True)  # the next run prepares its own
-    GradientState._reset_state()
-    PartialState._reset_state()
-    return seconds
+    return time.perf_counter() - start
 
 
 def figure_seconds(folder: Path, pairs: int, untimed: int) -> dict[str, list[float]]:
