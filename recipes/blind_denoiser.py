@@ -43,7 +43,7 @@ class Config(CleanImageSettings, RunSettings):
     # chosen on CBSD432 validation images at equal CPU time (docs/results.md): 24-192 channels, 2 blocks per level
     model_kwargs: str = "widths=(24,48,96,192),blocks=2"  # its constructor arguments
     patch_size: int = 96  # training patches, cropped at random from the tiles
-    batch_size: int = 16  # patches per iteration, per process (on 2 CPU cores' hour 8 beat 16 and 4 beat 8)
+    batch_size: int = 16  # patches per iteration, per process (on 2 CPU cores' hour 8 beat 16, 4 beat 8, 2 lost to 4)
     eval_batch_size: int = 32  # tiles per evaluation batch
     # 44 epochs at --lr=5e-4 scored 0.7 dB higher than these defaults in 59 minutes of 2 AVX512-BF16 cores (bf16);
     # 1e-3 over 18 epochs had a loss spike it did not recover from: a longer schedule needs a lower peak.
