@@ -161,6 +161,22 @@ def test_a_run_shows_a_progress_bar_with_eta_in_a_terminal_and_keeps_logs_plain(
     # (without a terminal there is no bar: tests/test_robustness.py's uninterrupted run checks that)
 
 
+def test_accelerate_launch_quiet_leaves_a_recipes_one_line_error_alone(tmp_path):
+    """A missing data folder under `accelerate launch -q` (the README's advice): the recipe's one `error:` line saying
+    what to fix, and no launcher traceback after it (without -q, accelerate adds a CalledProcessError of its own)."""
+    env = {"PATH": str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"], "WANDB_MODE": "disabled"}
+    result = run_script(["accelerate", "launch", "-q", "--config_file", str(ROOT / "accelerate_config.yaml"),
+                         str(RECIPES / "cnn.py"), f"--data={tmp_path / 'no-such-folder'}",
+                         f"--run_dir={tmp_path / 'run'}"], env=env)
+    assert result.returncode == 1, result.stderr[-2000:]  # the launcher's code for any failure of its process
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]  # said once, and last
+    assert errors[0].startswith(f"error: data folder {tmp_path / 'no-such-folder'} does not exist")
+    assert "kaggle datasets download" in errors[0]  # says how to get the data
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 @pytest.mark.slow
 def test_accelerate_launch_precision_explicit_no_means_fp32(tiny_intel, tmp_path):
     """`accelerate launch` runs a recipe. On a CPU declared to have native bf16, auto picks bf16; `accelerate launch
