@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -161,13 +162,17 @@ def test_a_run_shows_a_progress_bar_with_eta_in_a_terminal_and_keeps_logs_plain(
     # (without a terminal there is no bar: tests/test_robustness.py's uninterrupted run checks that)
 
 
+def launcher_env(**extra: str) -> dict:
+    """Environment for an `accelerate launch` subprocess: this interpreter's bin folder first on PATH, W&B off."""
+    return {"PATH": str(Path(sys.executable).parent) + ":" + os.environ["PATH"], "WANDB_MODE": "disabled", **extra}
+
+
 def test_accelerate_launch_quiet_leaves_a_recipes_one_line_error_alone(tmp_path):
     """A missing data folder under `accelerate launch -q` (the README's advice): the recipe's one `error:` line saying
     what to fix, and no launcher traceback after it (without -q, accelerate adds a CalledProcessError of its own)."""
-    env = {"PATH": str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"], "WANDB_MODE": "disabled"}
     result = run_script(["accelerate", "launch", "-q", "--config_file", str(ROOT / "accelerate_config.yaml"),
                          str(RECIPES / "cnn.py"), f"--data={tmp_path / 'no-such-folder'}",
-                         f"--run_dir={tmp_path / 'run'}"], env=env)
+                         f"--run_dir={tmp_path / 'run'}"], env=launcher_env())
     assert result.returncode == 1, result.stderr[-2000:]  # the launcher's code for any failure of its process
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
@@ -181,8 +186,7 @@ def test_accelerate_launch_quiet_leaves_a_recipes_one_line_error_alone(tmp_path)
 def test_accelerate_launch_precision_explicit_no_means_fp32(tiny_intel, tmp_path):
     """`accelerate launch` runs a recipe. On a CPU declared to have native bf16, auto picks bf16; `accelerate launch
     --mixed_precision no` and a config file saying mixed_precision: 'no' are explicit choices of fp32, obeyed."""
-    env = {"PATH": str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"],
-           "SCENE_TOOLKIT_CPU_BF16": "1", "WANDB_MODE": "disabled"}
+    env = launcher_env(SCENE_TOOLKIT_CPU_BF16="1")
     recipe = [str(RECIPES / "cnn.py"), f"--data={tiny_intel}", "--width=4", *TINY_CLASSIFIER, "--max_steps=1"]
     config = tmp_path / "fp32.yaml"
     config.write_text((ROOT / "accelerate_config.yaml").read_text().replace('# mixed_precision: "no"',
