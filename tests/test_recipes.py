@@ -13,6 +13,7 @@ from conftest import RECIPES, ROOT, TINY_CLASSIFIER, load_recipe, run_command_li
 from safetensors.torch import load_file
 
 from toolkit.config import parse_config
+from toolkit.data.folders import INTEL_DOWNLOAD_HINT
 from toolkit.errors import UserError
 from toolkit.train.precision import cpu_bf16_is_faster
 
@@ -177,8 +178,7 @@ def test_accelerate_launch_quiet_leaves_a_recipes_one_line_error_alone(tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]  # said once, and last
-    assert errors[0].startswith(f"error: data folder {tmp_path / 'no-such-folder'} does not exist")
-    assert "kaggle datasets download" in errors[0]  # says how to get the data
+    assert errors[0] == f"error: data folder {tmp_path / 'no-such-folder'} does not exist. {INTEL_DOWNLOAD_HINT}"
     assert "Traceback" not in result.stderr + result.stdout
 
 
