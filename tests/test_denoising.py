@@ -19,7 +19,7 @@ from toolkit.data.augment import step_generator
 from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_unlabeled_folder
 from toolkit.data.loaders import Shard, make_loader
-from toolkit.data.noise import add_gaussian_noise, draw_sigmas, random_crop, sigma_from_255
+from toolkit.data.noise import add_gaussian_noise, draw_sigmas, noise_level_weights, random_crop, sigma_from_255
 from toolkit.errors import UserError
 from toolkit.models.autoencoders import STUDY_AUTOENCODERS, family_autoencoder, latent_shape
 from toolkit.models.denoisers import DnCNN, UNetDenoiser
@@ -485,6 +485,30 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert "is not the folder" in capsys.readouterr().err
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(folder), "--validation_images",
                          "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_noise_level_weights_count_the_levels_above_the_floor_alike(tmp_path):
+    sigmas = torch.tensor([0.0, 10.0, 15.0, 60.0, 240.0]) / 255
+    assert noise_level_weights(sigmas, 15 / 255).tolist() == pytest.approx([1, 1, 1, 0.5, 0.25])
+    with pytest.raises(ValueError, match="floor"):
+        noise_level_weights(sigmas, 0.0)
+
+    # in the recipe: the first step's loss (same weights, same patches) is the plain one with every patch
+    # under the floor, and smaller with a floor under some of the patches' noise levels
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_every=0",
+            "--checkpoint_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1", "--log_every=1",
+            "--model_kwargs=widths=(8,16,32),blocks=1"]
+
+    def first_loss(name: str, *extra: str) -> float:
+        run_in_process("blind_denoiser", [*args, *extra, f"--run_dir={tmp_path / name}"])
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return next(row["train/loss"] for row in rows if row.get("step") == 1 and "train/loss" in row)
+
+    plain = first_loss("plain")
+    assert first_loss("floor-at-the-top", "--sigma_weight_floor=50") == pytest.approx(plain, rel=1e-6)
+    assert first_loss("floor-15", "--sigma_weight_floor=15") < 0.99 * plain
+    with pytest.raises(UserError, match="sigma_weight_floor"):
+        run_in_process("blind_denoiser", [*args, "--sigma_weight_floor=-1", f"--run_dir={tmp_path / 'bad'}"])
 
 
 def test_a_time_budget_chooses_the_epochs_once_and_trains_as_those_epochs_would(tmp_path, capsys):

@@ -24,6 +24,17 @@ def draw_sigmas(batch: int, sigma_min: float, sigma_max: float, generator: torch
     return sigma_min + (sigma_max - sigma_min) * torch.rand(batch, device=device, generator=generator)
 
 
+def noise_level_weights(sigmas: torch.Tensor, floor: float) -> torch.Tensor:
+    """Loss weights per image, sqrt(floor / max(sigma, floor)): 1 up to `floor`, less above it; (B,).
+
+    A trained denoiser's error grows about as the square root of sigma, so a plain loss counts a noisier
+    image's errors more than a mean PSNR over noise levels does; these weights even that out above `floor`.
+    """
+    if floor <= 0:
+        raise ValueError(f"the weights' floor must be positive, not {floor}")
+    return (floor / sigmas.float().clamp(min=floor)).sqrt()
+
+
 def add_gaussian_noise(clean: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator,
                        clip: bool = True) -> torch.Tensor:
     """clean (B, C, H, W) in [0, 1] plus sigma_b * N(0, 1) per image, clipped to [0, 1] if `clip`.
