@@ -23,6 +23,7 @@ from toolkit.data.noise import add_gaussian_noise, draw_sigmas, noise_level_weig
 from toolkit.errors import UserError
 from toolkit.models.autoencoders import STUDY_AUTOENCODERS, family_autoencoder, latent_shape
 from toolkit.models.denoisers import DnCNN, UNetDenoiser
+from toolkit.runs import read_metrics, series
 from toolkit.train.denoise import NoiseSpec, evaluate_denoiser, image_quality, seeded_noisy
 
 TINY_DENOISER = ["--image_size=48", "--batch_size=8", "--eval_batch_size=5", "--eval_every=3",
@@ -501,8 +502,7 @@ def test_noise_level_weights_count_the_levels_above_the_floor_alike(tmp_path):
 
     def first_loss(name: str, *extra: str) -> float:
         run_in_process("blind_denoiser", [*args, *extra, f"--run_dir={tmp_path / name}"])
-        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return next(row["train/loss"] for row in rows if row.get("step") == 1 and "train/loss" in row)
+        return dict(series(read_metrics(tmp_path / name), "train/loss"))[1]
 
     plain = first_loss("plain")
     assert first_loss("floor-at-the-top", "--sigma_weight_floor=50") == pytest.approx(plain, rel=1e-6)
