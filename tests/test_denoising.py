@@ -432,8 +432,8 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     page = (tmp_path / "report" / "index.html").read_text()
     assert "validation, σ (of 255)" in page and f"{whole['val_psnr_25']:.2f}" in page
     assert "validation PSNR per noise level" in page and "clean / noisy / denoised" in page
-    logged = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    norms = [row["grad_norm"] for row in logged if "grad_norm" in row]  # the norm before clipping, at log steps
+    # the norm before clipping, logged at log steps
+    norms = [norm for _, norm in series(read_metrics(tmp_path / "whole"), "grad_norm")]
     assert norms and all(np.isfinite(norm) and norm > 0 for norm in norms)
     with pytest.raises(UserError, match="max_grad_norm"):
         run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'bad'}", "--max_grad_norm=-1"])

@@ -20,6 +20,7 @@ from PIL import Image
 from test_recipes import assert_same_final_weights
 
 from toolkit.cli import main as toolkit_main
+from toolkit.runs import read_metrics, series
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -92,8 +93,7 @@ def test_two_cpu_processes_train_together_survive_sigkill_resume_exactly_and_kee
     assert "global batch 8 = 4 per process x 2 process(es)" in whole.stdout
     assert summary["test_images"] == 35  # every test image scored once, none padded in twice (shards of 18 and 17)
     assert summary["steps"] == 4 * (84 // (4 * 2))  # each iteration consumes 4 images per process
-    steps = [json.loads(line)["step"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
-             if "train/loss" in line]
+    steps = [step for step, _ in series(read_metrics(tmp_path / "whole"), "train/loss")]
     assert steps == sorted(set(steps))  # one set of metrics, not one per process
     newest = sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1]
     states = {p.name: p for p in newest.glob("random_states_*.pkl")}

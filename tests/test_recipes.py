@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from toolkit.config import parse_config
 from toolkit.data.folders import INTEL_DOWNLOAD_HINT
 from toolkit.errors import UserError
+from toolkit.runs import read_metrics
 from toolkit.train.precision import cpu_bf16_is_faster
 
 
@@ -47,7 +48,7 @@ def test_cnn_recipe_writes_a_complete_run(tiny_intel, tmp_path, monkeypatch):
     for name in ("config.json", "metrics.jsonl", "summary.json", "plots/learning_curves.png", "plots/confusion.png",
                  "plots/per_class_accuracy.png", "plots/test_examples.png", "tables/test_per_class.json"):
         assert (run_dir / name).is_file(), name
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir)
     assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 11))
     assert any("val/accuracy" in r and "train/accuracy_running" in r for r in records)
     assert all(r["train/images_per_s"] > 0 for r in records if "train/images_per_s" in r)
