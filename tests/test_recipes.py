@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -196,8 +197,10 @@ def test_accelerate_launch_precision_explicit_no_means_fp32(tiny_intel, tmp_path
              "flag": ["--config_file", str(ROOT / "accelerate_config.yaml"), "--mixed_precision", "no"],
              "config": ["--config_file", str(config)]}
     used = {}
-    for name, launch in cases.items():
-        result = run_script(["accelerate", "launch", *launch, *recipe, f"--run_dir={tmp_path / name}"], env=env)
+    with ThreadPoolExecutor(len(cases)) as pool:  # three launches at once: their start-up is most of their time
+        results = dict(zip(cases, pool.map(lambda case: run_script(
+            ["accelerate", "launch", *cases[case], *recipe, f"--run_dir={tmp_path / case}"], env=env), cases)))
+    for name, result in results.items():
         assert result.returncode == 0, result.stderr[-3000:]
         used[name] = json.loads((tmp_path / name / "config.json").read_text())["mixed_precision_used"]
         assert (tmp_path / name / "summary.json").is_file()
