@@ -198,9 +198,11 @@ def test_accelerate_launch_precision_explicit_no_means_fp32(tiny_intel, tmp_path
              "config": ["--config_file", str(config)]}
     used = {}
     with ThreadPoolExecutor(len(cases)) as pool:  # three launches at once: their start-up is most of their time
-        results = dict(zip(cases, pool.map(lambda case: run_script(
-            ["accelerate", "launch", *cases[case], *recipe, f"--run_dir={tmp_path / case}"], env=env), cases)))
-    for name, result in results.items():
+        launched = {name: pool.submit(run_script, ["accelerate", "launch", *launch, *recipe,
+                                                   f"--run_dir={tmp_path / name}"], env=env)
+                    for name, launch in cases.items()}
+    for name, future in launched.items():
+        result = future.result()
         assert result.returncode == 0, result.stderr[-3000:]
         used[name] = json.loads((tmp_path / name / "config.json").read_text())["mixed_precision_used"]
         assert (tmp_path / name / "summary.json").is_file()
