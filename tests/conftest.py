@@ -94,18 +94,9 @@ def run_toolkit_without_heavy_imports(args: list[str]):
 def logged_steps(run_dir: Path) -> list[int]:
     """The step of every complete line of a run's metrics.jsonl so far ([] before it exists): what tests that
     kill a running run watch (the line being written when they look is skipped)."""
-    import json
+    from toolkit.runs import read_metrics
 
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            pass
-    return steps
+    return [record["step"] for record in read_metrics(run_dir) if "step" in record]
 
 
 # no figures (half a tiny run's time): test_cnn_recipe_writes_a_complete_run draws and checks them
