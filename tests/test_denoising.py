@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import run_toolkit_without_heavy_imports
+from conftest import load_recipe, run_toolkit_without_heavy_imports
 from PIL import Image
 from safetensors.torch import load_file
 from test_recipes import assert_same_final_weights, run_in_process
 
 from toolkit.cli import main as toolkit_main
+from toolkit.config import parse_config
 from toolkit.data.augment import step_generator
 from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_unlabeled_folder
@@ -547,6 +548,45 @@ def test_a_time_budget_chooses_the_epochs_once_and_trains_as_those_epochs_would(
     assert 1 < int(5 * 60 / (slowest * per_epoch)) <= chosen["epochs"] <= int(5 * 60 / (fastest * per_epoch))
     with pytest.raises(UserError, match="train_minutes"):
         run_in_process("blind_denoiser", [*args, "--train_minutes=-1", f"--run_dir={tmp_path / 'bad'}"])
+
+
+def test_progressive_patches_start_small_switch_on_plan_and_resume_exactly(tmp_path, capsys):
+    """--early_patch_size: the first --early_patch_share of the iterations crop smaller patches, the rest
+    --patch_size; a time budget times both sizes and plans with their share-weighted time; a run stopped in the
+    small-patch phase resumes into the switch bit-exactly."""
+    recipe = load_recipe("blind_denoiser")
+    plan = parse_config(recipe.Config, ["--patch_size=32", "--early_patch_size=16", "--early_patch_share=0.25"])
+    assert recipe.patch_plan(plan) == [(16, 0.25), (32, 0.75)]
+    assert [recipe.patch_size_at(i, 8, plan) for i in range(8)] == [16, 16, 32, 32, 32, 32, 32, 32]
+    plain = parse_config(recipe.Config, ["--patch_size=32"])
+    assert recipe.patch_plan(plain) == [(32, 1.0)] and {recipe.patch_size_at(i, 8, plain) for i in range(8)} == {32}
+    tiles = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
+    clean, noisy, sigmas = recipe.noisy_patches(tiles, 16, plan, step_generator(torch.device("cpu"), 0, 1))
+    assert clean.shape == noisy.shape == (4, 3, 16, 16) and sigmas.shape == (4,)
+
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--early_patch_size=16", "--batch_size=4",
+            "--eval_batch_size=8", "--eval_every=0", "--checkpoint_every=3", "--num_workers=1", "--grid_images=0",
+            "--model_kwargs=widths=(8,16,32),blocks=1", "--train_minutes=0.0001"]
+    capsys.readouterr()
+    whole = run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'whole'}"])
+    said = capsys.readouterr().out
+    chosen = whole["budget"]
+    switch = round(0.5 * chosen["steps"]) + 1  # the first iteration (counted from 1) of patches of 32
+    assert f"[patches] from iteration {switch} of {chosen['steps']}: patches of 32" in said
+    assert "patches of 16 for 50% of them" in said and "patches of 32 for 50% of them" in said
+    phases = chosen["phase_seconds_per_step"]
+    assert set(phases) == {"patches of 16", "patches of 32"}
+    assert chosen["seconds_per_step"] == pytest.approx(0.5 * phases["patches of 16"] + 0.5 * phases["patches of 32"],
+                                                       abs=2e-4)  # each recorded to 0.1 ms
+    run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'split'}", f"--max_steps={switch - 2}"])
+    resumed = run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'split'}", "--resume"])
+    assert resumed["steps"] == whole["steps"]  # a budget under one epoch trains one, timed again or not
+    assert resumed["budget"] == json.loads((tmp_path / "split" / "config.json").read_text())["budget"]
+    assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
+    with pytest.raises(UserError, match="early_patch_size"):
+        run_in_process("blind_denoiser", [*args, "--early_patch_size=64", f"--run_dir={tmp_path / 'bad'}"])
+    with pytest.raises(UserError, match="early_patch_share"):
+        run_in_process("blind_denoiser", [*args, "--early_patch_share=1", f"--run_dir={tmp_path / 'bad'}"])
 
 
 def test_a_time_budget_is_a_limit_when_the_steps_run_slower_than_they_were_timed(tmp_path, capsys, monkeypatch):

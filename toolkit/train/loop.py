@@ -26,7 +26,7 @@ import math
 import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -37,6 +37,8 @@ from toolkit.train.checkpoint import checkpoint_name, load_checkpoint, save_chec
 from toolkit.train.ema import ModelEMA
 from toolkit.train.meter import TrainingMeter
 from toolkit.train.state import TrainerState
+
+StepPhase = tuple[str, float, Callable[[], torch.Tensor]]  # (name, share of the iterations, the step) of a plan
 
 
 def typical_step_seconds(step_seconds: list[float]) -> float:
@@ -105,10 +107,16 @@ class TrainingLoop:
         """What validation and the final scores use: the weight average when there is one."""
         return self.ema.model if self.ema is not None else self.model
 
-    def epochs_within_minutes(self, minutes: float, steps_per_epoch: int, train_step: Callable[[], torch.Tensor],
+    def epochs_within_minutes(self, minutes: float, steps_per_epoch: int,
+                              train_step: Callable[[], torch.Tensor] | Sequence[StepPhase],
                               timed_steps: int = 20, warmup_steps: int = 3, timed_seconds: float = 10.0,
                               max_timed_steps: int = 100, max_timed_share: float = 0.02) -> int:
         """The whole epochs (at least one) that `minutes` of training hold on this machine.
+
+        train_step is the recipe's step, or the phases of a run whose step changes on a fixed plan (patches of
+        64 px for the first half of the iterations, then 96): (name, share of the iterations, step) each. Each
+        phase is timed as below, on its share of the timing seconds, and the time of an iteration is the
+        share-weighted sum of their medians.
 
         The time of one iteration is measured once, before training: `warmup_steps` untimed then at least
         `timed_steps` timed calls of train_step() (the recipe's step on a stand-in batch; it returns the loss),
@@ -141,24 +149,31 @@ class TrainingLoop:
         accumulation_counter = accelerator.step
         devices = [accelerator.device] if accelerator.device.type == "cuda" else []
 
-        def timed_step() -> float:
-            started = time.perf_counter()
-            float(train_step().detach())  # reading the loss waits for the device
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None and accelerator.sync_gradients:
-                self.ema.update(accelerator.unwrap_model(self.model))
-            return time.perf_counter() - started
+        def time_steps(step: Callable[[], torch.Tensor], seconds_to_time: float) -> list[float]:
+            def timed_step() -> float:
+                started = time.perf_counter()
+                float(step().detach())  # reading the loss waits for the device
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None and accelerator.sync_gradients:
+                    self.ema.update(accelerator.unwrap_model(self.model))
+                return time.perf_counter() - started
 
-        with torch.random.fork_rng(devices=devices):  # dropout draws from the global generators: put back after
             for _ in range(warmup_steps):
                 timed_step()
             step_seconds = [timed_step() for _ in range(timed_steps)]
-            seconds_to_time = min(timed_seconds, max_timed_share * minutes * 60)
             wanted = min(max_timed_steps, math.ceil(seconds_to_time / max(typical_step_seconds(step_seconds), 1e-6)))
             more = int(accelerator.gather(torch.tensor([wanted - timed_steps], device=accelerator.device)).max())
-            step_seconds += [timed_step() for _ in range(max(0, more))]
-        typical = typical_step_seconds(step_seconds)
-        seconds_per_step = float(accelerator.gather(torch.tensor([typical], device=accelerator.device)).max())
+            return step_seconds + [timed_step() for _ in range(max(0, more))]
+
+        phases = [("", 1.0, train_step)] if callable(train_step) else list(train_step)
+        timings = []  # (name, share, seconds of the slowest process's median, steps timed) per phase
+        with torch.random.fork_rng(devices=devices):  # dropout draws from the global generators: put back after
+            for name, share, phase_step in phases:
+                step_seconds = time_steps(phase_step, share * min(timed_seconds, max_timed_share * minutes * 60))
+                typical = typical_step_seconds(step_seconds)
+                slowest = float(accelerator.gather(torch.tensor([typical], device=accelerator.device)).max())
+                timings.append((name, share, slowest, len(step_seconds)))
+        seconds_per_step = sum(share * seconds for _, share, seconds, _ in timings)
         for part, state in zip(keep, saved):
             part.load_state_dict(state)
         accelerator.step = accumulation_counter
@@ -166,12 +181,20 @@ class TrainingLoop:
         epochs = max(1, math.floor(left / (seconds_per_step * steps_per_epoch)))
         self.state.extra["budget"] = {"minutes": minutes, "seconds_per_step": round(seconds_per_step, 4),
                                       "epochs": epochs, "steps": epochs * steps_per_epoch}
+        if len(timings) > 1:
+            self.state.extra["budget"]["phase_seconds_per_step"] = {name: round(seconds, 4)
+                                                                    for name, _, seconds, _ in timings}
         self.run.logger.update_config({"budget": self.state.extra["budget"]})
         fits = max(0.0, left) / seconds_per_step
         counted = f" after the {self.state.train_seconds:.0f} s already counted as training" \
             if self.state.train_seconds else ""
-        self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.3f} s per iteration (median of "
-                     f"{len(step_seconds)} timed), so {epochs} epochs of {steps_per_epoch} iterations "
+        if len(timings) == 1:
+            timed = f"median of {timings[0][3]} timed"
+        else:
+            timed = "; ".join(f"{name} for {share:.0%} of them: {seconds:.3f} s, median of {steps} timed"
+                              for name, share, seconds, steps in timings)
+        self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.3f} s per iteration ({timed}), "
+                     f"so {epochs} epochs of {steps_per_epoch} iterations "
                      f"({epochs * steps_per_epoch} of the {fits:.0f} that fit{counted})"
                      + ("" if fits >= steps_per_epoch else ": the budget is shorter than one epoch, which runs anyway"))
         return epochs
