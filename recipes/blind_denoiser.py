@@ -146,11 +146,16 @@ def patch_plan(cfg: Config) -> list[tuple[int, float]]:
 
 
 def patch_size_at(iteration: int, total_iterations: int, cfg: Config) -> int:
-    """The patch size of training iteration `iteration` (counted from 0) of `total_iterations`: a function of
-    the plan alone, so a resumed run crops exactly as the uninterrupted one did."""
-    if cfg.early_patch_size and iteration < round(cfg.early_patch_share * total_iterations):
-        return cfg.early_patch_size
-    return cfg.patch_size
+    """The patch size of training iteration `iteration` (counted from 0) of `total_iterations`, read from
+    patch_plan (the plan the time budget timed): a function of the plan alone, so a resumed run crops exactly
+    as the uninterrupted one did."""
+    plan = patch_plan(cfg)
+    ends = 0.0
+    for size, share in plan:
+        ends += share
+        if iteration < round(ends * total_iterations):
+            return size
+    return plan[-1][0]
 
 
 def noisy_patches(tiles: torch.Tensor, patch_size: int, cfg: Config, generator: torch.Generator):
