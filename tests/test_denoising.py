@@ -130,6 +130,34 @@ def test_the_noise_level_reaches_the_network_as_a_constant_map_per_image():
     assert odd.shape == (1, 3, 37, 53)  # any size: padded to a multiple of 4 and cropped back
 
 
+def test_blocks_per_level_puts_each_count_at_its_level_and_survives_a_checkpoints_json():
+    """`blocks` is one count for every level or one per level, finest first (the last is the body's): the
+    encoder and decoder at a level hold that level's count, one count builds the same parameters as before, and
+    a spec read back from a trainer state's JSON (lists, not tuples) rebuilds the same network."""
+    from toolkit.errors import ConfigError
+    from toolkit.models import build_model
+    from toolkit.models.denoisers import ResBlock, ResUNet
+
+    def resblocks(module):
+        return sum(isinstance(child, ResBlock) for child in module.children())
+
+    model = ResUNet(widths=(4, 8, 16), blocks=(1, 2, 3))
+    assert [resblocks(down) for down in model.down] == [1, 2]  # level 0 (full resolution), level 1
+    assert [resblocks(up) for up in model.up] == [2, 1]  # the decoder climbs back: level 1, then level 0
+    assert resblocks(model.body) == 3
+    assert model(torch.rand(1, 3, 20, 28), torch.tensor([0.1])).shape == (1, 3, 20, 28)
+    one_count, every_level = ResUNet(widths=(4, 8, 16), blocks=2), ResUNet(widths=(4, 8, 16), blocks=(2, 2, 2))
+    assert {k: v.shape for k, v in one_count.state_dict().items()} == \
+        {k: v.shape for k, v in every_level.state_dict().items()}  # checkpoints written with blocks=2 still load
+
+    spec = json.loads(json.dumps({"name": "resunet", "kwargs": {"widths": (4, 8, 16), "blocks": (1, 2, 3)}}))
+    rebuilt = build_model(spec)
+    rebuilt.load_state_dict(model.state_dict())  # the same modules, the same shapes
+    for bad in ((1, 2), (1, 0, 2), 0):
+        with pytest.raises(ConfigError, match=r"one per level \(3 for 3 widths\)"):
+            build_model({"name": "resunet", "kwargs": {"widths": (4, 8, 16), "blocks": bad}})
+
+
 def test_pixel_unshuffle_folds_2x2_blocks_into_channels_and_unfolds_the_noise_estimate():
     """FFDNet's reversible downsampling: the head sees 12 colour channels at half the resolution plus the
     noise-level map, the tail's 12 channels go back to 3 at full resolution, and any size still works."""

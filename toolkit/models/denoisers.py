@@ -91,6 +91,16 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+def blocks_per_level(blocks: int | tuple[int, ...], levels: int) -> tuple[int, ...]:
+    """A ResUNet's `blocks` as one count per level, finest first: 2 -> (2, 2, 2, 2) for four levels; a tuple
+    must name every level (the last is the coarsest level's body) and each count must be at least 1."""
+    counts = (blocks,) * levels if isinstance(blocks, int) else tuple(blocks)
+    if len(counts) != levels or not all(isinstance(count, int) and count >= 1 for count in counts):
+        raise ValueError(f"blocks={blocks!r}: give one count of at least 1, or one per level ({levels} for "
+                         f"{levels} widths), e.g. blocks=2 or blocks={(1,) + (2,) * (levels - 1)}")
+    return counts
+
+
 class ResUNet(nn.Module):
     """A DRUNet-style residual U-Net (Zhang et al., 2021), small enough to train on a CPU.
 
@@ -98,6 +108,10 @@ class ResUNet(nn.Module):
         down:  `blocks` ResBlocks, then a 2x2 stride-2 conv to the next width      (per level)
         body:  `blocks` ResBlocks at the coarsest level
         up:    2x2 stride-2 transposed conv, add the same level's encoder output, `blocks` ResBlocks
+
+    `blocks` is one count for every level or one per level, finest first (the last is the body's): the
+    full-resolution level computes its few channels slowly on a CPU, so (1, 2, 2, 2) moves the depth to
+    where the arithmetic is cheap.
         tail:  conv3x3(w0 -> 3): the noise estimate; the output is noisy - noise (residual learning)
 
     Most of the arithmetic runs at 1/4, 1/16 ... of the pixels, which is what makes it cheap per pixel
@@ -112,22 +126,23 @@ class ResUNet(nn.Module):
     (docs/results.md), so it is off by default.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), blocks: int = 2, conditioned: bool = True,
-                 pixel_unshuffle: bool = False):
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), blocks: int | tuple[int, ...] = 2,
+                 conditioned: bool = True, pixel_unshuffle: bool = False):
         super().__init__()
         widths = list(widths)
+        per_level = blocks_per_level(blocks, len(widths))
         self.conditioned = conditioned
         self.factor = 2 if pixel_unshuffle else 1  # pixels per side folded into channels
         self.multiple = 2 ** (len(widths) - 1) * self.factor
         colours = 3 * self.factor**2
         self.head = nn.Conv2d(colours + conditioned, widths[0], 3, padding=1, bias=False)
         self.down = nn.ModuleList(
-            nn.Sequential(*[ResBlock(w) for _ in range(blocks)], nn.Conv2d(w, w_next, 2, stride=2, bias=False))
-            for w, w_next in zip(widths, widths[1:]))
-        self.body = nn.Sequential(*[ResBlock(widths[-1]) for _ in range(blocks)])
+            nn.Sequential(*[ResBlock(w) for _ in range(count)], nn.Conv2d(w, w_next, 2, stride=2, bias=False))
+            for w, w_next, count in zip(widths, widths[1:], per_level))
+        self.body = nn.Sequential(*[ResBlock(widths[-1]) for _ in range(per_level[-1])])
         self.up = nn.ModuleList(
-            nn.Sequential(nn.ConvTranspose2d(w_next, w, 2, stride=2, bias=False), *[ResBlock(w) for _ in range(blocks)])
-            for w, w_next in reversed(list(zip(widths, widths[1:]))))
+            nn.Sequential(nn.ConvTranspose2d(w_next, w, 2, stride=2, bias=False), *[ResBlock(w) for _ in range(count)])
+            for w, w_next, count in reversed(list(zip(widths, widths[1:], per_level))))
         self.tail = nn.Conv2d(widths[0], colours, 3, padding=1, bias=False)
 
     def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
