@@ -5,6 +5,7 @@ in docs/results.md come from
 
     python scripts/profile_denoiser.py                                          # the default ResUNet
     python scripts/profile_denoiser.py --model_kwargs="widths=(48,96,192),blocks=2,pixel_unshuffle=True"
+    python scripts/profile_denoiser.py --model_kwargs="widths=(24,48,96,192),blocks=(1,2,2,2)" --batch_size 4
     python scripts/profile_denoiser.py --precision bf16 --batch_size 4          # bf16, where the CPU has it
 
 Run it alone on the cores: it times, it does not count.
