@@ -108,11 +108,11 @@ class ResUNet(nn.Module):
         down:  `blocks` ResBlocks, then a 2x2 stride-2 conv to the next width      (per level)
         body:  `blocks` ResBlocks at the coarsest level
         up:    2x2 stride-2 transposed conv, add the same level's encoder output, `blocks` ResBlocks
-
-    `blocks` is one count for every level or one per level, finest first (the last is the body's): the
-    full-resolution level computes its few channels slowly on a CPU, so (1, 2, 2, 2) moves the depth to
-    where the arithmetic is cheap.
         tail:  conv3x3(w0 -> 3): the noise estimate; the output is noisy - noise (residual learning)
+
+    `blocks` is one count for every level or one per level, finest first (the last is the body's): a CPU
+    computes the full-resolution level's few channels slowest, and (1, 2, 2, 2) spends less of the step
+    there (an option, not the default: docs/results.md).
 
     Most of the arithmetic runs at 1/4, 1/16 ... of the pixels, which is what makes it cheap per pixel
     against a full-resolution network of the same depth. The noise level enters as a constant input
