@@ -324,12 +324,29 @@ def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_in
     out = tmp_path / "bench.json"
     assert toolkit_main(["benchmark-denoiser", str(run_dir), "--clean", str(tiny_intel / "seg_pred"),
                          "--sigmas", "15", "50", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["sigmas"]
+    results = json.loads(out.read_text())
+    rows = results["sigmas"]
     assert rows["15.0"]["model"]["psnr"] > rows["50.0"]["model"]["psnr"] > 0
     assert "| **this toolkit** |" in capsys.readouterr().out
     image = sorted((tiny_intel / "seg_pred").iterdir())[0]
     assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "clean.png"), "--sigma", "25"]) == 0
     assert Image.open(tmp_path / "clean.png").size == Image.open(image).size
+    # --device: auto took the GPU if torch saw one, else the CPU, and said which; the noise is drawn on the CPU,
+    # so the CPU scores exactly what auto scored here (a GPU's exact fp32 differs only in summation order)
+    gpu = torch.cuda.is_available()
+    assert results["device"].startswith("cuda (" if gpu else "cpu (")
+    on_cpu = tmp_path / "bench-cpu.json"
+    assert toolkit_main(["benchmark-denoiser", str(run_dir), "--clean", str(tiny_intel / "seg_pred"),
+                         "--sigmas", "15", "50", "--device", "cpu", "--out", str(on_cpu)]) == 0
+    cpu_rows = json.loads(on_cpu.read_text())["sigmas"]
+    for sigma in ("15.0", "50.0"):
+        assert cpu_rows[sigma]["noisy"] == rows[sigma]["noisy"]  # the same noisy images
+        assert cpu_rows[sigma]["model"]["psnr"] == pytest.approx(rows[sigma]["model"]["psnr"], abs=1e-3 if gpu else 0)
+    if not gpu:
+        capsys.readouterr()
+        assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "gpu.png"), "--sigma", "25",
+                             "--device", "cuda"]) == 2
+        assert "torch sees no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "gpu.png").exists()
 
 
 # ---- the blind denoiser: tiles, patches, the noise estimator, the recipe ------------------------------------

@@ -138,8 +138,9 @@ def command_report(args) -> None:
 def command_denoise(args) -> None:
     from toolkit.inference import denoise_files
 
+    precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
     denoise_files(args.checkpoint, args.input, args.output, args.sigma, self_ensemble=args.self_ensemble,
-                  precision=denoiser_precision(args.mixed_precision))
+                  precision=precision, device=device)
 
 
 def command_benchmark_denoiser(args) -> None:
@@ -148,10 +149,10 @@ def command_benchmark_denoiser(args) -> None:
     checkpoint = None if args.checkpoint == "none" else args.checkpoint
     name, published = published_rows(Path(args.clean), args.published)
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
+    precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
                                  max_images=args.max_images, self_ensemble=args.self_ensemble,
-                                 validation_images=args.validation_images,
-                                 precision=denoiser_precision(args.mixed_precision))
+                                 validation_images=args.validation_images, precision=precision, device=device)
     results["published"] = {"set": name, "rows": published}
     table = benchmark_table(results, published=published)
     print("\n" + table)
@@ -168,17 +169,24 @@ def command_wandb_report(args) -> None:
                  Path(args.publish) if args.publish else None, args.wandb_mode)
 
 
-def denoiser_precision(requested: str) -> str:
-    """--mixed_precision of denoise / benchmark-denoiser (they run on the CPU): 'auto' is bf16 where the CPU
-    computes it natively and faster than fp32; an explicit bf16 elsewhere runs, with a warning."""
+def denoiser_precision_and_device(requested_precision: str, requested_device: str):
+    """(precision, torch.device) of denoise / benchmark-denoiser: --device auto takes a CUDA GPU when there is one;
+    --mixed_precision auto is bf16 where the CPU computes it natively and faster than fp32, fp32 on a GPU (one image
+    at a time is a small step); an explicit bf16 where it is slow runs, with a warning."""
+    from toolkit.inference import inference_device
     from toolkit.train.precision import choose_mixed_precision
 
-    return choose_mixed_precision(requested, "cpu", log=lambda message: print(message, file=sys.stderr))
+    device_type = inference_device(requested_device, "bf16").type  # resolved first, TF32 left alone until known
+    precision = choose_mixed_precision(requested_precision, device_type,
+                                       log=lambda message: print(message, file=sys.stderr))
+    return precision, inference_device(requested_device, precision)
 
 
 DENOISER_PRECISION_HELP = ("what the model runs in: no (fp32, the default and the README's protocol), bf16, or auto "
                            "(bf16 where the CPU computes it faster than fp32 (AMX, or AVX512-BF16 on AMD): about 2x "
                            "faster, ~0.005 dB lower PSNR measured)")
+DENOISER_DEVICE_HELP = ("where the model runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda; fp32 "
+                        "on a GPU is exact (no TF32). The noise and the scores are computed on the CPU either way")
 
 
 def _cuda() -> bool:
@@ -294,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: estimated per image and printed)")
     den.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
     den.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
+    den.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DENOISER_DEVICE_HELP)
     den.set_defaults(handler=command_denoise)
 
     bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
@@ -309,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "mcmaster, none")
     bd.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
     bd.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
+    bd.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DENOISER_DEVICE_HELP)
     bd.add_argument("--validation_images", action="store_true",
                     help="score only the images of --clean that the model's run held out for validation (the "
                     "folder it trained on): choose options such as --self_ensemble here, never on the test set")

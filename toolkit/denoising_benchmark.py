@@ -24,7 +24,7 @@ import torch
 from toolkit.data.folders import list_image_files
 from toolkit.data.images import load_rgb
 from toolkit.errors import DataError, UserError
-from toolkit.inference import estimate_noise_sigma, load_trained_model, resolve_checkpoint
+from toolkit.inference import describe_device, estimate_noise_sigma, load_trained_model, resolve_checkpoint
 from toolkit.progress import progress_bar
 from toolkit.train.denoise import (
     NoiseSpec,
@@ -64,16 +64,18 @@ def published_rows(folder: Path, which: str = "auto") -> tuple[str | None, dict]
 def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list[float],
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
                        max_images: int = 0, self_ensemble: bool = False, validation_images: bool = False,
-                       precision: str = "no", log=print) -> dict:
+                       precision: str = "no", device: torch.device | str = "cpu", log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines.
-    precision: what the model runs in ('no': fp32, the protocol of the README's figures; 'bf16')."""
+    precision: what the model runs in ('no': fp32, the protocol of the README's figures; 'bf16').
+    device: where the model runs (toolkit.inference.inference_device); the noise, the baselines and the
+    metrics stay on the CPU, so every device scores the same noisy images the same way."""
     if validation_images and not checkpoint:
         raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
     only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
     files, cleans = clean_reference_images(clean_dir, max_images, only)
     if "bm3d" in baselines and not bm3d_available():
         raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
-    model, state = load_trained_model(checkpoint) if checkpoint else (None, None)
+    model, state = load_trained_model(checkpoint, device) if checkpoint else (None, None)
     conditioned = bool(state and state.conditioned)
     if model is not None and not conditioned:
         trained = state.noise or {}
@@ -83,6 +85,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
                      "self_ensemble": self_ensemble, "validation_images": validation_images,
                      "mixed_precision": precision if model is not None else None,
+                     "device": describe_device(torch.device(device)) if model is not None else None,
                      "noise_seed": noise_seed, "protocol": "AWGN, not clipped, whole images, RGB", "sigmas": {},
                      "seconds": {}}
     for sigma_255 in sigmas_255:
@@ -109,7 +112,8 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                         if blind:  # estimated on the image the model is given (here not clipped: the protocol)
                             estimates.append(estimate_noise_sigma(noisy[0]) * 255)
                         level = torch.full((1,), estimates[-1] / 255) if blind else sigmas
-                        output = denoise(model, noisy, level, conditioned, self_ensemble, precision)
+                        output = denoise(model, noisy.to(device), level.to(device), conditioned, self_ensemble,
+                                         precision).cpu()
                     elif method == "nlm":
                         output = nlm_denoise(noisy, sigmas)
                     else:

@@ -12,10 +12,40 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from toolkit.errors import CheckpointError
+from toolkit.errors import CheckpointError, UserError
 from toolkit.models import build_model, is_denoiser
 from toolkit.train.checkpoint import latest_checkpoint
 from toolkit.train.state import TrainerState
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def inference_device(requested: str = "auto", precision: str = "no") -> torch.device:
+    """Where `toolkit denoise` and `benchmark-denoiser` run the model: 'auto' takes the CUDA GPU when torch sees
+    one, else the CPU; 'cpu' and 'cuda' are obeyed ('cuda' without a GPU is a clear error). fp32 (precision 'no')
+    on a GPU is kept exact: cuDNN's convolutions default to TF32 (10-bit mantissas), which would make a GPU's
+    figures differ from a CPU's by more than the rounding of a mean PSNR. Noise is drawn on the CPU either way,
+    so both devices score the same noisy images."""
+    if requested not in DEVICES:
+        raise UserError(f"--device={requested!r}: choose one of {', '.join(DEVICES)}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device=cuda, but torch sees no CUDA GPU here (torch.cuda.is_available() is False): "
+                        "use --device=cpu, or --device=auto to take a GPU whenever there is one")
+    device = torch.device("cuda" if requested == "auto" and torch.cuda.is_available() else
+                          "cpu" if requested == "auto" else requested)
+    if device.type == "cuda" and precision == "no":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """'cuda (NVIDIA H200)' or 'cpu (AMD EPYC, 2 cores)': what a figure was measured on."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    from toolkit.train.precision import describe_cpu
+
+    return f"cpu ({describe_cpu()})"
 
 
 def resolve_checkpoint(path: Path | str) -> Path:
@@ -51,7 +81,8 @@ def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> 
 
 @torch.no_grad()
 def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path | str, sigma_255: float | None = None,
-                  self_ensemble: bool = False, precision: str = "no", log=print) -> dict:
+                  self_ensemble: bool = False, precision: str = "no", device: torch.device | str = "cpu",
+                  log=print) -> dict:
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
     the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped.
 
@@ -59,7 +90,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     without it, each image's noise level is estimated (scikit-image's wavelet estimator) and printed.
     self_ensemble: average over the image's 8 rotations and mirror images (toolkit.train.denoise.denoise).
     precision: what the model runs in ('no': fp32; 'bf16': about 2x faster where the CPU computes bf16 faster
-    than fp32)."""
+    than fp32). device: where the model runs (inference_device)."""
     from PIL import Image
 
     from toolkit.data.folders import list_image_files
@@ -68,7 +99,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     from toolkit.progress import tracked
     from toolkit.train.denoise import denoise, to_hwc_uint8
 
-    model, state = load_trained_model(checkpoint)
+    model, state = load_trained_model(checkpoint, device)
     if not is_denoiser(state.model):
         raise UserError(f"{checkpoint} holds a {state.model}, not a denoiser; "
                         "classify images with `toolkit predict` instead")
@@ -98,7 +129,8 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             log(f"[denoise] {file}: estimated noise sigma {level * 255:.1f}/255 (pass --sigma to set it)")
         else:
             level = (sigma_255 or 0.0) / 255
-        output = denoise(model, noisy, torch.full((1,), level), conditioned, self_ensemble, precision)[0]
+        output = denoise(model, noisy.to(device), torch.full((1,), level, device=device), conditioned, self_ensemble,
+                         precision)[0].cpu()
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(to_hwc_uint8(output)).save(target)
         written += 1
