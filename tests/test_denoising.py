@@ -62,12 +62,20 @@ def test_noise_is_seeded_and_fresh_each_step():
     assert not torch.equal(first, add_gaussian_noise(clean, sigma, step_generator(device, 7, 2)))
 
 
-def test_evaluation_noise_depends_on_the_image_not_the_batch():
+def test_evaluation_noise_depends_on_the_image_not_the_batch_or_the_device():
     clean = torch.rand(4, 3, 16, 16)
     noise = NoiseSpec(0.1, 0.2, clip=True, seed=3)
     together, sigmas = seeded_noisy(clean, [10, 11, 12, 13], noise)
     alone, sigma_alone = seeded_noisy(clean[2:3], [12], noise)
     assert torch.equal(together[2], alone[0]) and sigmas[2] == sigma_alone[0]
+    # drawn on the CPU for images on any device: the noise a CPU generator gives this seed, on the images' device
+    generator = torch.Generator().manual_seed(3 * 1_000_003 + 12)
+    sigma = 0.1 + 0.1 * torch.rand(1, generator=generator)
+    assert torch.allclose(sigma_alone, sigma)
+    assert torch.allclose(alone, (clean[2:3] + sigma * torch.randn(1, 3, 16, 16, generator=generator)).clamp(0, 1))
+    if torch.cuda.is_available():
+        on_gpu, gpu_sigmas = seeded_noisy(clean.cuda(), [10, 11, 12, 13], noise)
+        assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), together) and torch.equal(gpu_sigmas.cpu(), sigmas)
 
 
 def test_random_crop_takes_one_window():

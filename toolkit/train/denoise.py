@@ -63,13 +63,15 @@ def denoise(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool,
 
 
 def seeded_noisy(clean: torch.Tensor, image_ids, noise: NoiseSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noisy, sigmas) where image i's noise depends only on (noise.seed, image_ids[i])."""
+    """(noisy, sigmas) where image i's noise depends only on (noise.seed, image_ids[i]), not on the device: it is
+    drawn on the CPU (a CUDA generator draws other numbers from the same seed), so a run validated on a GPU and
+    one validated on a CPU score the same noisy images."""
     noisy, sigmas = [], []
     for image, image_id in zip(clean, image_ids):
-        generator = torch.Generator(device=clean.device).manual_seed(noise.seed * 1_000_003 + int(image_id))
-        sigma = draw_sigmas(1, noise.sigma_min, noise.sigma_max, generator, clean.device)
-        noisy.append(add_gaussian_noise(image[None], sigma, generator, noise.clip))
-        sigmas.append(sigma)
+        generator = torch.Generator().manual_seed(noise.seed * 1_000_003 + int(image_id))
+        sigma = draw_sigmas(1, noise.sigma_min, noise.sigma_max, generator, torch.device("cpu"))
+        noisy.append(add_gaussian_noise(image[None].cpu(), sigma, generator, noise.clip).to(clean.device))
+        sigmas.append(sigma.to(clean.device))
     return torch.cat(noisy), torch.cat(sigmas)
 
 
