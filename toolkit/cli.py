@@ -173,13 +173,14 @@ def denoiser_precision_and_device(requested_precision: str, requested_device: st
     """(precision, torch.device) of denoise / benchmark-denoiser: --device auto takes a CUDA GPU when there is one;
     --mixed_precision auto is bf16 where the CPU computes it natively and faster than fp32, fp32 on a GPU (one image
     at a time is a small step); an explicit bf16 where it is slow runs, with a warning."""
-    from toolkit.inference import inference_device
+    from toolkit.inference import inference_device, keep_fp32_exact
     from toolkit.train.precision import choose_mixed_precision
 
-    device_type = inference_device(requested_device, "bf16").type  # resolved first, TF32 left alone until known
-    precision = choose_mixed_precision(requested_precision, device_type,
+    device = inference_device(requested_device)
+    precision = choose_mixed_precision(requested_precision, device.type,
                                        log=lambda message: print(message, file=sys.stderr))
-    return precision, inference_device(requested_device, precision)
+    keep_fp32_exact(device, precision)
+    return precision, device
 
 
 DENOISER_PRECISION_HELP = ("what the model runs in: no (fp32, the default and the README's protocol), bf16, or auto "
