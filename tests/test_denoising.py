@@ -339,7 +339,7 @@ def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_in
     image = sorted((tiny_intel / "seg_pred").iterdir())[0]
     assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "clean.png"), "--sigma", "25"]) == 0
     assert Image.open(tmp_path / "clean.png").size == Image.open(image).size
-    # --device: auto took the GPU if torch saw one, else the CPU, and said which; the noise is drawn on the CPU,
+    # --device: by default the GPU if torch saw one, else the CPU, and said which; the noise is drawn on the CPU,
     # so the CPU scores exactly what auto scored here (a GPU's exact fp32 differs only in summation order)
     gpu = torch.cuda.is_available()
     assert results["device"].startswith("cuda (" if gpu else "cpu (")
@@ -355,6 +355,8 @@ def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_in
         assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "gpu.png"), "--sigma", "25",
                              "--device", "cuda"]) == 2
         assert "torch sees no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "gpu.png").exists()
+        assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "gpu.png"), "--device", "tpu"]) == 2
+        assert "not a torch device" in capsys.readouterr().err
 
 
 # ---- the blind denoiser: tiles, patches, the noise estimator, the recipe ------------------------------------

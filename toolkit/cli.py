@@ -170,7 +170,7 @@ def command_wandb_report(args) -> None:
 
 
 def denoiser_precision_and_device(requested_precision: str, requested_device: str):
-    """(precision, torch.device) of denoise / benchmark-denoiser: --device auto takes a CUDA GPU when there is one;
+    """(precision, torch.device) of denoise / benchmark-denoiser: --device defaults to a CUDA GPU when there is one;
     --mixed_precision auto is bf16 where the CPU computes it natively and faster than fp32, fp32 on a GPU (one image
     at a time is a small step); an explicit bf16 where it is slow runs, with a warning."""
     from toolkit.inference import inference_device, keep_fp32_exact
@@ -186,8 +186,8 @@ def denoiser_precision_and_device(requested_precision: str, requested_device: st
 DENOISER_PRECISION_HELP = ("what the model runs in: no (fp32, the default and the README's protocol), bf16, or auto "
                            "(bf16 where the CPU computes it faster than fp32 (AMX, or AVX512-BF16 on AMD): about 2x "
                            "faster, ~0.005 dB lower PSNR measured)")
-DENOISER_DEVICE_HELP = ("where the model runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda; fp32 "
-                        "on a GPU is exact (no TF32). The noise and the scores are computed on the CPU either way")
+DENOISER_DEVICE_HELP = ("where the model runs (default: the CUDA GPU when torch sees one, else the CPU); fp32 on a GPU "
+                        "is exact (no TF32). The noise and the scores are computed on the CPU either way")
 
 
 def _cuda() -> bool:
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: estimated per image and printed)")
     den.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
     den.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
-    den.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DENOISER_DEVICE_HELP)
+    den.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
     den.set_defaults(handler=command_denoise)
 
     bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "mcmaster, none")
     bd.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
     bd.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
-    bd.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help=DENOISER_DEVICE_HELP)
+    bd.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
     bd.add_argument("--validation_images", action="store_true",
                     help="score only the images of --clean that the model's run held out for validation (the "
                     "folder it trained on): choose options such as --self_ensemble here, never on the test set")

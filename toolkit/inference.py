@@ -17,20 +17,18 @@ from toolkit.models import build_model, is_denoiser
 from toolkit.train.checkpoint import latest_checkpoint
 from toolkit.train.state import TrainerState
 
-DEVICES = ("auto", "cpu", "cuda")
 
-
-def inference_device(requested: str = "auto") -> torch.device:
-    """Where `toolkit denoise` and `benchmark-denoiser` run the model: 'auto' takes the CUDA GPU when torch sees
-    one, else the CPU; 'cpu' and 'cuda' are obeyed ('cuda' without a GPU is a clear error)."""
-    if requested not in DEVICES:
-        raise UserError(f"--device={requested!r}: choose one of {', '.join(DEVICES)}")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device=cuda, but torch sees no CUDA GPU here (torch.cuda.is_available() is False): "
-                        "use --device=cpu, or --device=auto to take a GPU whenever there is one")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+def inference_device(requested: str) -> torch.device:
+    """The device `toolkit denoise` and `benchmark-denoiser` run the model on, from --device (by default the CUDA
+    GPU when torch sees one, else the CPU, as for predict and evaluate); a GPU torch cannot see is a clear error."""
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise UserError(f"--device={requested!r} is not a torch device: use cpu or cuda (cuda:1, ...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device={requested}, but torch sees no CUDA GPU here (torch.cuda.is_available() is "
+                        "False): use --device=cpu")
+    return device
 
 
 def keep_fp32_exact(device: torch.device, precision: str) -> None:

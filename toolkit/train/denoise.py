@@ -70,9 +70,9 @@ def seeded_noisy(clean: torch.Tensor, image_ids, noise: NoiseSpec) -> tuple[torc
     for image, image_id in zip(clean, image_ids):
         generator = torch.Generator().manual_seed(noise.seed * 1_000_003 + int(image_id))
         sigma = draw_sigmas(1, noise.sigma_min, noise.sigma_max, generator, torch.device("cpu"))
-        noisy.append(add_gaussian_noise(image[None].cpu(), sigma, generator, noise.clip).to(clean.device))
-        sigmas.append(sigma.to(clean.device))
-    return torch.cat(noisy), torch.cat(sigmas)
+        noisy.append(add_gaussian_noise(image[None].cpu(), sigma, generator, noise.clip))
+        sigmas.append(sigma)
+    return torch.cat(noisy).to(clean.device), torch.cat(sigmas).to(clean.device)
 
 
 def image_quality(output: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
