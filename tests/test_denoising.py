@@ -340,7 +340,7 @@ def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_in
     assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "clean.png"), "--sigma", "25"]) == 0
     assert Image.open(tmp_path / "clean.png").size == Image.open(image).size
     # --device: by default the GPU if torch saw one, else the CPU, and said which; the noise is drawn on the CPU,
-    # so the CPU scores exactly what auto scored here (a GPU's exact fp32 differs only in summation order)
+    # so the CPU scores exactly what the default scored here (a GPU's exact fp32 differs only in summation order)
     gpu = torch.cuda.is_available()
     assert results["device"].startswith("cuda (" if gpu else "cpu (")
     on_cpu = tmp_path / "bench-cpu.json"
