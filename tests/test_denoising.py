@@ -587,7 +587,7 @@ def test_a_time_budget_chooses_the_epochs_once_and_trains_as_those_epochs_would(
     run_in_process("blind_denoiser", [*split, "--max_steps=5"])
     capsys.readouterr()
     resumed = run_in_process("blind_denoiser", [*split, "--resume"])
-    assert "as chosen when the run started (kept on resume)" in capsys.readouterr().out
+    assert "as planned when the run started (kept on resume)" in capsys.readouterr().out
     assert resumed["budget"] == json.loads((tmp_path / "split" / "config.json").read_text())["budget"]
     assert_same_final_weights(tmp_path / "budget", tmp_path / "split")
 
@@ -650,18 +650,21 @@ def test_a_time_budget_is_a_limit_when_the_steps_run_slower_than_they_were_timed
     training ends, says so, exports the weight average and records where; --resume then trains nothing more."""
     import toolkit.train.loop as loop_module
 
-    measured = loop_module.typical_step_seconds
+    measured, pace = loop_module.typical_step_seconds, loop_module.pace_so_far  # the re-plan too reads 30x fast
     monkeypatch.setattr(loop_module, "typical_step_seconds", lambda seconds: measured(seconds) / 30)
+    monkeypatch.setattr(loop_module, "pace_so_far", lambda seconds, steps: pace(seconds, steps) / 30)
     args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
             "--eval_every=0", "--checkpoint_every=0", "--num_workers=1", "--grid_images=0",
             "--model_kwargs=widths=(8,16,32),blocks=1", "--train_minutes=0.03", f"--run_dir={tmp_path / 'run'}"]
     summary = run_in_process("blind_denoiser", args)
     budget = summary["budget"]
-    per_epoch = budget["steps"] // budget["epochs"]
+    per_epoch = budget["replanned"]["steps_before"] // budget["epochs"]
     assert budget["epochs"] > 1 and budget["stopped_at"] == summary["steps"]
     assert per_epoch <= summary["steps"] < budget["steps"]  # the first epoch whole, then stopped by the clock
     assert summary["train_seconds"] >= 0.03 * 60
-    assert f"min of training spent at iteration {summary['steps']} of {budget['steps']}" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"min of training spent at iteration {summary['steps']} of {budget['steps']}" in said
+    assert "of the re-plan): training ends here" in said
     assert json.loads((tmp_path / "run" / "config.json").read_text())["budget"] == budget
     checkpoint = Path(summary["checkpoint"])
     assert json.loads((checkpoint / "trainer_state.json").read_text())["extra"]["budget"] == budget
@@ -672,6 +675,78 @@ def test_a_time_budget_is_a_limit_when_the_steps_run_slower_than_they_were_timed
     resumed = run_in_process("blind_denoiser", [*args, "--resume"])
     assert resumed["steps"] == summary["steps"] and resumed["budget"] == budget
     assert "kept on resume" in capsys.readouterr().out
+
+
+def test_a_time_budget_re_plans_from_the_pace_of_its_steps(tmp_path, capsys, monkeypatch):
+    """Ten seconds of timing can read a host's pace several percent off. Here the timing reads 3x too slow, so
+    the first plan holds about a third of what fits; once a tenth of it is trained the loop plans again, to the
+    iteration, from the pace of the steps since the first log step (each step's seconds are in
+    metrics.jsonl, so the arithmetic is checked exactly, whatever this host's speed), and trains that plan."""
+    import toolkit.train.loop as loop_module
+
+    measured = loop_module.typical_step_seconds
+    monkeypatch.setattr(loop_module, "typical_step_seconds", lambda seconds: measured(seconds) * 3)
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
+            "--eval_every=0", "--checkpoint_every=0", "--num_workers=1", "--grid_images=0", "--log_every=1",
+            "--model_kwargs=widths=(8,16,32),blocks=1", "--train_minutes=0.1", f"--run_dir={tmp_path / 'run'}"]
+    summary = run_in_process("blind_denoiser", args)
+    budget, said = summary["budget"], capsys.readouterr().out
+    first_plan = budget["epochs"] * 63  # 63 iterations per epoch of the synthetic tiles at batches of 4
+    replanned, at = budget["replanned"], budget["replanned"]["at_step"]
+    # a tenth of the iterations, or of the minutes if first (the first step's start-up counts in them)
+    assert replanned["steps_before"] == first_plan and 2 <= at <= budget["replan_at"] == round(first_plan / 10)
+    seconds = dict(series(read_metrics(tmp_path / "run"), "seconds"))  # each step's training seconds
+    pace = sum(seconds[step] for step in range(2, at + 1)) / (at - 1)  # after the first log step, up to the re-plan
+    assert replanned["seconds_per_step"] == pytest.approx(pace, abs=5e-5)
+    spent = sum(seconds[step] for step in range(1, at + 1))
+    assert budget["steps"] == max(63, at + int((0.1 * 60 - spent) / pace))  # what the minutes hold, not an epoch less
+    assert summary["steps"] == budget.get("stopped_at", budget["steps"])  # the new plan trained (or the limit)
+    assert f"[budget] re-planned at iteration {at} (" in said and f"against the {budget['seconds_per_step']:.3f} " \
+        "timed" in said
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["budget"] == budget  # W&B's config too
+
+
+def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path, capsys, monkeypatch):
+    """The re-plan's machinery, made deterministic: the first plan is set to 2 epochs (126 iterations) and the
+    re-plan to 73 (an epoch and 10 iterations: the last epoch ends part-way). The one-cycle schedule follows the
+    new total from the re-plan on; a run stopped before the re-plan, or after it, resumes bit-exactly."""
+    import toolkit.train.loop as loop_module
+    from toolkit.train.schedule import one_cycle_lr
+
+    assert loop_module.pace_so_far(30.0, 100) == 0.3
+    # 100 of them in 30 s, the rest of 60 s at 0.25 s each: 220; rounded down to whole accumulations of 4: 220;
+    # of 3: 219; never under the floor given
+    assert loop_module.iterations_within(1.0, 30.0, 100, 0.25, at_least=63, multiple_of=4) == 220
+    assert loop_module.iterations_within(1.0, 30.0, 100, 0.25, at_least=63, multiple_of=3) == 219
+    assert loop_module.iterations_within(1.0, 70.0, 100, 0.25, at_least=150) == 150  # over the minutes already
+
+    monkeypatch.setattr(loop_module, "typical_step_seconds", lambda seconds: 5 * 60 / (2.5 * 63))  # 2 epochs
+    monkeypatch.setattr(loop_module, "iterations_within", lambda *args, at_least, multiple_of: 63 + 10)
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
+            "--eval_every=0", "--checkpoint_every=5", "--num_workers=1", "--grid_images=0", "--lr=1e-3",
+            "--model_kwargs=widths=(8,16,32),blocks=1", "--train_minutes=5"]
+    whole = run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'whole'}"])
+    budget = whole["budget"]
+    assert budget["epochs"] == 2 and budget["replan_at"] == 13  # a tenth of 126, at the next log step: 15
+    assert budget["replanned"]["at_step"] == 15 and budget["replanned"]["steps_before"] == 126
+    assert budget["steps"] == whole["steps"] == 73 and "stopped_at" not in budget
+    lr = dict(series(read_metrics(tmp_path / "whole"), "lr"))
+    assert lr[15] == pytest.approx(one_cycle_lr(14, 126, 1e-3, 0.05))  # set before the re-plan at its end
+    assert lr[20] == pytest.approx(one_cycle_lr(19, 73, 1e-3, 0.05))
+    assert lr[73] == pytest.approx(one_cycle_lr(72, 73, 1e-3, 0.05))  # the schedule ends where the plan does
+
+    def without_pace(chosen: dict) -> dict:  # the plan, less the pace each run measured
+        return chosen | {"replanned": {k: v for k, v in chosen["replanned"].items() if k != "seconds_per_step"}}
+
+    for stop in (10, 20):  # stopped before the re-plan (the resumed run re-plans), and after it (kept)
+        split = [*args, f"--run_dir={tmp_path / f'split{stop}'}"]
+        run_in_process("blind_denoiser", [*split, f"--max_steps={stop}"])
+        capsys.readouterr()
+        resumed = run_in_process("blind_denoiser", [*split, "--resume"])
+        said = capsys.readouterr().out
+        assert resumed["steps"] == 73 and without_pace(resumed["budget"]) == without_pace(budget)
+        assert ("and re-planned (kept on resume)" in said) == (stop == 20)
+        assert_same_final_weights(tmp_path / "whole", tmp_path / f"split{stop}")
 
 
 @pytest.mark.skipif(not __import__("toolkit.train.denoise", fromlist=["x"]).bm3d_available(),

@@ -9,9 +9,11 @@
 
 What the loop does, in order, and nothing else:
     resume      restore the newest checkpoint (model, optimizer, RNG states, weight average, counters)
-    epochs_within_minutes   --train_minutes: how many epochs fit in a time budget on this machine, measured once;
-                the budget is then a limit too: once its minutes of training are spent (after the first epoch),
-                training ends there, saying so (a host slower than when it was timed cannot overrun it)
+    epochs_within_minutes   --train_minutes: how many epochs fit in a time budget on this machine, timed before
+                training; once a tenth of those iterations or of the minutes are trained, the plan is made again,
+                to the iteration, from the real pace of the steps (10 s of timing can be 5-10% off); the budget is
+                then a limit too: once its minutes of training are spent (after the first epoch), training ends
+                there, saying so (a host that slows down later cannot overrun it)
     batches     continue where the checkpoint stopped: skip the epochs and batches already trained on; while
                 they run, SIGTERM asks for a stop (its previous handler is back once they end, however)
     end_step    clear the gradients; count time, images and loss; update the weight average; log, validate, checkpoint
@@ -46,6 +48,20 @@ def typical_step_seconds(step_seconds: list[float]) -> float:
     return statistics.median(step_seconds)
 
 
+def pace_so_far(training_seconds: float, steps: int) -> float:
+    """What a time budget re-plans with: the seconds per iteration of the training so far, the mean (what the
+    budget spends is the sum of the steps, slow ones included)."""
+    return training_seconds / steps
+
+
+def iterations_within(minutes: float, spent_seconds: float, step: int, seconds_per_step: float, at_least: int,
+                      multiple_of: int = 1) -> int:
+    """The iterations a budget of `minutes` holds in all, `step` of them trained in `spent_seconds`, the rest at
+    `seconds_per_step`: rounded down to a whole gradient accumulation, and never fewer than `at_least`."""
+    fits = step + max(0.0, minutes * 60 - spent_seconds) / seconds_per_step
+    return max(at_least, int(fits) - int(fits) % multiple_of)
+
+
 def due(step: int, every: int) -> bool:
     """True every `every` steps (never when every is 0)."""
     return bool(every) and step % every == 0
@@ -75,7 +91,8 @@ class TrainingLoop:
             self.restore()
         self.meter = TrainingMeter(self.accelerator)
         self.stop_requested = [False]  # set by SIGTERM while the batches run (see batches)
-        self.total_steps = self.last_step = 0
+        self.total_steps = self.last_step = self.steps_per_epoch = 0
+        self._pace_from = None  # (step, training seconds) at this process's first log step: a budget's re-plan
         self.bar = None
         self._tick = time.perf_counter()
         self._epoch_progress = 0.0
@@ -110,8 +127,11 @@ class TrainingLoop:
     def epochs_within_minutes(self, minutes: float, steps_per_epoch: int,
                               train_step: Callable[[], torch.Tensor] | Sequence[StepPhase],
                               timed_steps: int = 20, warmup_steps: int = 3, timed_seconds: float = 10.0,
-                              max_timed_steps: int = 100, max_timed_share: float = 0.02) -> int:
-        """The whole epochs (at least one) that `minutes` of training hold on this machine.
+                              max_timed_steps: int = 100, max_timed_share: float = 0.02,
+                              replan_after: float = 0.1) -> int:
+        """The whole epochs (at least one) that `minutes` of training hold on this machine, as timed before training;
+        once `replan_after` of their iterations or of the minutes are trained, the loop plans again (see below;
+        0 = never).
 
         train_step is the recipe's step, or the phases of a run whose step changes on a fixed plan (patches of
         64 px for the first half of the iterations, then 96): (name, share of the iterations, step) each. Each
@@ -129,18 +149,33 @@ class TrainingLoop:
         machine single steps of the denoiser took 0.67-1.26 s, and a few slow ones would pull a mean up and
         leave budget unused. The slowest process's median counts. The model,
         optimizer, weight average, gradient scaler and torch's global random generators (which dropout draws
-        from) are then put back exactly as they were, so the run trains exactly as --epochs=<the answer> would.
+        from) are then put back exactly as they were, so the run trains exactly as --epochs=<the answer> would
+        until the re-plan (below), which changes only how many iterations follow.
         Validation and checkpoints are not in the budget, as they are not in the training time the run reports;
         what the run already counted as training before its first step (a cache of frozen features) is. The
         choice is kept in the trainer state: a resumed run continues with it and measures nothing. The minutes
         are a limit as well (see end_step): should the steps run slower than they were timed, training ends once
         the minutes are spent, the first epoch excepted.
+
+        The re-plan: 10 s of timing on a shared or drifting host can read 5-10% off the pace training then keeps
+        (an hour on 2 cores planned at 0.301 s per iteration trained at 0.289 and left 5 minutes unused; another
+        timed 0.249 s, trained at 0.261 and was cut at 96% of its schedule, its learning rate not yet annealed).
+        So at a log step once `replan_after` of the planned iterations are trained, or of the minutes spent if
+        that comes first (a plan far too long), and not at the first, the iterations are planned again from the
+        mean pace of the steps since this process's first log step (the loader's start-up and the first steps'
+        warm-up left out; a run resumed past the re-plan's step uses all its steps so far at its first log step,
+        so that it re-plans where the uninterrupted run did), the slowest process's: the total becomes what the
+        minutes hold, to the iteration, not to the epoch (the last epoch may end part-way), and never less than
+        one epoch. A recipe whose schedule reads loop.total_steps each step follows the new total (a tenth into a
+        one-cycle schedule with a 5% warm-up, 10% more or fewer iterations move the rate by 0.2-0.3% of its
+        peak; within a longer warm-up they make its ramp that much gentler or steeper). It is done once,
+        recorded in the budget (`replanned`) and kept on resume; a run stopped before it re-plans when resumed.
         """
         stored = self.state.extra.get("budget")
         if stored is not None:
             self.run.logger.update_config({"budget": stored})
-            self.run.say(f"[budget] {stored['minutes']:g} min: {stored['epochs']} epochs, as chosen when the run "
-                         "started (kept on resume)")
+            self.run.say(f"[budget] {stored['minutes']:g} min: {stored['steps']} iterations, as planned when the run "
+                         "started" + (" and re-planned" if "replanned" in stored else "") + " (kept on resume)")
             return int(stored["epochs"])
         accelerator = self.accelerator
         keep = [accelerator.unwrap_model(self.model), self.optimizer]
@@ -180,7 +215,11 @@ class TrainingLoop:
         left = minutes * 60 - self.state.train_seconds  # time already counted as training (e.g. feature caching)
         epochs = max(1, math.floor(left / (seconds_per_step * steps_per_epoch)))
         self.state.extra["budget"] = {"minutes": minutes, "seconds_per_step": round(seconds_per_step, 4),
-                                      "epochs": epochs, "steps": epochs * steps_per_epoch}
+                                      "epochs": epochs, "steps": epochs * steps_per_epoch,
+                                      "counted_before": round(self.state.train_seconds, 3)}
+        if replan_after:  # re-plan at this share of the iterations or of the minutes, whichever comes first
+            self.state.extra["budget"].update(replan_after=replan_after,
+                                              replan_at=max(1, round(replan_after * epochs * steps_per_epoch)))
         if len(timings) > 1:
             self.state.extra["budget"]["phase_seconds_per_step"] = {name: round(seconds, 4)
                                                                     for name, _, seconds, _ in timings}
@@ -208,30 +247,38 @@ class TrainingLoop:
         the next batch. Stops after --max_steps (rounded down to a whole gradient accumulation, so
         that a resume continues exactly) or at the end.
         """
-        steps_per_epoch = len(loader_for_epoch(0))
-        self.total_steps = epochs * steps_per_epoch
+        self.steps_per_epoch = len(loader_for_epoch(0))
+        budget = self.state.extra.get("budget")  # a time budget's plan is in iterations (re-planned, kept on resume)
+        self.total_steps = budget["steps"] if budget is not None else epochs * self.steps_per_epoch
         accumulation = self.run.cfg.grad_accumulation
-        max_steps = self.run.cfg.max_steps
+        self._set_last_step()
+        self.bar = progress_bar(self.total_steps, self.run.recipe, unit="it", initial=self.state.step,
+                                main_process=self.run.is_main)
+        previous_sigterm = signal.getsignal(signal.SIGTERM)
+        self.stop_requested = install_stop_handler()
+        try:
+            yield from self._remaining_batches(loader_for_epoch, accumulation)
+        finally:  # done, stopped or failed: the bar closes and SIGTERM gets its previous handler back
+            self.close()
+            restore_sigterm(previous_sigterm)
+
+    def _set_last_step(self) -> None:
+        """Where training stops: the plan's end, --max_steps (rounded down to a whole gradient accumulation, so
+        that a resume continues exactly) or where a time budget's minutes were spent, whichever comes first."""
+        max_steps, accumulation = self.run.cfg.max_steps, self.run.cfg.grad_accumulation
         self.last_step = self.total_steps
         if max_steps and max_steps < self.total_steps:
             self.last_step = max_steps - max_steps % accumulation
         stopped_at = self.state.extra.get("budget", {}).get("stopped_at")
         if stopped_at is not None:  # a time budget's minutes were spent there: a resume has nothing left to train
             self.last_step = min(self.last_step, stopped_at)
-        self.bar = progress_bar(self.total_steps, self.run.recipe, unit="it", initial=self.state.step,
-                                main_process=self.run.is_main)
-        previous_sigterm = signal.getsignal(signal.SIGTERM)
-        self.stop_requested = install_stop_handler()
-        try:
-            yield from self._remaining_batches(loader_for_epoch, epochs, accumulation)
-        finally:  # done, stopped or failed: the bar closes and SIGTERM gets its previous handler back
-            self.close()
-            restore_sigterm(previous_sigterm)
 
-    def _remaining_batches(self, loader_for_epoch, epochs: int, accumulation: int) -> Iterator[tuple]:
+    def _remaining_batches(self, loader_for_epoch, accumulation: int) -> Iterator[tuple]:
+        """Epoch after epoch until the last step (total_steps may change while they run: the budget's re-plan)."""
         start_epoch, skip = self.state.epoch, self.state.batch_in_epoch
         self._tick = time.perf_counter()
-        for epoch in range(start_epoch, epochs):
+        epoch = start_epoch
+        while self.state.step < self.last_step:
             loader = loader_for_epoch(epoch)
             loader.next_epoch = epoch
             count = len(loader)
@@ -247,8 +294,7 @@ class TrainingLoop:
                 if self.state.step == self.total_steps and accumulation > 1:
                     self.accelerator.step = accumulation - 1  # the last batch applies whatever has accumulated
                 yield batch
-            if self.state.step >= self.last_step:
-                return
+            epoch += 1
 
     def end_step(self, loss: torch.Tensor, images: int, logits: torch.Tensor | None = None,
                  labels: torch.Tensor | None = None, **logged) -> None:
@@ -261,8 +307,8 @@ class TrainingLoop:
             self.ema.update(accelerator.unwrap_model(self.model))
         self.meter.add(loss, images, time.perf_counter() - self._tick, logits, labels)
         epoch_end = self.state.batch_in_epoch == 0
-        if step < self.last_step and synced and self._out_of_time(step):
-            self._stop_for_time(step)
+        if step < self.last_step and synced:
+            self._keep_to_budget(step)
         last = step == self.last_step
         evaluate = (due(step, self.eval_every) or (self.eval_at_epoch_end and epoch_end)) and not last
         checkpoint = due(step, self.run.cfg.checkpoint_every) and not last and synced
@@ -314,25 +360,58 @@ class TrainingLoop:
         save_checkpoint(self.accelerator, self.run.run_dir, step, self.state, self.run.cfg.keep_checkpoints,
                         per_node=not self.run.shared_run_dir)
 
-    def _out_of_time(self, step: int) -> bool:
-        """A --train_minutes budget's training time is spent (never within the first epoch, which runs anyway).
-        Checked at log steps only, where every process compares the slowest one's clock, so all stop together
-        (a step's time is read there anyway; the budget is overrun by fewer than --log_every steps)."""
+    def _keep_to_budget(self, step: int) -> None:
+        """A --train_minutes budget at a log step: re-plan once the planned share of the iterations or of the
+        minutes is trained (see epochs_within_minutes), end training once the minutes are spent (never within the
+        first epoch, which runs anyway). Every process reads the slowest one's clock, so all decide alike (a
+        step's time is read at log steps anyway; the budget is overrun by fewer than --log_every steps)."""
         budget = self.state.extra.get("budget")
-        if budget is None or self.state.epoch < 1 or not due(step, self.run.cfg.log_every):
-            return False
+        if budget is None or not due(step, self.run.cfg.log_every):
+            return
         spent = torch.tensor([self.state.train_seconds + self.meter.seconds], device=self.accelerator.device)
-        return float(self.accelerator.gather(spent).max()) >= budget["minutes"] * 60
+        spent = float(self.accelerator.gather(spent).max())
+        since = self._pace_from  # this process's first log step: (step, training seconds) there
+        if since is None:
+            self._pace_from = (step, spent)
+        if step != self.run.cfg.log_every and "replan_at" in budget and "replanned" not in budget and (
+                step >= budget["replan_at"] or spent >= budget["replan_after"] * budget["minutes"] * 60):
+            self._replan(step, spent, budget, since)
+        if self.state.epoch >= 1 and spent >= budget["minutes"] * 60:
+            self._stop_for_time(step, spent, budget)
 
-    def _stop_for_time(self, step: int) -> None:
+    def _replan(self, step: int, spent: float, budget: dict, since: tuple[int, float] | None) -> None:
+        """Plan the budget's iterations again from the pace of the training since `since` (this process's first
+        log step) or, at a resumed run's first log step, of all of it; recorded, kept on resume."""
+        if since is not None:
+            pace = pace_so_far(spent - since[1], step - since[0])
+        else:  # less what counted as training before the first step (a feature cache)
+            pace = pace_so_far(spent - budget.get("counted_before", 0.0), step)
+        planned = self.total_steps
+        self.total_steps = iterations_within(budget["minutes"], spent, step, pace,
+                                             at_least=max(self.steps_per_epoch, step),
+                                             multiple_of=self.run.cfg.grad_accumulation)
+        budget["steps"] = self.total_steps
+        budget["replanned"] = {"at_step": step, "seconds_per_step": round(pace, 4), "steps_before": planned}
+        self._set_last_step()
+        self.run.logger.update_config({"budget": budget})
+        if self.bar is not None:
+            self.bar.total = self.total_steps
+            self.bar.refresh()
+        plan = f"{self.total_steps} iterations ({self.total_steps / self.steps_per_epoch:.2f} epochs) instead of " \
+            f"{planned}" if self.total_steps != planned else f"still {planned} iterations"
+        self.run.say(f"\n[budget] re-planned at iteration {step} ({spent / 60:.2f} of {budget['minutes']:g} min): "
+                     f"{pace:.3f} s per iteration so far against the {budget['seconds_per_step']:.3f} timed, so {plan}")
+
+    def _stop_for_time(self, step: int, spent: float, budget: dict) -> None:
         """End training at this step: the budget records where, so that --resume trains nothing more."""
-        budget = self.state.extra["budget"]
         budget["stopped_at"] = step
         self.last_step = step
         self.run.logger.update_config({"budget": budget})
-        spent = self.state.train_seconds + self.meter.seconds
+        pace = pace_so_far(spent - budget.get("counted_before", 0.0), step)
+        planned_with = f"{budget['replanned']['seconds_per_step']:.3f} of the re-plan" if "replanned" in budget \
+            else f"{budget['seconds_per_step']:.3f} timed"
         self.run.say(f"\n[budget] {budget['minutes']:g} min of training spent at iteration {step} of {self.total_steps}"
-                     f" ({spent / step:.3f} s per iteration against the {budget['seconds_per_step']:.3f} timed): "
+                     f" ({pace:.3f} s per iteration against the {planned_with}): "
                      "training ends here, before its schedule's end")
 
     def _stop_requested(self) -> bool:
