@@ -658,13 +658,13 @@ def test_a_time_budget_is_a_limit_when_the_steps_run_slower_than_they_were_timed
             "--model_kwargs=widths=(8,16,32),blocks=1", "--train_minutes=0.03", f"--run_dir={tmp_path / 'run'}"]
     summary = run_in_process("blind_denoiser", args)
     budget = summary["budget"]
-    per_epoch = budget["replanned"]["steps_before"] // budget["epochs"]
+    per_epoch = budget["replans"][0]["steps_before"] // budget["epochs"]
     assert budget["epochs"] > 1 and budget["stopped_at"] == summary["steps"]
     assert per_epoch <= summary["steps"] < budget["steps"]  # the first epoch whole, then stopped by the clock
     assert summary["train_seconds"] >= 0.03 * 60
     said = capsys.readouterr().out
     assert f"min of training spent at iteration {summary['steps']} of {budget['steps']}" in said
-    assert "of the re-plan): training ends here" in said
+    assert "of the last re-plan): training ends here" in said
     assert json.loads((tmp_path / "run" / "config.json").read_text())["budget"] == budget
     checkpoint = Path(summary["checkpoint"])
     assert json.loads((checkpoint / "trainer_state.json").read_text())["extra"]["budget"] == budget
@@ -678,10 +678,11 @@ def test_a_time_budget_is_a_limit_when_the_steps_run_slower_than_they_were_timed
 
 
 def test_a_time_budget_re_plans_from_the_pace_of_its_steps(tmp_path, capsys, monkeypatch):
-    """Ten seconds of timing can read a host's pace several percent off. Here the timing reads 3x too slow, so
-    the first plan holds about a third of what fits; once a tenth of it is trained the loop plans again, to the
-    iteration, from the pace of the steps since the first log step (each step's seconds are in
-    metrics.jsonl, so the arithmetic is checked exactly, whatever this host's speed), and trains that plan."""
+    """Ten seconds of timing can read a host's pace several percent off, and a shared host drifts. Here the
+    timing reads 3x too slow, so the first plan holds about a third of what fits; once a tenth of it is trained
+    the loop plans again, to the iteration, from the pace of the steps since the first log step, then again at
+    every tenth of the minutes from the pace since the re-plan before (each step's seconds are in
+    metrics.jsonl, so the arithmetic is checked exactly, whatever this host's speed), and trains the last plan."""
     import toolkit.train.loop as loop_module
 
     measured = loop_module.typical_step_seconds
@@ -691,18 +692,27 @@ def test_a_time_budget_re_plans_from_the_pace_of_its_steps(tmp_path, capsys, mon
             "--model_kwargs=widths=(8,16,32),blocks=1", "--train_minutes=0.1", f"--run_dir={tmp_path / 'run'}"]
     summary = run_in_process("blind_denoiser", args)
     budget, said = summary["budget"], capsys.readouterr().out
-    first_plan = budget["epochs"] * 63  # 63 iterations per epoch of the synthetic tiles at batches of 4
-    replanned, at = budget["replanned"], budget["replanned"]["at_step"]
-    # a tenth of the iterations, or of the minutes if first (the first step's start-up counts in them)
-    assert replanned["steps_before"] == first_plan and 2 <= at <= budget["replan_at"] == round(first_plan / 10)
+    first_plan, replans = budget["epochs"] * 63, budget["replans"]  # 63 iterations per epoch of 4 synthetic tiles
+    # the first at a tenth of the iterations, or of the minutes if sooner (the first step's start-up counts in them)
+    assert replans[0]["steps_before"] == first_plan and 2 <= replans[0]["at_step"] <= budget["replan_at"]
+    assert budget["replan_at"] == round(first_plan / 10) and 1 <= len(replans) <= 9
+    assert [replan["share"] for replan in replans] == sorted({replan["share"] for replan in replans})  # one a share
     seconds = dict(series(read_metrics(tmp_path / "run"), "seconds"))  # each step's training seconds
-    pace = sum(seconds[step] for step in range(2, at + 1)) / (at - 1)  # after the first log step, up to the re-plan
-    assert replanned["seconds_per_step"] == pytest.approx(pace, abs=5e-5)
-    spent = sum(seconds[step] for step in range(1, at + 1))
-    assert budget["steps"] == max(63, at + int((0.1 * 60 - spent) / pace))  # what the minutes hold, not an epoch less
-    assert summary["steps"] == budget.get("stopped_at", budget["steps"])  # the new plan trained (or the limit)
-    assert f"[budget] re-planned at iteration {at} (" in said and f"against the {budget['seconds_per_step']:.3f} " \
-        "timed" in said
+    plans = [replan["steps_before"] for replan in replans[1:]] + [budget["steps"]]  # what each re-plan chose
+    since = 1  # the first log step
+    for replan, plan in zip(replans, plans):
+        at = replan["at_step"]
+        pace = sum(seconds[step] for step in range(since + 1, at + 1)) / (at - since)
+        spent = sum(seconds[step] for step in range(1, at + 1))
+        assert replan["seconds_per_step"] == pytest.approx(pace, abs=5e-5)
+        assert replan["train_seconds"] == pytest.approx(spent, abs=1e-3)
+        assert replan["share"] == min(10, int(spent / 0.6))  # the tenth of the minutes it was made in
+        assert plan == max(63, at, at + int((0.1 * 60 - spent) / pace))  # what the minutes hold, to the iteration
+        assert f"[budget] re-planned at iteration {at} (" in said
+        since = at
+    assert f"s per iteration over the {replans[0]['at_step'] - 1} since the first log step (timed before " \
+        f"training: {budget['seconds_per_step']:.4f}), so {plans[0]} iterations" in said
+    assert summary["steps"] == budget.get("stopped_at", budget["steps"])  # the last plan trained (or the limit)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["budget"] == budget  # W&B's config too
 
 
@@ -720,7 +730,8 @@ def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path,
     assert loop_module.iterations_within(1.0, 30.0, 100, 0.25, at_least=63, multiple_of=3) == 219
     assert loop_module.iterations_within(1.0, 70.0, 100, 0.25, at_least=150) == 150  # over the minutes already
 
-    monkeypatch.setattr(loop_module, "typical_step_seconds", lambda seconds: 5 * 60 / (2.5 * 63))  # 2 epochs
+    # 2 epochs planned; the re-plans at every tenth of 5 minutes come after these runs' few seconds: one re-plan
+    monkeypatch.setattr(loop_module, "typical_step_seconds", lambda seconds: 5 * 60 / (2.5 * 63))
     monkeypatch.setattr(loop_module, "iterations_within", lambda *args, at_least, multiple_of: 63 + 10)
     args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
             "--eval_every=0", "--checkpoint_every=5", "--num_workers=1", "--grid_images=0", "--lr=1e-3",
@@ -728,15 +739,17 @@ def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path,
     whole = run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'whole'}"])
     budget = whole["budget"]
     assert budget["epochs"] == 2 and budget["replan_at"] == 13  # a tenth of 126, at the next log step: 15
-    assert budget["replanned"]["at_step"] == 15 and budget["replanned"]["steps_before"] == 126
+    assert [(replan["at_step"], replan["steps_before"], replan["share"]) for replan in budget["replans"]] == \
+        [(15, 126, 0)]
     assert budget["steps"] == whole["steps"] == 73 and "stopped_at" not in budget
     lr = dict(series(read_metrics(tmp_path / "whole"), "lr"))
     assert lr[15] == pytest.approx(one_cycle_lr(14, 126, 1e-3, 0.05))  # set before the re-plan at its end
     assert lr[20] == pytest.approx(one_cycle_lr(19, 73, 1e-3, 0.05))
     assert lr[73] == pytest.approx(one_cycle_lr(72, 73, 1e-3, 0.05))  # the schedule ends where the plan does
 
-    def without_pace(chosen: dict) -> dict:  # the plan, less the pace each run measured
-        return chosen | {"replanned": {k: v for k, v in chosen["replanned"].items() if k != "seconds_per_step"}}
+    def plan_only(chosen: dict) -> dict:  # less the pace and seconds each run measured
+        return chosen | {"replans": [{k: v for k, v in replan.items() if k not in ("seconds_per_step", "train_seconds")}
+                                     for replan in chosen["replans"]]}
 
     for stop in (10, 20):  # stopped before the re-plan (the resumed run re-plans), and after it (kept)
         split = [*args, f"--run_dir={tmp_path / f'split{stop}'}"]
@@ -744,8 +757,8 @@ def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path,
         capsys.readouterr()
         resumed = run_in_process("blind_denoiser", [*split, "--resume"])
         said = capsys.readouterr().out
-        assert resumed["steps"] == 73 and without_pace(resumed["budget"]) == without_pace(budget)
-        assert ("and re-planned (kept on resume)" in said) == (stop == 20)
+        assert resumed["steps"] == 73 and plan_only(resumed["budget"]) == plan_only(budget)
+        assert ("and re-planned at iteration 15 (kept on resume)" in said) == (stop == 20)
         assert_same_final_weights(tmp_path / "whole", tmp_path / f"split{stop}")
 
 

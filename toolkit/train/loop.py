@@ -10,10 +10,10 @@
 What the loop does, in order, and nothing else:
     resume      restore the newest checkpoint (model, optimizer, RNG states, weight average, counters)
     epochs_within_minutes   --train_minutes: how many epochs fit in a time budget on this machine, timed before
-                training; once a tenth of those iterations or of the minutes are trained, the plan is made again,
-                to the iteration, from the real pace of the steps (10 s of timing can be 5-10% off); the budget is
-                then a limit too: once its minutes of training are spent (after the first epoch), training ends
-                there, saying so (a host that slows down later cannot overrun it)
+                training; at every tenth of the minutes (the first sooner if a tenth of the plan comes first) the
+                plan is made again, to the iteration, from the pace the steps really kept (10 s of timing can be
+                5-10% off, and a shared host drifts); the budget is then a limit too: once its minutes of training
+                are spent (after the first epoch), training ends there, saying so
     batches     continue where the checkpoint stopped: skip the epochs and batches already trained on; while
                 they run, SIGTERM asks for a stop (its previous handler is back once they end, however)
     end_step    clear the gradients; count time, images and loss; update the weight average; log, validate, checkpoint
@@ -92,7 +92,7 @@ class TrainingLoop:
         self.meter = TrainingMeter(self.accelerator)
         self.stop_requested = [False]  # set by SIGTERM while the batches run (see batches)
         self.total_steps = self.last_step = self.steps_per_epoch = 0
-        self._pace_from = None  # (step, training seconds) at this process's first log step: a budget's re-plan
+        self._pace_from = None  # (step, training seconds, what) where a budget's next re-plan reads the pace from
         self.bar = None
         self._tick = time.perf_counter()
         self._epoch_progress = 0.0
@@ -128,10 +128,9 @@ class TrainingLoop:
                               train_step: Callable[[], torch.Tensor] | Sequence[StepPhase],
                               timed_steps: int = 20, warmup_steps: int = 3, timed_seconds: float = 10.0,
                               max_timed_steps: int = 100, max_timed_share: float = 0.02,
-                              replan_after: float = 0.1) -> int:
+                              replan_every: float = 0.1) -> int:
         """The whole epochs (at least one) that `minutes` of training hold on this machine, as timed before training;
-        once `replan_after` of their iterations or of the minutes are trained, the loop plans again (see below;
-        0 = never).
+        at every `replan_every` of the minutes the loop plans again (see below; 0 = never).
 
         train_step is the recipe's step, or the phases of a run whose step changes on a fixed plan (patches of
         64 px for the first half of the iterations, then 96): (name, share of the iterations, step) each. Each
@@ -160,22 +159,27 @@ class TrainingLoop:
         The re-plan: 10 s of timing on a shared or drifting host can read 5-10% off the pace training then keeps
         (an hour on 2 cores planned at 0.301 s per iteration trained at 0.289 and left 5 minutes unused; another
         timed 0.249 s, trained at 0.261 and was cut at 96% of its schedule, its learning rate not yet annealed).
-        So at a log step once `replan_after` of the planned iterations are trained, or of the minutes spent if
-        that comes first (a plan far too long), and not at the first, the iterations are planned again from the
-        mean pace of the steps since this process's first log step (the loader's start-up and the first steps'
-        warm-up left out; a run resumed past the re-plan's step uses all its steps so far at its first log step,
-        so that it re-plans where the uninterrupted run did), the slowest process's: the total becomes what the
-        minutes hold, to the iteration, not to the epoch (the last epoch may end part-way), and never less than
-        one epoch. A recipe whose schedule reads loop.total_steps each step follows the new total (a tenth into a
-        one-cycle schedule with a 5% warm-up, 10% more or fewer iterations move the rate by 0.2-0.3% of its
-        peak; within a longer warm-up they make its ramp that much gentler or steeper). It is done once,
-        recorded in the budget (`replanned`) and kept on resume; a run stopped before it re-plans when resumed.
+        And a shared host drifts: an hour re-planned once at 6 minutes (0.338 s per iteration) then ran at 0.355.
+        So at the first log step past each `replan_every` of the minutes (at most 9 times for a tenth, while
+        minutes remain; the first at `replan_every` of the planned iterations if that comes sooner, as it does
+        when the plan is too short, and never at the first log step), the iterations are planned again from the
+        mean pace of the steps since the previous re-plan (the first: since this process's first log step,
+        leaving the loader's start-up and the first steps' warm-up out; a run resumed past the first re-plan's
+        step uses all its steps so far there, so that it re-plans where the uninterrupted run did), the slowest
+        process's: the total becomes what the minutes hold, to the iteration, not to the epoch (the last epoch
+        may end part-way), and never less than one epoch. A recipe whose schedule reads loop.total_steps each
+        step follows the new total (a tenth into a one-cycle schedule with a 5% warm-up, 10% more or fewer
+        iterations move the rate by 0.2-0.3% of its peak; halfway, 5% more or fewer by about 2%; within a longer
+        warm-up they make its ramp that much gentler or steeper). Each re-plan is recorded in the budget
+        (`replans`) and kept on resume.
         """
         stored = self.state.extra.get("budget")
         if stored is not None:
             self.run.logger.update_config({"budget": stored})
+            at = [str(replan["at_step"]) for replan in stored.get("replans", [])]
+            replanned = f" and re-planned at iteration{'s' * (len(at) > 1)} {', '.join(at)}" if at else ""
             self.run.say(f"[budget] {stored['minutes']:g} min: {stored['steps']} iterations, as planned when the run "
-                         "started" + (" and re-planned" if "replanned" in stored else "") + " (kept on resume)")
+                         f"started{replanned} (kept on resume)")
             return int(stored["epochs"])
         accelerator = self.accelerator
         keep = [accelerator.unwrap_model(self.model), self.optimizer]
@@ -217,9 +221,9 @@ class TrainingLoop:
         self.state.extra["budget"] = {"minutes": minutes, "seconds_per_step": round(seconds_per_step, 4),
                                       "epochs": epochs, "steps": epochs * steps_per_epoch,
                                       "counted_before": round(self.state.train_seconds, 3)}
-        if replan_after:  # re-plan at this share of the iterations or of the minutes, whichever comes first
-            self.state.extra["budget"].update(replan_after=replan_after,
-                                              replan_at=max(1, round(replan_after * epochs * steps_per_epoch)))
+        if replan_every:  # re-plan at every share of the minutes; the first sooner at that share of the plan
+            self.state.extra["budget"].update(replan_every=replan_every, replans=[],
+                                              replan_at=max(1, round(replan_every * epochs * steps_per_epoch)))
         if len(timings) > 1:
             self.state.extra["budget"]["phase_seconds_per_step"] = {name: round(seconds, 4)
                                                                     for name, _, seconds, _ in timings}
@@ -230,9 +234,9 @@ class TrainingLoop:
         if len(timings) == 1:
             timed = f"median of {timings[0][3]} timed"
         else:
-            timed = "; ".join(f"{name} for {share:.0%} of them: {seconds:.3f} s, median of {steps} timed"
+            timed = "; ".join(f"{name} for {share:.0%} of them: {seconds:.4f} s, median of {steps} timed"
                               for name, share, seconds, steps in timings)
-        self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.3f} s per iteration ({timed}), "
+        self.run.say(f"[budget] {minutes:g} min: {seconds_per_step:.4f} s per iteration ({timed}), "
                      f"so {epochs} epochs of {steps_per_epoch} iterations "
                      f"({epochs * steps_per_epoch} of the {fits:.0f} that fit{counted})"
                      + ("" if fits >= steps_per_epoch else ": the budget is shorter than one epoch, which runs anyway"))
@@ -361,27 +365,42 @@ class TrainingLoop:
                         per_node=not self.run.shared_run_dir)
 
     def _keep_to_budget(self, step: int) -> None:
-        """A --train_minutes budget at a log step: re-plan once the planned share of the iterations or of the
-        minutes is trained (see epochs_within_minutes), end training once the minutes are spent (never within the
-        first epoch, which runs anyway). Every process reads the slowest one's clock, so all decide alike (a
-        step's time is read at log steps anyway; the budget is overrun by fewer than --log_every steps)."""
+        """A --train_minutes budget at a log step: re-plan when one is due (see epochs_within_minutes), end
+        training once the minutes are spent (never within the first epoch, which runs anyway). Every process
+        reads the slowest one's clock, so all decide alike (a step's time is read at log steps anyway; the budget
+        is overrun by fewer than --log_every steps)."""
         budget = self.state.extra.get("budget")
         if budget is None or not due(step, self.run.cfg.log_every):
             return
         spent = torch.tensor([self.state.train_seconds + self.meter.seconds], device=self.accelerator.device)
         spent = float(self.accelerator.gather(spent).max())
-        since = self._pace_from  # this process's first log step: (step, training seconds) there
-        if since is None:
-            self._pace_from = (step, spent)
-        if step != self.run.cfg.log_every and "replan_at" in budget and "replanned" not in budget and (
-                step >= budget["replan_at"] or spent >= budget["replan_after"] * budget["minutes"] * 60):
+        since = self._pace_from  # (step, training seconds, what) at the previous re-plan or the first log step
+        if since is None:  # this process's first log step; a resumed run reads on from its last re-plan
+            last = budget.get("replans", [])[-1:]
+            since = (last[0]["at_step"], last[0]["train_seconds"], "the last re-plan") if last else None
+            self._pace_from = since or (step, spent, "the first log step")
+        if step != self.run.cfg.log_every and self._replan_due(step, spent, budget):
             self._replan(step, spent, budget, since)
         if self.state.epoch >= 1 and spent >= budget["minutes"] * 60:
             self._stop_for_time(step, spent, budget)
 
-    def _replan(self, step: int, spent: float, budget: dict, since: tuple[int, float] | None) -> None:
-        """Plan the budget's iterations again from the pace of the training since `since` (this process's first
-        log step) or, at a resumed run's first log step, of all of it; recorded, kept on resume."""
+    @staticmethod
+    def _replan_due(step: int, spent: float, budget: dict) -> bool:
+        """The next re-plan is due: the next share of the minutes after the previous re-plan's is spent (the
+        first: the first share, or that share of the plan trained), and it is not the last share."""
+        if "replan_every" not in budget:  # a budget without re-plans (0, or chosen before they existed)
+            return False
+        replans, shares = budget["replans"], round(1 / budget["replan_every"])
+        next_share = replans[-1]["share"] + 1 if replans else 1  # a host that stalled skips the shares it missed
+        if next_share >= shares:
+            return False
+        return spent >= next_share * budget["replan_every"] * budget["minutes"] * 60 or \
+            (not replans and step >= budget["replan_at"])
+
+    def _replan(self, step: int, spent: float, budget: dict, since: tuple[int, float, str] | None) -> None:
+        """Plan the budget's iterations again from the pace of the training since `since` (the previous re-plan,
+        or this process's first log step) or, at the first log step of a run resumed before its first re-plan,
+        of all of it; recorded."""
         if since is not None:
             pace = pace_so_far(spent - since[1], step - since[0])
         else:  # less what counted as training before the first step (a feature cache)
@@ -391,7 +410,10 @@ class TrainingLoop:
                                              at_least=max(self.steps_per_epoch, step),
                                              multiple_of=self.run.cfg.grad_accumulation)
         budget["steps"] = self.total_steps
-        budget["replanned"] = {"at_step": step, "seconds_per_step": round(pace, 4), "steps_before": planned}
+        share = min(int(spent / (budget["replan_every"] * budget["minutes"] * 60)), round(1 / budget["replan_every"]))
+        budget["replans"].append({"at_step": step, "train_seconds": round(spent, 3), "share": share,
+                                  "seconds_per_step": round(pace, 4), "steps_before": planned})
+        self._pace_from = (step, spent, "the last re-plan")
         self._set_last_step()
         self.run.logger.update_config({"budget": budget})
         if self.bar is not None:
@@ -399,8 +421,10 @@ class TrainingLoop:
             self.bar.refresh()
         plan = f"{self.total_steps} iterations ({self.total_steps / self.steps_per_epoch:.2f} epochs) instead of " \
             f"{planned}" if self.total_steps != planned else f"still {planned} iterations"
+        measured = f"the {step - since[0]} since {since[2]}" if since is not None else "all so far"
         self.run.say(f"\n[budget] re-planned at iteration {step} ({spent / 60:.2f} of {budget['minutes']:g} min): "
-                     f"{pace:.3f} s per iteration so far against the {budget['seconds_per_step']:.3f} timed, so {plan}")
+                     f"{pace:.4f} s per iteration over {measured} (timed before training: "
+                     f"{budget['seconds_per_step']:.4f}), so {plan}")
 
     def _stop_for_time(self, step: int, spent: float, budget: dict) -> None:
         """End training at this step: the budget records where, so that --resume trains nothing more."""
@@ -408,10 +432,10 @@ class TrainingLoop:
         self.last_step = step
         self.run.logger.update_config({"budget": budget})
         pace = pace_so_far(spent - budget.get("counted_before", 0.0), step)
-        planned_with = f"{budget['replanned']['seconds_per_step']:.3f} of the re-plan" if "replanned" in budget \
-            else f"{budget['seconds_per_step']:.3f} timed"
+        planned_with = f"{budget['replans'][-1]['seconds_per_step']:.4f} of the last re-plan" \
+            if budget.get("replans") else f"{budget['seconds_per_step']:.4f} timed"
         self.run.say(f"\n[budget] {budget['minutes']:g} min of training spent at iteration {step} of {self.total_steps}"
-                     f" ({pace:.3f} s per iteration against the {planned_with}): "
+                     f" ({pace:.4f} s per iteration against the {planned_with}): "
                      "training ends here, before its schedule's end")
 
     def _stop_requested(self) -> bool:
