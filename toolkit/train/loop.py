@@ -159,17 +159,17 @@ class TrainingLoop:
         The re-plan: 10 s of timing on a shared or drifting host can read 5-10% off the pace training then keeps
         (an hour on 2 cores planned at 0.301 s per iteration trained at 0.289 and left 5 minutes unused; another
         timed 0.249 s, trained at 0.261 and was cut at 96% of its schedule, its learning rate not yet annealed).
-        And a shared host drifts: an hour re-planned once at 6 minutes (0.338 s per iteration) then ran at 0.355.
-        So at the first log step past each `replan_every` of the minutes (at most 9 times for a tenth, while
-        minutes remain; the first at `replan_every` of the planned iterations if that comes sooner, as it does
-        when the plan is too short, and never at the first log step), the iterations are planned again from the
-        mean pace of the steps since the previous re-plan (the first: since this process's first log step,
-        leaving the loader's start-up and the first steps' warm-up out; a run resumed past the first re-plan's
-        step uses all its steps so far there, so that it re-plans where the uninterrupted run did), the slowest
-        process's: the total becomes what the minutes hold, to the iteration, not to the epoch (the last epoch
-        may end part-way), and never less than one epoch. A recipe whose schedule reads loop.total_steps each
-        step follows the new total (a tenth into a one-cycle schedule with a 5% warm-up, 10% more or fewer
-        iterations move the rate by 0.2-0.3% of its peak; halfway, 5% more or fewer by about 2%; within a longer
+        And a shared host drifts: an hour re-planned once at 6 minutes (0.338 s per iteration) then ran at 0.364.
+        So at the first log step past each `replan_every` of the minutes (at most 9 times for a tenth; the first
+        at `replan_every` of the planned iterations if that comes sooner, as it does when the plan is too short,
+        and never at the first log step), the iterations are planned again from the mean pace of the steps since
+        the previous re-plan (the first: since this process's first log step, leaving the loader's start-up and
+        the first steps' warm-up out; a run resumed before its first re-plan but past that step uses all its
+        steps so far, so that it re-plans where the uninterrupted run did), the slowest process's: the total
+        becomes what the minutes hold, to the iteration, not to the epoch (the last epoch may end part-way), and
+        never less than one epoch. A recipe whose schedule reads loop.total_steps each step follows the new total:
+        a small step in the learning rate (a tenth into a one-cycle schedule with a 5% warm-up, 10% more or fewer
+        iterations move it by 0.2-0.3% of its peak; halfway, 5% more or fewer by about 4%; within a longer
         warm-up they make its ramp that much gentler or steeper). Each re-plan is recorded in the budget
         (`replans`) and kept on resume.
         """
