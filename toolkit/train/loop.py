@@ -62,6 +62,11 @@ def iterations_within(minutes: float, spent_seconds: float, step: int, seconds_p
     return max(at_least, int(fits) - int(fits) % multiple_of)
 
 
+def replan_shares(budget: dict) -> tuple[float, int]:
+    """A budget's re-plan shares: the training seconds of one, and how many the minutes hold."""
+    return budget["replan_every"] * budget["minutes"] * 60, round(1 / budget["replan_every"])
+
+
 def due(step: int, every: int) -> bool:
     """True every `every` steps (never when every is 0)."""
     return bool(every) and step % every == 0
@@ -390,12 +395,11 @@ class TrainingLoop:
         first: the first share, or that share of the plan trained), and it is not the last share."""
         if "replan_every" not in budget:  # a budget without re-plans (0, or chosen before they existed)
             return False
-        replans, shares = budget["replans"], round(1 / budget["replan_every"])
+        (share_seconds, shares), replans = replan_shares(budget), budget["replans"]
         next_share = replans[-1]["share"] + 1 if replans else 1  # a host that stalled skips the shares it missed
         if next_share >= shares:
             return False
-        return spent >= next_share * budget["replan_every"] * budget["minutes"] * 60 or \
-            (not replans and step >= budget["replan_at"])
+        return spent >= next_share * share_seconds or (not replans and step >= budget["replan_at"])
 
     def _replan(self, step: int, spent: float, budget: dict, since: tuple[int, float, str] | None) -> None:
         """Plan the budget's iterations again from the pace of the training since `since` (the previous re-plan,
@@ -410,7 +414,8 @@ class TrainingLoop:
                                              at_least=max(self.steps_per_epoch, step),
                                              multiple_of=self.run.cfg.grad_accumulation)
         budget["steps"] = self.total_steps
-        share = min(int(spent / (budget["replan_every"] * budget["minutes"] * 60)), round(1 / budget["replan_every"]))
+        share_seconds, shares = replan_shares(budget)
+        share = min(int(spent / share_seconds), shares)
         budget["replans"].append({"at_step": step, "train_seconds": round(spent, 3), "share": share,
                                   "seconds_per_step": round(pace, 4), "steps_before": planned})
         self._pace_from = (step, spent, "the last re-plan")
