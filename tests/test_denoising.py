@@ -680,9 +680,10 @@ def test_a_time_budget_is_a_limit_when_the_steps_run_slower_than_they_were_timed
 def test_a_time_budget_re_plans_from_the_pace_of_its_steps(tmp_path, capsys, monkeypatch):
     """Ten seconds of timing can read a host's pace several percent off, and a shared host drifts. Here the
     timing reads 3x too slow, so the first plan holds about a third of what fits; once a tenth of it is trained
-    the loop plans again, to the iteration, from the pace of the steps since the first log step, then again at
-    every tenth of the minutes from the pace since the re-plan before (each step's seconds are in
-    metrics.jsonl, so the arithmetic is checked exactly, whatever this host's speed), and trains the last plan."""
+    the loop plans again, to the iteration, from the pace of the steps since the first log step, then again
+    each time a tenth of the minutes is spent since the re-plan before, from the pace of those steps, until the
+    last tenth (each step's seconds are in metrics.jsonl, so the arithmetic is checked exactly, whatever this
+    host's speed), and trains the last plan."""
     import toolkit.train.loop as loop_module
 
     measured = loop_module.typical_step_seconds
@@ -696,17 +697,19 @@ def test_a_time_budget_re_plans_from_the_pace_of_its_steps(tmp_path, capsys, mon
     # the first at a tenth of the iterations, or of the minutes if sooner (the first step's start-up counts in them)
     assert replans[0]["steps_before"] == first_plan and 2 <= replans[0]["at_step"] <= budget["replan_at"]
     assert budget["replan_at"] == round(first_plan / 10) and 1 <= len(replans) <= 9
-    assert [replan["share"] for replan in replans] == sorted({replan["share"] for replan in replans})  # one a share
     seconds = dict(series(read_metrics(tmp_path / "run"), "seconds"))  # each step's training seconds
     plans = [replan["steps_before"] for replan in replans[1:]] + [budget["steps"]]  # what each re-plan chose
-    since = 1  # the first log step
+    since, previous_spent = 1, seconds[1]  # the first log step
     for replan, plan in zip(replans, plans):
         at = replan["at_step"]
         pace = sum(seconds[step] for step in range(since + 1, at + 1)) / (at - since)
         spent = sum(seconds[step] for step in range(1, at + 1))
         assert replan["seconds_per_step"] == pytest.approx(pace, abs=5e-5)
         assert replan["train_seconds"] == pytest.approx(spent, abs=1e-3)
-        assert replan["share"] == min(10, int(spent / 0.6))  # the tenth of the minutes it was made in
+        assert replan["share"] == int(spent / 0.6)  # the tenth of the minutes it was made in
+        assert spent < 5.4 + 1e-3  # none in the last tenth
+        assert at == budget["replan_at"] or spent - previous_spent > 0.6 - 2e-3  # or a whole tenth since
+        previous_spent = spent
         assert plan == max(63, at, at + int((0.1 * 60 - spent) / pace))  # what the minutes hold, to the iteration
         assert f"[budget] re-planned at iteration {at} (" in said
         since = at
@@ -729,6 +732,18 @@ def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path,
     assert loop_module.iterations_within(1.0, 30.0, 100, 0.25, at_least=63, multiple_of=4) == 220
     assert loop_module.iterations_within(1.0, 30.0, 100, 0.25, at_least=63, multiple_of=3) == 219
     assert loop_module.iterations_within(1.0, 70.0, 100, 0.25, at_least=150) == 150  # over the minutes already
+    # when a re-plan is due, in a 1-minute budget (tenths of 6 s) planned at 126 iterations, the first sooner at
+    # 13: a tenth of the minutes after the first log step (here at 0.5 s: the loader's start-up), or a tenth of
+    # the plan; then a whole tenth after the re-plan before; none in the last tenth
+    due, planned = loop_module.TrainingLoop._replan_due, {"minutes": 1.0, "replan_every": 0.1, "replan_at": 13}
+    first = planned | {"replans": []}
+    assert not due(12, 6.4, first, 0.5) and due(10, 6.5, first, 0.5) and due(13, 1.0, first, 0.5)
+    after_early = planned | {"replans": [{"at_step": 13, "train_seconds": 5.2}]}  # an early first, just before 6 s
+    assert not due(20, 6.1, after_early, 5.2) and not due(60, 11.1, after_early, 5.2)
+    assert due(61, 11.3, after_early, 5.2)
+    assert not due(335, 52.9, after_early, 47.0) and due(340, 53.5, after_early, 47.0)
+    assert not due(341, 54.0, after_early, 47.0)  # 54 s: the last tenth has begun
+    assert not due(500, 50.0, {"minutes": 1.0, "replans": []}, 0.0)  # a budget chosen with no re-plans
 
     # 2 epochs planned; the re-plans at every tenth of 5 minutes come after these runs' few seconds: one re-plan
     monkeypatch.setattr(loop_module, "typical_step_seconds", lambda seconds: 5 * 60 / (2.5 * 63))

@@ -10,9 +10,10 @@
 What the loop does, in order, and nothing else:
     resume      restore the newest checkpoint (model, optimizer, RNG states, weight average, counters)
     epochs_within_minutes   --train_minutes: how many epochs fit in a time budget on this machine, timed before
-                training; at every tenth of the minutes (the first sooner if a tenth of the plan comes first) the
-                plan is made again, to the iteration, from the pace the steps really kept (10 s of timing can be
-                5-10% off, and a shared host drifts); the budget is then a limit too: once its minutes of training
+                training; once a tenth of the minutes is spent (or sooner, a tenth of the plan trained), then a
+                tenth of the minutes after each, until the last tenth, the plan is made again, to the iteration,
+                from the pace the steps really kept since the one before (10 s of timing can be 5-10% off, and a
+                shared host drifts); the budget is then a limit too: once its minutes of training
                 are spent (after the first epoch), training ends there, saying so
     batches     continue where the checkpoint stopped: skip the epochs and batches already trained on; while
                 they run, SIGTERM asks for a stop (its previous handler is back once they end, however)
@@ -62,9 +63,9 @@ def iterations_within(minutes: float, spent_seconds: float, step: int, seconds_p
     return max(at_least, int(fits) - int(fits) % multiple_of)
 
 
-def replan_shares(budget: dict) -> tuple[float, int]:
-    """A budget's re-plan shares: the training seconds of one, and how many the minutes hold."""
-    return budget["replan_every"] * budget["minutes"] * 60, round(1 / budget["replan_every"])
+def replan_share_seconds(budget: dict) -> float:
+    """The training seconds of one of a budget's re-plan shares (a tenth of its minutes)."""
+    return budget["replan_every"] * budget["minutes"] * 60
 
 
 def due(step: int, every: int) -> bool:
@@ -135,7 +136,7 @@ class TrainingLoop:
                               max_timed_steps: int = 100, max_timed_share: float = 0.02,
                               replan_every: float = 0.1) -> int:
         """The whole epochs (at least one) that `minutes` of training hold on this machine, as timed before training;
-        at every `replan_every` of the minutes the loop plans again (see below; 0 = never).
+        every `replan_every` of the minutes the loop plans again (see below; 0 = never).
 
         train_step is the recipe's step, or the phases of a run whose step changes on a fixed plan (patches of
         64 px for the first half of the iterations, then 96): (name, share of the iterations, step) each. Each
@@ -165,18 +166,19 @@ class TrainingLoop:
         (an hour on 2 cores planned at 0.301 s per iteration trained at 0.289 and left 5 minutes unused; another
         timed 0.249 s, trained at 0.261 and was cut at 96% of its schedule, its learning rate not yet annealed).
         And a shared host drifts: an hour re-planned once at 6 minutes (0.338 s per iteration) then ran at 0.364.
-        So at the first log step past each `replan_every` of the minutes (at most 9 times for a tenth; the first
-        at `replan_every` of the planned iterations if that comes sooner, as it does when the plan is too short,
-        and never at the first log step), the iterations are planned again from the mean pace of the steps since
-        the previous re-plan (the first: since this process's first log step, leaving the loader's start-up and
-        the first steps' warm-up out; a run resumed before its first re-plan but past that step uses all its
-        steps so far, so that it re-plans where the uninterrupted run did), the slowest process's: the total
-        becomes what the minutes hold, to the iteration, not to the epoch (the last epoch may end part-way), and
-        never less than one epoch. A recipe whose schedule reads loop.total_steps each step follows the new total:
-        a small step in the learning rate (a tenth into a one-cycle schedule with a 5% warm-up, 10% more or fewer
-        iterations move it by 0.2-0.3% of its peak; halfway, 5% more or fewer by about 4%; within a longer
-        warm-up they make its ramp that much gentler or steeper). Each re-plan is recorded in the budget
-        (`replans`) and kept on resume.
+        So at the first log step once `replan_every` of the minutes is spent since the previous re-plan (the first:
+        since this process's first log step, or once that share of the planned iterations is trained if that comes
+        sooner, as it does when the plan is too short; none in the last share, so at most 9 for a tenth), the
+        iterations are planned again from the mean pace of those steps, a whole share of the minutes (re-plans at
+        fixed tenths made one just after an early first, from 7 steps), the slowest process's. The first reads the
+        steps since this process's first log step, leaving the loader's start-up and the first steps' warm-up out; a
+        run resumed before its first re-plan but past that step uses all its steps so far, so that it re-plans where
+        the uninterrupted run did. The total becomes what the minutes hold, to the iteration, not to the epoch (the
+        last epoch may end part-way), and never less than one epoch. A recipe whose schedule reads loop.total_steps
+        each step follows the new total: a small step in the learning rate (a tenth into a one-cycle schedule with a
+        5% warm-up, 10% more or fewer iterations move it by 0.2-0.3% of its peak; halfway, 5% more or fewer by about
+        4%; within a longer warm-up they make its ramp that much gentler or steeper). Each re-plan is recorded in the
+        budget (`replans`) and kept on resume.
         """
         stored = self.state.extra.get("budget")
         if stored is not None:
@@ -226,7 +228,7 @@ class TrainingLoop:
         self.state.extra["budget"] = {"minutes": minutes, "seconds_per_step": round(seconds_per_step, 4),
                                       "epochs": epochs, "steps": epochs * steps_per_epoch,
                                       "counted_before": round(self.state.train_seconds, 3)}
-        if replan_every:  # re-plan at every share of the minutes; the first sooner at that share of the plan
+        if replan_every:  # re-plan a share of the minutes after the last; the first sooner at that share of the plan
             self.state.extra["budget"].update(replan_every=replan_every, replans=[],
                                               replan_at=max(1, round(replan_every * epochs * steps_per_epoch)))
         if len(timings) > 1:
@@ -384,22 +386,24 @@ class TrainingLoop:
             last = budget.get("replans", [])[-1:]
             since = (last[0]["at_step"], last[0]["train_seconds"], "the last re-plan") if last else None
             self._pace_from = since or (step, spent, "the first log step")
-        if step != self.run.cfg.log_every and self._replan_due(step, spent, budget):
+        read_from = since[1] if since is not None else budget.get("counted_before", 0.0)
+        if step != self.run.cfg.log_every and self._replan_due(step, spent, budget, read_from):
             self._replan(step, spent, budget, since)
         if self.state.epoch >= 1 and spent >= budget["minutes"] * 60:
             self._stop_for_time(step, spent, budget)
 
     @staticmethod
-    def _replan_due(step: int, spent: float, budget: dict) -> bool:
-        """The next re-plan is due: the next share of the minutes after the previous re-plan's is spent (the
-        first: the first share, or that share of the plan trained), and it is not the last share."""
+    def _replan_due(step: int, spent: float, budget: dict, read_from: float) -> bool:
+        """The next re-plan is due: a share of the minutes is spent since `read_from` (the training seconds where
+        the pace it would read begins: the previous re-plan, or the first log step), so that it never reads the
+        pace of a few steps; or, for the first, that share of the plan is trained; and the last share has not
+        begun (what is left is trained as planned, and the limit stops it should the steps slow down)."""
         if "replan_every" not in budget:  # a budget without re-plans (0, or chosen before they existed)
             return False
-        (share_seconds, shares), replans = replan_shares(budget), budget["replans"]
-        next_share = replans[-1]["share"] + 1 if replans else 1  # a host that stalled skips the shares it missed
-        if next_share >= shares:
+        share_seconds = replan_share_seconds(budget)
+        if spent >= budget["minutes"] * 60 - share_seconds:
             return False
-        return spent >= next_share * share_seconds or (not replans and step >= budget["replan_at"])
+        return spent - read_from >= share_seconds or (not budget["replans"] and step >= budget["replan_at"])
 
     def _replan(self, step: int, spent: float, budget: dict, since: tuple[int, float, str] | None) -> None:
         """Plan the budget's iterations again from the pace of the training since `since` (the previous re-plan,
@@ -414,8 +418,7 @@ class TrainingLoop:
                                              at_least=max(self.steps_per_epoch, step),
                                              multiple_of=self.run.cfg.grad_accumulation)
         budget["steps"] = self.total_steps
-        share_seconds, shares = replan_shares(budget)
-        share = min(int(spent / share_seconds), shares)
+        share = int(spent / replan_share_seconds(budget))
         budget["replans"].append({"at_step": step, "train_seconds": round(spent, 3), "share": share,
                                   "seconds_per_step": round(pace, 4), "steps_before": planned})
         self._pace_from = (step, spent, "the last re-plan")
