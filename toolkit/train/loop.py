@@ -13,8 +13,8 @@ What the loop does, in order, and nothing else:
                 training; once a tenth of the minutes is spent (or sooner, a tenth of the plan trained), then a
                 tenth of the minutes after each, until the last tenth, the plan is made again, to the iteration,
                 from the pace the steps really kept since the one before (10 s of timing can be 5-10% off, and a
-                shared host drifts); the budget is then a limit too: once its minutes of training
-                are spent (after the first epoch), training ends there, saying so
+                shared host drifts); the budget is then a limit too: once its minutes of training are spent
+                (after the first epoch), training ends there, saying so
     batches     continue where the checkpoint stopped: skip the epochs and batches already trained on; while
                 they run, SIGTERM asks for a stop (its previous handler is back once they end, however)
     end_step    clear the gradients; count time, images and loss; update the weight average; log, validate, checkpoint
