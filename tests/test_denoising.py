@@ -774,6 +774,7 @@ def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path,
         said = capsys.readouterr().out
         assert resumed["steps"] == 73 and plan_only(resumed["budget"]) == plan_only(budget)
         assert ("and re-planned at iteration 15 (kept on resume)" in said) == (stop == 20)
+        assert ("s per iteration over the 15 since the start of training" in said) == (stop == 10)  # all its steps
         assert_same_final_weights(tmp_path / "whole", tmp_path / f"split{stop}")
 
 

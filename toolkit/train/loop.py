@@ -386,9 +386,11 @@ class TrainingLoop:
             last = budget.get("replans", [])[-1:]
             since = (last[0]["at_step"], last[0]["train_seconds"], "the last re-plan") if last else None
             self._pace_from = since or (step, spent, "the first log step")
-        read_from = since[1] if since is not None else budget.get("counted_before", 0.0)
-        if step != self.run.cfg.log_every and self._replan_due(step, spent, budget, read_from):
-            self._replan(step, spent, budget, since)
+        # what the pace is read over: from the previous re-plan or the first log step or, at the first log step of
+        # a run resumed before its first re-plan, all its steps (less what counted as training before the first)
+        window = since or (0, budget.get("counted_before", 0.0), "the start of training")
+        if step != self.run.cfg.log_every and self._replan_due(step, spent, budget, window[1]):
+            self._replan(step, spent, budget, window)
         if self.state.epoch >= 1 and spent >= budget["minutes"] * 60:
             self._stop_for_time(step, spent, budget)
 
@@ -405,14 +407,10 @@ class TrainingLoop:
             return False
         return spent - read_from >= share_seconds or (not budget["replans"] and step >= budget["replan_at"])
 
-    def _replan(self, step: int, spent: float, budget: dict, since: tuple[int, float, str] | None) -> None:
-        """Plan the budget's iterations again from the pace of the training since `since` (the previous re-plan,
-        or this process's first log step) or, at the first log step of a run resumed before its first re-plan,
-        of all of it; recorded."""
-        if since is not None:
-            pace = pace_so_far(spent - since[1], step - since[0])
-        else:  # less what counted as training before the first step (a feature cache)
-            pace = pace_so_far(spent - budget.get("counted_before", 0.0), step)
+    def _replan(self, step: int, spent: float, budget: dict, since: tuple[int, float, str]) -> None:
+        """Plan the budget's iterations again from the pace of the training since `since` (step, training seconds,
+        what: see _keep_to_budget); recorded."""
+        pace = pace_so_far(spent - since[1], step - since[0])
         planned = self.total_steps
         self.total_steps = iterations_within(budget["minutes"], spent, step, pace,
                                              at_least=max(self.steps_per_epoch, step),
@@ -429,9 +427,8 @@ class TrainingLoop:
             self.bar.refresh()
         plan = f"{self.total_steps} iterations ({self.total_steps / self.steps_per_epoch:.2f} epochs) instead of " \
             f"{planned}" if self.total_steps != planned else f"still {planned} iterations"
-        measured = f"the {step - since[0]} since {since[2]}" if since is not None else "all so far"
         self.run.say(f"\n[budget] re-planned at iteration {step} ({spent / 60:.2f} of {budget['minutes']:g} min): "
-                     f"{pace:.4f} s per iteration over {measured} (timed before training: "
+                     f"{pace:.4f} s per iteration over the {step - since[0]} since {since[2]} (timed before training: "
                      f"{budget['seconds_per_step']:.4f}), so {plan}")
 
     def _stop_for_time(self, step: int, spent: float, budget: dict) -> None:
