@@ -96,11 +96,12 @@ def test_a_classifier_time_budget_trains_exactly_as_the_epochs_it_chose(tiny_int
     run_in_process(recipe, [*common, "--epochs=1", f"--run_dir={tmp_path / 'epochs'}"])
     assert_same_final_weights(tmp_path / "budget", tmp_path / "epochs")
 
-    split = [*common, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'split'}"]
-    run_in_process(recipe, [*split, "--max_steps=2"])
-    resumed = run_in_process(recipe, [*split, "--resume"])
-    assert resumed["budget"] == json.loads((tmp_path / "split" / "config.json").read_text())["budget"]
-    assert_same_final_weights(tmp_path / "budget", tmp_path / "split")
+    if recipe == "cnn":  # the loop keeps the choice on resume, whatever the model: checked once
+        split = [*common, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'split'}"]
+        run_in_process(recipe, [*split, "--max_steps=2"])
+        resumed = run_in_process(recipe, [*split, "--resume"])
+        assert resumed["budget"] == json.loads((tmp_path / "split" / "config.json").read_text())["budget"]
+        assert_same_final_weights(tmp_path / "budget", tmp_path / "split")
     with pytest.raises(UserError, match="train_minutes"):
         run_in_process(recipe, [*common, "--train_minutes=-1", f"--run_dir={tmp_path / 'bad'}"])
 
