@@ -30,6 +30,7 @@ import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -42,6 +43,14 @@ from toolkit.train.meter import TrainingMeter
 from toolkit.train.state import TrainerState
 
 StepPhase = tuple[str, float, Callable[[], torch.Tensor]]  # (name, share of the iterations, the step) of a plan
+
+
+class PaceWindow(NamedTuple):
+    """Where a time budget's next re-plan reads the pace from: the step and training seconds it begins at, and
+    what that point is (said in the re-plan's message)."""
+    step: int
+    train_seconds: float
+    since: str
 
 
 def typical_step_seconds(step_seconds: list[float]) -> float:
@@ -98,7 +107,7 @@ class TrainingLoop:
         self.meter = TrainingMeter(self.accelerator)
         self.stop_requested = [False]  # set by SIGTERM while the batches run (see batches)
         self.total_steps = self.last_step = self.steps_per_epoch = 0
-        self._pace_from = None  # (step, training seconds, what) where a budget's next re-plan reads the pace from
+        self._pace_from: PaceWindow | None = None  # where a budget's next re-plan reads the pace from
         self.bar = None
         self._tick = time.perf_counter()
         self._epoch_progress = 0.0
@@ -381,18 +390,26 @@ class TrainingLoop:
             return
         spent = torch.tensor([self.state.train_seconds + self.meter.seconds], device=self.accelerator.device)
         spent = float(self.accelerator.gather(spent).max())
-        since = self._pace_from  # (step, training seconds, what) at the previous re-plan or the first log step
-        if since is None:  # this process's first log step; a resumed run reads on from its last re-plan
-            last = budget.get("replans", [])[-1:]
-            since = (last[0]["at_step"], last[0]["train_seconds"], "the last re-plan") if last else None
-            self._pace_from = since or (step, spent, "the first log step")
-        # what the pace is read over: from the previous re-plan or the first log step or, at the first log step of
-        # a run resumed before its first re-plan, all its steps (less what counted as training before the first)
-        window = since or (0, budget.get("counted_before", 0.0), "the start of training")
-        if step != self.run.cfg.log_every and self._replan_due(step, spent, budget, window[1]):
+        if self._pace_from is None:  # this process's first log step
+            self._pace_from = self._first_pace_window(step, spent, budget)
+        window = self._pace_from
+        if step != self.run.cfg.log_every and self._replan_due(step, spent, budget, window.train_seconds):
             self._replan(step, spent, budget, window)
         if self.state.epoch >= 1 and spent >= budget["minutes"] * 60:
             self._stop_for_time(step, spent, budget)
+
+    def _first_pace_window(self, step: int, spent: float, budget: dict) -> PaceWindow:
+        """Where a process's re-plans first read the pace from, at its first log step: a resumed run reads on from
+        its last re-plan; one resumed before its first re-plan but past the first log step reads all its steps
+        (less what counted as training before the first) until that re-plan, so that it re-plans where and as the
+        uninterrupted run did; a fresh run reads from this step, leaving the loader's start-up and the first
+        steps' warm-up out."""
+        last = budget.get("replans", [])[-1:]
+        if last:
+            return PaceWindow(last[0]["at_step"], last[0]["train_seconds"], "the last re-plan")
+        if step > self.run.cfg.log_every:
+            return PaceWindow(0, budget.get("counted_before", 0.0), "the start of training")
+        return PaceWindow(step, spent, "the first log step")
 
     @staticmethod
     def _replan_due(step: int, spent: float, budget: dict, read_from: float) -> bool:
@@ -407,10 +424,9 @@ class TrainingLoop:
             return False
         return spent - read_from >= share_seconds or (not budget["replans"] and step >= budget["replan_at"])
 
-    def _replan(self, step: int, spent: float, budget: dict, since: tuple[int, float, str]) -> None:
-        """Plan the budget's iterations again from the pace of the training since `since` (step, training seconds,
-        what: see _keep_to_budget); recorded."""
-        pace = pace_so_far(spent - since[1], step - since[0])
+    def _replan(self, step: int, spent: float, budget: dict, window: PaceWindow) -> None:
+        """Plan the budget's iterations again from the pace of the training since `window`; recorded."""
+        pace = pace_so_far(spent - window.train_seconds, step - window.step)
         planned = self.total_steps
         self.total_steps = iterations_within(budget["minutes"], spent, step, pace,
                                              at_least=max(self.steps_per_epoch, step),
@@ -419,7 +435,7 @@ class TrainingLoop:
         share = int(spent / replan_share_seconds(budget))
         budget["replans"].append({"at_step": step, "train_seconds": round(spent, 3), "share": share,
                                   "seconds_per_step": round(pace, 4), "steps_before": planned})
-        self._pace_from = (step, spent, "the last re-plan")
+        self._pace_from = PaceWindow(step, spent, "the last re-plan")
         self._set_last_step()
         self.run.logger.update_config({"budget": budget})
         if self.bar is not None:
@@ -428,8 +444,8 @@ class TrainingLoop:
         plan = f"{self.total_steps} iterations ({self.total_steps / self.steps_per_epoch:.2f} epochs) instead of " \
             f"{planned}" if self.total_steps != planned else f"still {planned} iterations"
         self.run.say(f"\n[budget] re-planned at iteration {step} ({spent / 60:.2f} of {budget['minutes']:g} min): "
-                     f"{pace:.4f} s per iteration over the {step - since[0]} since {since[2]} (timed before training: "
-                     f"{budget['seconds_per_step']:.4f}), so {plan}")
+                     f"{pace:.4f} s per iteration over the {step - window.step} since {window.since} (timed before "
+                     f"training: {budget['seconds_per_step']:.4f}), so {plan}")
 
     def _stop_for_time(self, step: int, spent: float, budget: dict) -> None:
         """End training at this step: the budget records where, so that --resume trains nothing more."""
