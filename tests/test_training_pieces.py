@@ -309,3 +309,22 @@ def test_the_batch_script_runs_the_launcher_through_srun(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "toolkit.slurm", "--print", "recipes/cnn.py", "--epochs=1"],
                            capture_output=True, text=True, env=fake, cwd=ROOT)
     assert shown.returncode == 0 and "--num_processes 4 --machine_rank 0 --main_process_ip n1" in shown.stdout
+
+
+def test_training_processes_import_matplotlib_only_for_their_first_figure(tmp_path):
+    """Every training process imports the plots; matplotlib (0.25-0.8 s of each process's start) waits for the
+    first figure, which is still written, on the Agg backend."""
+    import subprocess
+
+    from conftest import ROOT
+
+    script = ("import sys; import toolkit.train.denoiser, toolkit.train.classifier, toolkit.latent; "
+              "import toolkit.comparison; "
+              "assert 'matplotlib' not in sys.modules, 'a training module imported matplotlib'; "
+              "from toolkit.plots import plot_lines; "
+              "plot_lines({'a': [(0, 1.0), (1, 2.0)]}, sys.argv[1], 'x', 'y'); "
+              "import matplotlib; assert matplotlib.get_backend().lower() == 'agg'")
+    figure = tmp_path / "lines.png"
+    done = subprocess.run([sys.executable, "-c", script, str(figure)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
