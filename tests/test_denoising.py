@@ -301,6 +301,63 @@ def test_denoise_command_keeps_odd_sizes_and_skips_bad_files(tiny_intel, tmp_pat
     assert Image.open(single).size == (91, 37)
 
 
+def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel, tmp_path, capsys):
+    """Grey stays grey, 16-bit grey 16-bit, transparency is kept exactly; a CMYK or palette image comes back as
+    RGB, saying so; a 1-pixel image or strip is denoised too (padded to the smallest side every model takes);
+    a target whose format cannot hold the image is refused with the fix, leaving no file."""
+    from toolkit.data.images import load_for_restoration, save_restored
+
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8), mode="L").save(inputs / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (20, 30, 2), dtype=np.uint8), mode="LA").save(inputs / "grey_alpha.png")
+    Image.fromarray(rng.integers(0, 255, (20, 30, 4), dtype=np.uint8), mode="RGBA").save(inputs / "rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16)).save(inputs / "grey16.png")
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert("CMYK").save(inputs / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert("P").save(inputs / "palette.png")
+    Image.fromarray(rng.integers(0, 255, (1, 1, 3), dtype=np.uint8)).save(inputs / "pixel.png")
+    Image.fromarray(rng.integers(0, 255, (1, 40, 3), dtype=np.uint8)).save(inputs / "strip.png")
+    expected = {"grey": ("L", (30, 20)), "grey_alpha": ("LA", (30, 20)), "rgba": ("RGBA", (30, 20)),
+                "grey16": ("I;16", (30, 20)), "cmyk": ("RGB", (30, 20)), "palette": ("RGB", (30, 20)),
+                "pixel": ("RGB", (1, 1)), "strip": ("RGB", (40, 1))}
+
+    # nothing is lost on the way in and out: an identity restoration writes every file's pixels back exactly
+    for name in expected:
+        source = next(inputs.glob(f"{name}.*"))
+        pixels, stored = load_for_restoration(source)
+        assert pixels.shape == (*Image.open(source).size[::-1], 3) and pixels.dtype == np.float32
+        save_restored(pixels, stored, tmp_path / f"{name}-copy.png")
+        if not stored.converted:
+            assert np.array_equal(np.asarray(Image.open(tmp_path / f"{name}-copy.png")), np.asarray(Image.open(source)))
+
+    # the blind denoiser (estimating each image's noise level) and the study's AE71, whose unpadded 5x5
+    # convolutions need 9 pixels each way
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1",
+                                      "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={tmp_path / 'blind'}"])
+    run_in_process("autoencoder", [f"--data={tiny_intel}", "--model=AE71", f"--run_dir={tmp_path / 'ae71'}",
+                                   "--max_steps=1", *TINY_DENOISER])
+    for run in ("blind", "ae71"):
+        capsys.readouterr()
+        assert toolkit_main(["denoise", str(tmp_path / run), str(inputs), str(tmp_path / f"out-{run}"),
+                             "--self_ensemble"]) == 0
+        said = capsys.readouterr().out
+        assert "cmyk.jpg: a CMYK image, written as RGB" in said
+        assert "palette.png: a palette image, written as RGB" in said
+        for name, (mode, size) in expected.items():
+            written = Image.open(tmp_path / f"out-{run}" / f"{name}.png")
+            assert (written.mode, written.size) == (mode, size), name
+        for name, channel in (("grey_alpha", 1), ("rgba", 3)):
+            kept = np.asarray(Image.open(tmp_path / f"out-{run}" / f"{name}.png"))[..., channel]
+            assert np.array_equal(kept, np.asarray(Image.open(inputs / f"{name}.png"))[..., channel])
+        assert np.asarray(Image.open(tmp_path / f"out-{run}" / "grey16.png")).dtype == np.uint16
+
+    jpeg = tmp_path / "rgba.jpg"
+    assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "rgba.png"), str(jpeg)]) == 2
+    assert "Name it .png" in capsys.readouterr().err and not jpeg.exists()
+
+
 def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_intel, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tiny_intel / "seg_pred"), "--sigmas", "25",

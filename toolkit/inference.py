@@ -85,20 +85,20 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                   self_ensemble: bool = False, precision: str = "no", device: torch.device | str = "cpu",
                   log=print) -> dict:
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
-    the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped.
+    the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped. Each is
+    written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey 16-bit, transparency is
+    kept; a palette or CMYK image comes back as RGB, saying so.
 
     A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
     without it, each image's noise level is estimated (scikit-image's wavelet estimator) and printed.
     self_ensemble: average over the image's 8 rotations and mirror images (toolkit.train.denoise.denoise).
     precision: what the model runs in ('no': fp32; 'bf16': about 2x faster where the CPU computes bf16 faster
     than fp32). device: where the model runs (inference_device)."""
-    from PIL import Image
-
     from toolkit.data.folders import list_image_files
-    from toolkit.data.images import UnreadableImage, load_rgb
+    from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored
     from toolkit.errors import UserError
     from toolkit.progress import tracked
-    from toolkit.train.denoise import denoise, to_hwc_uint8
+    from toolkit.train.denoise import denoise
 
     model, state = load_trained_model(checkpoint, device)
     if not is_denoiser(state.model):
@@ -119,11 +119,14 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     written, skipped, estimated = 0, [], {}
     for file, target in tracked(pairs, len(pairs), "denoising", "img"):
         try:
-            noisy = torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+            pixels, stored = load_for_restoration(file)
         except UnreadableImage as error:
             skipped.append(str(error))
             log(f"[denoise] skipped {error}")
             continue
+        noisy = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # (1, 3, H, W) in [0, 1]
+        if stored.converted:
+            log(f"[denoise] {file}: a {'palette' if stored.mode == 'P' else stored.mode} image, written as RGB")
         if conditioned and sigma_255 is None:
             level = estimate_noise_sigma(noisy[0])
             estimated[str(file)] = round(level * 255, 2)
@@ -133,7 +136,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         output = denoise(model, noisy.to(device), torch.full((1,), level, device=device), conditioned, self_ensemble,
                          precision)[0].cpu()
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(to_hwc_uint8(output)).save(target)
+        save_restored(output.permute(1, 2, 0).numpy(), stored, target)
         written += 1
     log(f"[denoise] wrote {written} image(s) to {destination}" + (f"; skipped {len(skipped)}" if skipped else ""))
     return {"written": written, "skipped": skipped, "estimated_sigma_255": estimated}

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from toolkit.errors import DataError
+from toolkit.errors import DataError, UserError
 
 # Pillow refuses images over ~179 Mpixel as decompression bombs; we keep that guard.
 _FORMAT_EXTENSIONS = {
@@ -76,6 +77,72 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class StoredAs:
+    """How an image file stored its pixels, so that a restored image is written back the same way.
+
+    mode: the file's own colour mode (PIL's name); grey: one channel; bits: 8 or 16 per channel; alpha: the
+    transparency channel as stored ((H, W) uint8), or None; converted: the mode cannot be written back (a palette,
+    CMYK, YCbCr, ...), so the result is RGB."""
+    mode: str
+    grey: bool = False
+    bits: int = 8
+    alpha: np.ndarray | None = None
+    converted: bool = False
+
+
+_SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I")
+
+
+def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
+    """An image file's pixels as (H, W, 3) float32 in [0, 1], for a model that restores them, and how the file
+    stored them (save_restored writes the result back alike). Unlike load_rgb, nothing is lost on the way in:
+    grey is its one channel repeated three times; 16-bit grey is read at 16 bits (32-bit integer grey, `I`, too
+    when its values pass 255); alpha is set aside, not composited, and the colour under it restored as stored.
+    Other modes (a palette without transparency, CMYK, YCbCr, ...) are converted to RGB. Raises UnreadableImage."""
+    image = ImageOps.exif_transpose(open_image(path))  # upright, as every viewer shows it
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_GREY:
+        pixels = np.asarray(image, dtype=np.float64)
+        bits = 16 if mode != "I" or pixels.max() > 255 else 8
+        grey = np.clip(pixels / (2**bits - 1), 0, 1)
+        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32), StoredAs(mode, grey=True, bits=bits)
+    if mode in ("1", "L", "LA", "La"):
+        grey_alpha = np.asarray(image.convert("LA"))
+        alpha = grey_alpha[..., 1].copy() if mode in ("LA", "La") else None
+        grey = grey_alpha[..., 0].astype(np.float32) / 255
+        return np.repeat(grey[..., None], 3, axis=2), StoredAs(mode, grey=True, alpha=alpha)
+    if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"))
+        return rgba[..., :3].astype(np.float32) / 255, StoredAs(mode, alpha=rgba[..., 3].copy())
+    return np.asarray(image.convert("RGB")).astype(np.float32) / 255, StoredAs(mode, converted=mode != "RGB")
+
+
+def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> None:
+    """Write (H, W, 3) float pixels in [0, 1] as the file `stored` describes stored its own: grey as one channel
+    (the mean of the three), 16-bit grey at 16 bits, the alpha channel as it was; RGB otherwise. Raises
+    UserError when the file's format cannot hold that (alpha or 16 bits in a JPEG): PNG holds every one."""
+    pixels = np.clip(np.asarray(pixels, dtype=np.float64), 0, 1)
+    if stored.grey:
+        grey = pixels.mean(axis=2)
+        if stored.bits == 16:
+            image = Image.fromarray((grey * 65535 + 0.5).astype(np.uint16))  # mode I;16
+        else:
+            image = Image.fromarray((grey * 255 + 0.5).astype(np.uint8), mode="L")
+        if stored.alpha is not None:
+            image = Image.merge("LA", (image, Image.fromarray(stored.alpha, mode="L")))
+    else:
+        image = Image.fromarray((pixels * 255 + 0.5).astype(np.uint8), mode="RGB")
+        if stored.alpha is not None:
+            image.putalpha(Image.fromarray(stored.alpha, mode="L"))
+    try:
+        image.save(path)
+    except (OSError, KeyError, ValueError) as error:
+        Path(path).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {error} (a {image.mode} image). Name it .png, which holds grey, "
+                        f"16-bit and transparent images alike") from None
 
 
 def pixel_hash(pixels: np.ndarray) -> str:

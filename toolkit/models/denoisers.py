@@ -18,6 +18,23 @@ def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1), nn.ReLU(inplace=True))
 
 
+def pad_edges(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, C, H, W) padded at the bottom and right to at least height x width: mirrored (reflect) where the image is
+    larger than the padding, its edge pixels repeated where it is not (reflection needs more pixels than it pads:
+    a 1-pixel-high strip has none to mirror)."""
+    pad_h, pad_w = max(0, height - images.shape[-2]), max(0, width - images.shape[-1])
+    if not pad_h and not pad_w:
+        return images
+    mirrorable = pad_h < images.shape[-2] and pad_w < images.shape[-1]
+    return F.pad(images, (0, pad_w, 0, pad_h), mode="reflect" if mirrorable else "replicate")
+
+
+def padded_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """pad_edges to the next multiple of `multiple` each way (what a U-Net's down-sampling levels need)."""
+    height, width = images.shape[-2:]
+    return pad_edges(images, height + (-height) % multiple, width + (-width) % multiple)
+
+
 def _with_noise_level(noisy: torch.Tensor, sigmas: torch.Tensor | None, conditioned: bool) -> torch.Tensor:
     if not conditioned:
         return noisy
@@ -30,7 +47,7 @@ def _with_noise_level(noisy: torch.Tensor, sigmas: torch.Tensor | None, conditio
 class UNetDenoiser(nn.Module):
     """A small U-Net: `levels` resolutions with `width` * 2^level channels, skip connections, residual output.
 
-    Inputs of any size: they are reflect-padded to a multiple of 2^(levels-1) and cropped back.
+    Inputs of any size: they are padded (pad_edges) to a multiple of 2^(levels-1) and cropped back.
     """
 
     def __init__(self, width: int = 32, levels: int = 3, conditioned: bool = False):
@@ -50,8 +67,7 @@ class UNetDenoiser(nn.Module):
 
     def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
         height, width = noisy.shape[-2:]
-        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
-        padded = F.pad(noisy, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else noisy
+        padded = padded_to_multiple(noisy, self.multiple)
         features = self.stem(_with_noise_level(padded, sigmas, self.conditioned))
         skips = []
         for down in self.down:
@@ -117,7 +133,7 @@ class ResUNet(nn.Module):
     Most of the arithmetic runs at 1/4, 1/16 ... of the pixels, which is what makes it cheap per pixel
     against a full-resolution network of the same depth. The noise level enters as a constant input
     map (FFDNet/DRUNet), so one network serves every sigma of its training range. Inputs of any size
-    are reflect-padded to a multiple of 2^(levels-1) and cropped back.
+    are padded (pad_edges) to a multiple of 2^(levels-1) and cropped back.
 
     `pixel_unshuffle=True` is FFDNet's reversible downsampling: the image's 2x2 pixel blocks become 12
     channels at half the resolution before the head, and the tail's 12 channels are shuffled back, so the
@@ -147,8 +163,7 @@ class ResUNet(nn.Module):
 
     def forward(self, noisy: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
         height, width = noisy.shape[-2:]
-        pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
-        padded = F.pad(noisy, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else noisy
+        padded = padded_to_multiple(noisy, self.multiple)
         folded = F.pixel_unshuffle(padded, self.factor) if self.factor > 1 else padded  # (B, 3 f^2, H/f, W/f)
         x = self.head(_with_noise_level(folded, sigmas, self.conditioned))  # (B, w0, H/f, W/f)
         skips = [x]

@@ -17,6 +17,7 @@ import torch
 
 from toolkit.data.augment import DIHEDRAL, dihedral, to_unit_range, undo_dihedral
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
+from toolkit.models.denoisers import pad_edges
 from toolkit.progress import tracked
 from toolkit.train.evaluate import share_buffers
 from toolkit.train.precision import autocast_dtype
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # the loaders import FFCV, seconds of numba compiling that in
     from toolkit.data.loaders import Shard
 
 METRICS = ("mse", "psnr", "ssim")
+SMALLEST_SIDE = 16  # what denoise gives every model at least (the study's AE71 needs 9 pixels: unpadded 5x5 convs)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,12 @@ def denoise(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool,
     """Run a denoiser: noise-level-conditioned models also receive sigma per image. With self_ensemble, the
     mean of its outputs on the 8 rotations and mirror images of the input, each turned back (the self-ensemble of
     the "+" rows in restoration tables, e.g. EDSR+): 8 times the compute, no training. precision 'bf16'/'fp16':
-    the model runs under that autocast (the output comes back fp32); 'no' leaves the caller's setting alone."""
+    the model runs under that autocast (the output comes back fp32); 'no' leaves the caller's setting alone.
+    Images under SMALLEST_SIDE either way (a thumbnail, a strip) are padded to it (pad_edges) and cropped back."""
+    height, width = noisy.shape[-2:]
+    if height < SMALLEST_SIDE or width < SMALLEST_SIDE:
+        padded = pad_edges(noisy, max(height, SMALLEST_SIDE), max(width, SMALLEST_SIDE))
+        return denoise(model, padded, sigmas, conditioned, self_ensemble, precision)[..., :height, :width]
     if not self_ensemble:
         dtype = autocast_dtype(precision)
         with torch.autocast(noisy.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
