@@ -376,6 +376,14 @@ def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_inte
                          "--out", str(out)]) == 0
     assert "FFDNet (published) | 32.35" in capsys.readouterr().out
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    # every image of a folder is scored, or none: what cannot be is said all at once, with the fix
+    (mcmaster / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((8, 40, 3), np.uint8)).save(mcmaster / "strip.png")
+    capsys.readouterr()
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(mcmaster), "--out", str(out)]) == 2
+    said = capsys.readouterr().err
+    assert "2 of the 4 images" in said and "broken.png: not an image file" in said and "move these out" in said
+    assert "strip.png: 40x8 pixels, under the 11x11 that SSIM's window needs" in said
 
 
 def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_intel, tmp_path, capsys):

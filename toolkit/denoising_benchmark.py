@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from toolkit.data.folders import list_image_files
-from toolkit.data.images import load_rgb
+from toolkit.data.images import UnreadableImage, load_rgb
 from toolkit.errors import DataError, UserError
 from toolkit.inference import describe_device, estimate_noise_sigma, load_trained_model, resolve_checkpoint
 from toolkit.progress import progress_bar
 from toolkit.train.denoise import (
+    SSIM_WINDOW,
     NoiseSpec,
     bm3d_available,
     bm3d_denoise_each,
@@ -147,7 +148,23 @@ def clean_reference_images(clean_dir: Path | str, max_images: int = 0,
         wanted = {file.resolve() for file in only}
         files = [file for file in files if file.resolve() in wanted]
     files = files[:max_images] if max_images else files
-    return files, [torch.from_numpy(load_rgb(file)).permute(2, 0, 1)[None].float() / 255 for file in files]
+    images, problems = [], []
+    for file in files:  # all read before any is scored: every problem is said at once, before minutes of work
+        try:
+            pixels = load_rgb(file)
+        except UnreadableImage as error:
+            problems.append(str(error))
+            continue
+        if min(pixels.shape[:2]) < SSIM_WINDOW:
+            problems.append(f"{file}: {pixels.shape[1]}x{pixels.shape[0]} pixels, under the {SSIM_WINDOW}x"
+                            f"{SSIM_WINDOW} that SSIM's window needs")
+        images.append(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255)
+    if problems:
+        listed = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise DataError(f"{len(problems)} of the {len(files)} images in {clean_dir} cannot be scored:\n  {listed}\n"
+                        "The benchmark scores every image of the folder, so that its mean is over a known set: move "
+                        "these out of it (or replace them) and run it again")
+    return files, images
 
 
 def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> list[Path]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the loaders import FFCV, seconds of numba compiling that in
     from toolkit.data.loaders import Shard
 
 METRICS = ("mse", "psnr", "ssim")
+SSIM_WINDOW = 11  # image_quality's SSIM: an 11x11 Gaussian window (sigma 1.5), as the published tables'
 SMALLEST_SIDE = 16  # what denoise gives every model at least (the study's AE71 needs 9 pixels: unpadded 5x5 convs)
 
 
@@ -83,7 +84,8 @@ def seeded_noisy(clean: torch.Tensor, image_ids, noise: NoiseSpec) -> tuple[torc
 
 
 def image_quality(output: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image MSE, PSNR (dB, data range 1) and SSIM (11x11 Gaussian window, sigma 1.5); (B,) each."""
+    """Per-image MSE, PSNR (dB, data range 1) and SSIM (SSIM_WINDOW: 11x11 Gaussian window, sigma 1.5); (B,) each.
+    Images under the window either way have no SSIM: the caller refuses them."""
     # imported here: torchmetrics' image package imports torchvision (2 s), which `toolkit denoise` never needs
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -93,7 +95,7 @@ def image_quality(output: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.
         "mse": ((output - clean) ** 2).mean(dim=(1, 2, 3)),
         "psnr": peak_signal_noise_ratio(output, clean, data_range=1.0, reduction="none", dim=(1, 2, 3)),
         "ssim": structural_similarity_index_measure(output, clean, data_range=1.0, reduction="none",
-                                                    gaussian_kernel=True, kernel_size=11, sigma=1.5),
+                                                    gaussian_kernel=True, kernel_size=SSIM_WINDOW, sigma=1.5),
     }
 
 
