@@ -21,7 +21,7 @@ from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_unlabeled_folder
 from toolkit.data.loaders import Shard, make_loader
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas, noise_level_weights, random_crop, sigma_from_255
-from toolkit.errors import UserError
+from toolkit.errors import DataError, UserError
 from toolkit.models.autoencoders import STUDY_AUTOENCODERS, family_autoencoder, latent_shape
 from toolkit.models.denoisers import DnCNN, UNetDenoiser
 from toolkit.runs import read_metrics, series
@@ -446,6 +446,13 @@ def test_tiles_cover_each_image_and_are_split_by_image(tmp_path, cache_dir):
     # along 50 (18 px over one tile is more than half a tile: a second, overlapping one)
     skipped = {item["file"]: item["reason"] for item in data.stored.manifest["skipped"]}
     assert "smaller than the 32px tile" in skipped["tiny.png"] and "broken.jpg" in skipped
+    with pytest.raises(DataError) as refused:  # every reason said once, with how many images it stopped
+        load_clean_images(CleanImageSettings(data=str(folder), tile_size=96), cache_dir, num_workers=1,
+                          log=lambda *_: None)
+    said = str(refused.value)
+    assert said.startswith("none of the 8 images could be stored: ")
+    assert said.endswith("Lower --tile_size to the smallest image side at most, or add larger images.")
+    assert "1 not an image file (unknown format) (e.g. " in said and "7 smaller than the 96px tile (e.g. " in said
     assert not set(data.source[data.train_indices]) & set(data.source[data.val_indices])  # no image on both sides
     first = np.asarray(Image.open(folder / "0.png"))  # 50 wide, 80 tall: rows 0 and 48, columns 0 and 18
     loader = make_loader(data.stored, np.arange(4), 4, train=False, image_size=32, device=torch.device("cpu"),

@@ -297,8 +297,6 @@ def write_beton(
     if failed:
         temporary.unlink(missing_ok=True)
         keep = [index for index in range(len(files)) if index not in set(failed)]
-        if not keep:
-            raise DataError(f"none of the {len(files)} images could be decoded (first: {files[0]})")
         reasons = {}
         for index in failed:
             try:
@@ -307,6 +305,8 @@ def write_beton(
                 reasons[index] = f"smaller than the {store_size}px tile" if small else "failed to decode during writing"
             except UnreadableImage as error:
                 reasons[index] = str(error).removeprefix(f"{files[index]}: ")
+        if not keep:
+            raise DataError(none_stored_message(files, reasons, tiles=boxes is not None))
         inner_failed, inner_converted, inner_hashes = write_beton(
             destination, [files[i] for i in keep], None if labels is None else [labels[i] for i in keep],
             store_size, storage, jpeg_quality, num_workers, None if boxes is None else [boxes[i] for i in keep])
@@ -318,6 +318,20 @@ def write_beton(
         return reasons, [keep[index] for index in inner_converted], hashes
     os.replace(temporary, destination)
     return {}, converted, hashes
+
+
+def none_stored_message(files: list, reasons: dict[int, str], tiles: bool) -> str:
+    """Why not one of `files` could be stored (reasons: index -> why), each reason once with how many images it
+    stopped and one of them, and what to do."""
+    by_reason: dict[str, list[Path]] = {}
+    for index, reason in reasons.items():
+        by_reason.setdefault(reason, [])
+        if files[index] not in by_reason[reason]:
+            by_reason[reason].append(files[index])
+    said = "; ".join(f"{len(stopped)} {reason} (e.g. {stopped[0]})" for reason, stopped in by_reason.items())
+    fix = " Lower --tile_size to the smallest image side at most, or add larger images." \
+        if tiles and any(reason.startswith("smaller than") for reason in by_reason) else ""
+    return f"none of the {len(set(files))} images could be stored: {said}.{fix}"
 
 
 def _write_json_atomically(path: Path, content: dict) -> None:
@@ -373,12 +387,14 @@ def cached_beton(
     digests = [file_digest(file) for file in files]
     key = beton_cache_key(relative, digests, labels, classes, store_size, storage, jpeg_quality, boxes)
     entry = cache_dir / f"{name}-{key}"
+    unit = "images" if boxes is None else "tiles"  # what a sample is: with boxes, images are cut into tiles
     stored = load_stored_images(entry)
     if stored is not None:
-        log(f"[data] reusing {stored.beton} ({stored.num_samples} images, {storage} at {store_size}px)")
+        log(f"[data] reusing {stored.beton} ({stored.num_samples} {unit}, {storage} at {store_size}px)")
         return stored
 
-    log(f"[data] writing {len(files)} images from {root} to {entry} ({storage} at {store_size}px) ...")
+    of_images = "" if boxes is None else f" of {len(set(relative))} images"
+    log(f"[data] writing {len(files)} {unit}{of_images} from {root} to {entry} ({storage} at {store_size}px) ...")
     started = time.perf_counter()
     entry.mkdir(parents=True, exist_ok=True)
     beton = entry / "images.beton"
@@ -405,13 +421,15 @@ def cached_beton(
         "seconds_to_write": round(time.perf_counter() - started, 2),
     }
     _write_json_atomically(entry / "manifest.json", manifest)
-    for item in manifest["skipped"][:20]:
-        log(f"[data] skipped {item['file']}: {item['reason']}")
-    if len(manifest["skipped"]) > 20:
-        log(f"[data] ... and {len(manifest['skipped']) - 20} more skipped (listed in {entry / 'manifest.json'})")
+    skipped_files = list(dict.fromkeys((item["file"], item["reason"]) for item in manifest["skipped"]))  # a file's
+    for file, reason in skipped_files[:20]:  # tiles share its reason
+        log(f"[data] skipped {file}: {reason}")
+    if len(skipped_files) > 20:
+        log(f"[data] ... and {len(skipped_files) - 20} more skipped (listed in {entry / 'manifest.json'})")
     if converted:
-        log(f"[data] converted {len(converted)} images to RGB from other colour modes "
+        from_files = "" if boxes is None else f" of {len(set(manifest['converted_to_rgb']))} images"
+        log(f"[data] converted {len(converted)} {unit}{from_files} to RGB from other colour modes "
             f"(e.g. {manifest['converted_to_rgb'][0]})")
-    log(f"[data] wrote {len(kept)} images in {manifest['seconds_to_write']:.1f}s"
+    log(f"[data] wrote {len(kept)} {unit} in {manifest['seconds_to_write']:.1f}s"
         + (f"; skipped {len(skipped)} (listed above)" if skipped else ""))
     return StoredImages(beton=beton, manifest=manifest)
