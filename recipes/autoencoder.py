@@ -26,7 +26,7 @@ from toolkit.data.loaders import make_loader, stand_in_batch
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas, random_crop
 from toolkit.data.settings import DenoisingDataSettings
 from toolkit.errors import ConfigError
-from toolkit.models import DENOISERS, build_model
+from toolkit.models import DENOISERS, build_model, check_model_spec
 from toolkit.models.weights import load_trained_weights
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.train.denoise import NoiseSpec, denoise
@@ -67,6 +67,7 @@ def main(cfg: Config) -> dict:
         raise ConfigError(f"--sigma_max={cfg.sigma_max} is below --sigma={cfg.sigma}: blind noise needs a range")
     spec = {"name": cfg.model, "kwargs": parse_kwargs("model_kwargs", cfg.model_kwargs)
             | ({"conditioned": True} if cfg.conditioned else {})}
+    check_model_spec(spec)
     run = start_run(cfg, f"autoencoder-{cfg.model}")
     with run.main_process_first():
         data = load_denoising_data(cfg, cfg.seed, cfg.cache_dir, cfg.num_workers, log=run.say)

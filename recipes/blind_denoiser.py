@@ -31,7 +31,7 @@ from toolkit.data.loaders import make_loader, stand_in_batch
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas, noise_level_weights
 from toolkit.data.settings import CleanImageSettings
 from toolkit.errors import ConfigError
-from toolkit.models import DENOISERS, build_model
+from toolkit.models import DENOISERS, build_model, check_model_spec
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.train.denoiser import FixedSigmaEvaluation, finish_denoiser_run
 from toolkit.train.loop import TrainingLoop
@@ -85,6 +85,7 @@ def main(cfg: Config) -> dict:
             raise ConfigError(f"--{name}={getattr(cfg, name)} is larger than --tile_size={cfg.tile_size}")
     val_sigmas = parse_sizes("val_sigmas", cfg.val_sigmas)
     spec = {"name": cfg.model, "kwargs": parse_kwargs("model_kwargs", cfg.model_kwargs) | {"conditioned": True}}
+    check_model_spec(spec)
     run = start_run(cfg, f"blind_denoiser-{cfg.model}")
     with run.main_process_first():  # one process per machine writes the tiles; the others reuse them
         data = load_clean_images(cfg, cfg.cache_dir, cfg.num_workers, log=run.say)

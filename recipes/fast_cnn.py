@@ -25,7 +25,7 @@ from toolkit.data.classification import load_classification_data
 from toolkit.data.loaders import make_loader
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import ConfigError
-from toolkit.models import CLASSIFIERS, build_model
+from toolkit.models import CLASSIFIERS, build_model, check_model_spec
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.train.classifier import ClassifierEvaluation, finish_classifier_run
 from toolkit.train.loop import TrainingLoop
@@ -66,6 +66,9 @@ def main(cfg: Config) -> dict:
     widths, sizes = parse_sizes("widths", cfg.widths), parse_sizes("train_image_sizes", cfg.train_image_sizes)
     if cfg.model not in CLASSIFIERS:
         raise ConfigError(f"--model={cfg.model!r} is not a classifier; choose from {', '.join(CLASSIFIERS)}")
+    own = {"widths": widths, "dropout": cfg.dropout} if cfg.model == "FastResNet" else {}
+    own |= parse_kwargs("model_kwargs", cfg.model_kwargs)
+    check_model_spec({"name": cfg.model, "kwargs": own})  # the classes come with the data
     run = start_run(cfg, "fast_cnn")
     with run.main_process_first():  # each size stored once: the last training size and evaluation read as stored
         data = load_classification_data(cfg, cfg.seed, max(sizes), cfg.cache_dir, cfg.num_workers, run.say)
@@ -75,9 +78,7 @@ def main(cfg: Config) -> dict:
         raise RuntimeError("the validation split differs between the two stored sizes: please report this")
     run.say(f"[data] {data.describe()}")
 
-    own = {"widths": widths, "dropout": cfg.dropout} if cfg.model == "FastResNet" else {}
-    spec = {"name": cfg.model, "kwargs": {"num_classes": len(data.classes), **own,
-                                          **parse_kwargs("model_kwargs", cfg.model_kwargs)}}
+    spec = {"name": cfg.model, "kwargs": {"num_classes": len(data.classes), **own}}
     model = build_model(spec).to(memory_format=torch.channels_last)  # NHWC for the convolutions
     optimizer = torch.optim.SGD(model.parameters(), lr=run.scale_lr(cfg.lr), momentum=cfg.momentum, nesterov=True,
                                 weight_decay=cfg.weight_decay)

@@ -145,5 +145,7 @@ def test_a_model_the_table_does_not_know_is_a_clear_error():
 
     with pytest.raises(CheckpointError, match="not one of this toolkit's models"):
         build_model({"name": "VGG16", "kwargs": {}})
-    with pytest.raises(ConfigError, match="cannot build unet"):
+    with pytest.raises(ConfigError, match="cannot build unet") as refused:
         build_model({"name": "unet", "kwargs": {"colour": True}})
+    assert str(refused.value).endswith("; it takes: width=32, levels=3, conditioned=False")  # what it does take
+

@@ -208,3 +208,17 @@ def test_accelerate_launch_precision_explicit_no_means_fp32(tiny_intel, tmp_path
         used[name] = json.loads((tmp_path / name / "config.json").read_text())["mixed_precision_used"]
         assert (tmp_path / name / "summary.json").is_file()
     assert used == {"unset": "bf16", "flag": "no", "config": "no"}
+
+
+@pytest.mark.parametrize("recipe, model", [("blind_denoiser", "resunet"), ("autoencoder", "unet"),
+                                           ("fast_cnn", "FastResNet")])
+def test_a_bad_model_setting_is_refused_before_any_run_directory_or_data(recipe, model, tmp_path):
+    """Checked on torch's meta device before the run starts: no run directory, no data prepared, and the recipe
+    says what the model takes."""
+    from toolkit.errors import ConfigError
+
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    with pytest.raises(ConfigError, match=f"cannot build {model} with .*'colour': 3.*; it takes: "):
+        run_in_process(recipe, [f"--model={model}", "--model_kwargs=colour=3", f"--run_dir={run_dir}",
+                                f"--cache_dir={cache}", "--data=synthetic"])
+    assert not run_dir.exists() and not cache.exists()

@@ -9,8 +9,10 @@ model test loops over this table).
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
+import torch
 from torch import nn
 
 from toolkit.errors import CheckpointError, ConfigError
@@ -58,4 +60,24 @@ def build_model(spec: dict) -> nn.Module:
     try:
         return constructor(**kwargs)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"cannot build {name} with {kwargs}: {error}") from None
+        raise ConfigError(f"cannot build {name} with {kwargs}: {error}{settings_of(constructor)}") from None
+
+
+def check_model_spec(spec: dict) -> None:
+    """Raise what build_model would (ConfigError, CheckpointError), at once: the model is built on torch's meta
+    device (no memory, no weights, torch's random generators untouched), so that a recipe refuses a bad
+    --model_kwargs before it writes a run directory or prepares any data."""
+    with torch.device("meta"):
+        build_model(spec)
+
+
+def settings_of(constructor) -> str:
+    """'; it takes: a=1, b=(8, 16)': what a model constructor accepts, with its defaults ('' when it has none)."""
+    target = constructor.func if isinstance(constructor, partial) else constructor
+    parameters = [parameter for parameter in inspect.signature(target).parameters.values()
+                  if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
+    if isinstance(constructor, partial):  # the family's name is bound already
+        parameters = parameters[len(constructor.args):]
+    said = [parameter.name if parameter.default is parameter.empty else f"{parameter.name}={parameter.default!r}"
+            for parameter in parameters]
+    return f"; it takes: {', '.join(said)}" if said else ""
