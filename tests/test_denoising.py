@@ -301,6 +301,44 @@ def test_denoise_command_keeps_odd_sizes_and_skips_bad_files(tiny_intel, tmp_pat
     assert Image.open(single).size == (91, 37)
 
 
+def test_denoise_never_writes_over_what_it_was_given(tiny_intel, tmp_path, capsys):
+    """An input image is never replaced: writing into the input folder is refused before any work when a name
+    would clash, as are two inputs bound for one output; an output folder inside the input folder is left out of
+    the next run's inputs; a file where a folder must go, or an unknown format, is a clear error."""
+    run_in_process("autoencoder", [f"--data={tiny_intel}", "--model=AE10", f"--run_dir={tmp_path / 'ae'}",
+                                   "--max_steps=1", *TINY_DENOISER])
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(photos / name)
+    before = {file.name: file.read_bytes() for file in photos.iterdir()}
+    run = str(tmp_path / "ae")
+
+    def refused(*args: str) -> str:
+        capsys.readouterr()
+        assert toolkit_main(["denoise", run, *args]) == 2
+        return capsys.readouterr().err
+
+    assert "would write over the input image" in refused(str(photos), str(photos))
+    assert "would write over the input image" in refused(str(photos / "a.png"), str(photos / "a.png"))
+    (photos / "b.png").write_bytes(before["a.png"])  # b.jpg and b.png: one output name
+    assert "would both be written to" in refused(str(photos), str(tmp_path / "out"))
+    (photos / "b.png").unlink()
+    assert {file.name: file.read_bytes() for file in photos.iterdir()} == before and not (tmp_path / "out").exists()
+
+    inside = photos / "denoised"
+    for _ in range(2):  # the second run denoises the two photographs again, not the first run's outputs
+        assert toolkit_main(["denoise", run, str(photos), str(inside)]) == 0
+    assert sorted(file.name for file in inside.rglob("*")) == ["a.png", "b.png"]
+    assert "leaving out the 2 image(s) already in" in capsys.readouterr().out
+
+    (tmp_path / "a_file").write_text("")
+    assert "a_file is a file: give a folder" in refused(str(photos), str(tmp_path / "a_file"))
+    assert "a_file is a file, not a folder" in refused(str(photos / "a.png"), str(tmp_path / "a_file" / "x.png"))
+    assert "unknown file extension" in refused(str(photos / "a.png"), str(tmp_path / "x.xyz"))
+
+
 def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel, tmp_path, capsys):
     """Grey stays grey, 16-bit grey 16-bit, transparency is kept exactly; a CMYK or palette image comes back as
     RGB, saying so; a 1-pixel image or strip is denoised too (padded to the smallest side every model takes);

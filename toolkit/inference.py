@@ -107,8 +107,15 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     conditioned = state.conditioned
     source, destination = Path(source), Path(destination)
     if source.is_dir():
-        pairs = [(file, destination / file.relative_to(source).with_suffix(".png"))
-                 for file in list_image_files(source)]
+        if destination.exists() and not destination.is_dir():
+            raise UserError(f"{destination} is a file: give a folder (new or existing) for the denoised images of the "
+                            f"folder {source}")
+        files = list_image_files(source)
+        inside = [file for file in files if file.resolve().is_relative_to(destination.resolve())]
+        if inside and destination.resolve() != source.resolve():  # earlier outputs, not inputs
+            log(f"[denoise] leaving out the {len(inside)} image(s) already in {destination} (inside {source})")
+            files = [file for file in files if file not in inside]
+        pairs = [(file, destination / file.relative_to(source).with_suffix(".png")) for file in files]
         if not pairs:
             raise UserError(f"{source} holds no images")
     elif source.is_file():
@@ -116,6 +123,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         pairs = [(source, target if target.suffix else target.with_suffix(".png"))]
     else:
         raise UserError(f"{source} does not exist")
+    refuse_overwriting_inputs(pairs)
     written, skipped, estimated = 0, [], {}
     for file, target in tracked(pairs, len(pairs), "denoising", "img"):
         try:
@@ -135,11 +143,35 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             level = (sigma_255 or 0.0) / 255
         output = denoise(model, noisy.to(device), torch.full((1,), level, device=device), conditioned, self_ensemble,
                          precision)[0].cpu()
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            in_the_way = next((folder for folder in (target.parent, *target.parent.parents)
+                               if folder.exists() and not folder.is_dir()), None)
+            why = f"{in_the_way} is a file, not a folder" if in_the_way else error.strerror or str(error)
+            raise UserError(f"cannot create the folder {target.parent} for {target.name}: {why}") from None
         save_restored(output.permute(1, 2, 0).numpy(), stored, target)
         written += 1
     log(f"[denoise] wrote {written} image(s) to {destination}" + (f"; skipped {len(skipped)}" if skipped else ""))
     return {"written": written, "skipped": skipped, "estimated_sigma_255": estimated}
+
+
+def refuse_overwriting_inputs(pairs: list[tuple[Path, Path]]) -> None:
+    """UserError, before any work, when a (source, target) pair would write over an input image, or two inputs
+    (a.jpg and a.png) over one output: nothing the user gave is ever replaced."""
+    from toolkit.errors import UserError
+
+    inputs = {file.resolve() for file, _ in pairs}
+    for file, target in pairs:
+        if target.resolve() in inputs:
+            raise UserError(f"denoising {file} would write over the input image {target}: give an OUTPUT outside "
+                            "the input folder (or another file name)")
+    targets: dict[Path, Path] = {}
+    for file, target in pairs:
+        if target.resolve() in targets:
+            raise UserError(f"{targets[target.resolve()]} and {file} would both be written to {target}: rename one "
+                            "of them, or denoise them into separate folders")
+        targets[target.resolve()] = file
 
 
 def estimate_noise_sigma(image: torch.Tensor) -> float:

@@ -139,10 +139,15 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> Non
             image.putalpha(Image.fromarray(stored.alpha, mode="L"))
     try:
         image.save(path)
-    except (OSError, KeyError, ValueError) as error:
+    except OSError as error:
+        if error.errno is not None:  # the file system's refusal (permissions, a full disk), not the format's
+            raise UserError(f"cannot write {path}: {error.strerror}") from None
         Path(path).unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {error} (a {image.mode} image). Name it .png, which holds grey, "
                         f"16-bit and transparent images alike") from None
+    except (KeyError, ValueError) as error:  # a name whose format PIL does not know
+        raise UserError(f"cannot write {path}: {error}. Name it .png, which holds grey, 16-bit and transparent "
+                        "images alike") from None
 
 
 def pixel_hash(pixels: np.ndarray) -> str:
