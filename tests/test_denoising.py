@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -500,6 +501,65 @@ def test_tiles_cover_each_image_and_are_split_by_image(tmp_path, cache_dir):
         assert np.array_equal(tile, first[top:top + 32, left:left + 32])
 
 
+def test_reductions_add_each_image_tiled_smaller_on_its_own_side_of_the_split(tmp_path, cache_dir):
+    """--reductions=1,2: every image's tiles as it is and halved each way (each 2x2 block averaged), all of an
+    image's tiles on one side of the split; the default stores exactly what it stored before the option."""
+    from toolkit.data.clean_images import load_clean_images
+    from toolkit.data.settings import CleanImageSettings
+    from toolkit.errors import ConfigError
+
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(5):
+        Image.fromarray(rng.integers(0, 255, (65, 97, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / "small.png")  # 20 px halved
+    settings = CleanImageSettings(data=str(folder), tile_size=32, val_fraction=0.34)
+    plain = load_clean_images(settings, cache_dir, num_workers=1, log=lambda *_: None)
+    both = load_clean_images(dataclasses.replace(settings, reductions="1,2"), cache_dir, num_workers=1,
+                             log=lambda *_: None)
+    # 97 x 65: 3 x 2 tiles of 32; halved (49 x 33): 2 x 1; the 40 px image has one tile, and none once halved
+    assert plain.stored.num_samples == 5 * 6 + 1 and both.stored.num_samples == 5 * (6 + 2) + 1
+    assert all(len(box) == 2 for box in plain.stored.manifest["boxes"])  # as before the option: same cache, split
+    assert plain.images == both.images == 6
+    halved = [i for i, box in enumerate(both.stored.manifest["boxes"]) if len(box) == 3]
+    assert len(halved) == 10 and all(both.stored.manifest["boxes"][i][2] == 2 for i in halved)
+    index = halved[0]
+    name, (top, left, _) = both.stored.files[index], both.stored.manifest["boxes"][index]
+    expected = np.asarray(Image.open(folder / name).reduce(2))[top:top + 32, left:left + 32]
+    loader = make_loader(both.stored, np.array([index]), 1, train=False, image_size=32, device=torch.device("cpu"),
+                         num_workers=1)
+    assert np.array_equal(next(iter(loader))[0][0].permute(1, 2, 0).numpy(), expected)
+    sides = [set(both.source[part].tolist()) for part in (both.train_indices, both.val_indices)]
+    assert not sides[0] & sides[1] and set(both.source[both.val_indices]) == set(plain.source[plain.val_indices])
+    for bad in ("0", "1,x", ""):
+        with pytest.raises(ConfigError, match="--reductions takes comma-separated whole factors"):
+            CleanImageSettings(data=str(folder), reductions=bad).check_data_settings()
+
+
+def test_benchmark_scores_images_reduced_as_a_folder_of_reduced_images_would_score(tmp_path, capsys):
+    """--reduce 2 scores each image halved (box filter) before the noise: the same figures as a folder of halved
+    copies; published rows (for whole images) are not shown."""
+    folder, halved = tmp_path / "McMaster", tmp_path / "halved"
+    folder.mkdir()
+    halved.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        image = Image.fromarray(rng.integers(0, 255, (45, 61, 3), dtype=np.uint8))
+        image.save(folder / f"{index}.png")
+        image.reduce(2).save(halved / f"{index}.png")
+    scores = {}
+    for name, clean, reduce in (("reduced", folder, "2"), ("copies", halved, "1")):
+        out = tmp_path / f"{name}.json"
+        assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(clean), "--sigmas", "25", "--nlm",
+                             "--reduce", reduce, "--out", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())["sigmas"]["25.0"]
+        assert json.loads(out.read_text())["reduction"] == int(reduce)
+    assert scores["reduced"] == scores["copies"]
+    assert "(published)" not in capsys.readouterr().out  # McMaster by name, but not whole images
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(folder), "--reduce", "0"]) == 2
+
+
 def test_patches_are_cut_turned_and_mirrored_per_image():
     from toolkit.data.augment import random_dihedral, random_patches
 
@@ -587,7 +647,7 @@ def test_the_noise_estimator_finds_the_level_of_white_noise():
 def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_path, capsys):
     args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
             "--epochs=2", "--eval_every=5", "--checkpoint_every=4", "--num_workers=1", "--grid_images=2",
-            "--model_kwargs=widths=(8,16,32),blocks=1"]
+            "--model_kwargs=widths=(8,16,32),blocks=1", "--reductions=1,2"]  # the images halved too
     whole = run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'whole'}"])
     assert whole["val_psnr_25"] > whole["val_noisy_psnr_25"]  # it denoises, even this little
     assert {"val_psnr_15", "val_psnr_50", "val_psnr"} <= set(whole)
@@ -631,6 +691,11 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert scored["self_ensemble"] and "(x8 self-ensemble)" in scored["table"]
     assert scored["sigmas"]["25.0"]["model"]["psnr"] > scored["sigmas"]["25.0"]["noisy"]["psnr"]
     assert scored["mixed_precision"] == "no"  # fp32 unless asked: the protocol of the published figures
+    # the same held-out images halved, as the run also trained and validated on them
+    assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(folder), "--sigmas", "25",
+                         "--validation_images", "--reduce", "2", "--out", str(tmp_path / "halved.json")]) == 0
+    halved = json.loads((tmp_path / "halved.json").read_text())
+    assert halved["images"] == val_images and halved["reduction"] == 2
     # bf16 inference (about 2x faster where the CPU has it): the same images, nearly the same scores, labelled
     assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(folder), "--sigmas", "25",
                          "--validation_images", "--self_ensemble", "--mixed_precision=bf16",

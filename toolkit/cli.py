@@ -147,12 +147,15 @@ def command_benchmark_denoiser(args) -> None:
     from toolkit.denoising_benchmark import benchmark_denoiser, benchmark_table, published_rows, write_benchmark
 
     checkpoint = None if args.checkpoint == "none" else args.checkpoint
-    name, published = published_rows(Path(args.clean), args.published)
+    if args.reduce < 1:
+        raise UserError(f"--reduce takes a whole factor of at least 1, got {args.reduce}")
+    name, published = published_rows(Path(args.clean), "none" if args.reduce > 1 else args.published)
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
     precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
                                  max_images=args.max_images, self_ensemble=args.self_ensemble,
-                                 validation_images=args.validation_images, precision=precision, device=device)
+                                 validation_images=args.validation_images, precision=precision, device=device,
+                                 reduction=args.reduce)
     results["published"] = {"set": name, "rows": published}
     table = benchmark_table(results, published=published)
     print("\n" + table)
@@ -324,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score only the images of --clean that the model's run held out for validation (the "
                     "folder it trained on): choose options such as --self_ensemble here, never on the test set")
     bd.add_argument("--max_images", type=int, default=0, help=">0: only the first N images (a quick look)")
+    bd.add_argument("--reduce", type=int, default=1, help="score each image made N times smaller each way by a box "
+                    "filter first (2: a JPEG's half-resolution colour becomes full resolution); published rows are "
+                    "for whole images, so none are shown")
     bd.add_argument("--out", default="denoiser-benchmark.json", help="where the JSON goes")
     bd.set_defaults(handler=command_benchmark_denoiser)
     wr = commands.add_parser("wandb-report", help="a Weights & Biases Report of a comparison or a latent study")

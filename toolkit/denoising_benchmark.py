@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from toolkit.data.folders import list_image_files
-from toolkit.data.images import UnreadableImage, load_rgb
+from toolkit.data.images import UnreadableImage, open_image, reduce_image, rgb_pixels
 from toolkit.errors import DataError, UserError
 from toolkit.inference import describe_device, estimate_noise_sigma, load_trained_model, resolve_checkpoint
 from toolkit.progress import progress_bar
@@ -65,15 +65,17 @@ def published_rows(folder: Path, which: str = "auto") -> tuple[str | None, dict]
 def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list[float],
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
                        max_images: int = 0, self_ensemble: bool = False, validation_images: bool = False,
-                       precision: str = "no", device: torch.device | str = "cpu", log=print) -> dict:
+                       precision: str = "no", device: torch.device | str = "cpu", reduction: int = 1,
+                       log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines.
+    reduction: each image is first made that many times smaller each way by a box filter (reduce_image).
     precision: what the model runs in ('no': fp32, the protocol of the README's figures; 'bf16').
     device: where the model runs (toolkit.inference.inference_device); the noise, the baselines and the
     metrics stay on the CPU, so every device scores the same noisy images the same way."""
     if validation_images and not checkpoint:
         raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
     only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
-    files, cleans = clean_reference_images(clean_dir, max_images, only)
+    files, cleans = clean_reference_images(clean_dir, max_images, only, reduction)
     if "bm3d" in baselines and not bm3d_available():
         raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
     model, state = load_trained_model(checkpoint, device) if checkpoint else (None, None)
@@ -85,6 +87,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
     results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
                      "self_ensemble": self_ensemble, "validation_images": validation_images,
+                     "reduction": reduction,
                      "mixed_precision": precision if model is not None else None,
                      "device": describe_device(torch.device(device)) if model is not None else None,
                      "noise_seed": noise_seed, "protocol": "AWGN, not clipped, whole images, RGB", "sigmas": {},
@@ -137,10 +140,10 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     return results
 
 
-def clean_reference_images(clean_dir: Path | str, max_images: int = 0,
-                           only: list[Path] | None = None) -> tuple[list[Path], list[torch.Tensor]]:
+def clean_reference_images(clean_dir: Path | str, max_images: int = 0, only: list[Path] | None = None,
+                           reduction: int = 1) -> tuple[list[Path], list[torch.Tensor]]:
     """The image files of a folder of clean references (those in `only` when given; the first max_images,
-    0 = all) and each as a (1, 3, H, W) tensor in [0, 1]."""
+    0 = all) and each as a (1, 3, H, W) tensor in [0, 1], made `reduction` times smaller (reduce_image)."""
     files = list_image_files(Path(clean_dir)) if Path(clean_dir).is_dir() else []
     if not files:
         raise DataError(f"{clean_dir} holds no images: pass a folder of clean reference images (e.g. McMaster)")
@@ -151,7 +154,7 @@ def clean_reference_images(clean_dir: Path | str, max_images: int = 0,
     images, problems = [], []
     for file in files:  # all read before any is scored: every problem is said at once, before minutes of work
         try:
-            pixels = load_rgb(file)
+            pixels = rgb_pixels(reduce_image(open_image(file), reduction))
         except UnreadableImage as error:
             problems.append(str(error))
             continue
@@ -182,6 +185,7 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
                         f"(recipes/blind_denoiser.py) in {run_dir}; its held-out images are unknown. Pass such "
                         "a run's directory, or drop --validation_images to score the whole folder")
     settings = CleanImageSettings(data=str(clean_dir), tile_size=int(config["tile_size"]),
+                                  reductions=str(config.get("reductions", "1")),
                                   val_fraction=float(config["val_fraction"]))
     data = load_clean_images(settings, config.get("cache_dir") or None, log=log)
     summary_file = run_dir / "summary.json"

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from toolkit.data.ffcv_parts import DatasetWriter, IntField, MemoryAllocator, RGBImageField
-from toolkit.data.images import UnreadableImage, load_rgb, open_image, pixel_hash, rgb_pixels
+from toolkit.data.images import UnreadableImage, load_rgb, open_image, pixel_hash, reduce_image, rgb_pixels
 from toolkit.errors import DataError
 from toolkit.progress import progress_bar
 from toolkit.worker_pool import default_sigterm
@@ -129,11 +129,12 @@ class _ImagesToWrite:
     """
 
     def __init__(self, files: list[Path], labels: list[int] | None, store_size: int, status, pixel_hashes,
-                 boxes: list[tuple[int, int]] | None = None):
+                 boxes: list[tuple[int, ...]] | None = None):
         self.files = files
         self.labels = labels
         self.store_size = store_size
-        self.boxes = boxes  # per sample (top, left) of a store_size square cut from the full image, not resized
+        self.boxes = boxes  # per sample (top, left) of a store_size square cut from the full image, not resized,
+        # or (top, left, reduction) from the image reduced by that whole factor first (reduce_image)
         self.status = status  # multiprocessing.Array of int8, one per file
         self.pixel_hashes = pixel_hashes  # multiprocessing.Array of 16 bytes per file
 
@@ -145,9 +146,11 @@ class _ImagesToWrite:
             image = open_image(self.files[index])
             if image.mode != "RGB":
                 self.status[index] = _CONVERTED
+            if self.boxes is not None and len(self.boxes[index]) == 3:
+                image = reduce_image(image, self.boxes[index][2])
             full = rgb_pixels(image)
             if self.boxes is not None:  # a tile: the pixels as they are, no resampling
-                top, left = self.boxes[index]
+                top, left = self.boxes[index][:2]
                 full = np.ascontiguousarray(full[top:top + self.store_size, left:left + self.store_size])
                 if full.shape[:2] != (self.store_size, self.store_size):
                     raise UnreadableImage(f"{self.files[index]}: smaller than the {self.store_size}px tile")
@@ -251,7 +254,7 @@ def write_beton(
     storage: str = "raw",
     jpeg_quality: int = 90,
     num_workers: int = 2,
-    boxes: list[tuple[int, int]] | None = None,
+    boxes: list[tuple[int, ...]] | None = None,
 ) -> tuple[dict[int, str], list[int], list[str]]:
     """Write images (resized to store_size x store_size) and labels to `destination` atomically.
 
@@ -301,7 +304,8 @@ def write_beton(
         for index in failed:
             try:
                 pixels = load_rgb(files[index])
-                small = boxes is not None and min(pixels.shape[:2]) < store_size
+                reduction = boxes[index][2] if boxes is not None and len(boxes[index]) == 3 else 1
+                small = boxes is not None and min(pixels.shape[:2]) // reduction < store_size
                 reasons[index] = f"smaller than the {store_size}px tile" if small else "failed to decode during writing"
             except UnreadableImage as error:
                 reasons[index] = str(error).removeprefix(f"{files[index]}: ")
@@ -374,7 +378,7 @@ def cached_beton(
     cache_dir: Path | None = None,
     num_workers: int = 2,
     log=print,
-    boxes: list[tuple[int, int]] | None = None,
+    boxes: list[tuple[int, ...]] | None = None,
 ) -> StoredImages:
     """The .beton for these files at this size and storage mode: reused if cached, else written.
 

@@ -2,6 +2,9 @@
 
 Each image is cut into tile x tile squares that cover it (neighbours overlap by the remainder) and
 stored as they are, never resampled: resizing would smooth the very texture a denoiser must keep.
+With reductions (e.g. "1,2"), each image is also tiled reduced by those whole factors, each
+reduction x reduction block averaged (a box filter): a JPEG whose colour is stored at half resolution
+(4:2:0, as all of CBSD432) has full-resolution colour, and no block artefacts, once halved.
 Training then crops patches from random tiles on the device. The split is by image, not by tile:
 no validation tile shares a photograph with a training tile.
 """
@@ -81,10 +84,15 @@ def load_clean_images(settings: CleanImageSettings, cache_dir: Path | str | None
                 width, height = image.size
         except (OSError, SyntaxError):  # unreadable: let the writer record why
             width = height = tile
-        for top in tile_offsets(height, tile) or [0]:
-            for left in tile_offsets(width, tile) or [0]:
-                tiles.append(file)
-                boxes.append((top, left))
+        for reduction in settings.reduction_factors():
+            reduced_height, reduced_width = -(-height // reduction), -(-width // reduction)  # Image.reduce's sizes
+            tops, lefts = tile_offsets(reduced_height, tile), tile_offsets(reduced_width, tile)
+            if reduction > 1 and not (tops and lefts):
+                continue  # too small for a tile once reduced: left out (at full size the writer says why it skips)
+            for top in tops or [0]:
+                for left in lefts or [0]:
+                    tiles.append(file)
+                    boxes.append((top, left) if reduction == 1 else (top, left, reduction))
     slug = "".join(ch if ch.isalnum() else "-" for ch in root.resolve().name)[:40] or "images"
     stored = cached_beton(f"{slug}-tiles", root, tiles, None, None, tile, "raw", cache_dir=cache_dir,
                           num_workers=num_workers, log=log, boxes=boxes)

@@ -150,6 +150,12 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> Non
                         "images alike") from None
 
 
+def reduce_image(image: Image.Image, reduction: int) -> Image.Image:
+    """An image made `reduction` times smaller each way by averaging each reduction x reduction block of its RGB
+    pixels (a box filter: PIL's Image.reduce; a partial block at the right or bottom edge averages what it has)."""
+    return to_rgb(image).reduce(reduction) if reduction > 1 else image
+
+
 def pixel_hash(pixels: np.ndarray) -> str:
     """A hash of decoded (H, W, 3) pixels: equal for copies of an image whatever their file bytes."""
     return hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest()

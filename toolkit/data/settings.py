@@ -64,11 +64,25 @@ class CleanImageSettings:
     tile_size: int = 160  # images are cut into tile x tile squares once, stored without resampling
     val_fraction: float = 0.075  # share of the images (not tiles) held out for validation
     max_train_images: int = 0  # >0: only this many training images (0 = all)
+    reductions: str = "1"  # each image is also tiled reduced by these whole factors (box filter): "1,2" adds halves
 
     def check_data_settings(self) -> None:
         check_fraction(self, "val_fraction")
         check_non_negative(self, "max_train_images")
+        self.reduction_factors()
         if self.tile_size < 16:
             raise ConfigError(f"--tile_size must be at least 16 pixels, got {self.tile_size}")
         if self.val_fraction == 0:
             raise ConfigError("--val_fraction must be above 0: validation chooses the model")
+
+    def reduction_factors(self) -> tuple[int, ...]:
+        """--reductions as whole factors of at least 1, each once, in the order given."""
+        try:
+            factors = tuple(dict.fromkeys(int(part) for part in self.reductions.split(",")))
+        except ValueError:
+            factors = ()
+        if not factors or min(factors) < 1:
+            raise ConfigError(f"--reductions takes comma-separated whole factors of at least 1 (1 = the images as "
+                              f"they are, 2 = halved each way), got {self.reductions!r}")
+        return factors
+
