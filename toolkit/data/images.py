@@ -1,7 +1,8 @@
 """Decoding one image file into RGB pixels, converting what can be converted.
 
-Every entry point (preprocessing, the data doctor, predict, denoise) reads images through
-`load_rgb`, so a file is judged the same way everywhere.
+Every entry point (preprocessing, the data doctor, predict, the denoiser benchmark) reads images through
+`load_rgb`, and `toolkit denoise` through `load_for_restoration` (which keeps grey, 16 bits and alpha to write
+them back); both open files with `open_image`, so a file is judged the same way everywhere.
 """
 
 from __future__ import annotations
