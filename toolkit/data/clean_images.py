@@ -84,11 +84,12 @@ def load_clean_images(settings: CleanImageSettings, cache_dir: Path | str | None
                 width, height = image.size
         except (OSError, SyntaxError):  # unreadable: let the writer record why
             width = height = tile
-        for reduction in settings.reduction_factors():
+        reductions = settings.reduction_factors()
+        for reduction in reductions:
             reduced_height, reduced_width = -(-height // reduction), -(-width // reduction)  # Image.reduce's sizes
             tops, lefts = tile_offsets(reduced_height, tile), tile_offsets(reduced_width, tile)
-            if reduction > 1 and not (tops and lefts):
-                continue  # too small for a tile once reduced: left out (at full size the writer says why it skips)
+            if reduction > min(reductions) and not (tops and lefts):
+                continue  # too small for a tile once reduced further: left out (the writer says why at the least)
             for top in tops or [0]:
                 for left in lefts or [0]:
                     tiles.append(file)

@@ -64,7 +64,7 @@ class CleanImageSettings:
     tile_size: int = 160  # images are cut into tile x tile squares once, stored without resampling
     val_fraction: float = 0.075  # share of the images (not tiles) held out for validation
     max_train_images: int = 0  # >0: only this many training images (0 = all)
-    reductions: str = "1"  # each image is also tiled reduced by these whole factors (box filter): "1,2" adds halves
+    reductions: str = "1"  # the whole factors each image is tiled at, reduced by a box filter: "1,2" adds halves
 
     def check_data_settings(self) -> None:
         check_fraction(self, "val_fraction")
