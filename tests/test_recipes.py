@@ -222,3 +222,20 @@ def test_a_bad_model_setting_is_refused_before_any_run_directory_or_data(recipe,
         run_in_process(recipe, [f"--model={model}", "--model_kwargs=colour=3", f"--run_dir={run_dir}",
                                 f"--cache_dir={cache}", "--data=synthetic"])
     assert not run_dir.exists() and not cache.exists()
+
+
+def test_a_run_started_before_an_option_existed_resumes_as_that_options_default(tmp_path, capsys):
+    """A config.json without a key (written before the option was added) reads as the option's default, which does
+    what the recipe did before it: the run resumes; asking for another value is still refused."""
+    run_dir = tmp_path / "older"
+    args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--epochs=1",
+            "--eval_every=0", "--checkpoint_every=2", "--num_workers=1", "--grid_images=0",
+            "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={run_dir}"]
+    run_in_process("blind_denoiser", [*args, "--max_steps=2"])
+    config_file = run_dir / "config.json"
+    older = {key: value for key, value in json.loads(config_file.read_text()).items() if key != "reductions"}
+    config_file.write_text(json.dumps(older))
+    with pytest.raises(UserError, match=r"reductions: '1' there, '1,2' now"):
+        run_in_process("blind_denoiser", [*args, "--resume", "--reductions=1,2"])
+    config_file.write_text(json.dumps(older))
+    assert run_in_process("blind_denoiser", [*args, "--resume"])["steps"] > 2

@@ -238,7 +238,7 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
         if stored and stored.get("recipe") not in (None, recipe):
             raise CheckpointError(f"{run_dir} holds a {stored['recipe']} run, not a {recipe} run: resume it with its "
                                   "own recipe, or start a new --run_dir")
-        differences = config_differences(stored, config) if stored else {}
+        differences = config_differences(stored, config, defaults=config_to_dict(type(cfg)())) if stored else {}
         changed = {k: v for k, v in differences.items() if k in CHANGEABLE_ON_RESUME}
         refused = {k: v for k, v in differences.items() if k not in CHANGEABLE_ON_RESUME}
         if refused:

@@ -79,8 +79,12 @@ def elapsed_seconds(records: list[dict]) -> float:
     return round(timed[-1]["time"] - timed[0]["time"] + timed[0].get("seconds", 0.0), 1)
 
 
-def config_differences(stored: dict, wanted: dict, ignore: frozenset[str] = NOT_RESULT_KEYS) -> dict[str, tuple]:
-    """{key: (stored value, wanted value)} for every key of `wanted` that would change a run's results."""
+def config_differences(stored: dict, wanted: dict, ignore: frozenset[str] = NOT_RESULT_KEYS,
+                       defaults: dict | None = None) -> dict[str, tuple]:
+    """{key: (stored value, wanted value)} for every key of `wanted` that would change a run's results. A key the
+    stored config lacks (a run started before the option existed) counts as its value in `defaults`, the recipe's
+    defaults now: an option is added with a default that does what the recipe did before it."""
+    stored = {**(defaults or {}), **stored}
     keys = set(wanted) - ignore
     return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys) if stored.get(k) != wanted.get(k)}
 

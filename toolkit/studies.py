@@ -77,7 +77,7 @@ def reusable(run_dir: Path, config, result_key: str, fingerprint=None) -> dict |
         return None
     stored = read_config(run_dir) or {}
     wanted = config_to_dict(dataclasses.replace(config, run_dir=str(run_dir)))
-    differences = config_differences(stored, wanted)
+    differences = config_differences(stored, wanted, defaults=config_to_dict(type(config)()))
     if differences:
         raise UserError(f"{run_dir} holds a finished run made with other settings "
                         f"({describe_differences(differences)}). Nothing was retrained over it: delete that folder "
