@@ -55,16 +55,19 @@ fi
 # the latent study starts from it), twice its iterations at the same peak, and the long run: 60 training minutes
 # at half the peak in batches of 4 (--train_minutes=60: the epochs that fit on this machine, measured at its start,
 # and a limit; batches of 16 until 8 scored 0.48 dB higher on the validation tiles of an Intel Xeon's hour, 8 until
-# 4 scored 0.04 higher in 43 training minutes than 8 in 57 on an AMD EPYC's, in bf16),
-# compared on CBSD432's held-out tiles; then the x8 self-ensemble of the default and of the long run measured on
-# CBSD432's held-out images (whole), before anything touches McMaster.
+# 4 scored 0.04 higher in 43 training minutes than 8 in 57 on an AMD EPYC's, in bf16), on CBSD432's tiles and
+# their halves (--reductions=1,2: CBSD432's JPEG colour is at half resolution, full once halved; level on the
+# held-out images whole, +0.09-0.23 dB on them halved), compared on CBSD432's held-out tiles; then the x8
+# self-ensemble of the default and of the long run measured on CBSD432's held-out images (whole, and the long run's
+# halved too), before anything touches McMaster.
 if wanted denoiser; then
     step "the blind denoiser: the default, twice its iterations, and 60 minutes in batches of 4"
     finished blind_denoiser || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser" 2>&1 | tee "$OUT/blind_denoiser.log"
     finished blind_denoiser-18ep || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser-18ep" --epochs=18 2>&1 \
         | tee -a "$OUT/blind_denoiser-18ep.log"
     finished blind_denoiser-60min || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser-60min" \
-        --train_minutes=60 --lr=7e-4 --batch_size=4 --eval_every=4400 2>&1 | tee -a "$OUT/blind_denoiser-60min.log"
+        --train_minutes=60 --lr=7e-4 --batch_size=4 --eval_every=4400 --reductions=1,2 2>&1 \
+        | tee -a "$OUT/blind_denoiser-60min.log"
     for run in blind_denoiser blind_denoiser-60min; do
         for ensemble in "" "--self_ensemble"; do
             name="cbsd432-held-out${run#blind_denoiser}${ensemble:+-x8}"
@@ -72,6 +75,9 @@ if wanted denoiser; then
                 --validation_images $ensemble --sigmas 15 25 50 --out "$OUT/$name.json" | tee "$OUT/$name.txt"
         done
     done
+    name="cbsd432-held-out-60min-halved"
+    [[ -f "$OUT/$name.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-60min" --clean "$CLEAN" \
+        --validation_images --reduce 2 --sigmas 15 25 50 --out "$OUT/$name.json" | tee "$OUT/$name.txt"
 fi
 
 if wanted mcmaster; then
