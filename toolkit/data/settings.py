@@ -64,6 +64,7 @@ class CleanImageSettings:
     tile_size: int = 160  # images are cut into tile x tile squares once, stored without resampling
     val_fraction: float = 0.075  # share of the images (not tiles) held out for validation
     max_train_images: int = 0  # >0: only this many training images (0 = all)
+    # CBSD432's JPEGs store colour at half resolution, full once halved: the 60-minute hour trains on "1,2"
     reductions: str = "1"  # the whole factors each image is tiled at, reduced by a box filter: "1,2" adds halves
 
     def check_data_settings(self) -> None:
