@@ -96,7 +96,6 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     than fp32). device: where the model runs (inference_device)."""
     from toolkit.data.folders import list_image_files
     from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored
-    from toolkit.errors import UserError
     from toolkit.progress import tracked
     from toolkit.train.denoise import denoise
 
@@ -111,7 +110,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             raise UserError(f"{destination} is a file: give a folder (new or existing) for the denoised images of the "
                             f"folder {source}")
         files = list_image_files(source)
-        inside = [file for file in files if file.resolve().is_relative_to(destination.resolve())]
+        inside = {file for file in files if file.resolve().is_relative_to(destination.resolve())}
         if inside and destination.resolve() != source.resolve():  # earlier outputs, not inputs
             log(f"[denoise] leaving out the {len(inside)} image(s) already in {destination} (inside {source})")
             files = [file for file in files if file not in inside]
@@ -159,8 +158,6 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
 def refuse_overwriting_inputs(pairs: list[tuple[Path, Path]]) -> None:
     """UserError, before any work, when a (source, target) pair would write over an input image, or two inputs
     (a.jpg and a.png) over one output: nothing the user gave is ever replaced."""
-    from toolkit.errors import UserError
-
     inputs = {file.resolve() for file, _ in pairs}
     for file, target in pairs:
         if target.resolve() in inputs:

@@ -30,7 +30,16 @@ import numpy as np
 from PIL import Image
 
 from toolkit.data.ffcv_parts import DatasetWriter, IntField, MemoryAllocator, RGBImageField
-from toolkit.data.images import UnreadableImage, load_rgb, open_image, pixel_hash, reduce_image, rgb_pixels
+from toolkit.data.images import (
+    UnreadableImage,
+    box_reduction,
+    load_rgb,
+    open_image,
+    pixel_hash,
+    reduce_image,
+    reduced_size,
+    rgb_pixels,
+)
 from toolkit.errors import DataError
 from toolkit.progress import progress_bar
 from toolkit.worker_pool import default_sigterm
@@ -146,8 +155,8 @@ class _ImagesToWrite:
             image = open_image(self.files[index])
             if image.mode != "RGB":
                 self.status[index] = _CONVERTED
-            if self.boxes is not None and len(self.boxes[index]) == 3:
-                image = reduce_image(image, self.boxes[index][2])
+            if self.boxes is not None:
+                image = reduce_image(image, box_reduction(self.boxes[index]))
             full = rgb_pixels(image)
             if self.boxes is not None:  # a tile: the pixels as they are, no resampling
                 top, left = self.boxes[index][:2]
@@ -304,8 +313,8 @@ def write_beton(
         for index in failed:
             try:
                 pixels = load_rgb(files[index])
-                reduction = boxes[index][2] if boxes is not None and len(boxes[index]) == 3 else 1
-                small = boxes is not None and min(pixels.shape[:2]) // reduction < store_size
+                small = boxes is not None and \
+                    min(reduced_size(side, box_reduction(boxes[index])) for side in pixels.shape[:2]) < store_size
                 reasons[index] = f"smaller than the {store_size}px tile" if small else "failed to decode during writing"
             except UnreadableImage as error:
                 reasons[index] = str(error).removeprefix(f"{files[index]}: ")
@@ -327,12 +336,10 @@ def write_beton(
 def none_stored_message(files: list, reasons: dict[int, str], tiles: bool) -> str:
     """Why not one of `files` could be stored (reasons: index -> why), each reason once with how many images it
     stopped and one of them, and what to do."""
-    by_reason: dict[str, list[Path]] = {}
+    by_reason: dict[str, dict[Path, None]] = {}  # each reason's images, once each, in order
     for index, reason in reasons.items():
-        by_reason.setdefault(reason, [])
-        if files[index] not in by_reason[reason]:
-            by_reason[reason].append(files[index])
-    said = "; ".join(f"{len(stopped)} {reason} (e.g. {stopped[0]})" for reason, stopped in by_reason.items())
+        by_reason.setdefault(reason, {})[files[index]] = None
+    said = "; ".join(f"{len(stopped)} {reason} (e.g. {next(iter(stopped))})" for reason, stopped in by_reason.items())
     fix = " Lower --tile_size to the smallest image side at most, or add larger images." \
         if tiles and any(reason.startswith("smaller than") for reason in by_reason) else ""
     return f"none of the {len(set(files))} images could be stored: {said}.{fix}"

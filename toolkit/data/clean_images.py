@@ -21,6 +21,7 @@ from PIL import Image
 
 from toolkit.data.beton import StoredImages, cached_beton, default_cache_dir
 from toolkit.data.folders import list_image_files
+from toolkit.data.images import reduced_size
 from toolkit.data.settings import CleanImageSettings
 from toolkit.data.synthetic import write_synthetic_scenes
 from toolkit.errors import DataError
@@ -77,6 +78,7 @@ def load_clean_images(settings: CleanImageSettings, cache_dir: Path | str | None
     if not files:
         raise DataError(f"{root} holds no image files")
     tile = settings.tile_size
+    reductions = settings.reduction_factors()
     tiles, boxes = [], []
     for file in files:
         try:
@@ -84,9 +86,8 @@ def load_clean_images(settings: CleanImageSettings, cache_dir: Path | str | None
                 width, height = image.size
         except (OSError, SyntaxError):  # unreadable: let the writer record why
             width = height = tile
-        reductions = settings.reduction_factors()
         for reduction in reductions:
-            reduced_height, reduced_width = -(-height // reduction), -(-width // reduction)  # Image.reduce's sizes
+            reduced_height, reduced_width = reduced_size(height, reduction), reduced_size(width, reduction)
             tops, lefts = tile_offsets(reduced_height, tile), tile_offsets(reduced_width, tile)
             if reduction > min(reductions) and not (tops and lefts):
                 continue  # too small for a tile once reduced further: left out (the writer says why at the least)

@@ -151,6 +151,17 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> Non
                         "images alike") from None
 
 
+def reduced_size(length: int, reduction: int) -> int:
+    """A side of `length` pixels once reduce_image has made it `reduction` times smaller (a partial block counts)."""
+    return -(-length // reduction)
+
+
+def box_reduction(box: tuple[int, ...]) -> int:
+    """The reduction of a tile's box: (top, left) is cut from the image as it is, (top, left, reduction) from the
+    image reduce_image made that many times smaller."""
+    return box[2] if len(box) == 3 else 1
+
+
 def reduce_image(image: Image.Image, reduction: int) -> Image.Image:
     """An image made `reduction` times smaller each way by averaging each reduction x reduction block of its RGB
     pixels (a box filter: PIL's Image.reduce; a partial block at the right or bottom edge averages what it has)."""

@@ -86,4 +86,3 @@ class CleanImageSettings:
             raise ConfigError(f"--reductions takes comma-separated whole factors of at least 1 (1 = the images as "
                               f"they are, 2 = halved each way), got {self.reductions!r}")
         return factors
-
