@@ -4,8 +4,9 @@ Protocol (DnCNN/FFDNet/DRUNet): clean images in [0, 1]; additive white Gaussian 
 sigma drawn per patch from [0, --sigma_max]/255; the noise level given to the network as an input map,
 so one model serves every sigma (toolkit denoise estimates it when it is not known); residual learning
 (the network predicts the noise); patches cropped at random from tiles stored once in a .beton, then
-rotated and mirrored on the device. Validation: held-out images' tiles at sigma 15 / 25 / 50. The test
-is `toolkit benchmark-denoiser RUN --clean McMaster`: never tune on it.
+rotated and mirrored on the device. Validation: held-out images' tiles at sigma 15 / 25 / 50 (with
+--reductions=1,2 their halved tiles are scored apart, as val/x2/...). The test is `toolkit benchmark-denoiser
+RUN --clean McMaster`: never tune on it.
 
     accelerate launch recipes/blind_denoiser.py --data=data/denoise/CBSD432          # the default model and budget
     accelerate launch recipes/blind_denoiser.py --train_minutes=60 --lr=7e-4 --batch_size=4   # the epochs an hour holds
@@ -98,8 +99,12 @@ def main(cfg: Config) -> dict:
     train_loader = make_loader(data.stored, data.train_indices, cfg.batch_size, train=True,
                                image_size=cfg.tile_size, device=device, seed=cfg.seed, num_processes=run.world,
                                num_workers=cfg.num_workers)
-    evaluation = FixedSigmaEvaluation(run, data.stored, data.val_indices, cfg.tile_size, val_sigmas, True,
-                                      cfg.eval_batch_size, cfg.grid_images, cfg.noise_seed)
+    # validation chooses on the held-out images' tiles as they are; with --reductions, their smaller tiles beside
+    val_tiles = data.val_indices_by_reduction()
+    first, *smaller = val_tiles
+    evaluation = FixedSigmaEvaluation(run, data.stored, val_tiles[first], cfg.tile_size, val_sigmas, True,
+                                      cfg.eval_batch_size, cfg.grid_images, cfg.noise_seed,
+                                      more_val={f"x{reduction}": val_tiles[reduction] for reduction in smaller})
     noise = {"sigma_min": 0.0, "sigma_max": cfg.sigma_max / 255, "clip": False, "seed": cfg.noise_seed}
     state = TrainerState("blind_denoiser", spec, {"image_size": cfg.tile_size}, noise=noise, conditioned=True,
                          label=cfg.model)

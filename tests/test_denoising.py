@@ -652,11 +652,25 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert whole["val_psnr_25"] > whole["val_noisy_psnr_25"]  # it denoises, even this little
     assert {"val_psnr_15", "val_psnr_50", "val_psnr"} <= set(whole)
     assert (tmp_path / "whole" / "plots" / "validation_psnr.png").is_file()
+    # validation chooses on the held-out images' tiles as they are (what val_psnr means without --reductions);
+    # their halved tiles are scored beside, apart
+    from toolkit.data.clean_images import load_clean_images
+    from toolkit.data.settings import CleanImageSettings
+
+    data = load_clean_images(CleanImageSettings(data="synthetic", tile_size=48, reductions="1,2"), num_workers=1,
+                             log=lambda *_: None)
+    boxes = data.stored.manifest["boxes"]
+    assert whole["val_tiles"] == sum(len(boxes[i]) == 2 for i in data.val_indices) > 0
+    assert whole["val_x2_tiles"] == sum(len(boxes[i]) == 3 for i in data.val_indices) > 0
+    assert whole["val_x2_psnr_25"] > whole["val_x2_noisy_psnr_25"] and "val_x2_psnr" in whole
+    logged = read_metrics(tmp_path / "whole")
+    assert len(series(logged, "val/x2/psnr")) == len(series(logged, "val/psnr")) > 2
     # toolkit report reads it as a denoiser run: its validation table per noise level and its figures
     assert toolkit_main(["report", str(tmp_path / "whole"), "--out", str(tmp_path / "report"),
                          "--wandb_mode=disabled"]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "validation, σ (of 255)" in page and f"{whole['val_psnr_25']:.2f}" in page
+    assert f"<td>25, reduced x2</td><td>{whole['val_x2_psnr_25']:.2f}</td>" in page
     assert "validation PSNR per noise level" in page and "clean / noisy / denoised" in page
     # the norm before clipping, logged at log steps
     norms = [norm for _, norm in series(read_metrics(tmp_path / "whole"), "grad_norm")]

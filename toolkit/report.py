@@ -119,10 +119,16 @@ def _denoiser_section(page: _Page, run_dir: Path) -> dict:
                     ["noisy input", f"{summary['test_noisy_psnr']:.2f}", f"{summary['test_noisy_ssim']:.4f}",
                      f"{summary['test_noisy_mse']:.5f}"]])
     else:  # a blind denoiser: validated at each noise level (its benchmark is `toolkit benchmark-denoiser`)
-        sigmas = sorted(int(key.removeprefix("val_psnr_")) for key in summary if re.fullmatch(r"val_psnr_\d+", key))
-        page.table(["validation, σ (of 255)", "model PSNR dB", "model SSIM", "noisy input PSNR dB"],
-                   [[sigma, f"{summary[f'val_psnr_{sigma}']:.2f}", f"{summary[f'val_ssim_{sigma}']:.4f}",
-                     f"{summary[f'val_noisy_psnr_{sigma}']:.2f}"] for sigma in sigmas])
+        rows = []  # the tiles that choose, then those scored beside them (val_x2_...: the images halved)
+        reduced_sets = {match[1] for key in summary if (match := re.fullmatch(r"(val_x\d+)_psnr", key))}
+        for tiles in ["val", *sorted(reduced_sets)]:
+            sigmas = sorted(int(key.removeprefix(f"{tiles}_psnr_")) for key in summary
+                            if re.fullmatch(rf"{tiles}_psnr_\d+", key))
+            reduced = f", reduced x{tiles.removeprefix('val_x')}" if tiles != "val" else ""
+            rows += [[f"{sigma}{reduced}", f"{summary[f'{tiles}_psnr_{sigma}']:.2f}",
+                      f"{summary[f'{tiles}_ssim_{sigma}']:.4f}", f"{summary[f'{tiles}_noisy_psnr_{sigma}']:.2f}"]
+                     for sigma in sigmas]
+        page.table(["validation, σ (of 255)", "model PSNR dB", "model SSIM", "noisy input PSNR dB"], rows)
     plots = run_dir / "plots"
     page.figure(plots / "learning_curves.png", f"{run_dir.name}: learning curves")
     page.figure(plots / "validation_psnr.png", f"{run_dir.name}: validation PSNR per noise level")

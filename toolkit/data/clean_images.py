@@ -21,7 +21,7 @@ from PIL import Image
 
 from toolkit.data.beton import StoredImages, cached_beton, default_cache_dir
 from toolkit.data.folders import list_image_files
-from toolkit.data.images import reduced_size
+from toolkit.data.images import box_reduction, reduced_size
 from toolkit.data.settings import CleanImageSettings
 from toolkit.data.synthetic import write_synthetic_scenes
 from toolkit.errors import DataError
@@ -57,6 +57,13 @@ class CleanImages:
         return (f"{kind} clean images at {self.root}: {self.images} images cut into {self.stored.num_samples} tiles "
                 f"of {self.stored.store_size}px; train {len(self.train_indices)} tiles, validation "
                 f"{len(self.val_indices)} tiles of {val_images} other images")
+
+    def val_indices_by_reduction(self) -> dict[int, np.ndarray]:
+        """The validation tiles of each reduction they were cut at (1: the images as they are), smallest first: a
+        run validates on the first alone, so that its score compares with a run's without --reductions."""
+        reductions = np.array([box_reduction(tuple(box)) for box in self.stored.manifest["boxes"]])
+        return {int(reduction): self.val_indices[reductions[self.val_indices] == reduction]
+                for reduction in sorted(set(reductions[self.val_indices].tolist()))}
 
     def fingerprint(self) -> str:
         hashes = self.stored.pixel_hashes

@@ -3,6 +3,8 @@ scores against the noisy input, figures and the summary."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from toolkit.data.loaders import shard_loader
@@ -82,26 +84,43 @@ class DenoiserEvaluation:
 
 class FixedSigmaEvaluation:
     """Validation of a blind denoiser the published way, on tiles of held-out images: unclipped white Gaussian
-    noise at each of a few fixed levels (15, 25, 50 on the 0-255 scale), the model told the level."""
+    noise at each of a few fixed levels (15, 25, 50 on the 0-255 scale), the model told the level.
+
+    `val_indices` are the tiles that choose (val/...); `more_val` names other tiles of the same images scored
+    beside them and logged under val/<name>/... (a run with --reductions=1,2: the halved tiles, as "x2"), so
+    that val/psnr means the same with or without them."""
 
     def __init__(self, run: Run, stored, val_indices, image_size: int, sigmas_255: list[float], conditioned: bool,
-                 batch_size: int, grid_images: int = 6, noise_seed: int = 1234):
+                 batch_size: int, grid_images: int = 6, noise_seed: int = 1234,
+                 more_val: dict[str, object] | None = None):
         self.run, self.image_size, self.conditioned, self.grid_images = run, image_size, conditioned, grid_images
         self.noises = {s: NoiseSpec(s / 255, s / 255, clip=False, seed=noise_seed) for s in sigmas_255}
-        self.val = shard_loader(stored, val_indices, run.rank, run.world, batch_size, image_size, run.device,
-                                run.cfg.num_workers)
+        self.shards = {"val": shard_loader(stored, val_indices, run.rank, run.world, batch_size, image_size,
+                                           run.device, run.cfg.num_workers)}
+        for name, indices in (more_val or {}).items():
+            if len(indices):
+                self.shards[f"val/{name}"] = shard_loader(stored, indices, run.rank, run.world, batch_size,
+                                                          image_size, run.device, run.cfg.num_workers)
 
     def validate(self, model, step: int, epoch_end: int | None = None) -> dict:
-        """val/psnr_<sigma>, val/ssim_<sigma> per level and val/psnr, their mean (the number that chooses)."""
+        """val/psnr_<sigma>, val/ssim_<sigma> per level and val/psnr, their mean (the number that chooses); the
+        same under val/<name>/ for each of `more_val`."""
+        scalars = {}
+        for prefix, shard in self.shards.items():
+            scalars |= self._score_levels(model, shard, step, prefix, grid=prefix == "val")
+        return scalars
+
+    def _score_levels(self, model, shard, step: int, prefix: str, grid: bool) -> dict:
         run, scalars = self.run, {}
         grid_sigma = sorted(self.noises)[len(self.noises) // 2]
         for sigma, noise in self.noises.items():
-            keep = self.grid_images if sigma == grid_sigma else 0
-            result = evaluate_denoiser(model, self.val, run.accelerator, noise, self.conditioned,
+            keep = self.grid_images if grid and sigma == grid_sigma else 0
+            result = evaluate_denoiser(model, shard, run.accelerator, noise, self.conditioned,
                                        baselines=("noisy",), keep_examples=keep)
-            scalars[f"val/psnr_{sigma:g}"] = result["model"]["psnr"]
-            scalars[f"val/ssim_{sigma:g}"] = result["model"]["ssim"]
-            scalars[f"val/noisy_psnr_{sigma:g}"] = result["noisy"]["psnr"]
+            scalars[f"{prefix}/psnr_{sigma:g}"] = result["model"]["psnr"]
+            scalars[f"{prefix}/ssim_{sigma:g}"] = result["model"]["ssim"]
+            scalars[f"{prefix}/noisy_psnr_{sigma:g}"] = result["noisy"]["psnr"]
+            scalars[f"{prefix}/tiles"] = result["n"]
             if keep and run.is_main:
                 examples = result["examples"]
                 path = plot_image_rows({name: [to_hwc_uint8(x) for x in examples[key]] for name, key in
@@ -109,10 +128,10 @@ class FixedSigmaEvaluation:
                                        run.run_dir / "plots" / f"grid-val-step{step:06d}.png",
                                        title=f"{run.run_dir.name}: iteration {step}, {noise.describe()}")
                 run.logger.log_images({"val/grid": path}, step, captions={"val/grid": f"iteration {step}"})
-        scalars["val/psnr"] = sum(scalars[f"val/psnr_{s:g}"] for s in self.noises) / len(self.noises)
-        run.say(f"[val] iteration {step}: PSNR " + " / ".join(f"{scalars[f'val/psnr_{s:g}']:.2f}" for s in
-                                                              self.noises)
-                + f" dB at sigma {' / '.join(f'{s:g}' for s in self.noises)} (mean {scalars['val/psnr']:.2f})")
+        scalars[f"{prefix}/psnr"] = sum(scalars[f"{prefix}/psnr_{s:g}"] for s in self.noises) / len(self.noises)
+        levels = " / ".join(f"{scalars[f'{prefix}/psnr_{s:g}']:.2f}" for s in self.noises)
+        run.say(f"[{prefix}] iteration {step}: PSNR {levels} dB at sigma {' / '.join(f'{s:g}' for s in self.noises)}"
+                f" (mean {scalars[f'{prefix}/psnr']:.2f}) on {scalars[f'{prefix}/tiles']} tiles")
         return scalars
 
     def final(self, model, step: int) -> dict:
@@ -127,7 +146,7 @@ def _plot_denoiser_curves(run, records: list[dict], label: str, noise: str, step
                          "validation MSE": series(records, "val/mse")},
                         run.run_dir / "plots" / "learning_curves.png", "iteration", "loss", title=f"{label}: {noise}")
     psnr = {key.removeprefix("val/"): series(records, key) for key in sorted({k for r in records for k in r})
-            if key.startswith("val/psnr")}
+            if re.fullmatch(r"val/(\w+/)?psnr(_[\d.]+)?", key)}  # per level, and of the tiles scored beside them
     if psnr:
         curves = plot_lines(psnr, run.run_dir / "plots" / "validation_psnr.png", "iteration", "PSNR (dB)",
                             title=f"{label}: validation PSNR")
