@@ -136,9 +136,9 @@ def main(cfg: Config) -> dict:
                   for size, share in patch_plan(cfg) if share]
         epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader), phases)
     for (tiles,) in loop.batches(lambda epoch: train_loader, epochs):
-        set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))
-        patch_size = patch_size_at(loop.step - 1, loop.total_steps, cfg)
-        if loop.step > 1 and patch_size != patch_size_at(loop.step - 2, loop.total_steps, cfg):
+        set_lr(optimizer, one_cycle_lr(*loop.schedule_at(loop.step - 1), peak_lr, cfg.warmup_fraction))
+        patch_size = patch_size_at(*loop.schedule_at(loop.step - 1), cfg)
+        if loop.step > 1 and patch_size != patch_size_at(*loop.schedule_at(loop.step - 2), cfg):
             run.say(f"\n[patches] from iteration {loop.step} of {loop.total_steps}: patches of {patch_size}")
         loss, patches, grad_norm = train_step(tiles, loop.step, patch_size)
         loop.end_step(loss, patches, grad_norm=grad_norm)
@@ -152,15 +152,15 @@ def patch_plan(cfg: Config) -> list[tuple[int, float]]:
     return [(cfg.early_patch_size, cfg.early_patch_share), (cfg.patch_size, 1.0 - cfg.early_patch_share)]
 
 
-def patch_size_at(iteration: int, total_iterations: int, cfg: Config) -> int:
-    """The patch size of training iteration `iteration` (counted from 0) of `total_iterations`, read from
-    patch_plan (the plan the time budget timed): a function of the plan alone, so a resumed run crops exactly
-    as the uninterrupted one did."""
+def patch_size_at(position: float, total_iterations: int, cfg: Config) -> int:
+    """The patch size at `position` (a training iteration counted from 0, or where it stands in a schedule a
+    re-plan stretched: loop.schedule_at) of `total_iterations`, read from patch_plan (the plan the time budget
+    timed): a function of the plan alone, so a resumed run crops exactly as the uninterrupted one did."""
     plan = patch_plan(cfg)
     ends = 0.0
     for size, share in plan:
         ends += share
-        if iteration < round(ends * total_iterations):
+        if position < round(ends * total_iterations):
             return size
     return plan[-1][0]
 

@@ -150,7 +150,7 @@ def main(cfg: Config) -> dict:
         epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader),
                                             lambda: train_step(stand_in, stand_in_classes, 0)[0])
     for inputs, labels in loop.batches(lambda epoch: train_loader, epochs):
-        set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))
+        set_lr(optimizer, one_cycle_lr(*loop.schedule_at(loop.step - 1), peak_lr, cfg.warmup_fraction))
         loss, logits = train_step(inputs, labels, loop.step)
         loop.end_step(loss, len(labels), logits, labels)
     return finish_classifier_run(loop, evaluation)

@@ -100,7 +100,7 @@ def main(cfg: Config) -> dict:
 
     model.train()
     for images, labels in loop.batches(loader_for_epoch, cfg.epochs):
-        set_lr(optimizer, one_cycle_lr(loop.step - 1, loop.total_steps, peak_lr, cfg.warmup_fraction))
+        set_lr(optimizer, one_cycle_lr(*loop.schedule_at(loop.step - 1), peak_lr, cfg.warmup_fraction))
         generator = step_generator(device, cfg.seed, loop.step, run.rank)
         inputs = random_scale_translate(normalize(random_flip(images, generator)), generator, cfg.min_scale)
         with accelerator.accumulate(model):

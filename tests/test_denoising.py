@@ -911,9 +911,10 @@ def test_a_time_budget_re_plans_from_the_pace_of_its_steps(tmp_path, capsys, mon
 def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path, capsys, monkeypatch):
     """The re-plan's machinery, made deterministic: the first plan is set to 2 epochs (126 iterations) and the
     re-plan to 73 (an epoch and 10 iterations: the last epoch ends part-way). The one-cycle schedule follows the
-    new total from the re-plan on; a run stopped before the re-plan, or after it, resumes bit-exactly."""
+    new total from the re-plan on, with no jump; a run stopped before the re-plan, or after it, resumes
+    bit-exactly."""
     import toolkit.train.loop as loop_module
-    from toolkit.train.schedule import one_cycle_lr
+    from toolkit.train.schedule import one_cycle_lr, stretched_position
 
     assert loop_module.pace_so_far(30.0, 100) == 0.3
     # 100 of them in 30 s, the rest of 60 s at 0.25 s each: 220; rounded down to whole accumulations of 4: 220;
@@ -948,8 +949,11 @@ def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path,
     assert budget["steps"] == whole["steps"] == 73 and "stopped_at" not in budget
     lr = dict(series(read_metrics(tmp_path / "whole"), "lr"))
     assert lr[15] == pytest.approx(one_cycle_lr(14, 126, 1e-3, 0.05))  # set before the re-plan at its end
-    assert lr[20] == pytest.approx(one_cycle_lr(19, 73, 1e-3, 0.05))
-    assert lr[73] == pytest.approx(one_cycle_lr(72, 73, 1e-3, 0.05))  # the schedule ends where the plan does
+    # then the 111 iterations left of the first plan's schedule are spread over the 58 the re-plan left
+    assert lr[20] == pytest.approx(one_cycle_lr(15 + 111 * 4 / 58, 126, 1e-3, 0.05))  # on from where it stood
+    assert lr[73] == pytest.approx(one_cycle_lr(126 - 111 / 58, 126, 1e-3, 0.05))  # it ends where the plan does
+    assert lr[73] < 1.05 * 0.02 * 1e-3  # annealed: within 5% of its final 2% of the peak
+    assert stretched_position(19, 126, [(15, 73)]) == 15 + 111 * 4 / 58
 
     def plan_only(chosen: dict) -> dict:  # less the pace and seconds each run measured
         return chosen | {"replans": [{k: v for k, v in replan.items() if k not in ("seconds_per_step", "train_seconds")}

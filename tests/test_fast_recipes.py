@@ -73,6 +73,40 @@ def test_one_cycle_schedule_shape():
     assert lrs[-1] == pytest.approx(0.02, abs=1e-3) and all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
 
 
+def test_a_re_planned_schedule_moves_on_from_where_it_stood():
+    """A time budget's re-plans change the total; the schedule's position then spreads what is left of it over
+    the iterations that follow: no jump, it ends at the first plan's end, and with no re-plan it is the
+    iteration itself, exactly. A budget recorded before this (no `stretched_schedule`) reads the new total."""
+    from types import SimpleNamespace
+
+    from toolkit.train.loop import TrainingLoop
+    from toolkit.train.schedule import stretched_position
+
+    assert all(stretched_position(i, 1000, []) == i for i in range(1000))  # bit-identical without re-plans
+    changes = [(100, 1200), (400, 900)]  # at 100 of 1000 more iterations, at 400 fewer
+    positions = [stretched_position(i, 1000, changes) for i in range(901)]
+    assert positions[:101] == list(range(101)) and positions[900] == 1000
+    assert positions[400] == 100 + 900 * 300 / 1100  # on the first stretch's line, where the second begins
+    steps = [b - a for a, b in zip(positions, positions[1:])]
+    assert all(step == pytest.approx(900 / 1100) for step in steps[100:400])
+    assert all(step == pytest.approx((1000 - positions[400]) / 500) for step in steps[400:])
+    lrs = [one_cycle_lr(position, 1000, 1.0, 0.05) for position in positions]
+    jumps = [abs(b - a) for a, b in zip(lrs, lrs[1:])]
+    assert max(jumps[50:]) < 0.005 and lrs[-1] == pytest.approx(0.02)  # (warm-up steps: 1/50 each)
+    assert abs(one_cycle_lr(400, 900, 1.0, 0.05) - one_cycle_lr(399, 1200, 1.0, 0.05)) > 0.1  # the total's jump
+
+    def loop_with(budget: dict, total_steps: int):
+        return SimpleNamespace(state=SimpleNamespace(extra={"budget": budget}), total_steps=total_steps)
+
+    replans = [{"at_step": 100, "steps_before": 1000}, {"at_step": 400, "steps_before": 1200}]
+    budget = {"steps": 900, "replans": replans, "stretched_schedule": True}
+    assert TrainingLoop.schedule_at(loop_with(budget, 900), 650) == (positions[650], 1000)
+    older = {key: value for key, value in budget.items() if key != "stretched_schedule"}
+    assert TrainingLoop.schedule_at(loop_with(older, 900), 650) == (650, 900)
+    assert TrainingLoop.schedule_at(loop_with(budget | {"replans": []}, 1000), 650) == (650, 1000)
+    assert TrainingLoop.schedule_at(SimpleNamespace(state=SimpleNamespace(extra={}), total_steps=80), 7) == (7, 80)
+
+
 def test_ema_tracks_the_average_and_round_trips():
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)

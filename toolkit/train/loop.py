@@ -40,6 +40,7 @@ from toolkit.run import Preempted, Run, install_stop_handler, restore_sigterm
 from toolkit.train.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint, writes_checkpoints
 from toolkit.train.ema import ModelEMA
 from toolkit.train.meter import TrainingMeter
+from toolkit.train.schedule import stretched_position
 from toolkit.train.state import TrainerState
 
 StepPhase = tuple[str, float, Callable[[], torch.Tensor]]  # (name, share of the iterations, the step) of a plan
@@ -183,11 +184,11 @@ class TrainingLoop:
         steps since this process's first log step, leaving the loader's start-up and the first steps' warm-up out; a
         run resumed before its first re-plan but past that step uses all its steps so far, so that it re-plans where
         the uninterrupted run did. The total becomes what the minutes hold, to the iteration, not to the epoch (the
-        last epoch may end part-way), and never less than one epoch. A recipe whose schedule reads loop.total_steps
-        each step follows the new total: a small step in the learning rate (a tenth into a one-cycle schedule with a
-        5% warm-up, 10% more or fewer iterations move it by 0.2-0.3% of its peak; halfway, 5% more or fewer by about
-        4%; within a longer warm-up they make its ramp that much gentler or steeper). Each re-plan is recorded in the
-        budget (`replans`) and kept on resume.
+        last epoch may end part-way), and never less than one epoch. A recipe whose schedule reads
+        loop.schedule_at(iteration) each step follows the new total with no jump: what is left of its schedule (the
+        learning rate's, the patch sizes') is spread over the iterations that now follow (read against
+        loop.total_steps, a one-cycle learning rate halfway would jump by about 4% of its peak for 5% more or fewer
+        iterations). Each re-plan is recorded in the budget (`replans`) and kept on resume.
         """
         stored = self.state.extra.get("budget")
         if stored is not None:
@@ -238,7 +239,7 @@ class TrainingLoop:
                                       "epochs": epochs, "steps": epochs * steps_per_epoch,
                                       "counted_before": round(self.state.train_seconds, 3)}
         if replan_every:  # re-plan a share of the minutes after the last; the first sooner at that share of the plan
-            self.state.extra["budget"].update(replan_every=replan_every, replans=[],
+            self.state.extra["budget"].update(replan_every=replan_every, replans=[], stretched_schedule=True,
                                               replan_at=max(1, round(replan_every * epochs * steps_per_epoch)))
         if len(timings) > 1:
             self.state.extra["budget"]["phase_seconds_per_step"] = {name: round(seconds, 4)
@@ -257,6 +258,22 @@ class TrainingLoop:
                      f"({epochs * steps_per_epoch} of the {fits:.0f} that fit{counted})"
                      + ("" if fits >= steps_per_epoch else ": the budget is shorter than one epoch, which runs anyway"))
         return epochs
+
+    def schedule_at(self, iteration: int) -> tuple[float, int]:
+        """(position, length) of training iteration `iteration` (from 0) in the recipe's schedule: (iteration,
+        total_steps), until a time budget's re-plan changes the total; from then on the position in the schedule
+        as first planned, what was left of it spread over the iterations that now follow (stretched_position), so
+        a learning rate or patch size read from it moves on with no jump and ends where the new plan ends. A pure
+        function of the budget's record: a resumed run reads the same. (A budget recorded before this, without
+        `stretched_schedule`, keeps reading the new total, so that its run resumes as it would have gone on.)"""
+        budget = self.state.extra.get("budget")
+        if not budget or not budget.get("replans") or not budget.get("stretched_schedule"):
+            return float(iteration), self.total_steps
+        replans = budget["replans"]
+        totals = [replan["steps_before"] for replan in replans[1:]] + [budget["steps"]]  # what each re-plan chose
+        first = replans[0]["steps_before"]
+        return stretched_position(iteration, first, [(replan["at_step"], total)
+                                                     for replan, total in zip(replans, totals)]), first
 
     def batches(self, loader_for_epoch: Callable[[int], object], epochs: int) -> Iterator[tuple]:
         """Yield the batches still to train on, continuing from the trainer state (loop.step: this one's number).
