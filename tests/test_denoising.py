@@ -6,12 +6,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 from conftest import load_recipe, run_toolkit_without_heavy_imports
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file
 from test_recipes import assert_same_final_weights, run_in_process
 
@@ -341,9 +342,9 @@ def test_denoise_never_writes_over_what_it_was_given(tiny_intel, tmp_path, capsy
 
 
 def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel, tmp_path, capsys):
-    """Grey stays grey, 16-bit grey 16-bit, transparency is kept exactly; a CMYK or palette image comes back as
-    RGB, saying so; a 1-pixel image or strip is denoised too (padded to the smallest side every model takes);
-    a target whose format cannot hold the image is refused with the fix, leaving no file."""
+    """Grey stays grey, 16-bit grey and colour 16-bit, transparency is kept exactly; a CMYK or palette image comes
+    back as RGB, saying so; a 1-pixel image or strip is denoised too (padded to the smallest side every model
+    takes); a target whose format cannot hold the image is refused with the fix, leaving no file."""
     from toolkit.data.images import load_for_restoration, save_restored
 
     rng = np.random.default_rng(0)
@@ -357,9 +358,13 @@ def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel,
     Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert("P").save(inputs / "palette.png")
     Image.fromarray(rng.integers(0, 255, (1, 1, 3), dtype=np.uint8)).save(inputs / "pixel.png")
     Image.fromarray(rng.integers(0, 255, (1, 40, 3), dtype=np.uint8)).save(inputs / "strip.png")
+    cv2.imwrite(str(inputs / "colour16.png"), rng.integers(0, 65535, (20, 30, 3), dtype=np.uint16))  # 16-bit RGB
+    cv2.imwrite(str(inputs / "rgba16.png"), rng.integers(0, 65535, (20, 30, 4), dtype=np.uint16))
     expected = {"grey": ("L", (30, 20)), "grey_alpha": ("LA", (30, 20)), "rgba": ("RGBA", (30, 20)),
                 "grey16": ("I;16", (30, 20)), "cmyk": ("RGB", (30, 20)), "palette": ("RGB", (30, 20)),
-                "pixel": ("RGB", (1, 1)), "strip": ("RGB", (40, 1))}
+                "pixel": ("RGB", (1, 1)), "strip": ("RGB", (40, 1)), "colour16": ("RGB", (30, 20)),
+                "rgba16": ("RGBA", (30, 20))}
+    sixteen_bits = lambda path: cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # noqa: E731 (Pillow reads 8 of them)
 
     # nothing is lost on the way in and out: an identity restoration writes every file's pixels back exactly
     for name in expected:
@@ -369,6 +374,9 @@ def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel,
         save_restored(pixels, stored, tmp_path / f"{name}-copy.png")
         if not stored.converted:
             assert np.array_equal(np.asarray(Image.open(tmp_path / f"{name}-copy.png")), np.asarray(Image.open(source)))
+        if name.endswith("16"):  # every one of the 16 bits, and the alpha channel's too
+            assert stored.bits == 16 and len(np.unique(pixels)) > 256
+            assert np.array_equal(sixteen_bits(tmp_path / f"{name}-copy.png"), sixteen_bits(source))
 
     # the blind denoiser (estimating each image's noise level) and the study's AE71, whose unpadded 5x5
     # convolutions need 9 pixels each way
@@ -391,10 +399,41 @@ def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel,
             kept = np.asarray(Image.open(tmp_path / f"out-{run}" / f"{name}.png"))[..., channel]
             assert np.array_equal(kept, np.asarray(Image.open(inputs / f"{name}.png"))[..., channel])
         assert np.asarray(Image.open(tmp_path / f"out-{run}" / "grey16.png")).dtype == np.uint16
+        for name in ("colour16", "rgba16"):
+            written = sixteen_bits(tmp_path / f"out-{run}" / f"{name}.png")
+            assert written.dtype == np.uint16 and written.shape == sixteen_bits(inputs / f"{name}.png").shape
+            assert len(np.unique(written[..., :3])) > 256  # denoised at 16 bits, not 8 scaled up
+        kept = sixteen_bits(tmp_path / f"out-{run}" / "rgba16.png")[..., 3]
+        assert np.array_equal(kept, sixteen_bits(inputs / "rgba16.png")[..., 3])
 
     jpeg = tmp_path / "rgba.jpg"
     assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "rgba.png"), str(jpeg)]) == 2
     assert "Name it .png" in capsys.readouterr().err and not jpeg.exists()
+    assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "colour16.png"), str(jpeg)]) == 2
+    assert "16 bits per channel. Name it .png" in capsys.readouterr().err and not jpeg.exists()
+
+
+def test_a_sixteen_bit_colour_file_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    """16-bit colour is read past Pillow (which decodes it at 8 bits), so its EXIF orientation is applied by
+    `upright`: the same turn or mirror as Pillow's exif_transpose, for each of the 8 orientations; a 16-bit
+    TIFF reads at 16 bits too, and an 8-bit file is not taken for a 16-bit one."""
+    from toolkit.data.images import load_for_restoration, stores_sixteen_bit_colour, upright
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        image = Image.fromarray(pixels)
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.save(tmp_path / f"o{orientation}.png", exif=exif)
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / f"o{orientation}.png")))
+        assert np.array_equal(upright(pixels, orientation), shown), orientation
+    deep = rng.integers(0, 65535, (5, 7, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.tif"), deep)
+    read, stored = load_for_restoration(tmp_path / "deep.tif")
+    assert stored.bits == 16 and np.array_equal(np.round(read * 65535).astype(np.uint16), deep[..., ::-1])
+    assert stores_sixteen_bit_colour(tmp_path / "deep.tif") and not stores_sixteen_bit_colour(tmp_path / "o1.png")
+    assert load_for_restoration(tmp_path / "o1.png")[1].bits == 8
 
 
 def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_intel, tmp_path, capsys):

@@ -86,8 +86,8 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                   log=print) -> dict:
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
     the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped. Each is
-    written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey 16-bit, transparency is
-    kept; a palette or CMYK image comes back as RGB, saying so.
+    written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey and colour stay 16-bit,
+    transparency is kept; a palette or CMYK image comes back as RGB, saying so.
 
     A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
     without it, each image's noise level is estimated (scikit-image's wavelet estimator) and printed.

@@ -2,7 +2,8 @@
 
 Every entry point (preprocessing, the data doctor, predict, the denoiser benchmark) reads images through
 `load_rgb`, and `toolkit denoise` through `load_for_restoration` (which keeps grey, 16 bits and alpha to write
-them back); both open files with `open_image`, so a file is judged the same way everywhere.
+them back: 16-bit colour, which Pillow decodes at 8 bits, through OpenCV); both open files with `open_image`, so a
+file is judged the same way everywhere.
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ class StoredAs:
     """How an image file stored its pixels, so that a restored image is written back the same way.
 
     mode: the file's own colour mode (PIL's name); grey: one channel; bits: 8 or 16 per channel; alpha: the
-    transparency channel as stored ((H, W) uint8), or None; converted: the mode cannot be written back (a palette,
-    CMYK, YCbCr, ...), so the result is RGB."""
+    transparency channel as stored ((H, W) uint8, uint16 in a 16-bit colour file), or None; converted: the mode
+    cannot be written back (a palette, CMYK, YCbCr, ...), so the result is RGB."""
     mode: str
     grey: bool = False
     bits: int = 8
@@ -97,13 +98,55 @@ class StoredAs:
 _SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I")
 
 
+# EXIF orientation (tag 274) -> what makes the stored pixels upright, as ImageOps.exif_transpose does, on (H, W, C)
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, C) pixels turned and mirrored as an EXIF orientation asks (1 or unknown: as they are)."""
+    return np.ascontiguousarray(_UPRIGHT.get(orientation, lambda a: a)(pixels))
+
+
+def stores_sixteen_bit_colour(path: Path | str) -> bool:
+    """The file stores 16 bits per colour channel (a PNG or TIFF in RGB or RGBA), which Pillow decodes at 8."""
+    try:
+        with Image.open(path) as header:  # the header only: how the pixels are stored, before any decoding
+            mode, rawmode = header.mode, header.tile[0][3] if header.tile else ""
+    except (OSError, SyntaxError, ValueError):
+        return False
+    rawmode = rawmode[0] if isinstance(rawmode, tuple) and rawmode else rawmode
+    return mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode
+
+
+def read_sixteen_bit_colour(path: Path | str) -> np.ndarray:
+    """A 16-bit colour file's pixels as stored, (H, W, 3) or with alpha (H, W, 4) uint16, RGB(A), read with
+    OpenCV (Pillow has no 16-bit colour mode). Raises UnreadableImage."""
+    import cv2
+
+    pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise UnreadableImage(f"{path}: cannot decode its 16-bit colour")
+    return pixels[..., [2, 1, 0, 3][:pixels.shape[2]]]  # OpenCV's BGR(A) as RGB(A)
+
+
 def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
     """An image file's pixels as (H, W, 3) float32 in [0, 1], for a model that restores them, and how the file
     stored them (save_restored writes the result back alike). Unlike load_rgb, nothing is lost on the way in:
-    grey is its one channel repeated three times; 16-bit grey is read at 16 bits (32-bit integer grey, `I`, too
-    when its values pass 255); alpha is set aside, not composited, and the colour under it restored as stored.
-    Other modes (a palette without transparency, CMYK, YCbCr, ...) are converted to RGB. Raises UnreadableImage."""
-    image = ImageOps.exif_transpose(open_image(path))  # upright, as every viewer shows it
+    grey is its one channel repeated three times; 16-bit grey and colour are read at 16 bits (32-bit integer
+    grey, `I`, too when its values pass 255); alpha is set aside, not composited, and the colour under it
+    restored as stored. Other modes (a palette without transparency, CMYK, YCbCr, ...) are converted to RGB.
+    Raises UnreadableImage."""
+    decoded = open_image(path)  # judged as everywhere: unreadable files are said so
+    if decoded.mode in ("RGB", "RGBA") and stores_sixteen_bit_colour(path):
+        orientation = decoded.getexif().get(0x0112, 1)
+        pixels = upright(read_sixteen_bit_colour(path), orientation)
+        alpha = pixels[..., 3].copy() if pixels.shape[2] == 4 else None
+        return (pixels[..., :3] / 65535).astype(np.float32), StoredAs(decoded.mode, bits=16, alpha=alpha)
+    image = ImageOps.exif_transpose(decoded)  # upright, as every viewer shows it
     mode = image.mode
     if mode in _SIXTEEN_BIT_GREY:
         pixels = np.asarray(image, dtype=np.float64)
@@ -123,9 +166,12 @@ def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
 
 def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> None:
     """Write (H, W, 3) float pixels in [0, 1] as the file `stored` describes stored its own: grey as one channel
-    (the mean of the three), 16-bit grey at 16 bits, the alpha channel as it was; RGB otherwise. Raises
-    UserError when the file's format cannot hold that (alpha or 16 bits in a JPEG): PNG holds every one."""
+    (the mean of the three), 16-bit grey and colour at 16 bits, the alpha channel as it was; RGB otherwise.
+    Raises UserError when the file's format cannot hold that (alpha or 16 bits in a JPEG): PNG holds every one."""
     pixels = np.clip(np.asarray(pixels, dtype=np.float64), 0, 1)
+    if stored.bits == 16 and not stored.grey:
+        write_sixteen_bit_colour((pixels * 65535 + 0.5).astype(np.uint16), stored.alpha, path)
+        return
     if stored.grey:
         grey = pixels.mean(axis=2)
         if stored.bits == 16:
@@ -149,6 +195,25 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> Non
     except (KeyError, ValueError) as error:  # a name whose format PIL does not know
         raise UserError(f"cannot write {path}: {error}. Name it .png, which holds grey, 16-bit and transparent "
                         "images alike") from None
+
+
+def write_sixteen_bit_colour(rgb: np.ndarray, alpha: np.ndarray | None, path: Path | str) -> None:
+    """Write (H, W, 3) uint16 RGB, with an (H, W) uint16 alpha channel if given, as a 16-bit PNG or TIFF (OpenCV:
+    Pillow has no 16-bit colour mode). Raises UserError for another format or a refusal to write."""
+    import cv2
+
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise UserError(f"cannot write {path}: a 16-bit colour image needs a format that holds 16 bits per channel. "
+                        "Name it .png, which holds grey, 16-bit and transparent images alike")
+    channels = [rgb[..., 2], rgb[..., 1], rgb[..., 0]] + ([alpha] if alpha is not None else [])  # OpenCV: BGR(A)
+    encoded, data = cv2.imencode(path.suffix.lower(), np.dstack(channels))
+    if not encoded:
+        raise UserError(f"cannot write {path}: OpenCV could not encode it as {path.suffix}")
+    try:
+        path.write_bytes(data.tobytes())
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def reduced_size(length: int, reduction: int) -> int:
