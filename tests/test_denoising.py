@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zlib
 from pathlib import Path
 
 import cv2
@@ -434,6 +435,15 @@ def test_a_sixteen_bit_colour_file_is_read_upright_as_its_exif_orientation_says(
     assert stored.bits == 16 and np.array_equal(np.round(read * 65535).astype(np.uint16), deep[..., ::-1])
     assert stores_sixteen_bit_colour(tmp_path / "deep.tif") and not stores_sixteen_bit_colour(tmp_path / "o1.png")
     assert load_for_restoration(tmp_path / "o1.png")[1].bits == 8
+    # a 16-bit PNG whose EXIF (an eXIf chunk after the header, as Pillow writes it) says "turn 90 degrees clockwise"
+    _, encoded = cv2.imencode(".png", deep)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = exif.tobytes(8).removeprefix(b"Exif\x00\x00")
+    chunk = len(data).to_bytes(4, "big") + b"eXIf" + data + zlib.crc32(b"eXIf" + data).to_bytes(4, "big")
+    (tmp_path / "turned.png").write_bytes(encoded.tobytes()[:33] + chunk + encoded.tobytes()[33:])
+    read, stored = load_for_restoration(tmp_path / "turned.png")
+    assert stored.bits == 16 and np.array_equal(np.round(read * 65535).astype(np.uint16), np.rot90(deep[..., ::-1], -1))
 
 
 def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_intel, tmp_path, capsys):
