@@ -136,8 +136,9 @@ def main(cfg: Config) -> dict:
                   for size, share in patch_plan(cfg) if share]
         epochs = loop.epochs_within_minutes(cfg.train_minutes, len(train_loader), phases)
     for (tiles,) in loop.batches(lambda epoch: train_loader, epochs):
-        set_lr(optimizer, one_cycle_lr(*loop.schedule_at(loop.step - 1), peak_lr, cfg.warmup_fraction))
-        patch_size = patch_size_at(*loop.schedule_at(loop.step - 1), cfg)
+        position = loop.schedule_at(loop.step - 1)  # (where this iteration stands, the schedule's length)
+        set_lr(optimizer, one_cycle_lr(*position, peak_lr, cfg.warmup_fraction))
+        patch_size = patch_size_at(*position, cfg)
         if loop.step > 1 and patch_size != patch_size_at(*loop.schedule_at(loop.step - 2), cfg):
             run.say(f"\n[patches] from iteration {loop.step} of {loop.total_steps}: patches of {patch_size}")
         loss, patches, grad_norm = train_step(tiles, loop.step, patch_size)

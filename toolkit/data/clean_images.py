@@ -61,7 +61,7 @@ class CleanImages:
     def val_indices_by_reduction(self) -> dict[int, np.ndarray]:
         """The validation tiles of each reduction they were cut at (1: the images as they are), smallest first: a
         run validates on the first alone, so that its score compares with a run's without --reductions."""
-        reductions = np.array([box_reduction(tuple(box)) for box in self.stored.manifest["boxes"]])
+        reductions = np.array([box_reduction(box) for box in self.stored.manifest["boxes"]])
         return {int(reduction): self.val_indices[reductions[self.val_indices] == reduction]
                 for reduction in sorted(set(reductions[self.val_indices].tolist()))}
 

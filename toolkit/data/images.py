@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,7 +222,7 @@ def reduced_size(length: int, reduction: int) -> int:
     return -(-length // reduction)
 
 
-def box_reduction(box: tuple[int, ...]) -> int:
+def box_reduction(box: Sequence[int]) -> int:
     """The reduction of a tile's box: (top, left) is cut from the image as it is, (top, left, reduction) from the
     image reduce_image made that many times smaller."""
     return box[2] if len(box) == 3 else 1
