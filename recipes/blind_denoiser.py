@@ -91,12 +91,16 @@ def main(cfg: Config) -> dict:
     with run.main_process_first():  # one process per machine writes the tiles; the others reuse them
         data = load_clean_images(cfg, cfg.cache_dir, cfg.num_workers, log=run.say)
     run.say(f"[data] {data.describe()}")
+    train_tiles = data.train_indices_with_repeats(cfg.reduced_tile_repeats)
+    if cfg.reduced_tile_repeats > 1:
+        run.say(f"[data] each reduced training tile {cfg.reduced_tile_repeats} times per epoch: "
+                f"{len(train_tiles)} tile turns per epoch")
 
     model = build_model(spec).to(memory_format=torch.channels_last)  # NHWC for the convolutions
     optimizer = torch.optim.Adam(model.parameters(), lr=run.scale_lr(cfg.lr))
     model, optimizer = run.prepare(model, optimizer, batch_size=cfg.batch_size, image_size=cfg.patch_size)
     accelerator, device = run.accelerator, run.device
-    train_loader = make_loader(data.stored, data.train_indices, cfg.batch_size, train=True,
+    train_loader = make_loader(data.stored, train_tiles, cfg.batch_size, train=True,
                                image_size=cfg.tile_size, device=device, seed=cfg.seed, num_processes=run.world,
                                num_workers=cfg.num_workers)
     # validation chooses on the held-out images' tiles as they are; with --reductions, their smaller tiles beside

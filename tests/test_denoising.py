@@ -584,6 +584,24 @@ def test_reductions_add_each_image_tiled_smaller_on_its_own_side_of_the_split(tm
     for bad in ("0", "1,x", ""):
         with pytest.raises(ConfigError, match="--reductions takes comma-separated whole factors"):
             CleanImageSettings(data=str(folder), reductions=bad).check_data_settings()
+    # --reduced_tile_repeats: each halved training tile visited that often per epoch by the real loader, the
+    # whole ones once, the validation tiles never
+    assert np.array_equal(both.train_indices_with_repeats(1), both.train_indices)
+    repeated = both.train_indices_with_repeats(3)
+    turns = np.bincount(repeated, minlength=both.stored.num_samples)
+    assert np.array_equal(turns[both.train_indices], np.where(both.tile_reductions()[both.train_indices] > 1, 3, 1))
+    assert not turns[both.val_indices].any()
+    loader = make_loader(both.stored, repeated, 1, train=True, image_size=32, device=torch.device("cpu"),
+                         num_workers=1, seed=5)
+    seen = sorted(batch[0][0].numpy().tobytes() for batch in loader)
+    in_order = make_loader(both.stored, both.train_indices, 1, train=False, image_size=32, device=torch.device("cpu"),
+                           num_workers=1)
+    tile_of = {i: batch[0][0].numpy().tobytes() for i, batch in zip(both.train_indices, in_order)}
+    assert seen == sorted(tile_of[i] for i in repeated)
+    for repeats, reductions, message in ((0, "1,2", "reduced_tile_repeats"), (2, "1", "makes none")):
+        with pytest.raises(ConfigError, match=message):
+            CleanImageSettings(data=str(folder), reductions=reductions,
+                               reduced_tile_repeats=repeats).check_data_settings()
 
 
 def test_benchmark_scores_images_reduced_as_a_folder_of_reduced_images_would_score(tmp_path, capsys):
@@ -712,6 +730,12 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert whole["val_tiles"] == sum(len(boxes[i]) == 2 for i in data.val_indices) > 0
     assert whole["val_x2_tiles"] == sum(len(boxes[i]) == 3 for i in data.val_indices) > 0
     assert whole["val_x2_psnr_25"] > whole["val_x2_noisy_psnr_25"] and "val_x2_psnr" in whole
+    # --reduced_tile_repeats=2: the halved training tiles twice per epoch (the loader's visits: test above)
+    capsys.readouterr()
+    run_in_process("blind_denoiser", [*args, f"--run_dir={tmp_path / 'repeats'}", "--reduced_tile_repeats=2",
+                                      "--max_steps=2"])
+    turns = len(data.train_indices) + sum(len(boxes[i]) == 3 for i in data.train_indices)
+    assert f"each reduced training tile 2 times per epoch: {turns} tile turns per epoch" in capsys.readouterr().out
     logged = read_metrics(tmp_path / "whole")
     assert len(series(logged, "val/x2/psnr")) == len(series(logged, "val/psnr")) > 2
     # toolkit report reads it as a denoiser run: its validation table per noise level and its figures

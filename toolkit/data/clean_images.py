@@ -58,12 +58,24 @@ class CleanImages:
                 f"of {self.stored.store_size}px; train {len(self.train_indices)} tiles, validation "
                 f"{len(self.val_indices)} tiles of {val_images} other images")
 
+    def tile_reductions(self) -> np.ndarray:
+        """(tiles,) the factor each tile was reduced by before it was cut (1: the image as it is)."""
+        return np.array([box_reduction(box) for box in self.stored.manifest["boxes"]], dtype=np.int64)
+
     def val_indices_by_reduction(self) -> dict[int, np.ndarray]:
         """The validation tiles of each reduction they were cut at (1: the images as they are), smallest first: a
         run validates on the first alone, so that its score compares with a run's without --reductions."""
-        reductions = np.array([box_reduction(box) for box in self.stored.manifest["boxes"]])
+        reductions = self.tile_reductions()
         return {int(reduction): self.val_indices[reductions[self.val_indices] == reduction]
                 for reduction in sorted(set(reductions[self.val_indices].tolist()))}
+
+    def train_indices_with_repeats(self, reduced_tile_repeats: int) -> np.ndarray:
+        """The training tiles, each reduced one (reduction above 1) listed `reduced_tile_repeats` times: an
+        epoch then visits it that often, raising the reduced tiles' share of the patches without storing more."""
+        if reduced_tile_repeats < 1:
+            raise ValueError(f"reduced_tile_repeats must be at least 1, got {reduced_tile_repeats}")
+        reduced = self.tile_reductions()[self.train_indices] > 1
+        return np.concatenate([self.train_indices] + [self.train_indices[reduced]] * (reduced_tile_repeats - 1))
 
     def fingerprint(self) -> str:
         hashes = self.stored.pixel_hashes

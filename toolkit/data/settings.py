@@ -66,11 +66,15 @@ class CleanImageSettings:
     max_train_images: int = 0  # >0: only this many training images (0 = all)
     # CBSD432's JPEGs store colour at half resolution, full once halved: the 60-minute hour trains on "1,2"
     reductions: str = "1"  # the whole factors each image is tiled at, reduced by a box filter: "1,2" adds halves
+    reduced_tile_repeats: int = 1  # each reduced tile's turns per epoch (with --reductions): 2 doubles their share
 
     def check_data_settings(self) -> None:
         check_fraction(self, "val_fraction")
         check_non_negative(self, "max_train_images")
-        self.reduction_factors()
+        check_positive(self, "reduced_tile_repeats")
+        if max(self.reduction_factors()) == 1 and self.reduced_tile_repeats > 1:
+            raise ConfigError(f"--reduced_tile_repeats={self.reduced_tile_repeats} repeats reduced tiles, and "
+                              f"--reductions={self.reductions!r} makes none: add a factor (e.g. --reductions=1,2)")
         if self.tile_size < 16:
             raise ConfigError(f"--tile_size must be at least 16 pixels, got {self.tile_size}")
         if self.val_fraction == 0:
