@@ -109,17 +109,29 @@ fi
 # peak for the 7x larger network, 6.5 training minutes (the epochs set from the measured step time; the target
 # allows 10), checkpoints only at the validation passes. Then McMaster on the GPU in exact fp32 (no TF32): told the
 # noise level, x8, and blind.
+# GPU_REDUCTIONS=1,2 trains on CBSD432's tiles and their halves, as the CPU hour does (a run and files of their own,
+# "-reductions12"; the README's GPU rows are of the default, the images as they are). Each run's held-out CBSD432
+# images are scored whole and halved (to choose on) before McMaster.
+GPU_REDUCTIONS=${GPU_REDUCTIONS:-1}
 if wanted gpu_denoiser; then
     if $BIN/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-        step "the blind denoiser on a CUDA GPU: 6.5 training minutes, then McMaster"
-        finished blind_denoiser-gpu || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser-gpu" \
+        step "the blind denoiser on a CUDA GPU: 6.5 training minutes (--reductions=$GPU_REDUCTIONS), then McMaster"
+        gpu=gpu; [[ $GPU_REDUCTIONS == 1 ]] || gpu=gpu-reductions${GPU_REDUCTIONS//,/}
+        finished blind_denoiser-$gpu || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser-$gpu" \
             --model_kwargs="widths=(64,128,256,512),blocks=2" --patch_size=128 --batch_size=32 --lr=5e-4 \
-            --train_minutes=6.5 --eval_every=2000 --checkpoint_every=2000 2>&1 | tee -a "$OUT/blind_denoiser-gpu.log"
+            --train_minutes=6.5 --eval_every=2000 --checkpoint_every=2000 --reductions="$GPU_REDUCTIONS" 2>&1 \
+            | tee -a "$OUT/blind_denoiser-$gpu.log"
+        for reduction in 1 2; do
+            name="cbsd432-held-out-$gpu-reduce$reduction"
+            [[ -f "$OUT/$name.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-$gpu" --clean "$CLEAN" \
+                --validation_images --reduce $reduction --sigmas 15 25 50 --device cuda --out "$OUT/$name.json" \
+                | tee "$OUT/$name.txt"
+        done
         for option in "" --self_ensemble --blind; do
             case $option in --blind) suffix=-blind ;; --self_ensemble) suffix=-x8 ;; *) suffix= ;; esac
-            [[ -f "$OUT/mcmaster-gpu$suffix.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-gpu" \
-                --clean "$BENCH" --sigmas 15 25 50 $option --device cuda --out "$OUT/mcmaster-gpu$suffix.json" \
-                | tee "$OUT/mcmaster-gpu$suffix.txt"
+            [[ -f "$OUT/mcmaster-$gpu$suffix.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-$gpu" \
+                --clean "$BENCH" --sigmas 15 25 50 $option --device cuda --out "$OUT/mcmaster-$gpu$suffix.json" \
+                | tee "$OUT/mcmaster-$gpu$suffix.txt"
         done
     else
         echo "[reproduce] gpu_denoiser: torch sees no CUDA GPU here, skipped"

@@ -128,6 +128,33 @@ def test_reproduce_script_skips_studies_finished_at_the_seeds_asked_for(tmp_path
     assert "=== done" in result.stdout and "native bf16" in result.stdout  # every step names the CPU it ran on
 
 
+def test_reproduce_script_gpu_step_trains_on_the_halves_when_asked_and_chooses_on_held_out_images(tmp_path):
+    """The gpu_denoiser step, on a machine where torch sees a CUDA GPU: with GPU_REDUCTIONS=1,2 its run trains on the
+    tiles and their halves under a name of its own, and each run's held-out CBSD432 images are scored whole and halved
+    before McMaster. No GPU here: the commands it would run are read from stand-ins for python (saying a GPU is
+    there), accelerate and toolkit that print their arguments."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.sh"
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for name in ("python", "accelerate", "toolkit"):
+        (stand_ins / name).write_text(f'#!/bin/bash\necho "{name} $*"\n')
+        (stand_ins / name).chmod(0o755)
+    for reductions, run in (("", "blind_denoiser-gpu"), ("1,2", "blind_denoiser-gpu-reductions12")):
+        env = {"OUT": str(tmp_path / "out"), "STEPS": "gpu_denoiser", "BIN": str(stand_ins),
+               "GPU_REDUCTIONS": reductions}
+        result = run_script(["bash", str(script)], env=env, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = result.stdout.splitlines()
+        launch = next(line for line in lines if line.startswith("accelerate launch"))
+        assert f"--run_dir={tmp_path / 'out' / run} " in launch
+        assert launch.endswith(f"--reductions={reductions or 1}")
+        scored = [line for line in lines if line.startswith(f"toolkit benchmark-denoiser {tmp_path / 'out' / run} ")]
+        assert len(scored) == 5 and all("--device cuda" in line for line in scored)
+        assert all("--validation_images" in line for line in scored[:2]), "held-out images first, McMaster after"
+        assert [line.split("--reduce ")[1].split()[0] for line in scored[:2]] == ["1", "2"]
+        assert all("McMaster" in line and "--validation_images" not in line for line in scored[2:])
+
+
 AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "SCENE_TOOLKIT_CPU_BF16": ""}
 
 
