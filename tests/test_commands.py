@@ -178,13 +178,20 @@ def test_noise_estimates_script_reads_clipped_and_unclipped_noise(tiny_intel, tm
     for image in sorted((tiny_intel / "seg_pred").iterdir())[:2]:
         (folder / image.name).write_bytes(image.read_bytes())
     script = Path(__file__).resolve().parents[1] / "scripts" / "noise_estimates.py"
-    done = run_script([sys.executable, str(script), str(folder), "--sigmas", "25", "--out", str(tmp_path / "e.json")])
+    done = run_script([sys.executable, str(script), str(folder), "--sigmas", "5", "25",
+                       "--out", str(tmp_path / "e.json")])
     assert done.returncode == 0, done.stderr
-    assert "| 25 | " in done.stdout
-    row = json.loads((tmp_path / "e.json").read_text())["25.0"]
-    assert set(row) == {"clipped", "unclipped"} and set(row["clipped"]) == {"whole image", "toolkit"}
-    assert 20 < row["unclipped"]["toolkit"] < 30  # small synthetic scenes: roughly right
-    assert row["clipped"]["toolkit"] >= row["clipped"]["whole image"]  # what clipping hid is not read as less noise
+    assert "| 25 | " in done.stdout and "clipped, 8-bit: toolkit" in done.stdout
+    results = json.loads((tmp_path / "e.json").read_text())
+    row = results["25.0"]
+    assert set(row) == {"clipped, 8-bit", "unclipped"}
+    assert set(row["clipped, 8-bit"]) == {"whole image", "wavelet", "toolkit"}
+    ours = row["unclipped"]["toolkit"]
+    assert 20 < ours["mean"] < 30 and ours["error"] >= abs(ours["mean"] - 25)  # small synthetic scenes: roughly right
+    clipped = row["clipped, 8-bit"]
+    assert clipped["toolkit"]["mean"] >= clipped["whole image"]["mean"]  # what clipping hid is not read as less noise
+    for kind in ("clipped, 8-bit", "unclipped"):  # the patches see past the scenes' texture
+        assert results["5.0"][kind]["toolkit"]["error"] < results["5.0"][kind]["wavelet"]["error"]
 
 
 def test_profile_denoiser_script_times_each_levels_convolutions():

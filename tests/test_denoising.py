@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 import zlib
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import load_recipe, run_toolkit_without_heavy_imports
+from conftest import load_recipe, run_script, run_toolkit_without_heavy_imports
 from PIL import Image, ImageOps
 from safetensors.torch import load_file
 from test_recipes import assert_same_final_weights, run_in_process
@@ -711,6 +713,54 @@ def test_the_noise_estimator_finds_the_level_of_white_noise():
         assert ours * 255 == pytest.approx(sigma, rel=0.08) and abs(ours * 255 - sigma) < abs(whole * 255 - sigma)
 
 
+def test_the_noise_estimator_reads_fine_texture_as_picture_not_noise(monkeypatch):
+    """The patch estimator finds the noise in the smallest eigenvalues of the 7x7 patches' covariance, where fine
+    texture does not reach; the wavelet estimator reads such texture as noise (here 50-60 for a clean image)."""
+    import toolkit.inference as inference
+
+    rows, cols = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    texture = torch.stack([0.5 + 0.2 * torch.sin(2 * math.pi * (0.37 * cols + 0.21 * rows) + channel)
+                           + 0.1 * torch.sin(2 * math.pi * (0.11 * cols - 0.43 * rows) + 2 * channel)
+                           for channel in range(3)])
+    for sigma in (0, 2, 5, 25, 50):
+        noisy = texture + sigma / 255 * torch.randn(texture.shape, generator=torch.Generator().manual_seed(sigma))
+        assert inference.estimate_noise_sigma(noisy) * 255 == pytest.approx(sigma, abs=0.1 + 0.02 * sigma)
+        assert inference.wavelet_noise_sigma(noisy) * 255 > sigma + 10
+    noisy = texture + 5 / 255 * torch.randn(texture.shape, generator=torch.Generator().manual_seed(0))
+    # a large photograph is read on a grid of patches (here every second row and column of the 122x122): as right
+    monkeypatch.setattr(inference, "NOISE_PATCHES_MAX", 4000)
+    assert inference.estimate_noise_sigma(noisy) * 255 == pytest.approx(5, abs=0.3)
+    monkeypatch.undo()
+    # a grey image in three channels: the copies are not read as directions without noise (which would say 0)
+    grey = texture[:1] + 5 / 255 * torch.randn((1, 128, 128), generator=torch.Generator().manual_seed(1))
+    assert inference.estimate_noise_sigma(grey.expand(3, -1, -1)) * 255 == pytest.approx(5, abs=0.3)
+    # too small for the patches' statistics: the wavelet estimate
+    assert inference.estimate_noise_sigma(noisy[:, :10, :40]) == inference.wavelet_noise_sigma(noisy[:, :10, :40])
+
+
+def test_the_noise_estimator_leaves_clipped_values_out_and_hands_strong_clipped_noise_to_the_wavelets():
+    """A saved photograph's noise is clipped at black and white: patches holding a 0 or a 1 are left out of the
+    covariance, and above 30/255, where clipping reaches into the patches kept, the wavelet estimate is used."""
+    import skimage.data
+
+    from toolkit.inference import estimate_noise_sigma, patch_noise_sigma, wavelet_noise_sigma
+
+    scene = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1).float() / 255
+    generator = torch.Generator().manual_seed(2)
+    noisy = (scene + 15 / 255 * torch.randn(scene.shape, generator=generator)).clamp(0, 1)
+    saved = (noisy * 255).round() / 255
+    pixels = saved.double().numpy()
+    everything = patch_noise_sigma(pixels, None) * 255  # the clipped values read as less noise
+    assert estimate_noise_sigma(saved) * 255 == pytest.approx(15, abs=0.5) and everything < 14.5
+    assert estimate_noise_sigma(saved) * 255 == pytest.approx(
+        patch_noise_sigma(pixels, ((pixels == 0) | (pixels == 1)).any(axis=0)) * 255)
+    strong = (scene + 50 / 255 * torch.randn(scene.shape, generator=generator)).clamp(0, 1)
+    assert estimate_noise_sigma(strong) == wavelet_noise_sigma(strong)
+    unclipped = scene + 50 / 255 * torch.randn(scene.shape, generator=generator)  # the benchmark's protocol
+    assert estimate_noise_sigma(unclipped) != wavelet_noise_sigma(unclipped)
+    assert estimate_noise_sigma(unclipped) * 255 == pytest.approx(50, abs=1)
+
+
 def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_path, capsys):
     args = ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8",
             "--epochs=2", "--eval_every=5", "--checkpoint_every=4", "--num_workers=1", "--grid_images=2",
@@ -778,6 +828,15 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert scored["self_ensemble"] and "(x8 self-ensemble)" in scored["table"]
     assert scored["sigmas"]["25.0"]["model"]["psnr"] > scored["sigmas"]["25.0"]["noisy"]["psnr"]
     assert scored["mixed_precision"] == "no"  # fp32 unless asked: the protocol of the published figures
+    # the noise estimator's figures on the same held-out images (scripts/noise_estimates.py --validation_images_of)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "noise_estimates.py"
+    done = run_script([sys.executable, str(script), str(folder), "--sigmas", "15", "--validation_images_of",
+                       str(tmp_path / "whole"), "--out", str(tmp_path / "estimates.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"noise estimates on {val_images} images" in done.stdout
+    assert json.loads((tmp_path / "estimates.json").read_text())["15.0"]["unclipped"]["toolkit"]["error"] < 2
+    done = run_script([sys.executable, str(script), str(folder), "--validation_images_of", str(tmp_path / "nothing")])
+    assert done.returncode == 2 and "nothing does not exist" in done.stderr and "Traceback" not in done.stderr
     # the same held-out images halved, as the run also trained and validated on them
     assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(folder), "--sigmas", "25",
                          "--validation_images", "--reduce", "2", "--out", str(tmp_path / "halved.json")]) == 0
