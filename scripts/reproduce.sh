@@ -78,6 +78,17 @@ if wanted denoiser; then
     name="cbsd432-held-out-60min-halved"
     [[ -f "$OUT/$name.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-60min" --clean "$CLEAN" \
         --validation_images --reduce 2 --sigmas 15 25 50 --out "$OUT/$name.json" | tee "$OUT/$name.txt"
+    # light noise on the same held-out images, told the noise level and blind (what the noise estimator costs)
+    for option in "" --blind; do
+        name="cbsd432-held-out-60min-low-sigma${option:+-blind}"
+        [[ -f "$OUT/$name.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-60min" --clean "$CLEAN" \
+            --validation_images --sigmas 2 5 15 $option --out "$OUT/$name.json" | tee "$OUT/$name.txt"
+    done
+    # the blind noise estimator on the same held-out images (where it was chosen), σ 0-75, clipped 8-bit and not
+    name="noise-estimates-cbsd432-held-out"
+    [[ -f "$OUT/$name.json" ]] || $BIN/python scripts/noise_estimates.py "$CLEAN" \
+        --validation_images_of "$OUT/blind_denoiser-60min" --sigmas 0 2 5 10 15 25 30 35 50 75 \
+        --out "$OUT/$name.json" | tee "$OUT/$name.txt"
 fi
 
 if wanted mcmaster; then
