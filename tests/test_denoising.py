@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import sys
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -730,6 +731,15 @@ def test_the_noise_estimator_reads_fine_texture_as_picture_not_noise(monkeypatch
     # a large photograph is read on a grid of patches (here every second row and column of the 122x122): as right
     monkeypatch.setattr(inference, "NOISE_PATCHES_MAX", 4000)
     assert inference.estimate_noise_sigma(noisy) * 255 == pytest.approx(5, abs=0.3)
+    # every patch of a 600x600 image (352,836: 416 MB as one float64 matrix) is read in chunks, in far less memory
+    monkeypatch.setattr(inference, "NOISE_PATCHES_MAX", 10 ** 9)
+    large = 0.5 + 5 / 255 * torch.randn((3, 600, 600), generator=torch.Generator().manual_seed(3))
+    tracemalloc.start()
+    try:
+        assert inference.estimate_noise_sigma(large) * 255 == pytest.approx(5, abs=0.1)
+        assert tracemalloc.get_traced_memory()[1] < 120 * 2 ** 20
+    finally:
+        tracemalloc.stop()
     monkeypatch.undo()
     # a grey image in three channels: the copies are not read as directions without noise (which would say 0)
     grey = texture[:1] + 5 / 255 * torch.randn((1, 128, 128), generator=torch.Generator().manual_seed(1))

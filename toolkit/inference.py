@@ -188,7 +188,7 @@ def estimate_noise_sigma(image: torch.Tensor) -> float:
     CBSD432 images a denoiser run holds out, the mean absolute error at sigma 2-50 is 0.04-0.10 without clipping
     (wavelet 0.66-2.35) and 0.04-0.38 with clipped 8-bit noise up to sigma 30 (wavelet 0.62-2.35)
     (scripts/noise_estimates.py; docs/results.md)."""
-    pixels = image.double().numpy()
+    pixels = image.float().numpy()  # no float64 copy of a large photograph: the patches are read in float64 in chunks
     if np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[0], pixels[2]):
         pixels = pixels[:1]  # a grey image in three channels: their copies would read as noise-free directions
     height, width = pixels.shape[1:]
@@ -205,24 +205,34 @@ def estimate_noise_sigma(image: torch.Tensor) -> float:
 def patch_noise_sigma(pixels: np.ndarray, excluded: np.ndarray | None) -> float | None:
     """The noise std from the smallest eigenvalues of the covariance of (C, H, W) pixels' 7x7 patches (Chen, Zhu and
     Heng's statistic), on a grid of at most NOISE_PATCHES_MAX patches; those covering a True pixel of `excluded`
-    (H, W) are left out. None when fewer than PATCHES_PER_DIMENSION patches per dimension remain."""
+    (H, W) are left out. The covariance is summed over chunks of ~20,000 patches in float64, so the patches are
+    never held at once. None when fewer than PATCHES_PER_DIMENSION patches per dimension remain."""
     from numpy.lib.stride_tricks import sliding_window_view
     from scipy.ndimage import maximum_filter
 
     channels, height, width = pixels.shape
     rows, cols = height - NOISE_PATCH + 1, width - NOISE_PATCH + 1
     step = max(1, int(np.ceil(np.sqrt(rows * cols / NOISE_PATCHES_MAX))))
-    windows = sliding_window_view(pixels, (NOISE_PATCH, NOISE_PATCH), axis=(1, 2))[:, ::step, ::step]
-    patches = windows.transpose(1, 2, 0, 3, 4).reshape(-1, channels * NOISE_PATCH ** 2)  # a copy of the grid's only
+    windows = sliding_window_view(pixels, (NOISE_PATCH, NOISE_PATCH), axis=(1, 2))[:, ::step, ::step]  # a view
+    kept = np.ones(windows.shape[1:3], dtype=bool)
     if excluded is not None:
         half = NOISE_PATCH // 2
         covers = maximum_filter(excluded, size=NOISE_PATCH, mode="constant")[half:half + rows, half:half + cols]
-        patches = patches[~covers[::step, ::step].reshape(-1)]
-    dimensions = patches.shape[1]
-    if len(patches) < PATCHES_PER_DIMENSION * dimensions:
+        kept = ~covers[::step, ::step]
+    dimensions = channels * NOISE_PATCH ** 2
+    count = int(kept.sum())
+    if count < PATCHES_PER_DIMENSION * dimensions:
         return None
-    centred = patches - patches.mean(axis=0)
-    eigenvalues = np.linalg.eigvalsh(centred.T @ centred / len(centred))[::-1]  # largest first
+    sums, products = np.zeros(dimensions), np.zeros((dimensions, dimensions))
+    chunk_rows = max(1, 20_000 // windows.shape[2])  # ~20,000 patches (23 MB in float64) at a time
+    for top in range(0, windows.shape[1], chunk_rows):
+        chunk = windows[:, top:top + chunk_rows].transpose(1, 2, 0, 3, 4).reshape(-1, dimensions)
+        chunk = chunk[kept[top:top + chunk_rows].reshape(-1)].astype(np.float64)
+        sums += chunk.sum(axis=0)
+        products += chunk.T @ chunk
+    patch_mean = sums / count
+    covariance = products / count - np.outer(patch_mean, patch_mean)
+    eigenvalues = np.linalg.eigvalsh(covariance)[::-1]  # largest first
     for first in range(dimensions):
         tail = eigenvalues[first:]
         mean = tail.mean()
