@@ -185,8 +185,8 @@ def estimate_noise_sigma(image: torch.Tensor) -> float:
     A saved photograph is clipped to [0, 1], which hides noise near black and white: patches with a value at
     exactly 0 or 1 are left out, and where the noise is strong enough for clipping to reach into the patches kept
     (an estimate above 30/255) or too few patches are left, the wavelet estimate is used instead. On the 32
-    CBSD432 images a denoiser run holds out, the mean absolute error at sigma 2-50 is 0.04-0.10 without clipping
-    (wavelet 0.66-2.35) and 0.04-0.38 with clipped 8-bit noise up to sigma 30 (wavelet 0.62-2.35)
+    CBSD432 images a denoiser run holds out, the mean absolute error at sigma 2-50 is 0.04-0.12 without clipping
+    (wavelet 0.66-2.35) and 0.04-0.37 with clipped 8-bit noise at sigma 2-30 (wavelet 0.62-2.35)
     (scripts/noise_estimates.py; docs/results.md)."""
     pixels = image.float().numpy()  # no float64 copy of a large photograph: the patches are read in float64 in chunks
     if np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[0], pixels[2]):
@@ -270,4 +270,3 @@ def wavelet_noise_sigma(image: torch.Tensor) -> float:
             sigma = median_sigma(detail[:rows, :cols][inside])
         sigmas.append(sigma)
     return float(np.mean(sigmas))
-
