@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import tracemalloc
 import zlib
@@ -822,6 +823,17 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert toolkit_main(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "out.png")]) == 0
     said = capsys.readouterr().out
     assert "estimated noise sigma" in said and Image.open(tmp_path / "out.png").size == Image.open(source).size
+    assert "above the noise levels" not in said
+    # noise stronger than the run drew in training (--sigma_max, 50 by default) is said, and still denoised
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(source), str(tmp_path / "strong.png"),
+                         "--sigma=75"]) == 0
+    assert "--sigma=75 is above the noise levels this model trained on (0-50/255)" in capsys.readouterr().out
+    from toolkit.inference import trained_sigma_max
+
+    assert trained_sigma_max(tmp_path / "whole") == 50.0
+    bare = tmp_path / "bare-checkpoint"  # a checkpoint folder copied on its own: nothing to say, no error
+    shutil.copytree(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1], bare)
+    assert trained_sigma_max(bare) is None
     result = run_toolkit_without_heavy_imports(["denoise", str(tmp_path / "whole"), str(source),
                                                 str(tmp_path / "x8.png"), "--sigma=25", "--self_ensemble"])
     assert result.returncode == 0, result.stderr[-2000:]

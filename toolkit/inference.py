@@ -63,6 +63,18 @@ def resolve_checkpoint(path: Path | str) -> Path:
     return newest
 
 
+def trained_sigma_max(checkpoint: Path | str) -> float | None:
+    """The strongest noise (0-255) the run behind a checkpoint drew in training (its config.json's sigma_max); None
+    when no config.json beside its checkpoints says (a checkpoint folder copied on its own, another recipe)."""
+    import json
+
+    config_file = resolve_checkpoint(checkpoint).parent.parent / "config.json"
+    try:
+        return float(json.loads(config_file.read_text())["sigma_max"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainerState]:
     """(model in eval mode on `device`, trainer state) from a checkpoint or run directory."""
     checkpoint = resolve_checkpoint(path)
@@ -90,7 +102,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     transparency is kept; a palette or CMYK image comes back as RGB, saying so.
 
     A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
-    without it, each image's noise level is estimated (scikit-image's wavelet estimator) and printed.
+    without it, each image's noise level is estimated (estimate_noise_sigma) and printed.
     self_ensemble: average over the image's 8 rotations and mirror images (toolkit.train.denoise.denoise).
     precision: what the model runs in ('no': fp32; 'bf16': about 2x faster where the CPU computes bf16 faster
     than fp32). device: where the model runs (inference_device)."""
@@ -104,6 +116,10 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         raise UserError(f"{checkpoint} holds a {state.model}, not a denoiser; "
                         "classify images with `toolkit predict` instead")
     conditioned = state.conditioned
+    trained_max = trained_sigma_max(checkpoint) if conditioned else None
+    if sigma_255 is not None and trained_max is not None and sigma_255 > trained_max:
+        log(f"[denoise] note: --sigma={sigma_255:g} is above the noise levels this model trained on (0-{trained_max:g}"
+            f"/255): expect less than its benchmark; a run with --sigma_max={sigma_255:g} or more covers it")
     source, destination = Path(source), Path(destination)
     if source.is_dir():
         if destination.exists() and not destination.is_dir():
@@ -138,6 +154,9 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             level = estimate_noise_sigma(noisy[0])
             estimated[str(file)] = round(level * 255, 2)
             log(f"[denoise] {file}: estimated noise sigma {level * 255:.1f}/255 (pass --sigma to set it)")
+            if trained_max is not None and level * 255 > trained_max:
+                log(f"[denoise] note: {file}: that is above the noise levels this model trained on (0-"
+                    f"{trained_max:g}/255): expect less than its benchmark")
         else:
             level = (sigma_255 or 0.0) / 255
         output = denoise(model, noisy.to(device), torch.full((1,), level, device=device), conditioned, self_ensemble,
