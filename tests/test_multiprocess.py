@@ -24,7 +24,8 @@ from toolkit.runs import read_metrics, series
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-CPU_ENV = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+CPU_ENV = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+           "PYTHONFAULTHANDLER": "1"}  # a process that aborts prints where each of its threads was
 COMMON = ["--width=4", "--image_size=32", "--batch_size=8", "--eval_every=3", "--checkpoint_every=2",
           "--num_workers=1", "--epochs=2", "--figures=false"]
 

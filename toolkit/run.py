@@ -313,10 +313,13 @@ def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
         code = 1
     finally:
         restore_sigterm(sigterm)  # a recipe run inside a program leaves its SIGTERM as it found it
-    if code and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)  # never linger in a collective another process will not join: end every process now
+        # after an error: never linger in a collective another process will not join; after success (the process
+        # group closed, every file written and the W&B run finished): skip the interpreter's teardown, where a
+        # native thread a library left behind can abort a process whose work is done and fail the whole launch
+        os._exit(code)
     if code:
         raise SystemExit(code)
 
