@@ -26,6 +26,7 @@ from toolkit.data.images import UnreadableImage, open_image, reduce_image, rgb_p
 from toolkit.errors import DataError, UserError
 from toolkit.inference import describe_device, estimate_noise_sigma, load_trained_model, resolve_checkpoint
 from toolkit.progress import progress_bar
+from toolkit.runs import read_config, read_summary
 from toolkit.train.denoise import (
     SSIM_WINDOW,
     NoiseSpec,
@@ -178,8 +179,7 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
     from toolkit.data.settings import CleanImageSettings
 
     run_dir = resolve_checkpoint(checkpoint).parent.parent
-    config_file = run_dir / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = read_config(run_dir) or {}
     if "val_fraction" not in config or "tile_size" not in config:
         raise UserError(f"{checkpoint}: no config.json of a run trained on a folder of clean images "
                         f"(recipes/blind_denoiser.py) in {run_dir}; its held-out images are unknown. Pass such "
@@ -188,8 +188,7 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
                                   reductions=str(config.get("reductions", "1")),
                                   val_fraction=float(config["val_fraction"]))
     data = load_clean_images(settings, config.get("cache_dir") or None, log=log)
-    summary_file = run_dir / "summary.json"
-    recorded = json.loads(summary_file.read_text()).get("data_fingerprint") if summary_file.is_file() else None
+    recorded = (read_summary(run_dir) or {}).get("data_fingerprint")
     if recorded and recorded != data.fingerprint():
         raise UserError(f"{clean_dir} is not the folder {run_dir} trained on (its split's fingerprint is "
                         f"{data.fingerprint()}, the run's {recorded}): pass the run's --data folder "

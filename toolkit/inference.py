@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from toolkit.errors import CheckpointError, UserError
 from toolkit.models import build_model, is_denoiser
+from toolkit.runs import read_config
 from toolkit.train.checkpoint import latest_checkpoint
 from toolkit.train.state import TrainerState
 
@@ -66,13 +67,8 @@ def resolve_checkpoint(path: Path | str) -> Path:
 def trained_sigma_max(checkpoint: Path | str) -> float | None:
     """The strongest noise (0-255) the run behind a checkpoint drew in training (its config.json's sigma_max); None
     when no config.json beside its checkpoints says (a checkpoint folder copied on its own, another recipe)."""
-    import json
-
-    config_file = resolve_checkpoint(checkpoint).parent.parent / "config.json"
-    try:
-        return float(json.loads(config_file.read_text())["sigma_max"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    sigma_max = (read_config(resolve_checkpoint(checkpoint).parent.parent) or {}).get("sigma_max")
+    return float(sigma_max) if isinstance(sigma_max, (int, float)) else None
 
 
 def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainerState]:
