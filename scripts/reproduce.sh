@@ -89,6 +89,15 @@ if wanted denoiser; then
     [[ -f "$OUT/$name.json" ]] || $BIN/python scripts/noise_estimates.py "$CLEAN" \
         --validation_images_of "$OUT/blind_denoiser-60min" --sigmas 0 2 5 10 15 25 30 35 50 75 \
         --out "$OUT/$name.json" | tee "$OUT/$name.txt"
+    # large images in tiles (toolkit denoise --tile_size): what each margin of context changes against one pass over
+    # the whole image, on the same held-out images in small tiles (where the margin was chosen), and the memory and
+    # time tiles of the default size take on synthetic photographs of 1 to 24 megapixels
+    name="tile-seams-cbsd432-held-out"
+    [[ -f "$OUT/$name.json" ]] || $BIN/python scripts/tile_seams.py "$OUT/blind_denoiser-60min" "$CLEAN" \
+        --validation_images_of "$OUT/blind_denoiser-60min" --tile_size 128 --margins 0 16 32 64 \
+        --out "$OUT/$name.json" | tee "$OUT/$name.txt"
+    [[ -f "$OUT/denoise-memory.json" ]] || $BIN/python scripts/denoise_memory.py "$OUT/blind_denoiser-60min" \
+        --megapixels 1 4 12 24 --out "$OUT/denoise-memory.json" | tee "$OUT/denoise-memory.txt"
 fi
 
 if wanted mcmaster; then

@@ -30,9 +30,17 @@ from toolkit.data.loaders import Shard, make_loader
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas, noise_level_weights, random_crop, sigma_from_255
 from toolkit.errors import DataError, UserError
 from toolkit.models.autoencoders import STUDY_AUTOENCODERS, family_autoencoder, latent_shape
-from toolkit.models.denoisers import DnCNN, UNetDenoiser
+from toolkit.models.denoisers import DnCNN, ResUNet, UNetDenoiser
 from toolkit.runs import read_metrics, series
-from toolkit.train.denoise import NoiseSpec, evaluate_denoiser, image_quality, seeded_noisy
+from toolkit.train.denoise import (
+    NoiseSpec,
+    denoise,
+    denoise_in_tiles,
+    evaluate_denoiser,
+    image_quality,
+    seeded_noisy,
+    tile_boxes,
+)
 
 TINY_DENOISER = ["--image_size=48", "--batch_size=8", "--eval_batch_size=5", "--eval_every=3",
                  "--checkpoint_every=2", "--num_workers=1", "--epochs=2", "--grid_images=2"]
@@ -197,6 +205,56 @@ def test_pixel_unshuffle_folds_2x2_blocks_into_channels_and_unfolds_the_noise_es
     assert torch.allclose(output[:, 1, 1::2, 0::2], noisy[:, 1, 1::2, 0::2] - noise[:, 4 + 2])
     odd = ResUNet(widths=(4, 8, 16), blocks=1, pixel_unshuffle=True)(torch.rand(1, 3, 37, 53), torch.tensor([0.1]))
     assert odd.shape == (1, 3, 37, 53)  # padded to a multiple of 8 (2 for the fold x 4 for two levels)
+
+
+@pytest.mark.parametrize("height, width, tile, margin, multiple", [
+    (100, 70, 32, 8, 1), (100, 70, 30, 10, 4), (257, 129, 64, 64, 8), (33, 33, 8, 0, 1)])
+def test_tiles_cover_the_image_once_on_the_models_grid(height, width, tile, margin, multiple):
+    boxes = tile_boxes(height, width, tile, margin, multiple)
+    tile, margin = -(-tile // multiple) * multiple, -(-margin // multiple) * multiple  # rounded up to the grid
+    kept = np.zeros((height, width), dtype=int)
+    for (top, bottom, left, right), (seen_top, seen_bottom, seen_left, seen_right) in boxes:
+        kept[top:bottom, left:right] += 1
+        assert bottom - top <= tile and right - left <= tile
+        assert (seen_top, seen_left) == (max(top - margin, 0), max(left - margin, 0))  # the context, to the edges
+        assert (seen_bottom, seen_right) == (min(bottom + margin, height), min(right + margin, width))
+        assert seen_top % multiple == 0 == seen_left % multiple  # where the whole image's grid has a corner
+    assert (kept == 1).all() and len(boxes) <= -(-height // tile) * -(-width // tile)  # no more than it takes
+    assert len({bottom - top for (top, bottom, _, _), _ in boxes}) <= 2  # one size, but for the last row's
+    whole = [((0, height, 0, width), (0, height, 0, width))]
+    assert tile_boxes(height, width, 0, margin, multiple) == whole  # 0: the whole image
+    assert tile_boxes(height, width, max(height, width), margin, multiple) == whole  # it fits in one tile
+    assert tile_boxes(height, width, max(height, width) - 2 * margin, margin, multiple) == whole  # with margins
+
+
+
+def test_tiles_share_a_side_out_evenly_instead_of_leaving_a_sliver():
+    rows = sorted({(top, bottom) for (top, bottom, _, _), _ in tile_boxes(100, 70, 32, 8)})
+    assert rows == [(0, 25), (25, 50), (50, 75), (75, 100)]  # not 32, 32, 32 and 4
+    rows = sorted({(top, bottom) for (top, bottom, _, _), _ in tile_boxes(100, 70, 30, 8, multiple=4)})
+    assert rows == [(0, 28), (28, 56), (56, 84), (84, 100)]  # 25 rounded up to the model's multiple of 4
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("make, margin", [
+    (lambda: DnCNN(depth=4, width=6, conditioned=True), 4),  # a 9x9 receptive field: 4 pixels each way
+    (lambda: ResUNet(widths=(4, 8, 8), blocks=1, conditioned=True), 48),  # down-sampled twice: tiles on its grid
+])
+def test_tiles_give_the_whole_images_output_where_their_margins_hold_its_receptive_field(make, margin):
+    torch.manual_seed(0)
+    model = make().eval()
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape[-2:])))
+    noisy, sigmas = torch.rand(1, 3, 150, 97), torch.tensor([0.1])
+    whole = denoise(model, noisy, sigmas, True)
+    ticks = []
+    tiled = denoise_in_tiles(model, noisy, sigmas, True, 30, margin, on_tile=lambda: ticks.append(1))
+    boxes = tile_boxes(150, 97, 30, margin, getattr(model, "multiple", 1))
+    assert len(ticks) == len(boxes) > 1 and len(seen) == 1 + len(boxes)
+    assert max(max(size) for size in seen[1:]) <= 32 + 2 * margin  # memory: a tile and its margins, at most
+    assert torch.allclose(tiled, whole, atol=1e-5)  # each pixel's receptive field lies inside its piece
+    short = denoise_in_tiles(model, noisy, sigmas, True, 30, 0)  # no context: the seams show
+    assert (short - whole).abs().max() > 1e-3
 
 
 def test_residual_denoisers_start_from_the_noisy_input():
@@ -838,6 +896,33 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
                                                 str(tmp_path / "x8.png"), "--sigma=25", "--self_ensemble"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(tmp_path / "x8.png").size == Image.open(source).size
+    # a large image in tiles (--tile_size; each with 64 px of context): its size kept, the whole pass' output to a
+    # level; the tiles' progress and count said
+    big = tmp_path / "big.png"
+    Image.fromarray(np.tile(noisy, (2, 2, 1))).save(big)  # 300 x 300: more than a tile of 96 and its margins
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(big), str(tmp_path / "big-tiled.png"), "--sigma=25",
+                         "--tile_size=96"]) == 0
+    assert "big.png: 300x300, denoised in 16 tiles of at most 96 px" in capsys.readouterr().out
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(big), str(tmp_path / "big-whole.png"), "--sigma=25",
+                         "--tile_size=0"]) == 0
+    assert "tiles" not in capsys.readouterr().out
+    tiled_pixels, whole_pixels = (np.asarray(Image.open(tmp_path / f"big-{kind}.png")).astype(int)
+                                  for kind in ("tiled", "whole"))
+    assert tiled_pixels.shape == whole_pixels.shape == (300, 300, 3)
+    assert np.abs(tiled_pixels - whole_pixels).max() <= 1
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(big), str(tmp_path / "bad.png"),
+                         "--tile_size=-1"]) == 2
+    assert "--tile_size takes a side in pixels" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+    # the README's memory figures: each command in its own process, its peak memory read from the system
+    script = Path(__file__).resolve().parents[1] / "scripts" / "denoise_memory.py"
+    done = run_script([sys.executable, str(script), str(tmp_path / "whole"), "--megapixels", "0.1", "--tile_sizes",
+                       "0", "96", "--out", str(tmp_path / "memory.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads((tmp_path / "memory.json").read_text())
+    assert [row["tile_size"] for row in measured] == [0, 96] and all(row["peak_gb"] > 0.1 for row in measured)
+    assert "| 0.1 | 365x274 | 96 |" in done.stdout and "x |" in done.stdout  # the ratios against the whole pass
+    done = run_script([sys.executable, str(script), str(tmp_path / "nothing")])
+    assert done.returncode == 2 and "nothing does not exist" in done.stderr
 
     # the benchmark on the run's own validation images (where inference options are chosen), with the ensemble
     folder = Path(__import__("os").environ["SCENE_TOOLKIT_CACHE"]) / "synthetic-scenes" / "seg_pred"
@@ -859,6 +944,19 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert json.loads((tmp_path / "estimates.json").read_text())["15.0"]["unclipped"]["toolkit"]["error"] < 2
     done = run_script([sys.executable, str(script), str(folder), "--validation_images_of", str(tmp_path / "nothing")])
     assert done.returncode == 2 and "nothing does not exist" in done.stderr and "Traceback" not in done.stderr
+    # what tiles change against whole images, per margin of context, on the same held-out images
+    # (scripts/tile_seams.py): no context shows the seams; a margin that holds the image whole changes nothing
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tile_seams.py"
+    done = run_script([sys.executable, str(script), str(tmp_path / "whole"), str(folder), "--validation_images_of",
+                       str(tmp_path / "whole"), "--sigmas", "25", "--tile_size", "32", "--margins", "0", "64",
+                       "--out", str(tmp_path / "seams.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"tiles of 32 px on {val_images} images" in done.stdout and "| 25 |" in done.stdout
+    seams = json.loads((tmp_path / "seams.json").read_text())["25.0"]
+    assert seams["0"]["pixels_changed"] > 0 and seams["0"]["tiles"] == 25  # 150 px: 5 x 5 tiles of 32 (30)
+    assert seams["64"]["psnr"] == seams["whole"] and seams["64"]["tiles"] == 1  # 150 <= 32 + 2 x 64: one piece
+    done = run_script([sys.executable, str(script), str(tmp_path / "whole"), str(folder), "--margins", "-1"])
+    assert done.returncode == 2 and "--margins at least 0" in done.stderr
     # the same held-out images halved, as the run also trained and validated on them
     assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(folder), "--sigmas", "25",
                          "--validation_images", "--reduce", "2", "--out", str(tmp_path / "halved.json")]) == 0

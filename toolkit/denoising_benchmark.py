@@ -29,13 +29,16 @@ from toolkit.progress import progress_bar
 from toolkit.runs import read_config, read_summary
 from toolkit.train.denoise import (
     SSIM_WINDOW,
+    TILE_MARGIN,
+    TILE_SIZE,
     NoiseSpec,
     bm3d_available,
     bm3d_denoise_each,
-    denoise,
+    denoise_in_tiles,
     image_quality,
     nlm_denoise,
     seeded_noisy,
+    tile_boxes,
 )
 
 # PSNR (dB) on McMaster, AWGN, noise not clipped (FFDNet's table; DPIR and SwinIR's tables)
@@ -67,12 +70,17 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
                        max_images: int = 0, self_ensemble: bool = False, validation_images: bool = False,
                        precision: str = "no", device: torch.device | str = "cpu", reduction: int = 1,
-                       log=print) -> dict:
+                       tile_size: int = TILE_SIZE, log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines.
     reduction: each image is first made that many times smaller each way by a box filter (reduce_image).
     precision: what the model runs in ('no': fp32, the protocol of the README's figures; 'bf16').
     device: where the model runs (toolkit.inference.inference_device); the noise, the baselines and the
-    metrics stay on the CPU, so every device scores the same noisy images the same way."""
+    metrics stay on the CPU, so every device scores the same noisy images the same way.
+    tile_size: the model denoises an image larger than a tile of this side plus its margins one tile at a time
+    (denoise_in_tiles), in a tile's memory; the JSON counts such images (`tiled_images`; McMaster's, Kodak24's and
+    CBSD68's all fit in one: whole images, the published protocol). 0: always whole images."""
+    if tile_size < 0:
+        raise UserError(f"--tile_size takes a side in pixels, or 0 for whole images; got {tile_size}")
     if validation_images and not checkpoint:
         raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
     only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
@@ -86,12 +94,20 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         log(f"[benchmark] note: this model is not told the noise level; it was trained on "
             f"sigma {trained.get('sigma_min')}-{trained.get('sigma_max')} (clipped: {trained.get('clip')})")
     methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
+    tiled = sum(len(tile_boxes(*clean.shape[-2:], tile_size, TILE_MARGIN, getattr(model, "multiple", 1))) > 1
+                for clean in cleans) if model is not None else 0
+    protocol = "AWGN, not clipped, whole images, RGB"
+    if tiled:
+        protocol = (f"AWGN, not clipped, RGB; the model saw {tiled} of the {len(cleans)} images in tiles of "
+                    f"{tile_size} px with {TILE_MARGIN} px of context (--tile_size 0: whole images)")
+        log(f"[benchmark] note: {tiled} of the {len(cleans)} images are larger than a tile: the model denoises them "
+            f"in tiles of {tile_size} px (--tile_size; 0: whole images, in memory to match)")
     results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
                      "self_ensemble": self_ensemble, "validation_images": validation_images,
-                     "reduction": reduction,
+                     "reduction": reduction, "tile_size": tile_size, "tile_margin": TILE_MARGIN, "tiled_images": tiled,
                      "mixed_precision": precision if model is not None else None,
                      "device": describe_device(torch.device(device)) if model is not None else None,
-                     "noise_seed": noise_seed, "protocol": "AWGN, not clipped, whole images, RGB", "sigmas": {},
+                     "noise_seed": noise_seed, "protocol": protocol, "sigmas": {},
                      "seconds": {}}
     for sigma_255 in sigmas_255:
         noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
@@ -117,8 +133,8 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                         if blind:  # estimated on the image the model is given (here not clipped: the protocol)
                             estimates.append(estimate_noise_sigma(noisy[0]) * 255)
                         level = torch.full((1,), estimates[-1] / 255) if blind else sigmas
-                        output = denoise(model, noisy.to(device), level.to(device), conditioned, self_ensemble,
-                                         precision).cpu()
+                        output = denoise_in_tiles(model, noisy.to(device), level.to(device), conditioned,
+                                                  tile_size, TILE_MARGIN, self_ensemble, precision).cpu()
                     elif method == "nlm":
                         output = nlm_denoise(noisy, sigmas)
                     else:

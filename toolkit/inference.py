@@ -91,7 +91,7 @@ def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> 
 @torch.no_grad()
 def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path | str, sigma_255: float | None = None,
                   self_ensemble: bool = False, precision: str = "no", device: torch.device | str = "cpu",
-                  log=print) -> dict:
+                  tile_size: int | None = None, log=print) -> dict:
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
     the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped. Each is
     written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey and colour stay 16-bit,
@@ -101,12 +101,17 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     without it, each image's noise level is estimated (estimate_noise_sigma) and printed.
     self_ensemble: average over the image's 8 rotations and mirror images (toolkit.train.denoise.denoise).
     precision: what the model runs in ('no': fp32; 'bf16': about 2x faster where the CPU computes bf16 faster
-    than fp32). device: where the model runs (inference_device)."""
+    than fp32). device: where the model runs (inference_device). tile_size: images larger than a tile of this
+    side plus its margins are denoised one tile at a time (denoise_in_tiles; default TILE_SIZE), so that memory is
+    a tile's, about 1 GB in fp32, whatever the image's size, with a progress bar over its tiles; 0: whole images."""
     from toolkit.data.folders import list_image_files
     from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored
-    from toolkit.progress import tracked
-    from toolkit.train.denoise import denoise
+    from toolkit.progress import progress_bar, tracked
+    from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE, denoise_in_tiles, tile_boxes
 
+    tile_size = TILE_SIZE if tile_size is None else tile_size
+    if tile_size < 0:
+        raise UserError(f"--tile_size takes a side in pixels, or 0 for whole images; got {tile_size}")
     model, state = load_trained_model(checkpoint, device)
     if not is_denoiser(state.model):
         raise UserError(f"{checkpoint} holds a {state.model}, not a denoiser; "
@@ -155,8 +160,14 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                     f"{trained_max:g}/255): expect less than its benchmark")
         else:
             level = (sigma_255 or 0.0) / 255
-        output = denoise(model, noisy.to(device), torch.full((1,), level, device=device), conditioned, self_ensemble,
-                         precision)[0].cpu()
+        tiles = len(tile_boxes(*noisy.shape[-2:], tile_size, TILE_MARGIN, getattr(model, "multiple", 1)))
+        if tiles > 1:
+            log(f"[denoise] {file}: {noisy.shape[-1]}x{noisy.shape[-2]}, denoised in {tiles} tiles of at most "
+                f"{tile_size} px (--tile_size)")
+        with progress_bar(tiles if tiles > 1 else None, f"tiles of {file.name}", "tile", leave=False,
+                          disable=tiles == 1) as bar:
+            output = denoise_in_tiles(model, noisy.to(device), torch.full((1,), level, device=device), conditioned,
+                                      tile_size, TILE_MARGIN, self_ensemble, precision, on_tile=bar.update)[0].cpu()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -22,9 +22,12 @@ def bars_enabled(stream=None, main_process: bool = True) -> bool:
 
 def progress_bar(total: int | None, description: str, unit: str = "it", initial: int = 0,
                  main_process: bool = True, **options) -> tqdm:
-    """A tqdm bar on stderr (rate, elapsed and ETA included), disabled where bars are off."""
+    """A tqdm bar on stderr (rate, elapsed and ETA included), disabled where bars are off (or disable=True). leave:
+    False for a bar inside another's step (it is cleared when done)."""
+    options.setdefault("leave", True)
+    disable = options.pop("disable", False) or not bars_enabled(sys.stderr, main_process)
     return tqdm(total=total, initial=initial, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                disable=not bars_enabled(sys.stderr, main_process), leave=True, **options)
+                disable=disable, **options)
 
 
 def tracked(iterable, total: int | None, description: str, unit: str = "it", main_process: bool = True):

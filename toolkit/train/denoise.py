@@ -28,6 +28,13 @@ if TYPE_CHECKING:  # the loaders import FFCV, seconds of numba compiling that in
 METRICS = ("mse", "psnr", "ssim")
 SSIM_WINDOW = 11  # image_quality's SSIM: an 11x11 Gaussian window (sigma 1.5), as the published tables'
 SMALLEST_SIDE = 16  # what denoise gives every model at least (the study's AE71 needs 9 pixels: unpadded 5x5 convs)
+# pixels of context around each tile of denoise_in_tiles: the blind denoiser's output then differs from one whole-image
+# pass by at most one 8-bit level, in 0.01% of the values (32 held-out CBSD432 images; 32 px: 2 levels in 1.8%; 0 px:
+# 77 levels and -0.09 dB at sigma 50; scripts/tile_seams.py, docs/results.md)
+TILE_MARGIN = 64
+# toolkit denoise's and benchmark-denoiser's tiles: the blind denoiser denoises 12 megapixels in 1.8 GB instead of 8.2
+# and 24 in 2.5 GB, at the whole pass' speed (fp32, 2 CPU cores; scripts/denoise_memory.py, docs/results.md)
+TILE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,54 @@ def denoise(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool,
         output = undo_dihedral(output.float(), turns, mirrored)
         total = output if total is None else total + output
     return total / len(DIHEDRAL)
+
+
+def tile_boxes(height: int, width: int, tile_size: int, margin: int, multiple: int = 1) -> list[tuple]:
+    """The tiles denoise_in_tiles cuts an image of height x width into: ((top, bottom, left, right) of the part it
+    keeps, (top, bottom, left, right) of the part the model sees: that plus `margin` pixels of its neighbours each
+    way, as far as the image goes). The tiles of a row (column) are of one size, at most tile_size, so that none is a
+    sliver. Sizes and margin are multiples of `multiple` (a U-Net's down-sampling multiple; rounded up), so every piece
+    starts where the whole image's down-sampled grid has a corner. One tile, the whole image, when it fits in
+    tile_size plus its margins (tile_size 0: always)."""
+    tile = -(-tile_size // multiple) * multiple
+    margin = -(-margin // multiple) * multiple
+    if not tile or (height <= tile + 2 * margin and width <= tile + 2 * margin):
+        return [((0, height, 0, width), (0, height, 0, width))]
+
+    def spans(length: int) -> list[tuple[int, int, int, int]]:  # (start, end, seen start, seen end) along one side
+        count = -(-length // tile)  # the tiles this side needs
+        size = -(-length // count)  # the side shared out evenly among them
+        size = -(-size // multiple) * multiple  # on the model's grid
+        return [(start, min(start + size, length), max(start - margin, 0), min(start + size + margin, length))
+                for start in range(0, length, size)]
+
+    return [((top, bottom, left, right), (seen_top, seen_bottom, seen_left, seen_right))
+            for top, bottom, seen_top, seen_bottom in spans(height)
+            for left, right, seen_left, seen_right in spans(width)]
+
+
+def denoise_in_tiles(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool, tile_size: int,
+                     margin: int = TILE_MARGIN, self_ensemble: bool = False, precision: str = "no",
+                     on_tile=None) -> torch.Tensor:
+    """denoise, one tile at a time (tile_boxes), so that memory is a tile's whatever the image's size: each tile
+    is denoised with `margin` pixels of its neighbours around it, which are then cropped off, so every output pixel
+    comes from a piece in which it had that much context (the image's own edges as in a whole-image pass).
+    on_tile: called after each tile (a progress bar's update). (B, 3, H, W) in, the same out, in fp32."""
+    boxes = tile_boxes(*noisy.shape[-2:], tile_size, margin, getattr(model, "multiple", 1))
+    if len(boxes) == 1:
+        output = denoise(model, noisy, sigmas, conditioned, self_ensemble, precision).float()
+        if on_tile:
+            on_tile()
+        return output
+    output = torch.empty(noisy.shape, dtype=torch.float32, device=noisy.device)
+    for (top, bottom, left, right), (seen_top, seen_bottom, seen_left, seen_right) in boxes:
+        piece = denoise(model, noisy[..., seen_top:seen_bottom, seen_left:seen_right], sigmas, conditioned,
+                        self_ensemble, precision)
+        output[..., top:bottom, left:right] = piece[..., top - seen_top:bottom - seen_top,
+                                                    left - seen_left:right - seen_left]
+        if on_tile:
+            on_tile()
+    return output
 
 
 def seeded_noisy(clean: torch.Tensor, image_ids, noise: NoiseSpec) -> tuple[torch.Tensor, torch.Tensor]:
