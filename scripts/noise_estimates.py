@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from skimage.restoration import estimate_sigma
 
+from toolkit.data.augment import to_unit_range
 from toolkit.denoising_benchmark import clean_reference_images, validation_images_of
 from toolkit.errors import UserError
 from toolkit.inference import estimate_noise_sigma, wavelet_noise_sigma
@@ -44,7 +45,7 @@ def noise_estimates(folder: Path, sigmas_255: list[float], noise_seed: int = 123
     cases = [(sigma, kind) for sigma in sigmas_255 for kind in KINDS]
     for sigma, kind in tracked(cases, len(cases), "noise estimates", "level"):
         noise = NoiseSpec(sigma / 255, sigma / 255, clip=kind != "unclipped", seed=noise_seed)
-        noisy = [seeded_noisy(clean, [image_id], noise)[0][0] for image_id, clean in enumerate(cleans)]
+        noisy = [seeded_noisy(to_unit_range(clean), [image_id], noise)[0][0] for image_id, clean in enumerate(cleans)]
         if kind != "unclipped":
             noisy = [(image * 255).round() / 255 for image in noisy]  # saved as 8 bits
         results.setdefault(sigma, {})[kind] = {}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from toolkit.data.augment import to_unit_range
 from toolkit.denoising_benchmark import clean_reference_images, validation_images_of
 from toolkit.errors import UserError
 from toolkit.inference import load_trained_model
@@ -39,7 +40,7 @@ def tile_seams(checkpoint: str, folder: Path, sigmas_255: list[float], tile_size
     cases = [(sigma, image_id) for sigma in sigmas_255 for image_id in range(len(cleans))]
     collected: dict = {}
     for sigma, image_id in tracked(cases, len(cases), "tile seams", "img"):
-        clean = cleans[image_id]
+        clean = to_unit_range(cleans[image_id])
         noisy, sigmas = seeded_noisy(clean, [image_id], NoiseSpec(sigma / 255, sigma / 255, False, noise_seed))
         whole = denoise(model, noisy, sigmas, True).clamp(0, 1)
         rows = collected.setdefault(sigma, {"whole": []})

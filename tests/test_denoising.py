@@ -923,6 +923,24 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert "| 0.1 | 365x274 | 96 |" in done.stdout and "x |" in done.stdout  # the ratios against the whole pass
     done = run_script([sys.executable, str(script), str(tmp_path / "nothing")])
     assert done.returncode == 2 and "nothing does not exist" in done.stderr
+    # the benchmark on a folder of large images: the model sees them in tiles as `denoise` does, labelled; the clean
+    # references are held as 8-bit pixels (a quarter of float32's memory) and each noisy image drawn when scored
+    large = tmp_path / "large-clean"
+    large.mkdir()
+    Image.fromarray(np.tile(clean, (2, 2, 1))).save(large / "big.png")
+    Image.fromarray(clean).save(large / "small.png")
+    from toolkit.denoising_benchmark import clean_reference_images
+
+    assert all(image.dtype == torch.uint8 for image in clean_reference_images(large)[1])
+    for tile_size in (96, 0):
+        assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(large), "--sigmas", "25",
+                             "--tile_size", str(tile_size), "--out", str(tmp_path / f"large-{tile_size}.json")]) == 0
+    tiled, whole_images = (json.loads((tmp_path / f"large-{size}.json").read_text()) for size in (96, 0))
+    assert tiled["tiled_images"] == 1 and "the model saw 1 of the 2 images in tiles of 96 px" in tiled["protocol"]
+    assert whole_images["tiled_images"] == 0 and "whole images" in whole_images["protocol"]
+    assert tiled["sigmas"]["25.0"]["model"]["psnr"] == pytest.approx(whole_images["sigmas"]["25.0"]["model"]["psnr"],
+                                                                      abs=0.01)
+    assert tiled["sigmas"]["25.0"]["noisy"] == whole_images["sigmas"]["25.0"]["noisy"]  # the same noisy images
 
     # the benchmark on the run's own validation images (where inference options are chosen), with the ensemble
     folder = Path(__import__("os").environ["SCENE_TOOLKIT_CACHE"]) / "synthetic-scenes" / "seg_pred"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toolkit.data.augment import to_unit_range
 from toolkit.data.folders import list_image_files
 from toolkit.data.images import UnreadableImage, open_image, reduce_image, rgb_pixels
 from toolkit.errors import DataError, UserError
@@ -114,17 +115,20 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         totals: dict[str, list] = {m: [] for m in methods}
         seconds = {m: 0.0 for m in methods}
         estimates = []  # blind: the noise level estimated on each noisy image, 0-255
-        noisy_images = [seeded_noisy(clean, [image_id], noise) for image_id, clean in enumerate(cleans)]
-        bm3d_outputs = []
+        noisy_images, bm3d_outputs = [], []
         if "bm3d" in methods:  # one image per core; images differ in size, so they go one by one into the pool
+            noisy_images = [seeded_noisy(to_unit_range(clean), [image_id], noise)
+                            for image_id, clean in enumerate(cleans)]
             started = time.perf_counter()
             log(f"[benchmark] sigma {sigma_255:g}: CBM3D on {len(files)} images ...")
             bm3d_outputs = bm3d_denoise_each([noisy[0] for noisy, _ in noisy_images],
                                              [float(sigmas[0]) for _, sigmas in noisy_images])
             seconds["bm3d"] = time.perf_counter() - started
         with progress_bar(len(files), f"sigma {sigma_255:g}", unit="img") as bar:
-            for image_id, clean in enumerate(cleans):
-                noisy, sigmas = noisy_images[image_id]
+            for image_id, pixels in enumerate(cleans):
+                clean = to_unit_range(pixels)
+                # without CBM3D each noisy image is drawn when it is scored: one image's floats in memory at a time
+                noisy, sigmas = noisy_images[image_id] if noisy_images else seeded_noisy(clean, [image_id], noise)
                 for method in methods:
                     started = time.perf_counter()
                     if method == "noisy":
@@ -160,7 +164,8 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
 def clean_reference_images(clean_dir: Path | str, max_images: int = 0, only: list[Path] | None = None,
                            reduction: int = 1) -> tuple[list[Path], list[torch.Tensor]]:
     """The image files of a folder of clean references (those in `only` when given; the first max_images,
-    0 = all) and each as a (1, 3, H, W) tensor in [0, 1], made `reduction` times smaller (reduce_image)."""
+    0 = all) and each as a (1, 3, H, W) uint8 tensor (to_unit_range gives [0, 1]: a quarter of float32's memory,
+    for folders of large photographs), made `reduction` times smaller (reduce_image)."""
     files = list_image_files(Path(clean_dir)) if Path(clean_dir).is_dir() else []
     if not files:
         raise DataError(f"{clean_dir} holds no images: pass a folder of clean reference images (e.g. McMaster)")
@@ -178,7 +183,7 @@ def clean_reference_images(clean_dir: Path | str, max_images: int = 0, only: lis
         if min(pixels.shape[:2]) < SSIM_WINDOW:
             problems.append(f"{file}: {pixels.shape[1]}x{pixels.shape[0]} pixels, under the {SSIM_WINDOW}x"
                             f"{SSIM_WINDOW} that SSIM's window needs")
-        images.append(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255)
+        images.append(torch.from_numpy(pixels).permute(2, 0, 1)[None])
     if problems:
         listed = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise DataError(f"{len(problems)} of the {len(files)} images in {clean_dir} cannot be scored:\n  {listed}\n"
