@@ -66,7 +66,7 @@ if wanted denoiser; then
     finished blind_denoiser-18ep || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser-18ep" --epochs=18 2>&1 \
         | tee -a "$OUT/blind_denoiser-18ep.log"
     finished blind_denoiser-60min || $LAUNCH $BLIND --resume --run_dir="$OUT/blind_denoiser-60min" \
-        --train_minutes=60 --lr=7e-4 --batch_size=4 --eval_every=4400 --reductions=1,2 2>&1 \
+        --train_minutes=60 --lr=7e-4 --batch_size=4 --eval_every=4400 --reductions=1,2 --loss=mse 2>&1 \
         | tee -a "$OUT/blind_denoiser-60min.log"
     for run in blind_denoiser blind_denoiser-60min; do
         for ensemble in "" "--self_ensemble"; do
