@@ -23,7 +23,7 @@ from toolkit.denoising_benchmark import clean_reference_images, validation_image
 from toolkit.errors import UserError
 from toolkit.inference import load_trained_model
 from toolkit.progress import tracked
-from toolkit.train.denoise import NoiseSpec, denoise, denoise_in_tiles, image_quality, seeded_noisy, tile_boxes
+from toolkit.train.denoise import NoiseSpec, denoise, denoise_in_tiles, image_quality, model_tiles, seeded_noisy
 
 
 @torch.no_grad()
@@ -39,7 +39,6 @@ def tile_seams(checkpoint: str, folder: Path, sigmas_255: list[float], tile_size
     results: dict = {}
     cases = [(sigma, image_id) for sigma in sigmas_255 for image_id in range(len(cleans))]
     collected: dict = {}
-    multiple = getattr(model, "multiple", 1)  # the model's down-sampling multiple (1: none)
     for sigma, image_id in tracked(cases, len(cases), "tile seams", "img"):
         clean = to_unit_range(cleans[image_id])
         noisy, sigmas = seeded_noisy(clean, [image_id], NoiseSpec(sigma / 255, sigma / 255, False, noise_seed))
@@ -51,7 +50,7 @@ def tile_seams(checkpoint: str, folder: Path, sigmas_255: list[float], tile_size
             levels = ((tiled * 255).round() - (whole * 255).round()).abs()
             rows.setdefault(margin, []).append((float(image_quality(tiled, clean)["psnr"]), float(levels.max()),
                                                 float((levels > 0).float().mean()),
-                                                len(tile_boxes(*clean.shape[-2:], tile_size, margin, multiple))))
+                                                len(model_tiles(model, clean, tile_size, margin))))
     for sigma, rows in collected.items():
         whole = sum(rows["whole"]) / len(rows["whole"])
         results[sigma] = {"whole": whole}

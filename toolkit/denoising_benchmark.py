@@ -35,11 +35,12 @@ from toolkit.train.denoise import (
     NoiseSpec,
     bm3d_available,
     bm3d_denoise_each,
+    check_tile_size,
     denoise_in_tiles,
     image_quality,
+    model_tiles,
     nlm_denoise,
     seeded_noisy,
-    tile_boxes,
 )
 
 # PSNR (dB) on McMaster, AWGN, noise not clipped (FFDNet's table; DPIR and SwinIR's tables)
@@ -80,8 +81,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     tile_size: the model denoises an image larger than a tile of this side plus its margins one tile at a time
     (denoise_in_tiles), in a tile's memory; the JSON counts such images (`tiled_images`; McMaster's, Kodak24's and
     CBSD68's all fit in one: whole images, the published protocol). 0: always whole images."""
-    if tile_size < 0:
-        raise UserError(f"--tile_size takes a side in pixels, or 0 for whole images; got {tile_size}")
+    check_tile_size(tile_size)
     if validation_images and not checkpoint:
         raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
     only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
@@ -95,8 +95,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         log(f"[benchmark] note: this model is not told the noise level; it was trained on "
             f"sigma {trained.get('sigma_min')}-{trained.get('sigma_max')} (clipped: {trained.get('clip')})")
     methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
-    tiled = sum(len(tile_boxes(*clean.shape[-2:], tile_size, TILE_MARGIN, getattr(model, "multiple", 1))) > 1
-                for clean in cleans) if model is not None else 0
+    tiled = sum(len(model_tiles(model, clean, tile_size)) > 1 for clean in cleans) if model is not None else 0
     protocol = "AWGN, not clipped, whole images, RGB"
     if tiled:
         protocol = (f"AWGN, not clipped, RGB; the model saw {tiled} of the {len(cleans)} images in tiles of "

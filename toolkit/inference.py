@@ -108,11 +108,10 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     from toolkit.data.folders import list_image_files
     from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored
     from toolkit.progress import progress_bar, tracked
-    from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE, denoise_in_tiles, tile_boxes
+    from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE, check_tile_size, denoise_in_tiles, model_tiles
 
     tile_size = TILE_SIZE if tile_size is None else tile_size
-    if tile_size < 0:
-        raise UserError(f"--tile_size takes a side in pixels, or 0 for whole images; got {tile_size}")
+    check_tile_size(tile_size)
     model, state = load_trained_model(checkpoint, device)
     if not is_denoiser(state.model):
         raise UserError(f"{checkpoint} holds a {state.model}, not a denoiser; "
@@ -161,7 +160,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                     f"{trained_max:g}/255): expect less than its benchmark")
         else:
             level = (sigma_255 or 0.0) / 255
-        tiles = len(tile_boxes(*noisy.shape[-2:], tile_size, TILE_MARGIN, getattr(model, "multiple", 1)))
+        tiles = len(model_tiles(model, noisy, tile_size))
         if tiles > 1:
             log(f"[denoise] {file}: {noisy.shape[-1]}x{noisy.shape[-2]}, denoised in {tiles} tiles of at most "
                 f"{tile_size} px (--tile_size)")

@@ -17,6 +17,7 @@ import torch
 
 from toolkit.data.augment import DIHEDRAL, dihedral, to_unit_range, undo_dihedral
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas
+from toolkit.errors import UserError
 from toolkit.models.denoisers import pad_edges
 from toolkit.progress import tracked
 from toolkit.train.evaluate import share_buffers
@@ -101,6 +102,17 @@ def tile_boxes(height: int, width: int, tile_size: int, margin: int, multiple: i
             for left, right, seen_left, seen_right in spans(width)]
 
 
+def check_tile_size(tile_size: int) -> None:
+    """A tile size as toolkit denoise and benchmark-denoiser take it: a side in pixels, or 0 for whole images."""
+    if tile_size < 0:
+        raise UserError(f"--tile_size takes a side in pixels, or 0 for whole images; got {tile_size}")
+
+
+def model_tiles(model, images: torch.Tensor, tile_size: int, margin: int = TILE_MARGIN) -> list[tuple]:
+    """tile_boxes of (..., H, W) images on `model`'s down-sampling grid (its `multiple`; none: 1)."""
+    return tile_boxes(*images.shape[-2:], tile_size, margin, getattr(model, "multiple", 1))
+
+
 def denoise_in_tiles(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool, tile_size: int,
                      margin: int = TILE_MARGIN, self_ensemble: bool = False, precision: str = "no",
                      on_tile=None) -> torch.Tensor:
@@ -108,7 +120,7 @@ def denoise_in_tiles(model, noisy: torch.Tensor, sigmas: torch.Tensor, condition
     is denoised with `margin` pixels of its neighbours around it, which are then cropped off, so every output pixel
     comes from a piece in which it had that much context (the image's own edges as in a whole-image pass).
     on_tile: called after each tile (a progress bar's update). (B, 3, H, W) in, the same out, in fp32."""
-    boxes = tile_boxes(*noisy.shape[-2:], tile_size, margin, getattr(model, "multiple", 1))
+    boxes = model_tiles(model, noisy, tile_size, margin)
     if len(boxes) == 1:
         output = denoise(model, noisy, sigmas, conditioned, self_ensemble, precision).float()
         if on_tile:
