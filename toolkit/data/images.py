@@ -169,7 +169,7 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> Non
     """Write (H, W, 3) float pixels in [0, 1] as the file `stored` describes stored its own: grey as one channel
     (the mean of the three), 16-bit grey and colour at 16 bits, the alpha channel as it was; RGB otherwise.
     Raises UserError when the file's format cannot hold that (alpha or 16 bits in a JPEG): PNG holds every one."""
-    pixels = np.clip(np.asarray(pixels, dtype=np.float64), 0, 1)
+    pixels = np.clip(np.asarray(pixels, dtype=np.float32), 0, 1)  # float32 is exact to 16 bits' levels
     if stored.bits == 16 and not stored.grey:
         write_sixteen_bit_colour((pixels * 65535 + 0.5).astype(np.uint16), stored.alpha, path)
         return
