@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import shutil
 import sys
 import tracemalloc
@@ -23,11 +24,12 @@ from test_recipes import assert_same_final_weights, run_in_process
 
 from toolkit.cli import main as toolkit_main
 from toolkit.config import parse_config
-from toolkit.data.augment import step_generator
+from toolkit.data.augment import step_generator, to_unit_range
 from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_unlabeled_folder
 from toolkit.data.loaders import Shard, make_loader
 from toolkit.data.noise import add_gaussian_noise, draw_sigmas, noise_level_weights, random_crop, sigma_from_255
+from toolkit.denoising_benchmark import clean_reference_images
 from toolkit.errors import DataError, UserError
 from toolkit.models.autoencoders import STUDY_AUTOENCODERS, family_autoencoder, latent_shape
 from toolkit.models.denoisers import DnCNN, ResUNet, UNetDenoiser
@@ -286,13 +288,17 @@ def test_evaluate_denoiser_scores_baselines_on_the_same_noise_whatever_the_batch
     accelerator = Accelerator(cpu=True, mixed_precision="no")
     noise = NoiseSpec(0.2, 0.2, clip=False, seed=5)
     results = []
+    baselines = ("noisy", "nlm") + (("bm3d",) if __import__("toolkit.train.denoise", fromlist=["x"]).bm3d_available()
+                                    else ())  # CBM3D on workers started once for the set's three batches of 5
     for batch in (5, 12):
         loader = make_loader(stored, ids, batch, train=False, image_size=32, device=torch.device("cpu"),
                              num_workers=1)
         shard = Shard(loader, ids, np.arange(len(ids)), len(ids))
-        results.append(evaluate_denoiser(None, shard, accelerator, noise, baselines=("noisy", "nlm")))
+        results.append(evaluate_denoiser(None, shard, accelerator, noise, baselines=baselines))
     assert results[0]["n"] == 12 and results[0]["noisy"] == pytest.approx(results[1]["noisy"])
-    assert results[0]["nlm"]["psnr"] > results[0]["noisy"]["psnr"] + 3  # NLM really denoises
+    for method in baselines[1:]:
+        assert results[0][method]["psnr"] > results[0]["noisy"]["psnr"] + 3  # NLM and CBM3D really denoise
+        assert results[0][method] == pytest.approx(results[1][method], abs=1e-4)
     # unclipped noise of sigma 0.2: the noisy input's MSE is about 0.04 before clamping (less after)
     assert 0.02 < results[0]["noisy"]["mse"] < 0.045
 
@@ -526,6 +532,19 @@ def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_inte
                          "--out", str(out)]) == 0
     assert "FFDNet (published) | 32.35" in capsys.readouterr().out
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    # sigma 0 (what a model does to a clean image) is scored: the noisy input's infinite PSNR is written as null,
+    # in JSON any reader takes; a negative or undefined noise level is refused
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(mcmaster), "--sigmas", "0", "--nlm",
+                         "--out", str(out)]) == 0
+    strict = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert strict["sigmas"]["0.0"]["noisy"]["psnr"] is None and strict["sigmas"]["0.0"]["noisy"]["ssim"] > 0.99
+    assert strict["sigmas"]["0.0"]["noisy"]["per_image_psnr"] == [None, None]
+    for sigmas in (["-5"], ["25", "nan"]):
+        capsys.readouterr()
+        assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(mcmaster), "--sigmas", *sigmas,
+                             "--out", str(tmp_path / "refused.json")]) == 2
+        assert "--sigmas takes noise stds on the 0-255 scale, 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "refused.json").exists()
     # every image of a folder is scored, or none: what cannot be is said all at once, with the fix
     (mcmaster / "broken.png").write_bytes(b"not an image")
     Image.fromarray(np.zeros((8, 40, 3), np.uint8)).save(mcmaster / "strip.png")
@@ -913,6 +932,17 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert toolkit_main(["denoise", str(tmp_path / "whole"), str(big), str(tmp_path / "bad.png"),
                          "--tile_size=-1"]) == 2
     assert "--tile_size takes a side in pixels" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+    # --tile_margin: no context shows the seams (a deeper model's user would raise it); a negative one is refused
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(big), str(tmp_path / "big-seams.png"), "--sigma=25",
+                         "--tile_size=96", "--tile_margin=0"]) == 0
+    seams = np.asarray(Image.open(tmp_path / "big-seams.png")).astype(int)
+    assert np.abs(seams - whole_pixels).max() > np.abs(tiled_pixels - whole_pixels).max()
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(big), str(tmp_path / "bad.png"),
+                         "--tile_margin=-1"]) == 2
+    assert "--tile_margin takes the pixels of context" in capsys.readouterr().err
+    assert toolkit_main(["denoise", str(tmp_path / "whole"), str(big), str(tmp_path / "bad.png"), "--sigma=-1"]) == 2
+    assert "--sigma takes the noise std on the 0-255 scale, 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()
     # the README's memory figures: each command in its own process, its peak memory read from the system
     script = Path(__file__).resolve().parents[1] / "scripts" / "denoise_memory.py"
     done = run_script([sys.executable, str(script), str(tmp_path / "whole"), "--megapixels", "0.1", "--tile_sizes",
@@ -929,8 +959,6 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     large.mkdir()
     Image.fromarray(np.tile(clean, (2, 2, 1))).save(large / "big.png")
     Image.fromarray(clean).save(large / "small.png")
-    from toolkit.denoising_benchmark import clean_reference_images
-
     assert all(image.dtype == torch.uint8 for image in clean_reference_images(large)[1])
     for tile_size in (96, 0):
         assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(large), "--sigmas", "25",
@@ -941,6 +969,10 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert tiled["sigmas"]["25.0"]["model"]["psnr"] == pytest.approx(whole_images["sigmas"]["25.0"]["model"]["psnr"],
                                                                       abs=0.01)
     assert tiled["sigmas"]["25.0"]["noisy"] == whole_images["sigmas"]["25.0"]["noisy"]  # the same noisy images
+    assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(large), "--sigmas", "25",
+                         "--tile_size", "96", "--tile_margin", "0", "--out", str(tmp_path / "large-seams.json")]) == 0
+    seams = json.loads((tmp_path / "large-seams.json").read_text())
+    assert seams["tile_margin"] == 0 and tiled["tile_margin"] == 64 and "with 0 px of context" in seams["protocol"]
 
     # the benchmark on the run's own validation images (where inference options are chosen), with the ensemble
     folder = Path(__import__("os").environ["SCENE_TOOLKIT_CACHE"]) / "synthetic-scenes" / "seg_pred"
@@ -1248,30 +1280,48 @@ def test_a_re_planned_budget_follows_the_new_total_and_resumes_exactly(tmp_path,
                     reason="the optional bm3d package is not installed (pip install bm3d; non-commercial licence)")
 def test_bm3d_is_scored_beside_the_model_on_any_folder(tiny_intel, tmp_path):
     out = tmp_path / "bench.json"
-    folder = tmp_path / "two"
+    folder = tmp_path / "five"
     folder.mkdir()
-    for image in sorted((tiny_intel / "seg_pred").iterdir())[:2]:
+    for image in sorted((tiny_intel / "seg_pred").iterdir())[:5]:
         (folder / image.name).write_bytes(image.read_bytes())
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(folder), "--sigmas", "25",
                          "--baselines", "bm3d", "nlm", "--out", str(out)]) == 0
     row = json.loads(out.read_text())["sigmas"]["25.0"]
-    assert row["bm3d"]["psnr"] > row["noisy"]["psnr"] + 3 and len(row["bm3d"]["per_image_psnr"]) == 2
+    assert row["bm3d"]["psnr"] > row["noisy"]["psnr"] + 3 and len(row["bm3d"]["per_image_psnr"]) == 5
+    # CBM3D got the images a few at a time (two per core: here more than one chunk on two cores), each its own
+    # noisy image: the same scores as each image denoised alone
+    from toolkit.train.denoise import bm3d_denoiser
+
+    _, cleans = clean_reference_images(folder)
+    noise = NoiseSpec(25 / 255, 25 / 255, clip=False, seed=1234)
+    with bm3d_denoiser(workers=1) as denoise_each:  # in this process
+        for image_id, pixels in enumerate(cleans):
+            clean = to_unit_range(pixels)
+            noisy, sigmas = seeded_noisy(clean, [image_id], noise)
+            alone = image_quality(denoise_each([noisy[0]], [float(sigmas[0])])[0][None], clean)["psnr"]
+            assert float(alone) == pytest.approx(row["bm3d"]["per_image_psnr"][image_id], abs=1e-3)
 
 
 @pytest.mark.skipif(not __import__("toolkit.train.denoise", fromlist=["x"]).bm3d_available(),
                     reason="the optional bm3d package is not installed (pip install bm3d; non-commercial licence)")
-def test_bm3d_of_a_batch_is_each_image_denoised_with_its_own_sigma():
-    from toolkit.train.denoise import bm3d_denoise, bm3d_denoise_each
+def test_bm3d_denoises_each_image_with_its_own_sigma_on_workers_started_once():
+    from toolkit.train.denoise import bm3d_denoiser
 
     clean = torch.linspace(0, 1, 32)[None, None, :, None].expand(2, 3, 32, 32).contiguous()
     noise = NoiseSpec(15 / 255, 50 / 255, clip=False, seed=3)
     noisy, sigmas = seeded_noisy(clean, [0, 1], noise)
-    batch = bm3d_denoise(noisy, sigmas, workers=2)
-    each = bm3d_denoise_each([noisy[1]], [float(sigmas[1])], workers=1)
-    # (in a worker process or in this one: equal up to the FFT library's rounding)
-    assert batch.shape == noisy.shape and torch.allclose(batch[1], each[0], atol=1e-4)
+    with bm3d_denoiser(workers=2) as denoise_each:
+        pool = multiprocessing.active_children()
+        both = denoise_each(list(noisy), sigmas.tolist())
+        again = denoise_each([noisy[1]], [float(sigmas[1])])
+        assert len(pool) == 2 and multiprocessing.active_children() == pool  # the same two workers, not new ones
+    assert not multiprocessing.active_children()  # and gone after the block
+    with bm3d_denoiser(workers=1) as denoise_each:
+        alone = denoise_each([noisy[1]], [float(sigmas[1])])
+    # (in either worker or in this process: equal up to the FFT library's rounding)
+    assert torch.allclose(both[1], alone[0], atol=1e-4) and torch.allclose(both[1], again[0], atol=1e-4)
     assert float(sigmas[0]) != float(sigmas[1])  # a sigma per image, each given to its own image
-    for output, image in zip(batch, noisy):
+    for output, image in zip(both, noisy):
         assert image_quality(output[None], clean[:1])["psnr"] > image_quality(image[None], clean[:1])["psnr"] + 3
 
 
@@ -1300,13 +1350,27 @@ def test_a_blind_denoiser_joins_the_latent_study_as_is_and_fine_tuned(tiny_intel
         (folder / image.name).write_bytes(image.read_bytes())
     for out, extra in ((told, []), (estimated, ["--blind"])):
         assert toolkit_main(["benchmark-denoiser", str(blind), "--clean", str(folder), "--sigmas", "25",
-                             "--baselines", "--out", str(out), *extra]) == 0
+                             "--baselines", "nlm", "--out", str(out), *extra]) == 0
     told, estimated = json.loads(told.read_text()), json.loads(estimated.read_text())
     assert estimated["blind"] is True and told["blind"] is False
-    assert estimated["sigmas"]["25.0"]["model"]["psnr"] != told["sigmas"]["25.0"]["model"]["psnr"]
+    for method in ("model", "nlm"):  # the baselines are told what the model is: the estimate, on the same images
+        assert estimated["sigmas"]["25.0"][method]["psnr"] != told["sigmas"]["25.0"][method]["psnr"]
+        assert "estimated_sigma_255" not in told["sigmas"]["25.0"][method]
+    assert estimated["sigmas"]["25.0"]["noisy"] == told["sigmas"]["25.0"]["noisy"]
     levels = estimated["sigmas"]["25.0"]["model"]["estimated_sigma_255"]  # one per image, near the true 25
-    assert len(levels) == 2 and all(15 < level < 35 for level in levels) and "estimated_sigma_255" not in \
-        told["sigmas"]["25.0"]["model"]
+    assert len(levels) == 2 and all(15 < level < 35 for level in levels)
+    assert estimated["sigmas"]["25.0"]["nlm"]["estimated_sigma_255"] == levels
+    assert "blind: each method told the sigma estimated" in estimated["protocol"] and "blind" not in told["protocol"]
+    assert "| **non-local means (blind: sigma estimated)** |" in estimated["table"]
+    assert "| **non-local means** |" in told["table"] and "| **noisy input** |" in estimated["table"]
+    from toolkit.inference import estimate_noise_sigma
+    from toolkit.train.denoise import nlm_denoise
+
+    pixels = clean_reference_images(folder)[1][1]  # the second image: non-local means told its estimate by hand
+    noisy, _ = seeded_noisy(to_unit_range(pixels), [1], NoiseSpec(25 / 255, 25 / 255, clip=False, seed=1234))
+    assert estimate_noise_sigma(noisy[0]) * 255 == pytest.approx(levels[1])
+    by_hand = image_quality(nlm_denoise(noisy, torch.tensor([levels[1] / 255])), to_unit_range(pixels))["psnr"]
+    assert float(by_hand) == pytest.approx(estimated["sigmas"]["25.0"]["nlm"]["per_image_psnr"][1], abs=1e-4)
 
 
 def test_a_run_launched_with_torch_compile_records_it_and_keeps_plain_checkpoints(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ whose OpenMP runtime torch has started can deadlock the child, and a light modul
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -17,11 +19,15 @@ def bm3d_one(job: tuple[np.ndarray, float]) -> np.ndarray:
     return np.asarray(bm3d.bm3d_rgb(image, sigma_psd=sigma), dtype=np.float32)
 
 
-def bm3d_many(jobs: list[tuple[np.ndarray, float]], workers: int) -> list[np.ndarray]:
-    """bm3d_one over jobs, one image per core (the library itself runs on one)."""
+@contextmanager
+def bm3d_pool(workers: int):
+    """A function jobs -> [bm3d_one(job) for job in jobs], one image per core on `workers` processes started once
+    for the whole `with` block (each imports the library once, however many calls follow); in this process when
+    workers <= 1."""
     import multiprocessing
 
-    if workers <= 1 or len(jobs) <= 1:
-        return [bm3d_one(job) for job in jobs]
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        return pool.map(bm3d_one, jobs, chunksize=1)
+    if workers <= 1:
+        yield lambda jobs: [bm3d_one(job) for job in jobs]
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield lambda jobs: pool.map(bm3d_one, jobs, chunksize=1)

@@ -140,7 +140,8 @@ def command_denoise(args) -> None:
 
     precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
     denoise_files(args.checkpoint, args.input, args.output, args.sigma, self_ensemble=args.self_ensemble,
-                  precision=precision, device=device, tile_size=args.tile_size)
+                  precision=precision, device=device, tile_size=args.tile_size,
+                  tile_margin=args.tile_margin)
 
 
 def command_benchmark_denoiser(args) -> None:
@@ -155,7 +156,8 @@ def command_benchmark_denoiser(args) -> None:
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
                                  max_images=args.max_images, self_ensemble=args.self_ensemble,
                                  validation_images=args.validation_images, precision=precision, device=device,
-                                 reduction=args.reduce, tile_size=args.tile_size)
+                                 reduction=args.reduce, tile_size=args.tile_size,
+                                 tile_margin=args.tile_margin)
     results["published"] = {"set": name, "rows": published}
     table = benchmark_table(results, published=published)
     print("\n" + table)
@@ -196,6 +198,11 @@ TILE_SIZE_HELP = ("an image larger than a tile of this side (plus {margin} px of
                   "tile at a time: the blind denoiser takes 1.8 GB for 12 megapixels in fp32 instead of 8.2, at the "
                   "same speed, and its output is the whole-image pass' to within one 8-bit level (default "
                   "%(default)s; 0: whole images)")
+
+
+TILE_MARGIN_HELP = ("pixels of the neighbouring tiles each tile is denoised with, then cropped off (default "
+                    "%(default)s: measured for the blind denoiser's network; a deeper model may want more: "
+                    "scripts/tile_seams.py measures what each margin changes)")
 
 
 def _cuda() -> bool:
@@ -316,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
     den.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
     den.add_argument("--tile_size", type=int, default=TILE_SIZE, help=tile_size_help)
+    den.add_argument("--tile_margin", type=int, default=TILE_MARGIN, help=TILE_MARGIN_HELP)
     den.set_defaults(handler=command_denoise)
 
     bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
@@ -326,13 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classical methods to score too: nlm (scikit-image), bm3d (pip install bm3d; non-commercial)")
     bd.add_argument("--nlm", action="store_true", help="same as --baselines nlm")
     bd.add_argument("--blind", action="store_true",
-                    help="a noise-conditioned model gets the sigma estimated from each noisy image, not the true one")
+                    help="the sigma estimated from each noisy image, not the true one, for a noise-conditioned model "
+                    "and the baselines alike (what each would be told in use)")
     bd.add_argument("--published", default="auto", help="published rows to print: auto (by folder name: McMaster), "
                     "mcmaster, none")
     bd.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
     bd.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
     bd.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
     bd.add_argument("--tile_size", type=int, default=TILE_SIZE, help=tile_size_help)
+    bd.add_argument("--tile_margin", type=int, default=TILE_MARGIN, help=TILE_MARGIN_HELP)
     bd.add_argument("--validation_images", action="store_true",
                     help="score only the images of --clean that the model's run held out for validation (the "
                     "folder it trained on): choose options such as --self_ensemble here, never on the test set")

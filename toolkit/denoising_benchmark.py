@@ -2,19 +2,22 @@
 
 Protocol (the published tables'): each clean image at full size in [0, 1], additive white Gaussian noise
 of sigma 15 / 25 / 50 on the 0-255 scale, NOT clipped, seeded per image; PSNR (data range 1) and SSIM on
-RGB over the whole image, outputs clamped to [0, 1]; the mean over images. A noise-conditioned model is
-told the true sigma (as FFDNet and DRUNet are in their tables), or, with blind=True, the sigma that
-scikit-image estimates from the noisy image; with self_ensemble=True, its output is the mean over the
-noisy image's 8 rotations and mirror images (the "x8"/"+" rows of the literature). With validation_images=True only
-the images of the folder that the model's own run held out for validation are scored: the place to choose
-such options, never the test set. Beside it: the noisy input, non-local means (h = 0.8 sigma)
-and CBM3D from the optional `bm3d` package (non-commercial licence: never a hard dependency), and for
-McMaster the published figures (FFDNet, DPIR and SwinIR papers; PUBLISHED below).
+RGB over the whole image, outputs clamped to [0, 1]; the mean over images. A noise-conditioned model and the
+baselines are told the true sigma (as in the published tables), or, with blind=True, the sigma that
+estimate_noise_sigma reads from each noisy image: every row told what it would know in use. With
+self_ensemble=True, the model's output is the mean over the noisy image's 8 rotations and mirror images (the
+"x8"/"+" rows of the literature). With validation_images=True only the images of the folder that the model's own
+run held out for validation are scored: the place to choose such options, never the test set. Beside it: the noisy
+input, non-local means (h = 0.8 sigma) and CBM3D from the optional `bm3d` package (non-commercial licence: never a
+hard dependency), and for McMaster the published figures (FFDNet, DPIR and SwinIR papers; PUBLISHED below).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from toolkit.train.denoise import (
     TILE_SIZE,
     NoiseSpec,
     bm3d_available,
-    bm3d_denoise_each,
+    bm3d_denoiser,
     check_tile_size,
     denoise_in_tiles,
     image_quality,
@@ -72,7 +75,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
                        max_images: int = 0, self_ensemble: bool = False, validation_images: bool = False,
                        precision: str = "no", device: torch.device | str = "cpu", reduction: int = 1,
-                       tile_size: int = TILE_SIZE, log=print) -> dict:
+                       tile_size: int = TILE_SIZE, tile_margin: int = TILE_MARGIN, log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines.
     reduction: each image is first made that many times smaller each way by a box filter (reduce_image).
     precision: what the model runs in ('no': fp32, the protocol of the README's figures; 'bf16').
@@ -80,8 +83,12 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     metrics stay on the CPU, so every device scores the same noisy images the same way.
     tile_size: the model denoises an image larger than a tile of this side plus its margins one tile at a time
     (denoise_in_tiles), in a tile's memory; the JSON counts such images (`tiled_images`; McMaster's, Kodak24's and
-    CBSD68's all fit in one: whole images, the published protocol). 0: always whole images."""
-    check_tile_size(tile_size)
+    CBSD68's all fit in one: whole images, the published protocol). 0: always whole images. tile_margin: the pixels
+    of context each tile is denoised with (TILE_MARGIN was measured for the blind denoiser's network)."""
+    check_tile_size(tile_size, tile_margin)
+    refused = [sigma for sigma in sigmas_255 if not (math.isfinite(sigma) and sigma >= 0)]
+    if refused:
+        raise UserError(f"--sigmas takes noise stds on the 0-255 scale, 0 or more; got {refused[0]:g}")
     if validation_images and not checkpoint:
         raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
     only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
@@ -95,69 +102,87 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         log(f"[benchmark] note: this model is not told the noise level; it was trained on "
             f"sigma {trained.get('sigma_min')}-{trained.get('sigma_max')} (clipped: {trained.get('clip')})")
     methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
-    tiled = sum(len(model_tiles(model, clean, tile_size)) > 1 for clean in cleans) if model is not None else 0
+    tiled = 0 if model is None else sum(len(model_tiles(model, clean, tile_size, tile_margin)) > 1 for clean in cleans)
     protocol = "AWGN, not clipped, whole images, RGB"
     if tiled:
         protocol = (f"AWGN, not clipped, RGB; the model saw {tiled} of the {len(cleans)} images in tiles of "
-                    f"{tile_size} px with {TILE_MARGIN} px of context (--tile_size 0: whole images)")
+                    f"{tile_size} px with {tile_margin} px of context (--tile_size 0: whole images)")
         log(f"[benchmark] note: {tiled} of the {len(cleans)} images are larger than a tile: the model denoises them "
             f"in tiles of {tile_size} px (--tile_size; 0: whole images, in memory to match)")
+    if blind:
+        protocol += "; blind: each method told the sigma estimated from its noisy image"
     results: dict = {"images": len(files), "folder": str(clean_dir), "checkpoint": checkpoint, "blind": blind,
                      "self_ensemble": self_ensemble, "validation_images": validation_images,
-                     "reduction": reduction, "tile_size": tile_size, "tile_margin": TILE_MARGIN, "tiled_images": tiled,
+                     "reduction": reduction, "tile_size": tile_size, "tile_margin": tile_margin, "tiled_images": tiled,
                      "mixed_precision": precision if model is not None else None,
                      "device": describe_device(torch.device(device)) if model is not None else None,
                      "noise_seed": noise_seed, "protocol": protocol, "sigmas": {},
                      "seconds": {}}
-    for sigma_255 in sigmas_255:
-        noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
-        totals: dict[str, list] = {m: [] for m in methods}
-        seconds = {m: 0.0 for m in methods}
-        estimates = []  # blind: the noise level estimated on each noisy image, 0-255
-        noisy_images, bm3d_outputs = [], []
-        if "bm3d" in methods:  # one image per core; images differ in size, so they go one by one into the pool
-            noisy_images = [seeded_noisy(to_unit_range(clean), [image_id], noise)
-                            for image_id, clean in enumerate(cleans)]
-            started = time.perf_counter()
-            log(f"[benchmark] sigma {sigma_255:g}: CBM3D on {len(files)} images ...")
-            bm3d_outputs = bm3d_denoise_each([noisy[0] for noisy, _ in noisy_images],
-                                             [float(sigmas[0]) for _, sigmas in noisy_images])
-            seconds["bm3d"] = time.perf_counter() - started
-        with progress_bar(len(files), f"sigma {sigma_255:g}", unit="img") as bar:
-            for image_id, pixels in enumerate(cleans):
-                clean = to_unit_range(pixels)
-                # without CBM3D each noisy image is drawn when it is scored: one image's floats in memory at a time
-                noisy, sigmas = noisy_images[image_id] if noisy_images else seeded_noisy(clean, [image_id], noise)
+    # CBM3D is handed a chunk of images at a time (two per worker), its workers started once: the noisy images and
+    # outputs held at once are a chunk's, however large the folder; without it each image is drawn when it is scored
+    workers = os.cpu_count() or 1
+    chunk = 2 * workers if "bm3d" in methods else 1
+    with bm3d_denoiser(workers) if "bm3d" in methods else contextlib.nullcontext() as run_bm3d:
+        for sigma_255 in sigmas_255:
+            noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
+            scores, results["seconds"][sigma_255], estimates = score_one_sigma(
+                model, conditioned, run_bm3d, methods, cleans, noise, chunk, blind, (tile_size, tile_margin),
+                self_ensemble, precision, device, f"sigma {sigma_255:g}")
+            for method in methods[1:] if blind else ():  # what each method that takes a noise level was told
+                scores[method]["estimated_sigma_255"] = estimates
+            results["sigmas"][sigma_255] = scores
+            log(f"[benchmark] sigma {sigma_255:g}: " + ", ".join(
+                f"{method} {v['psnr']:.2f} dB" for method, v in results["sigmas"][sigma_255].items())
+                + (f" (sigma estimated {np.mean(estimates):.1f} on average)" if estimates else ""))
+    return results
+
+
+def score_one_sigma(model, conditioned: bool, run_bm3d, methods: list[str], cleans: list[torch.Tensor],
+                    noise: NoiseSpec, chunk: int, blind: bool, tiles: tuple[int, int], self_ensemble: bool,
+                    precision: str, device, title: str) -> tuple[dict, dict, list]:
+    """benchmark_denoiser at one noise level: ({method: psnr, ssim, per_image_psnr}, {method: seconds}, the noise
+    levels estimated (0-255; blind, else empty)), methods[0] being the noisy input. Each noisy
+    image is drawn, and with `blind` its noise level estimated once, for every method alike; `chunk` images at a time
+    (CBM3D's batch for `run_bm3d`, a bm3d_denoiser). tiles: the model's (tile size, margin) (denoise_in_tiles)."""
+    totals: dict[str, list] = {method: [] for method in methods}
+    seconds = {method: 0.0 for method in methods} | ({"sigma_estimate": 0.0} if blind else {})
+    estimates = []  # blind: the noise level estimated on each noisy image, 0-255
+    with progress_bar(len(cleans), title, unit="img") as bar:
+        for first in range(0, len(cleans), chunk):
+            image_ids = range(first, min(first + chunk, len(cleans)))
+            drawn = [seeded_noisy(to_unit_range(cleans[image_id]), [image_id], noise) for image_id in image_ids]
+            if blind:  # on the image every method is given (here not clipped: the protocol)
+                started = time.perf_counter()
+                levels = [torch.full((1,), estimate_noise_sigma(noisy[0])) for noisy, _ in drawn]
+                seconds["sigma_estimate"] += time.perf_counter() - started
+                estimates += [float(level) * 255 for level in levels]
+            else:
+                levels = [sigmas for _, sigmas in drawn]
+            if run_bm3d is not None:
+                started = time.perf_counter()
+                bm3d_outputs = run_bm3d([noisy[0] for noisy, _ in drawn], [float(level) for level in levels])
+                seconds["bm3d"] += time.perf_counter() - started
+            for position, image_id in enumerate(image_ids):
+                clean, (noisy, _), level = to_unit_range(cleans[image_id]), drawn[position], levels[position]
                 for method in methods:
                     started = time.perf_counter()
                     if method == "noisy":
                         output = noisy
                     elif method == "model":
-                        if blind:  # estimated on the image the model is given (here not clipped: the protocol)
-                            estimates.append(estimate_noise_sigma(noisy[0]) * 255)
-                        level = torch.full((1,), estimates[-1] / 255) if blind else sigmas
-                        output = denoise_in_tiles(model, noisy.to(device), level.to(device), conditioned,
-                                                  tile_size, TILE_MARGIN, self_ensemble, precision).cpu()
+                        output = denoise_in_tiles(model, noisy.to(device), level.to(device), conditioned, *tiles,
+                                                  self_ensemble, precision).cpu()
                     elif method == "nlm":
-                        output = nlm_denoise(noisy, sigmas)
+                        output = nlm_denoise(noisy, level)
                     else:
-                        output = bm3d_outputs[image_id][None]
+                        output = bm3d_outputs[position][None]
                     if method != "bm3d":
                         seconds[method] += time.perf_counter() - started
                     quality = image_quality(output, clean)
                     totals[method].append([float(quality["psnr"]), float(quality["ssim"])])
                 bar.update(1)
-        results["sigmas"][sigma_255] = {method: {"psnr": float(np.mean([v[0] for v in values])),
-                                                 "ssim": float(np.mean([v[1] for v in values])),
-                                                 "per_image_psnr": [v[0] for v in values]}
-                                        for method, values in totals.items()}
-        results["seconds"][sigma_255] = seconds
-        if estimates:
-            results["sigmas"][sigma_255]["model"]["estimated_sigma_255"] = estimates
-        log(f"[benchmark] sigma {sigma_255:g}: " + ", ".join(
-            f"{method} {v['psnr']:.2f} dB" for method, v in results["sigmas"][sigma_255].items())
-            + (f" (sigma estimated {np.mean(estimates):.1f} on average)" if estimates else ""))
-    return results
+    scores = {method: {"psnr": float(np.mean([v[0] for v in values])), "ssim": float(np.mean([v[1] for v in values])),
+                       "per_image_psnr": [v[0] for v in values]} for method, values in totals.items()}
+    return scores, seconds, estimates
 
 
 def clean_reference_images(clean_dir: Path | str, max_images: int = 0, only: list[Path] | None = None,
@@ -226,7 +251,8 @@ def benchmark_table(results: dict, label: str = "this toolkit", published: dict 
     lines = [header, "|" + "---|" * (len(sigmas) + 1)]
     order = [m for m in ("model", "bm3d", "nlm", "noisy") if m in results["sigmas"][sigmas[0]]]
     for method in order:
-        shown = model_label(label, results) if method == "model" else METHOD_NAMES[method]
+        shown = model_label(label, results) if method == "model" else METHOD_NAMES[method] + (
+            " (blind: sigma estimated)" if results.get("blind") and method != "noisy" else "")
         lines.append(f"| **{shown}** | " + " | ".join(
             f"{results['sigmas'][s][method]['psnr']:.2f} / {results['sigmas'][s][method]['ssim']:.3f}" for s in sigmas)
             + " |")
@@ -248,5 +274,14 @@ def model_label(label: str, results: dict) -> str:
 
 
 def write_benchmark(results: dict, out: Path) -> None:
+    """The results as standard JSON: an infinite PSNR (an output equal to its clean image: the noisy input at sigma
+    0) is written as null, which every JSON reader takes, where Python's default `Infinity` is not JSON."""
+    def standard(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: standard(item) for key, item in value.items()}
+        return [standard(item) for item in value] if isinstance(value, list) else value
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(standard(results), indent=2, allow_nan=False))

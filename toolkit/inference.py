@@ -6,6 +6,7 @@ trainer_state.json the constructor call, the class list and the preprocessing.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> 
 @torch.no_grad()
 def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path | str, sigma_255: float | None = None,
                   self_ensemble: bool = False, precision: str = "no", device: torch.device | str = "cpu",
-                  tile_size: int | None = None, log=print) -> dict:
+                  tile_size: int | None = None, tile_margin: int | None = None, log=print) -> dict:
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
     the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped. Each is
     written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey and colour stay 16-bit,
@@ -104,14 +105,19 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     than fp32). device: where the model runs (inference_device). tile_size: images larger than a tile of this
     side plus its margins are denoised one tile at a time (denoise_in_tiles; default TILE_SIZE), so that the model's
     memory is a tile's whatever the image's size (the hour's network: 1.8 GB in all for 12 megapixels in fp32, 8.2
-    whole), with a progress bar over its tiles; 0: whole images."""
+    whole), with a progress bar over its tiles; 0: whole images. tile_margin: the pixels of context each tile is
+    denoised with (default TILE_MARGIN, measured for the blind denoiser's network)."""
     from toolkit.data.folders import list_image_files
     from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored
     from toolkit.progress import progress_bar, tracked
     from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE, check_tile_size, denoise_in_tiles, model_tiles
 
     tile_size = TILE_SIZE if tile_size is None else tile_size
-    check_tile_size(tile_size)
+    tile_margin = TILE_MARGIN if tile_margin is None else tile_margin
+    check_tile_size(tile_size, tile_margin)
+    if sigma_255 is not None and not (math.isfinite(sigma_255) and sigma_255 >= 0):
+        raise UserError(f"--sigma takes the noise std on the 0-255 scale, 0 or more; got {sigma_255:g} (leave it out "
+                        "to have each image's noise level estimated)")
     model, state = load_trained_model(checkpoint, device)
     if not is_denoiser(state.model):
         raise UserError(f"{checkpoint} holds a {state.model}, not a denoiser; "
@@ -160,14 +166,14 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                     f"{trained_max:g}/255): expect less than its benchmark")
         else:
             level = (sigma_255 or 0.0) / 255
-        tiles = len(model_tiles(model, noisy, tile_size))
+        tiles = len(model_tiles(model, noisy, tile_size, tile_margin))
         if tiles > 1:
             log(f"[denoise] {file}: {noisy.shape[-1]}x{noisy.shape[-2]}, denoised in {tiles} tiles of at most "
                 f"{tile_size} px (--tile_size)")
         with progress_bar(tiles if tiles > 1 else None, f"tiles of {file.name}", "tile", leave=False,
                           disable=tiles == 1) as bar:
             output = denoise_in_tiles(model, noisy.to(device), torch.full((1,), level, device=device), conditioned,
-                                      tile_size, TILE_MARGIN, self_ensemble, precision, on_tile=bar.update)[0].cpu()
+                                      tile_size, tile_margin, self_ensemble, precision, on_tile=bar.update)[0].cpu()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:

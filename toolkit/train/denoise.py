@@ -102,10 +102,13 @@ def tile_boxes(height: int, width: int, tile_size: int, margin: int, multiple: i
             for left, right, seen_left, seen_right in spans(width)]
 
 
-def check_tile_size(tile_size: int) -> None:
-    """A tile size as toolkit denoise and benchmark-denoiser take it: a side in pixels, or 0 for whole images."""
+def check_tile_size(tile_size: int, margin: int = TILE_MARGIN) -> None:
+    """A tile size and margin as toolkit denoise and benchmark-denoiser take them: a side in pixels, or 0 for whole
+    images; pixels of context, 0 or more."""
     if tile_size < 0:
         raise UserError(f"--tile_size takes a side in pixels, or 0 for whole images; got {tile_size}")
+    if margin < 0:
+        raise UserError(f"--tile_margin takes the pixels of context around each tile, 0 or more; got {margin}")
 
 
 def model_tiles(model, images: torch.Tensor, tile_size: int, margin: int = TILE_MARGIN) -> list[tuple]:
@@ -179,22 +182,22 @@ def nlm_denoise(noisy: torch.Tensor, sigmas: torch.Tensor, h_factor: float = 0.8
     return torch.stack(out).to(noisy.device)
 
 
-def bm3d_denoise(noisy: torch.Tensor, sigmas: torch.Tensor, workers: int | None = None) -> torch.Tensor:
-    """CBM3D (colour BM3D, Dabov et al. 2007; the `bm3d` package of Tampere University, licensed for
-    non-commercial use only: never a hard dependency) of a batch given the true sigmas, one image per core."""
-    outputs = bm3d_denoise_each(list(noisy), [float(sigma) for sigma in sigmas.cpu()], workers)
-    return torch.stack(outputs).to(noisy.device)
+@contextlib.contextmanager
+def bm3d_denoiser(workers: int | None = None):
+    """A function ([(3, H, W) images of any sizes], [each one's noise std]) -> their CBM3D outputs (colour BM3D,
+    Dabov et al. 2007; the `bm3d` package of Tampere University, licensed for non-commercial use only: never a hard
+    dependency) as CPU tensors, one image per core, on worker processes (one per core, or `workers`) started once
+    for the `with` block: a loop that hands CBM3D a few images at a time (to hold only those
+    in memory) does not pay for starting them, and the library's import, at every call."""
+    from toolkit.bm3d_worker import bm3d_pool
 
+    with bm3d_pool(workers or os.cpu_count() or 1) as run_jobs:
+        def denoise_each(images: list[torch.Tensor], sigmas: list[float]) -> list[torch.Tensor]:
+            jobs = [(np.ascontiguousarray(image.float().cpu().numpy().transpose(1, 2, 0)), sigma)
+                    for image, sigma in zip(images, sigmas)]
+            return [torch.from_numpy(result.transpose(2, 0, 1)) for result in run_jobs(jobs)]
 
-def bm3d_denoise_each(images: list[torch.Tensor], sigmas: list[float],
-                      workers: int | None = None) -> list[torch.Tensor]:
-    """CBM3D of (3, H, W) images of any sizes, each with its noise std, one image per core; CPU tensors back."""
-    from toolkit.bm3d_worker import bm3d_many
-
-    jobs = [(np.ascontiguousarray(image.float().cpu().numpy().transpose(1, 2, 0)), sigma)
-            for image, sigma in zip(images, sigmas)]
-    results = bm3d_many(jobs, workers or os.cpu_count() or 1)
-    return [torch.from_numpy(result.transpose(2, 0, 1)) for result in results]
+        yield denoise_each
 
 
 def bm3d_available() -> bool:
@@ -231,31 +234,33 @@ def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, condit
     batches = shard.loader
     if progress:
         batches = tracked(batches, len(batches), progress, "batch", accelerator.is_main_process)
-    for (images,) in batches:
-        clean = to_unit_range(images.to(device))
-        ids = shard.indices[position:position + len(clean)]
-        position += len(clean)
-        noisy, sigmas = seeded_noisy(clean, ids, noise)
-        outputs = {}
-        if model is not None:
-            with accelerator.autocast():
-                outputs["model"] = denoise(model, noisy, sigmas, conditioned).float()
-        if "noisy" in methods:
-            outputs["noisy"] = noisy
-        if "nlm" in methods:
-            outputs["nlm"] = nlm_denoise(noisy, sigmas, nlm_h_factor)
-        if "bm3d" in methods:
-            outputs["bm3d"] = bm3d_denoise(noisy, sigmas)
-        for method, output in outputs.items():
-            quality = image_quality(output, clean)
-            sums[method] += torch.stack([quality[m].double().sum() for m in METRICS])
-        count += len(clean)
-        if keep_examples and len(examples["clean"]) < keep_examples:
-            take = keep_examples - len(examples["clean"])
-            examples["clean"] += list(clean[:take].cpu())
-            examples["noisy"] += list(noisy[:take].clamp(0, 1).cpu())
+    # CBM3D's worker processes start once for the whole set, not at every batch
+    with bm3d_denoiser() if "bm3d" in methods else contextlib.nullcontext() as run_bm3d:
+        for (images,) in batches:
+            clean = to_unit_range(images.to(device))
+            ids = shard.indices[position:position + len(clean)]
+            position += len(clean)
+            noisy, sigmas = seeded_noisy(clean, ids, noise)
+            outputs = {}
             if model is not None:
-                examples["model"] += list(outputs["model"][:take].clamp(0, 1).cpu())
+                with accelerator.autocast():
+                    outputs["model"] = denoise(model, noisy, sigmas, conditioned).float()
+            if "noisy" in methods:
+                outputs["noisy"] = noisy
+            if "nlm" in methods:
+                outputs["nlm"] = nlm_denoise(noisy, sigmas, nlm_h_factor)
+            if "bm3d" in methods:
+                outputs["bm3d"] = torch.stack(run_bm3d(list(noisy), sigmas.tolist())).to(device)
+            for method, output in outputs.items():
+                quality = image_quality(output, clean)
+                sums[method] += torch.stack([quality[m].double().sum() for m in METRICS])
+            count += len(clean)
+            if keep_examples and len(examples["clean"]) < keep_examples:
+                take = keep_examples - len(examples["clean"])
+                examples["clean"] += list(clean[:take].cpu())
+                examples["noisy"] += list(noisy[:take].clamp(0, 1).cpu())
+                if model is not None:
+                    examples["model"] += list(outputs["model"][:take].clamp(0, 1).cpu())
     total = int(accelerator.reduce(count, reduction="sum"))
     result = {"n": total, "noise": noise.as_dict()}
     for method in methods:
