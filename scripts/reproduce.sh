@@ -78,12 +78,17 @@ if wanted denoiser; then
     name="cbsd432-held-out-60min-halved"
     [[ -f "$OUT/$name.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-60min" --clean "$CLEAN" \
         --validation_images --reduce 2 --sigmas 15 25 50 --out "$OUT/$name.json" | tee "$OUT/$name.txt"
-    # light noise on the same held-out images, told the noise level and blind (what the noise estimator costs)
+    # light noise on the same held-out images, told the noise level and blind (what the noise estimator costs); at
+    # sigma 0, what the network does to a clean image
     for option in "" --blind; do
         name="cbsd432-held-out-60min-low-sigma${option:+-blind}"
         [[ -f "$OUT/$name.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-60min" --clean "$CLEAN" \
-            --validation_images --sigmas 2 5 15 $option --out "$OUT/$name.json" | tee "$OUT/$name.txt"
+            --validation_images --sigmas 0 1 2 5 15 $option --out "$OUT/$name.json" | tee "$OUT/$name.txt"
     done
+    # what the network changes in a clean image, in brightness (Y) and in colour (Cb, Cr)
+    [[ -f "$OUT/colour-changes-cbsd432-held-out.json" ]] || $BIN/python scripts/colour_changes.py \
+        "$OUT/blind_denoiser-60min" "$CLEAN" --validation_images_of "$OUT/blind_denoiser-60min" \
+        --out "$OUT/colour-changes-cbsd432-held-out.json" | tee "$OUT/colour-changes-cbsd432-held-out.txt"
     # the blind noise estimator on the same held-out images (where it was chosen), σ 0-75, clipped 8-bit and not
     name="noise-estimates-cbsd432-held-out"
     [[ -f "$OUT/$name.json" ]] || $BIN/python scripts/noise_estimates.py "$CLEAN" \
@@ -112,6 +117,14 @@ if wanted mcmaster; then
                 --sigmas 15 25 50 $option $baselines --out "$OUT/$name.json" | tee "$OUT/$name.txt"
         done
     done
+    # light noise and none (what the network does to McMaster's own images), told and blind: reported, not tuned on
+    for option in "" --blind; do
+        name="mcmaster-60min-low-sigma${option:+-blind}"
+        [[ -f "$OUT/$name.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-60min" --clean "$BENCH" \
+            --sigmas 0 1 2 5 $option --out "$OUT/$name.json" | tee "$OUT/$name.txt"
+    done
+    [[ -f "$OUT/colour-changes-mcmaster.json" ]] || $BIN/python scripts/colour_changes.py "$OUT/blind_denoiser-60min" \
+        "$BENCH" --out "$OUT/colour-changes-mcmaster.json" | tee "$OUT/colour-changes-mcmaster.txt"
     # bf16 inference against the fp32 x8 row above, only where the CPU computes bf16 faster than fp32 (elsewhere it is
     # emulated, or native but slower: Intel without AMX)
     if $BIN/python -c "import sys; from toolkit.train.precision import cpu_bf16_is_faster; sys.exit(not cpu_bf16_is_faster())"; then

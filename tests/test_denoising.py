@@ -1007,6 +1007,19 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert seams["64"]["psnr"] == seams["whole"] and seams["64"]["tiles"] == 1  # 150 <= 32 + 2 x 64: one piece
     done = run_script([sys.executable, str(script), str(tmp_path / "whole"), str(folder), "--margins", "-1"])
     assert done.returncode == 2 and "--margins at least 0" in done.stderr
+    # what the network changes in brightness and in colour, clean (sigma 0) and noisy, on the same held-out images
+    script = Path(__file__).resolve().parents[1] / "scripts" / "colour_changes.py"
+    done = run_script([sys.executable, str(script), str(tmp_path / "whole"), str(folder), "--validation_images_of",
+                       str(tmp_path / "whole"), "--sigmas", "0", "25", "--out", str(tmp_path / "colour.json")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"changes on {val_images} images" in done.stdout and "| 0 | ∞ / ∞ |" in done.stdout
+    colour = json.loads((tmp_path / "colour.json").read_text())
+    assert colour["0.0"]["noisy"] == {"psnr_y": None, "psnr_cbcr": None, "colour_share": None}  # nothing to change
+    assert colour["0.0"]["model"]["psnr_y"] > 20 and 0 < colour["0.0"]["model"]["colour_share"] < 1
+    noisy, model = colour["25.0"]["noisy"], colour["25.0"]["model"]  # white noise: about two thirds in colour
+    assert 0.6 < noisy["colour_share"] < 0.7 and model["psnr_y"] > noisy["psnr_y"]
+    done = run_script([sys.executable, str(script), str(tmp_path / "nothing"), str(folder)])
+    assert done.returncode == 2 and "nothing does not exist" in done.stderr and "Traceback" not in done.stderr
     # the same held-out images halved, as the run also trained and validated on them
     assert toolkit_main(["benchmark-denoiser", str(tmp_path / "whole"), "--clean", str(folder), "--sigmas", "25",
                          "--validation_images", "--reduce", "2", "--out", str(tmp_path / "halved.json")]) == 0
