@@ -42,6 +42,7 @@ from toolkit.train.denoise import (
     image_quality,
     seeded_noisy,
     tile_boxes,
+    to_hwc_uint8,
 )
 
 TINY_DENOISER = ["--image_size=48", "--batch_size=8", "--eval_batch_size=5", "--eval_every=3",
@@ -531,6 +532,28 @@ def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_inte
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(mcmaster), "--sigmas", "25",
                          "--out", str(out)]) == 0
     assert "FFDNet (published) | 32.35" in capsys.readouterr().out
+    # the same in a W&B run (offline here), whose folder beside the JSON keeps it as files: every row in one table,
+    # each figure in the summary, the first image's centre clean, noisy and denoised per sigma
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(mcmaster), "--sigmas", "25", "--nlm",
+                         "--wandb_mode", "offline", "--out", str(tmp_path / "logged.json")]) == 0
+    run_dir = tmp_path / "logged-wandb"
+    table = json.loads((run_dir / "tables" / "benchmark_results.json").read_text())
+    assert table["columns"] == ["method", "sigma", "psnr", "ssim", "source"]
+    assert ["FFDNet (published)", 25.0, 32.35, None, "published"] in table["rows"]
+    measured = {row[0]: row[2] for row in table["rows"] if row[4] == "measured"}
+    assert set(measured) == {"non-local means", "noisy input"} and measured["non-local means"] > 20
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["nlm/psnr_sigma25"] == measured["non-local means"]
+    assert summary["published/CBM3D/psnr_sigma25"] == 31.66
+    assert json.loads((run_dir / "config.json").read_text())["command"] == "benchmark-denoiser"
+    shown = list(run_dir.glob("wandb/offline-run-*/files/media/images/examples/sigma_25*.png"))
+    assert len(shown) == 1 and Image.open(shown[0]).size == (3 * 64 + 2 * 4, 64)  # clean | noisy | nlm
+    assert "W&B run (offline)" in capsys.readouterr().out
+    assert not (tmp_path / "bench-wandb").exists()  # W&B disabled (as in every other test here): no run folder
+    from toolkit.denoising_benchmark import centre_crop
+
+    image = torch.rand(3, 300, 200)
+    assert np.array_equal(centre_crop(image), to_hwc_uint8(image[:, 54:246, 4:196]))  # a large image's centre
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tmp_path / "empty"), "--out", str(out)]) == 2
     # sigma 0 (what a model does to a clean image) is scored: the noisy input's infinite PSNR is written as null,
     # in JSON any reader takes; a negative or undefined noise level is refused
@@ -1384,6 +1407,13 @@ def test_a_blind_denoiser_joins_the_latent_study_as_is_and_fine_tuned(tiny_intel
     assert estimate_noise_sigma(noisy[0]) * 255 == pytest.approx(levels[1])
     by_hand = image_quality(nlm_denoise(noisy, torch.tensor([levels[1] / 255])), to_unit_range(pixels))["psnr"]
     assert float(by_hand) == pytest.approx(estimated["sigmas"]["25.0"]["nlm"]["per_image_psnr"][1], abs=1e-4)
+    # a model not told the noise level (the study's AE38) is benchmarked blind beside non-local means: only the
+    # baseline is told the estimates, and the model's JSON entry does not claim them
+    ae38 = next((tmp_path / "study" / "AE38").rglob("config.json")).parent
+    assert toolkit_main(["benchmark-denoiser", str(ae38), "--clean", str(folder), "--sigmas", "25", "--blind",
+                         "--nlm", "--out", str(tmp_path / "ae38.json")]) == 0
+    ae38_row = json.loads((tmp_path / "ae38.json").read_text())["sigmas"]["25.0"]
+    assert "estimated_sigma_255" not in ae38_row["model"] and ae38_row["nlm"]["estimated_sigma_255"] == levels
 
 
 def test_a_run_launched_with_torch_compile_records_it_and_keeps_plain_checkpoints(tmp_path, monkeypatch):

@@ -145,7 +145,14 @@ def command_denoise(args) -> None:
 
 
 def command_benchmark_denoiser(args) -> None:
-    from toolkit.denoising_benchmark import benchmark_denoiser, benchmark_table, published_rows, write_benchmark
+    from toolkit.denoising_benchmark import (
+        benchmark_denoiser,
+        benchmark_table,
+        log_benchmark,
+        published_rows,
+        write_benchmark,
+    )
+    from toolkit.train.tracking import choose_wandb_mode
 
     checkpoint = None if args.checkpoint == "none" else args.checkpoint
     if args.reduce < 1:
@@ -153,16 +160,26 @@ def command_benchmark_denoiser(args) -> None:
     name, published = published_rows(Path(args.clean), "none" if args.reduce > 1 else args.published)
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
     precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
+    wandb_mode, _ = choose_wandb_mode(args.wandb_mode)
+    examples = None if wandb_mode == "disabled" else {}
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
                                  max_images=args.max_images, self_ensemble=args.self_ensemble,
                                  validation_images=args.validation_images, precision=precision, device=device,
                                  reduction=args.reduce, tile_size=args.tile_size,
-                                 tile_margin=args.tile_margin)
+                                 tile_margin=args.tile_margin, examples=examples)
     results["published"] = {"set": name, "rows": published}
     table = benchmark_table(results, published=published)
     print("\n" + table)
-    write_benchmark({**results, "table": table}, Path(args.out))
-    print(f"results written to {args.out}")
+    out = Path(args.out)
+    write_benchmark({**results, "table": table}, out)
+    print(f"results written to {out}")
+    if examples is not None:  # the same in a W&B run, whose folder beside the JSON keeps it as files too
+        run_dir = out.with_name(f"{out.stem}-wandb")
+        config = {key: value for key, value in results.items() if key not in ("sigmas", "seconds")}
+        logger = _tool_logger(run_dir, out.stem, args.wandb_mode, {**config, "command": "benchmark-denoiser"})
+        log_benchmark(results, examples, logger)
+        logger.finish()
+        print(f"W&B run ({logger.wandb_mode}): table, figures and example images; local copy in {run_dir}")
 
 
 def command_wandb_report(args) -> None:
@@ -351,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "filter first (2: a JPEG's half-resolution colour becomes full resolution); published rows are "
                     "for whole images, so none are shown")
     bd.add_argument("--out", default="denoiser-benchmark.json", help="where the JSON goes")
+    bd.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                    help="log the results, the published rows and example images to W&B (auto: online with an API "
+                    "key and a reachable server, else offline; the run's folder is OUT's name with -wandb)")
     bd.set_defaults(handler=command_benchmark_denoiser)
     wr = commands.add_parser("wandb-report", help="a Weights & Biases Report of a comparison or a latent study")
     wr.add_argument("study", nargs="?", default="", help="the study's folder (compare_classifiers or latent_study)")

@@ -44,6 +44,7 @@ from toolkit.train.denoise import (
     model_tiles,
     nlm_denoise,
     seeded_noisy,
+    to_hwc_uint8,
 )
 
 # PSNR (dB) on McMaster, AWGN, noise not clipped (FFDNet's table; DPIR and SwinIR's tables)
@@ -75,7 +76,8 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                        baselines: tuple[str, ...] = ("nlm",), noise_seed: int = 1234, blind: bool = False,
                        max_images: int = 0, self_ensemble: bool = False, validation_images: bool = False,
                        precision: str = "no", device: torch.device | str = "cpu", reduction: int = 1,
-                       tile_size: int = TILE_SIZE, tile_margin: int = TILE_MARGIN, log=print) -> dict:
+                       tile_size: int = TILE_SIZE, tile_margin: int = TILE_MARGIN, examples: dict | None = None,
+                       log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines.
     reduction: each image is first made that many times smaller each way by a box filter (reduce_image).
     precision: what the model runs in ('no': fp32, the protocol of the README's figures; 'bf16').
@@ -84,7 +86,9 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     tile_size: the model denoises an image larger than a tile of this side plus its margins one tile at a time
     (denoise_in_tiles), in a tile's memory; the JSON counts such images (`tiled_images`; McMaster's, Kodak24's and
     CBSD68's all fit in one: whole images, the published protocol). 0: always whole images. tile_margin: the pixels
-    of context each tile is denoised with (TILE_MARGIN was measured for the blind denoiser's network)."""
+    of context each tile is denoised with (TILE_MARGIN was measured for the blind denoiser's network).
+    examples: a dict to fill with the first image's centre (EXAMPLE_CROP px) per sigma: {sigma: {'clean' | method:
+    (H, W, 3) uint8}}, for W&B (log_benchmark)."""
     check_tile_size(tile_size, tile_margin)
     refused = [sigma for sigma in sigmas_255 if not (math.isfinite(sigma) and sigma >= 0)]
     if refused:
@@ -127,9 +131,11 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
             noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
             scores, results["seconds"][sigma_255], estimates = score_one_sigma(
                 model, conditioned, run_bm3d, methods, cleans, noise, chunk, blind, (tile_size, tile_margin),
-                self_ensemble, precision, device, f"sigma {sigma_255:g}")
+                self_ensemble, precision, device, f"sigma {sigma_255:g}",
+                None if examples is None else examples.setdefault(sigma_255, {}))
             for method in methods[1:] if blind else ():  # what each method that takes a noise level was told
-                scores[method]["estimated_sigma_255"] = estimates
+                if method != "model" or conditioned:
+                    scores[method]["estimated_sigma_255"] = estimates
             results["sigmas"][sigma_255] = scores
             log(f"[benchmark] sigma {sigma_255:g}: " + ", ".join(
                 f"{method} {v['psnr']:.2f} dB" for method, v in results["sigmas"][sigma_255].items())
@@ -139,11 +145,12 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
 
 def score_one_sigma(model, conditioned: bool, run_bm3d, methods: list[str], cleans: list[torch.Tensor],
                     noise: NoiseSpec, chunk: int, blind: bool, tiles: tuple[int, int], self_ensemble: bool,
-                    precision: str, device, title: str) -> tuple[dict, dict, list]:
+                    precision: str, device, title: str, example: dict | None = None) -> tuple[dict, dict, list]:
     """benchmark_denoiser at one noise level: ({method: psnr, ssim, per_image_psnr}, {method: seconds}, the noise
     levels estimated (0-255; blind, else empty)), methods[0] being the noisy input. Each noisy
     image is drawn, and with `blind` its noise level estimated once, for every method alike; `chunk` images at a time
-    (CBM3D's batch for `run_bm3d`, a bm3d_denoiser). tiles: the model's (tile size, margin) (denoise_in_tiles)."""
+    (CBM3D's batch for `run_bm3d`, a bm3d_denoiser). tiles: the model's (tile size, margin) (denoise_in_tiles).
+    example: a dict to fill with the first image's centre, clean and as each method gave it."""
     totals: dict[str, list] = {method: [] for method in methods}
     seconds = {method: 0.0 for method in methods} | ({"sigma_estimate": 0.0} if blind else {})
     estimates = []  # blind: the noise level estimated on each noisy image, 0-255
@@ -179,6 +186,9 @@ def score_one_sigma(model, conditioned: bool, run_bm3d, methods: list[str], clea
                         seconds[method] += time.perf_counter() - started
                     quality = image_quality(output, clean)
                     totals[method].append([float(quality["psnr"]), float(quality["ssim"])])
+                    if example is not None and image_id == 0:
+                        example.setdefault("clean", centre_crop(clean[0]))
+                        example[method] = centre_crop(output[0])
                 bar.update(1)
     scores = {method: {"psnr": float(np.mean([v[0] for v in values])), "ssim": float(np.mean([v[1] for v in values])),
                        "per_image_psnr": [v[0] for v in values]} for method, values in totals.items()}
@@ -285,3 +295,50 @@ def write_benchmark(results: dict, out: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(standard(results), indent=2, allow_nan=False))
+
+
+EXAMPLE_CROP = 192  # the side of the centre of the first image that W&B shows per method
+
+
+def centre_crop(image: torch.Tensor, side: int = EXAMPLE_CROP) -> np.ndarray:
+    """The centre side x side of a (3, H, W) image in [0, 1] (the whole where smaller) as (h, w, 3) uint8."""
+    height, width = image.shape[-2:]
+    top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
+    return to_hwc_uint8(image[:, top:top + side, left:left + side])
+
+
+def log_benchmark(results: dict, examples: dict, logger) -> None:
+    """A benchmark in a W&B run (toolkit.train.tracking.RunLogger; its folder keeps the same as files): every row,
+    measured and published, in one table (method, sigma, PSNR, SSIM, source); each figure in the summary
+    (`model/psnr_sigma25`, `published/CBM3D/psnr_sigma25`, ...) and as step-0 scalars, for charts and Reports; and per
+    sigma the first image's centre clean, noisy and as each method denoised it, side by side."""
+    published = (results.get("published") or {}).get("rows") or {}
+    rows, figures = [], {}
+    for sigma, scores in results["sigmas"].items():
+        for method, score in scores.items():
+            shown = model_label("this toolkit", results) if method == "model" else METHOD_NAMES[method]
+            psnr = score["psnr"] if math.isfinite(score["psnr"]) else None  # sigma 0's noisy input: infinite
+            rows.append([shown, float(sigma), psnr, score["ssim"], "measured"])
+            figures[f"{method}/psnr_sigma{float(sigma):g}"] = psnr
+            figures[f"{method}/ssim_sigma{float(sigma):g}"] = score["ssim"]
+        for name, row in published.items():
+            value = row.get(int(float(sigma)), row.get(str(int(float(sigma)))))
+            if value is not None and float(sigma).is_integer():
+                rows.append([f"{name} (published)", float(sigma), value, None, "published"])
+                figures[f"published/{name}/psnr_sigma{float(sigma):g}"] = value
+    figures = {key: value for key, value in figures.items() if value is not None and math.isfinite(value)}
+    logger.log_table("benchmark/results", ["method", "sigma", "psnr", "ssim", "source"], rows, step=0)
+    logger.log(figures, step=0)
+    logger.summary(figures)
+    images, captions = {}, {}
+    for sigma, crops in examples.items():
+        order = ["clean", *[method for method in ("noisy", "model", "bm3d", "nlm") if method in crops]]
+        height = min(crops[name].shape[0] for name in order)
+        gap = np.full((height, 4, 3), 255, np.uint8)
+        strip = [piece for name in order for piece in (crops[name][:height], gap)][:-1]
+        images[f"examples/sigma_{float(sigma):g}"] = np.concatenate(strip, axis=1)
+        first = {method: results["sigmas"][sigma][method]["per_image_psnr"][0] for method in order[1:]}
+        captions[f"examples/sigma_{float(sigma):g}"] = "left to right: clean, " + ", ".join(
+            f"{METHOD_NAMES.get(method, 'this toolkit')} ({first[method]:.2f} dB on the whole image)"
+            for method in order[1:])
+    logger.log_images(images, step=0, captions=captions)
