@@ -234,8 +234,9 @@ def evaluate_denoiser(model, shard: Shard, accelerator, noise: NoiseSpec, condit
     batches = shard.loader
     if progress:
         batches = tracked(batches, len(batches), progress, "batch", accelerator.is_main_process)
-    # CBM3D's worker processes start once for the whole set, not at every batch
-    with bm3d_denoiser() if "bm3d" in methods else contextlib.nullcontext() as run_bm3d:
+    # CBM3D's worker processes start once for the whole set, not at every batch; the cores shared among the processes
+    workers = max(1, (os.cpu_count() or 1) // accelerator.num_processes)
+    with bm3d_denoiser(workers) if "bm3d" in methods else contextlib.nullcontext() as run_bm3d:
         for (images,) in batches:
             clean = to_unit_range(images.to(device))
             ids = shard.indices[position:position + len(clean)]
