@@ -594,8 +594,16 @@ def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_in
     assert rows["15.0"]["model"]["psnr"] > rows["50.0"]["model"]["psnr"] > 0
     assert "| **this toolkit** |" in capsys.readouterr().out
     image = sorted((tiny_intel / "seg_pred").iterdir())[0]
+    capsys.readouterr()
     assert toolkit_main(["denoise", str(run_dir), str(image), str(tmp_path / "clean.png"), "--sigma", "25"]) == 0
     assert Image.open(tmp_path / "clean.png").size == Image.open(image).size
+    assert "light enough" not in capsys.readouterr().out
+    # light noise (here none) on a folder of images: the note that detail may suffer, said once, not per image
+    assert toolkit_main(["denoise", str(run_dir), str(tiny_intel / "seg_pred"), str(tmp_path / "light"),
+                         "--sigma", "0"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("noise below sigma 2/255 is light enough") == 1 and "compare the output with the input" in said
+    assert len(list((tmp_path / "light").iterdir())) == 12
     # --device: by default the GPU if torch saw one, else the CPU, and said which; the noise is drawn on the CPU,
     # so the CPU scores exactly what the default scored here (a GPU's exact fp32 differs only in summation order)
     gpu = torch.cuda.is_available()

@@ -147,6 +147,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         raise UserError(f"{source} does not exist")
     refuse_overwriting_inputs(pairs)
     written, skipped, estimated = 0, [], {}
+    light_noise_said = False  # the light-noise note, once per run
     for file, target in tracked(pairs, len(pairs), "denoising", "img"):
         try:
             pixels, stored = load_for_restoration(file)
@@ -166,6 +167,12 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                     f"{trained_max:g}/255): expect less than its benchmark")
         else:
             level = (sigma_255 or 0.0) / 255
+        if conditioned and level * 255 < LIGHT_NOISE_255 and not light_noise_said:
+            light_noise_said = True
+            log(f"[denoise] note: noise below sigma {LIGHT_NOISE_255:g}/255 is light enough that the network may "
+                "change fine detail more than the noise it removes (the blind denoiser's hour is below its input at "
+                "sigma 1 on full-colour images: docs/results.md, 'Light noise and none'); compare the output with the "
+                "input")
         tiles = len(model_tiles(model, noisy, tile_size, tile_margin))
         if tiles > 1:
             log(f"[denoise] {file}: {noisy.shape[-1]}x{noisy.shape[-2]}, denoised in {tiles} tiles of at most "
@@ -203,6 +210,10 @@ def refuse_overwriting_inputs(pairs: list[tuple[Path, Path]]) -> None:
         targets[target.resolve()] = file
 
 
+# below this noise level (0-255) `toolkit denoise` notes that the output may hold less detail than the input: the
+# blind denoiser's hour is below its noisy input at sigma 1 on McMaster and on halved held-out CBSD432 images, above
+# it from sigma 2 on the halves and 5 on McMaster (docs/results.md, "Light noise and none")
+LIGHT_NOISE_255 = 2.0
 NOISE_PATCH = 7  # the side of the patches whose covariance the noise estimator reads (Chen, Zhu and Heng use 7)
 NOISE_PATCHES_MAX = 200_000  # patches on a regular grid, at most: a 12-megapixel photograph costs what a small one does
 PATCHES_PER_DIMENSION = 20  # fewer spread the sample eigenvalues (sqrt(dimensions / patches)) and bias the tail low
