@@ -261,8 +261,7 @@ def benchmark_table(results: dict, label: str = "this toolkit", published: dict 
     lines = [header, "|" + "---|" * (len(sigmas) + 1)]
     order = [m for m in ("model", "bm3d", "nlm", "noisy") if m in results["sigmas"][sigmas[0]]]
     for method in order:
-        shown = model_label(label, results) if method == "model" else METHOD_NAMES[method] + (
-            " (blind: sigma estimated)" if results.get("blind") and method != "noisy" else "")
+        shown = row_label(method, results, label)
         lines.append(f"| **{shown}** | " + " | ".join(
             f"{results['sigmas'][s][method]['psnr']:.2f} / {results['sigmas'][s][method]['ssim']:.3f}" for s in sigmas)
             + " |")
@@ -272,6 +271,14 @@ def benchmark_table(results: dict, label: str = "this toolkit", published: dict 
     note = "\n\nOurs: PSNR dB / SSIM, mean over images" + ("; published: PSNR dB." if published else
                                                             " (no published figures for this folder).")
     return "\n".join(lines) + note
+
+
+def row_label(method: str, results: dict, label: str = "this toolkit") -> str:
+    """A method's row name: the model's as model_label gives it; a baseline's saying when it was told the estimated
+    noise level (blind)."""
+    if method == "model":
+        return model_label(label, results)
+    return METHOD_NAMES[method] + (" (blind: sigma estimated)" if results.get("blind") and method != "noisy" else "")
 
 
 def model_label(label: str, results: dict) -> str:
@@ -316,7 +323,7 @@ def log_benchmark(results: dict, examples: dict, logger) -> None:
     rows, figures = [], {}
     for sigma, scores in results["sigmas"].items():
         for method, score in scores.items():
-            shown = model_label("this toolkit", results) if method == "model" else METHOD_NAMES[method]
+            shown = row_label(method, results)
             psnr = score["psnr"] if math.isfinite(score["psnr"]) else None  # sigma 0's noisy input: infinite
             rows.append([shown, float(sigma), psnr, score["ssim"], "measured"])
             figures[f"{method}/psnr_sigma{float(sigma):g}"] = psnr
@@ -339,6 +346,6 @@ def log_benchmark(results: dict, examples: dict, logger) -> None:
         images[f"examples/sigma_{float(sigma):g}"] = np.concatenate(strip, axis=1)
         first = {method: results["sigmas"][sigma][method]["per_image_psnr"][0] for method in order[1:]}
         captions[f"examples/sigma_{float(sigma):g}"] = "left to right: clean, " + ", ".join(
-            f"{METHOD_NAMES.get(method, 'this toolkit')} ({first[method]:.2f} dB on the whole image)"
+            f"{row_label(method, results)} ({first[method]:.2f} dB on the whole image)"
             for method in order[1:])
     logger.log_images(images, step=0, captions=captions)
