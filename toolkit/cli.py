@@ -23,11 +23,12 @@ from pathlib import Path
 from toolkit.errors import UserError
 
 
-def _tool_logger(out_dir: Path, name: str, wandb_mode: str, config: dict):
-    """A RunLogger for a command (no training): local files in out_dir, W&B offline/online as usual."""
+def _tool_logger(out_dir: Path, name: str, wandb_mode: str, config: dict, chosen: tuple[str, str] | None = None):
+    """A RunLogger for a command (no training): local files in out_dir, W&B offline/online as usual. chosen: the
+    (mode, reason) choose_wandb_mode already gave for wandb_mode, so that its network check is not made twice."""
     from toolkit.train.tracking import RunLogger, choose_wandb_mode
 
-    mode, reason = choose_wandb_mode(wandb_mode)
+    mode, reason = chosen or choose_wandb_mode(wandb_mode)
     return RunLogger(True, out_dir, "scene-toolkit", name, config, mode, reason, job_type=config.get("command"))
 
 
@@ -160,8 +161,8 @@ def command_benchmark_denoiser(args) -> None:
     name, published = published_rows(Path(args.clean), "none" if args.reduce > 1 else args.published)
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
     precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
-    wandb_mode, _ = choose_wandb_mode(args.wandb_mode)
-    examples = None if wandb_mode == "disabled" else {}
+    wandb_choice = choose_wandb_mode(args.wandb_mode)  # (mode, reason), its network check made once
+    examples = None if wandb_choice[0] == "disabled" else {}
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
                                  max_images=args.max_images, self_ensemble=args.self_ensemble,
                                  validation_images=args.validation_images, precision=precision, device=device,
@@ -176,7 +177,8 @@ def command_benchmark_denoiser(args) -> None:
     if examples is not None:  # the same in a W&B run, whose folder beside the JSON keeps it as files too
         run_dir = out.with_name(f"{out.stem}-wandb")
         config = {key: value for key, value in results.items() if key not in ("sigmas", "seconds")}
-        logger = _tool_logger(run_dir, out.stem, args.wandb_mode, {**config, "command": "benchmark-denoiser"})
+        logger = _tool_logger(run_dir, out.stem, args.wandb_mode, {**config, "command": "benchmark-denoiser"},
+                              chosen=wandb_choice)
         log_benchmark(results, examples, logger)
         logger.finish()
         print(f"W&B run ({logger.wandb_mode}): table, figures and example images; local copy in {run_dir}")
