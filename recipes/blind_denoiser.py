@@ -29,7 +29,7 @@ from toolkit.config import check_fraction, check_non_negative, check_positive, p
 from toolkit.data.augment import random_channel_order, random_dihedral, random_patches, step_generator, to_unit_range
 from toolkit.data.clean_images import load_clean_images
 from toolkit.data.loaders import make_loader, stand_in_batch
-from toolkit.data.noise import add_gaussian_noise, draw_sigmas, noise_level_weights
+from toolkit.data.noise import add_gaussian_noise, draw_sigmas_favouring_light, noise_level_weights
 from toolkit.data.settings import CleanImageSettings
 from toolkit.errors import ConfigError
 from toolkit.models import DENOISERS, build_model, check_model_spec
@@ -66,6 +66,10 @@ class Config(CleanImageSettings, RunSettings):
     sigma_weight_floor: float = 0.0  # >0: weight each patch's loss by sqrt(floor / max(sigma, floor)), 0-255 scale
     channel_orders: bool = False  # put each patch's R, G, B in one of their 6 orders at random (-0.09 dB on validation)
     sigma_max: float = 50.0  # noise std drawn per patch from [0, sigma_max] on the 0-255 scale
+    # more light noise: this share of the patches draws its sigma from [0, --light_noise_max] instead (the network
+    # learns what to leave alone in a nearly clean image)
+    light_noise_share: float = 0.0
+    light_noise_max: float = 5.0  # 0-255 scale
     val_sigmas: str = "15,25,50"  # validation noise levels (0-255 scale)
     ema_decay: float = 0.999  # weight averaging for evaluation (0 = evaluate the raw weights)
     noise_seed: int = 1234  # seeds the validation noise
@@ -78,7 +82,10 @@ def main(cfg: Config) -> dict:
     check_positive(cfg, "patch_size", "batch_size", "eval_batch_size", "epochs", "lr", "sigma_max")
     check_non_negative(cfg, "ema_decay", "grid_images", "max_grad_norm", "train_minutes", "sigma_weight_floor",
                        "early_patch_size")
-    check_fraction(cfg, "warmup_fraction", "early_patch_share")
+    check_fraction(cfg, "warmup_fraction", "early_patch_share", "light_noise_share")
+    if not 0 < cfg.light_noise_max <= cfg.sigma_max:
+        raise ConfigError(f"--light_noise_max={cfg.light_noise_max} must be above 0 and at most "
+                          f"--sigma_max={cfg.sigma_max}")
     if cfg.model not in DENOISERS:
         raise ConfigError(f"--model={cfg.model!r} is not a denoiser; choose from {', '.join(DENOISERS)}")
     for name in ("patch_size", "early_patch_size"):
@@ -173,12 +180,13 @@ def patch_size_at(position: float, total_iterations: int, cfg: Config) -> int:
 def noisy_patches(tiles: torch.Tensor, patch_size: int, cfg: Config, generator: torch.Generator):
     """(clean, noisy, sigmas) for a batch of uint8 tiles (B, 3, T, T), on their device: one random patch of
     patch_size per tile, turned and mirrored at random (its colour channels reordered with --channel_orders),
-    plus unclipped Gaussian noise of a sigma drawn per patch. A pure function of (tiles, patch size, step
-    generator): a resumed run replays exactly the same patches and noise."""
+    plus unclipped Gaussian noise of a sigma drawn per patch (a --light_noise_share of them light). A pure
+    function of (tiles, patch size, step generator): a resumed run replays exactly the same patches and noise."""
     clean = random_dihedral(random_patches(to_unit_range(tiles), patch_size, generator), generator)
     if cfg.channel_orders:
         clean = random_channel_order(clean, generator)
-    sigmas = draw_sigmas(len(clean), 0.0, cfg.sigma_max / 255, generator, tiles.device)  # (B,)
+    sigmas = draw_sigmas_favouring_light(len(clean), cfg.sigma_max / 255, cfg.light_noise_share,
+                                         cfg.light_noise_max / 255, generator, tiles.device)  # (B,)
     return clean, add_gaussian_noise(clean, sigmas, generator, clip=False), sigmas  # (B, 3, P, P) x2, (B,)
 
 

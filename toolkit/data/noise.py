@@ -24,6 +24,24 @@ def draw_sigmas(batch: int, sigma_min: float, sigma_max: float, generator: torch
     return sigma_min + (sigma_max - sigma_min) * torch.rand(batch, device=device, generator=generator)
 
 
+def draw_sigmas_favouring_light(batch: int, sigma_max: float, light_share: float, light_max: float,
+                                generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One sigma per image, uniform in [0, sigma_max], except that each image, with probability `light_share`,
+    is given one uniform in [0, light_max] instead (more light noise than a uniform draw holds); (B,).
+
+    With light_share 0 it draws exactly what draw_sigmas(batch, 0, sigma_max, ...) draws, so runs without it
+    replay the same noise; otherwise a second uniform per image picks which images are light."""
+    if not 0.0 <= light_share <= 1.0:
+        raise ValueError(f"the share of light-noise images must be in [0, 1], not {light_share}")
+    if not 0.0 < light_max <= sigma_max:
+        raise ValueError(f"the light-noise ceiling must be in (0, sigma_max={sigma_max}], not {light_max}")
+    unit = torch.rand(batch, device=device, generator=generator)
+    if not light_share:
+        return sigma_max * unit
+    light = torch.rand(batch, device=device, generator=generator) < light_share
+    return torch.where(light, light_max * unit, sigma_max * unit)
+
+
 def noise_level_weights(sigmas: torch.Tensor, floor: float) -> torch.Tensor:
     """Loss weights per image, sqrt(floor / max(sigma, floor)): 1 up to `floor`, less above it; (B,).
 
