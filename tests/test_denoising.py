@@ -28,9 +28,16 @@ from toolkit.data.augment import step_generator, to_unit_range
 from toolkit.data.beton import cached_beton
 from toolkit.data.folders import scan_unlabeled_folder
 from toolkit.data.loaders import Shard, make_loader
-from toolkit.data.noise import add_gaussian_noise, draw_sigmas, noise_level_weights, random_crop, sigma_from_255
+from toolkit.data.noise import (
+    add_gaussian_noise,
+    draw_sigmas,
+    draw_sigmas_favouring_light,
+    noise_level_weights,
+    random_crop,
+    sigma_from_255,
+)
 from toolkit.denoising_benchmark import clean_reference_images
-from toolkit.errors import DataError, UserError
+from toolkit.errors import ConfigError, DataError, UserError
 from toolkit.models.autoencoders import STUDY_AUTOENCODERS, family_autoencoder, latent_shape
 from toolkit.models.denoisers import DnCNN, ResUNet, UNetDenoiser
 from toolkit.runs import read_metrics, series
@@ -69,6 +76,30 @@ def test_clipped_noise_stays_in_range_and_per_image_sigmas_apply():
     sigmas = draw_sigmas(1000, 0.05, 0.2, generator, torch.device("cpu"))
     assert sigmas.min() >= 0.05 and sigmas.max() <= 0.2 and sigmas.std() > 0.03
     assert sigma_from_255(25.5) == pytest.approx(0.1)
+
+
+def test_a_share_of_light_noise_draws_from_the_light_range_and_share_zero_replays_the_uniform_draw():
+    device = torch.device("cpu")
+    uniform = draw_sigmas(64, 0.0, 0.2, step_generator(device, 3, 5), device)
+    assert torch.equal(draw_sigmas_favouring_light(64, 0.2, 0.0, 0.02, step_generator(device, 3, 5), device), uniform)
+    sigmas = draw_sigmas_favouring_light(20000, 0.2, 0.3, 0.02, step_generator(device, 3, 5), device)
+    assert sigmas.min() >= 0 and sigmas.max() <= 0.2
+    # light (0.3, all below 0.02) plus the uniform draw's own 10% below it: 0.37; above, uniform as before
+    assert (sigmas < 0.02).float().mean().item() == pytest.approx(0.3 + 0.7 * 0.1, abs=0.015)
+    assert (sigmas >= 0.1).float().mean().item() == pytest.approx(0.7 * 0.5, abs=0.015)
+    for share, light_max in ((-0.1, 0.02), (1.5, 0.02), (0.3, 0.0), (0.3, 0.3)):
+        with pytest.raises(ValueError, match="light-noise"):
+            draw_sigmas_favouring_light(4, 0.2, share, light_max, step_generator(device, 3, 5), device)
+
+    recipe = load_recipe("blind_denoiser")  # the recipe's patches follow --light_noise_share / --light_noise_max
+    plan = parse_config(recipe.Config, ["--light_noise_share=0.9", "--light_noise_max=2"])
+    tiles = torch.randint(0, 256, (400, 3, 12, 12), dtype=torch.uint8)
+    clean, noisy, sigmas = recipe.noisy_patches(tiles, 8, plan, step_generator(device, 0, 1))
+    assert (sigmas <= 2 / 255).float().mean().item() == pytest.approx(0.9 + 0.1 * 2 / 50, abs=0.05)
+    assert sigmas.max() <= 50 / 255
+    for bad in ("--light_noise_max=60", "--light_noise_max=0", "--light_noise_share=1"):
+        with pytest.raises(ConfigError, match="light_noise"):
+            recipe.main(parse_config(recipe.Config, ["--data=synthetic", bad]))
 
 
 def test_noise_is_seeded_and_fresh_each_step():
@@ -160,7 +191,6 @@ def test_blocks_per_level_puts_each_count_at_its_level_and_survives_a_checkpoint
     """`blocks` is one count for every level or one per level, finest first (the last is the body's): the
     encoder and decoder at a level hold that level's count, one count builds the same parameters as before, and
     a spec read back from a trainer state's JSON (lists, not tuples) rebuilds the same network."""
-    from toolkit.errors import ConfigError
     from toolkit.models import build_model
     from toolkit.models.denoisers import ResBlock, ResUNet
 
@@ -667,7 +697,6 @@ def test_reductions_add_each_image_tiled_smaller_on_its_own_side_of_the_split(tm
     image's tiles on one side of the split; the default stores exactly what it stored before the option."""
     from toolkit.data.clean_images import load_clean_images
     from toolkit.data.settings import CleanImageSettings
-    from toolkit.errors import ConfigError
 
     folder = tmp_path / "clean"
     folder.mkdir()
