@@ -67,10 +67,10 @@ class Config(CleanImageSettings, RunSettings):
     sigma_weight_floor: float = 0.0  # >0: weight each patch's loss by sqrt(floor / max(sigma, floor)), 0-255 scale
     channel_orders: bool = False  # put each patch's R, G, B in one of their 6 orders at random (-0.09 dB on validation)
     sigma_max: float = 50.0  # noise std drawn per patch from [0, sigma_max] on the 0-255 scale
-    # more light noise: this share of the patches draws its sigma from [0, --light_noise_max] instead (the network
-    # learns what to leave alone in a nearly clean image; 0.1 in the hour: +1.5 dB at sigma 0-2, -0.004 at 15-50)
-    light_noise_share: float = 0.0
-    light_noise_max: float = 5.0  # 0-255 scale
+    # the network learns what to leave alone in a nearly clean image (0.1 in the hour: +1.5 dB at sigma 0-2, -0.004
+    # at 15-50)
+    light_noise_share: float = 0.0  # this share of the patches draws its sigma from [0, --light_noise_max] instead
+    light_noise_max: float = 5.0  # the light patches' sigma ceiling, 0-255 scale (above 0, at most --sigma_max)
     val_sigmas: str = "15,25,50"  # validation noise levels (0-255 scale)
     ema_decay: float = 0.999  # weight averaging for evaluation (0 = evaluate the raw weights)
     noise_seed: int = 1234  # seeds the validation noise
