@@ -212,7 +212,7 @@ def refuse_overwriting_inputs(pairs: list[tuple[Path, Path]]) -> None:
 
 # below this noise level (0-255) `toolkit denoise` notes that the output may hold less detail than the input: the
 # blind denoiser's hour is below its noisy input at sigma 1 on McMaster and on halved held-out CBSD432 images, above
-# it from sigma 2 on the halves and 5 on McMaster (docs/results.md, "Light noise and none")
+# it from sigma 2 on both (docs/results.md, "Adopted on light noise: a share of the patches at light noise")
 LIGHT_NOISE_255 = 2.0
 NOISE_PATCH = 7  # the side of the patches whose covariance the noise estimator reads (Chen, Zhu and Heng use 7)
 NOISE_PATCHES_MAX = 200_000  # patches on a regular grid, at most: a 12-megapixel photograph costs what a small one does
