@@ -234,6 +234,24 @@ SELF_ENSEMBLE_HELP = ("average the model's outputs over the image's 8 rotations 
                       "typically a little higher PSNR)")
 
 
+def add_classifier_loading_arguments(parser: argparse.ArgumentParser) -> None:
+    """--batch_size, --workers and --device, as predict, evaluate and calibrate take them."""
+    parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu",
+                        help="where the model runs (default: the CUDA GPU when torch sees one, else the CPU)")
+
+
+def add_classifier_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--mixed_precision and --calibrated, as predict and evaluate take them."""
+    parser.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
+                        help="default: the precision the run was trained with (stored in the checkpoint), "
+                             "or fp32 where this device would emulate it or run it slower")
+    parser.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
+                        help="probabilities divided by the temperature the run fitted on its validation images "
+                        "(--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE
 
@@ -282,15 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--top_k", type=int, default=1, help="also list the k most likely classes")
     pred.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                       help="average with the mirrored image (default: as the model was evaluated)")
-    pred.add_argument("--batch_size", type=int, default=64)
-    pred.add_argument("--workers", type=int, default=2, help="decoding processes")
-    pred.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    pred.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
-                      help="default: the precision the run was trained with (stored in the checkpoint), "
-                           "or fp32 where this device would emulate it or run it slower")
-    pred.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
-                      help="probabilities divided by the temperature the run fitted on its validation "
-                      "images (--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
+    add_classifier_loading_arguments(pred)
+    add_classifier_output_arguments(pred)
     pred.set_defaults(handler=command_predict)
 
     ev = commands.add_parser("evaluate", help="full evaluation of a classifier on a labeled folder")
@@ -301,24 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score exactly the images the run held out of DATA's training folder (recorded in the "
                     "checkpoint), DATA being the data root the run trained on")
     ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
-    ev.add_argument("--batch_size", type=int, default=64)
-    ev.add_argument("--workers", type=int, default=2)
-    ev.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    ev.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
-                    help="default: the precision the run was trained with (stored in the checkpoint), "
-                         "or fp32 where this device would emulate it or run it slower")
-    ev.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
-                    help="probabilities divided by the temperature the run fitted on its validation "
-                    "images (--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
+    add_classifier_loading_arguments(ev)
+    add_classifier_output_arguments(ev)
     ev.set_defaults(handler=command_evaluate)
 
     cal = commands.add_parser("calibrate", help="fit a classifier's calibration temperature after training")
     cal.add_argument("checkpoint", help="a run directory or one of its checkpoints (the newest is written)")
     cal.add_argument("data", help="the data root the run trained on: the temperature is fitted on its training "
                      "folder's images the run neither trained on nor held out (its validation images)")
-    cal.add_argument("--batch_size", type=int, default=64)
-    cal.add_argument("--workers", type=int, default=2)
-    cal.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    add_classifier_loading_arguments(cal)
     cal.set_defaults(handler=command_calibrate)
 
     rep = commands.add_parser("report", help="a self-contained HTML report from run directories")
