@@ -12,15 +12,15 @@ image as in `toolkit benchmark-denoiser`, unclipped, the model told its level, o
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 import torch
+from folder_arguments import add_folder_arguments, measure_folder, write_figures
 
 from toolkit.data.augment import to_unit_range
-from toolkit.denoising_benchmark import clean_reference_images, validation_images_of
+from toolkit.denoising_benchmark import clean_reference_images
 from toolkit.errors import UserError
 from toolkit.inference import load_trained_model
 from toolkit.progress import tracked
@@ -65,20 +65,14 @@ def colour_changes(checkpoint: str, folder: Path, sigmas_255: list[float], only=
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a blind denoiser's run directory or checkpoint")
-    parser.add_argument("folder", type=Path, help="a folder of clean images")
-    parser.add_argument("--validation_images_of", metavar="RUN",
-                        help="only the images this blind denoiser run (recipes/blind_denoiser.py) held out of FOLDER")
+    add_folder_arguments(parser)
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0, 2, 5], help="noise levels, 0-255")
-    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if min(args.sigmas) < 0:
         print("error: --sigmas takes noise levels of 0 or more", file=sys.stderr)
         return 2
-    try:
-        only = validation_images_of(args.validation_images_of, args.folder) if args.validation_images_of else None
-        results = colour_changes(args.checkpoint, args.folder, args.sigmas, only)
-    except UserError as error:  # no such folder or run, a folder the run did not train on: said, no traceback
-        print(f"error: {error}", file=sys.stderr)
+    results = measure_folder(lambda only: colour_changes(args.checkpoint, args.folder, args.sigmas, only), args)
+    if results is None:
         return 2
     shown = lambda psnr: "∞" if psnr is None else f"{psnr:.2f}"  # noqa: E731
     print("PSNR dB on Y / on Cb and Cr; share of the squared error in colour (Cb + Cr)")
@@ -89,8 +83,7 @@ def main() -> int:
             f"{shown(row[m]['psnr_y'])} / {shown(row[m]['psnr_cbcr'])}"
             + (f"; {row[m]['colour_share']:.0%}" if row[m]["colour_share"] is not None else "")
             for m in ("noisy", "model")) + " |")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    write_figures(results, args)
     return 0
 
 

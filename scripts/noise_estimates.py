@@ -14,16 +14,14 @@ benchmark-denoiser`; printed: the mean estimate and the mean absolute error over
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
+from folder_arguments import add_folder_arguments, measure_folder, write_figures
 from skimage.restoration import estimate_sigma
 
 from toolkit.data.augment import to_unit_range
-from toolkit.denoising_benchmark import clean_reference_images, validation_images_of
-from toolkit.errors import UserError
+from toolkit.denoising_benchmark import clean_reference_images
 from toolkit.inference import estimate_noise_sigma, wavelet_noise_sigma
 from toolkit.progress import tracked
 from toolkit.train.denoise import NoiseSpec, seeded_noisy
@@ -57,17 +55,11 @@ def noise_estimates(folder: Path, sigmas_255: list[float], noise_seed: int = 123
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a folder of clean images (e.g. McMaster)")
+    add_folder_arguments(parser, "a folder of clean images (e.g. McMaster)")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[5, 15, 25, 50, 75], help="noise levels, 0-255")
-    parser.add_argument("--validation_images_of", metavar="RUN",
-                        help="only the images this blind denoiser run (recipes/blind_denoiser.py) held out of FOLDER")
-    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    try:
-        only = validation_images_of(args.validation_images_of, args.folder) if args.validation_images_of else None
-        results = noise_estimates(args.folder, args.sigmas, only=only)
-    except UserError as error:  # no such folder or run, a folder the run did not train on: said, no traceback
-        print(f"error: {error}", file=sys.stderr)
+    results = measure_folder(lambda only: noise_estimates(args.folder, args.sigmas, only=only), args)
+    if results is None:
         return 2
     print("mean estimate (mean absolute error), 0-255")
     print("| true sigma | " + " | ".join(f"{kind}: {method}" for kind in KINDS for method in METHODS) + " |")
@@ -75,8 +67,7 @@ def main() -> int:
     for sigma, row in results.items():
         print(f"| {sigma:g} | " + " | ".join(f"{row[kind][method]['mean']:.2f} ({row[kind][method]['error']:.2f})"
                                             for kind in KINDS for method in METHODS) + " |")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    write_figures(results, args)
     return 0
 
 

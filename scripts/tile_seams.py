@@ -12,14 +12,14 @@ seams). Noise is seeded per image as in `toolkit benchmark-denoiser`, unclipped,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+from folder_arguments import add_folder_arguments, measure_folder, write_figures
 
 from toolkit.data.augment import to_unit_range
-from toolkit.denoising_benchmark import clean_reference_images, validation_images_of
+from toolkit.denoising_benchmark import clean_reference_images
 from toolkit.errors import UserError
 from toolkit.inference import load_trained_model
 from toolkit.progress import tracked
@@ -65,23 +65,18 @@ def tile_seams(checkpoint: str, folder: Path, sigmas_255: list[float], tile_size
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a blind denoiser's run directory or checkpoint")
-    parser.add_argument("folder", type=Path, help="a folder of clean images")
-    parser.add_argument("--validation_images_of", metavar="RUN",
-                        help="only the images this blind denoiser run (recipes/blind_denoiser.py) held out of FOLDER")
+    add_folder_arguments(parser)
     parser.add_argument("--sigmas", type=float, nargs="+", default=[15, 50], help="noise levels, 0-255")
     parser.add_argument("--tile_size", type=int, default=128, help="tile side in pixels (small: many seams)")
     parser.add_argument("--margins", type=int, nargs="+", default=[0, 16, 32, 64, 96, 128],
                         help="context around each tile, in pixels")
-    parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.tile_size < 1 or min(args.margins) < 0:
         print("error: --tile_size must be at least 1 and --margins at least 0", file=sys.stderr)
         return 2
-    try:
-        only = validation_images_of(args.validation_images_of, args.folder) if args.validation_images_of else None
-        results = tile_seams(args.checkpoint, args.folder, args.sigmas, args.tile_size, args.margins, only)
-    except UserError as error:  # no such folder or run, a folder the run did not train on: said, no traceback
-        print(f"error: {error}", file=sys.stderr)
+    results = measure_folder(lambda only: tile_seams(args.checkpoint, args.folder, args.sigmas, args.tile_size,
+                                                     args.margins, only), args)
+    if results is None:
         return 2
     print("mean PSNR dB (change from one whole-image pass); largest 8-bit difference; share of 8-bit values changed")
     print("| sigma | whole image | " + " | ".join(f"margin {margin}" for margin in args.margins) + " |")
@@ -91,8 +86,7 @@ def main() -> int:
             f"{row[m]['psnr']:.3f} ({row[m]['psnr_change']:+.4f}); {row[m]['max_levels']:.0f}; "
             f"{row[m]['pixels_changed']:.2%}" for m in args.margins) + " |")
     print(f"tiles per image: {next(iter(results.values()))[args.margins[0]]['tiles']:.1f}")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    write_figures(results, args)
     return 0
 
 
