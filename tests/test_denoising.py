@@ -633,6 +633,7 @@ def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_in
                          "--sigma", "0"]) == 0
     said = capsys.readouterr().out
     assert said.count("noise below sigma 2/255 is light enough") == 1 and "compare the output with the input" in said
+    assert "--light_noise_share=0.15 --light_noise_max=2" in said
     assert len(list((tmp_path / "light").iterdir())) == 12
     # --device: by default the GPU if torch saw one, else the CPU, and said which; the noise is drawn on the CPU,
     # so the CPU scores exactly what the default scored here (a GPU's exact fp32 differs only in summation order)

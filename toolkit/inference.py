@@ -172,7 +172,8 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             log(f"[denoise] note: noise below sigma {LIGHT_NOISE_255:g}/255 is light enough that the network may "
                 "change fine detail more than the noise it removes (the blind denoiser's hour is below its input at "
                 "sigma 1 on full-colour images: docs/results.md, 'Light noise and none'); compare the output with the "
-                "input")
+                "input, or use a model trained with more light-noise patches (recipes/blind_denoiser.py "
+                "--light_noise_share=0.15 --light_noise_max=2)")
         boxes = model_tiles(model, noisy, tile_size, tile_margin)
         tiles = len(boxes)
         if tiles > 1:
