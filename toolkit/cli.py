@@ -252,10 +252,20 @@ def add_classifier_output_arguments(parser: argparse.ArgumentParser) -> None:
                         "(--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_denoiser_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """--self_ensemble, --mixed_precision, --device, --tile_size and --tile_margin, as denoise and benchmark-denoiser
+    take them."""
     from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE
 
-    tile_size_help = TILE_SIZE_HELP.format(margin=TILE_MARGIN)
+    parser.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
+    parser.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no",
+                        help=DENOISER_PRECISION_HELP)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
+    parser.add_argument("--tile_size", type=int, default=TILE_SIZE, help=TILE_SIZE_HELP.format(margin=TILE_MARGIN))
+    parser.add_argument("--tile_margin", type=int, default=TILE_MARGIN, help=TILE_MARGIN_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description="scene-toolkit commands (training lives in recipes/)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -340,11 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--sigma", type=float, default=None,
                      help="noise std of the input on the 0-255 scale, for models told the noise level "
                      "(default: estimated per image and printed)")
-    den.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
-    den.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
-    den.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
-    den.add_argument("--tile_size", type=int, default=TILE_SIZE, help=tile_size_help)
-    den.add_argument("--tile_margin", type=int, default=TILE_MARGIN, help=TILE_MARGIN_HELP)
+    add_denoiser_inference_arguments(den)
     den.set_defaults(handler=command_denoise)
 
     bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
@@ -359,11 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the baselines alike (what each would be told in use)")
     bd.add_argument("--published", default="auto", help="published rows to print: auto (by folder name: McMaster), "
                     "mcmaster, none")
-    bd.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
-    bd.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no", help=DENOISER_PRECISION_HELP)
-    bd.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
-    bd.add_argument("--tile_size", type=int, default=TILE_SIZE, help=tile_size_help)
-    bd.add_argument("--tile_margin", type=int, default=TILE_MARGIN, help=TILE_MARGIN_HELP)
+    add_denoiser_inference_arguments(bd)
     bd.add_argument("--validation_images", action="store_true",
                     help="score only the images of --clean that the model's run held out for validation (the "
                     "folder it trained on): choose options such as --self_ensemble here, never on the test set")
