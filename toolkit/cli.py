@@ -243,7 +243,9 @@ def add_classifier_loading_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_classifier_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """--mixed_precision and --calibrated, as predict and evaluate take them."""
+    """--tta, --mixed_precision and --calibrated, as predict and evaluate take them."""
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average with the mirrored image (default: as the model was evaluated)")
     parser.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
                         help="default: the precision the run was trained with (stored in the checkpoint), "
                              "or fp32 where this device would emulate it or run it slower")
@@ -308,8 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("inputs", nargs="+", help="image files, folders (recursive) or @file listing paths")
     pred.add_argument("--out", default="predictions.csv", help="CSV to write")
     pred.add_argument("--top_k", type=int, default=1, help="also list the k most likely classes")
-    pred.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                      help="average with the mirrored image (default: as the model was evaluated)")
     add_classifier_loading_arguments(pred)
     add_classifier_output_arguments(pred)
     pred.set_defaults(handler=command_predict)
@@ -321,7 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--held_out", action="store_true",
                     help="score exactly the images the run held out of DATA's training folder (recorded in the "
                     "checkpoint), DATA being the data root the run trained on")
-    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     add_classifier_loading_arguments(ev)
     add_classifier_output_arguments(ev)
     ev.set_defaults(handler=command_evaluate)
