@@ -174,16 +174,14 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                 "sigma 1 on full-colour images: docs/results.md, 'Light noise and none'); compare the output with the "
                 "input, or use a model trained with more light-noise patches (recipes/blind_denoiser.py "
                 "--light_noise_share=0.15 --light_noise_max=2)")
-        boxes = model_tiles(model, noisy, tile_size, tile_margin)
-        tiles = len(boxes)
+        tiles = len(model_tiles(model, noisy, tile_size, tile_margin))
         if tiles > 1:
             log(f"[denoise] {file}: {noisy.shape[-1]}x{noisy.shape[-2]}, denoised in {tiles} tiles of at most "
                 f"{tile_size} px (--tile_size)")
         with progress_bar(tiles if tiles > 1 else None, f"tiles of {file.name}", "tile", leave=False,
                           disable=tiles == 1) as bar:
             output = denoise_in_tiles(model, noisy.to(device), torch.full((1,), level, device=device), conditioned,
-                                      tile_size, tile_margin, self_ensemble, precision, on_tile=bar.update,
-                                      boxes=boxes)[0].cpu()
+                                      tile_size, tile_margin, self_ensemble, precision, on_tile=bar.update)[0].cpu()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -118,13 +118,12 @@ def model_tiles(model, images: torch.Tensor, tile_size: int, margin: int = TILE_
 
 def denoise_in_tiles(model, noisy: torch.Tensor, sigmas: torch.Tensor, conditioned: bool, tile_size: int,
                      margin: int = TILE_MARGIN, self_ensemble: bool = False, precision: str = "no",
-                     on_tile=None, boxes: list[tuple] | None = None) -> torch.Tensor:
+                     on_tile=None) -> torch.Tensor:
     """denoise, one tile at a time (tile_boxes), so that memory is a tile's whatever the image's size: each tile
     is denoised with `margin` pixels of its neighbours around it, which are then cropped off, so every output pixel
     comes from a piece in which it had that much context (the image's own edges as in a whole-image pass).
-    on_tile: called after each tile (a progress bar's update). boxes: model_tiles(model, noisy, tile_size, margin)
-    when the caller has them already (to size its bar). (B, 3, H, W) in, the same out, in fp32."""
-    boxes = boxes or model_tiles(model, noisy, tile_size, margin)
+    on_tile: called after each tile (a progress bar's update). (B, 3, H, W) in, the same out, in fp32."""
+    boxes = model_tiles(model, noisy, tile_size, margin)
     if len(boxes) == 1:
         output = denoise(model, noisy, sigmas, conditioned, self_ensemble, precision).float()
         if on_tile:
