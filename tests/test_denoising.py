@@ -608,6 +608,81 @@ def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_inte
     assert "strip.png: 40x8 pixels, under the 11x11 that SSIM's window needs" in said
 
 
+def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_path, capsys):
+    """Two real benchmark-denoiser results of the same noisy images: non-local means told the true sigma, and told
+    the sigma estimated from each noisy image (--blind), compared image by image; results of other images are
+    refused before anything is compared."""
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    for image in sorted((tiny_intel / "seg_pred").iterdir())[:4]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    told, blind, halved = tmp_path / "told.json", tmp_path / "blind.json", tmp_path / "halved.json"
+    for out, extra in ((told, []), (blind, ["--blind"]), (halved, ["--reduce", "2"])):
+        assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(folder), "--sigmas", "15", "25", "--nlm",
+                             "--out", str(out), *extra]) == 0
+    capsys.readouterr()
+    compared = tmp_path / "compared.json"
+    assert toolkit_main(["compare-benchmarks", str(told), str(blind), "--method", "nlm", "--out", str(compared)]) == 0
+    text = capsys.readouterr().out
+    assert "| σ | told (nlm), dB | blind (nlm), dB | difference | 95% interval over images | images better |" in text
+    assert "| mean of the levels |" in text and "Intervals over the 4 images scored" in text
+    written = json.loads(compared.read_text())["compared"][str(blind)]
+    results = [json.loads(path.read_text())["sigmas"] for path in (told, blind)]
+    for level in written["levels"]:
+        before, after = (np.array(result[f"{level['sigma']:.1f}"]["nlm"]["per_image_psnr"]) for result in results)
+        assert level["images"] == 4 and level["better"] == int((after > before).sum())
+        assert level["difference"]["mean"] == pytest.approx(float((after - before).mean()))
+        assert level["difference"]["low"] < level["difference"]["mean"] < level["difference"]["high"]
+        assert f"| {level['sigma']:g} | {before.mean():.3f} | {after.mean():.3f} |" in text
+    # --base_method: another row of the base file (here non-local means against the noisy input, the same file)
+    assert toolkit_main(["compare-benchmarks", str(told), str(told), "--base_method", "noisy", "--method", "nlm",
+                         "--sigmas", "25"]) == 0
+    text = capsys.readouterr().out
+    assert "| 25 |" in text and "| 15 |" not in text and "mean of the levels" not in text and "4 of 4 |" in text
+    # refused with one line that says what is wrong: other images, a row or level not scored, not a result
+    (tmp_path / "other.json").write_text("[1, 2]")
+    (tmp_path / "broken.json").write_text("{")
+    for arguments, message in (([str(told), str(halved)], "scored different images (reduction: 1 against 2)"),
+                               ([str(told), str(blind), "--method", "bm3d"], "has no 'bm3d' at sigma 15"),
+                               ([str(told), str(blind), "--sigmas", "50"], "sigma 50 is not scored in both files"),
+                               ([str(told), str(tmp_path / "other.json")], "not a toolkit benchmark-denoiser JSON"),
+                               ([str(told), str(tmp_path / "broken.json")], "is not JSON"),
+                               ([str(told), str(tmp_path / "missing.json")], "is not a file")):
+        assert toolkit_main(["compare-benchmarks", *arguments]) == 2
+        assert message in capsys.readouterr().err
+    changed = json.loads(blind.read_text())
+    changed["sigmas"]["25.0"]["noisy"]["per_image_psnr"][0] += 0.5  # another noisy image where the first was
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    assert toolkit_main(["compare-benchmarks", str(told), str(tmp_path / "changed.json")]) == 2
+    assert "hold different noisy images at sigma 25" in capsys.readouterr().err
+
+
+def test_paired_differences_against_hand_computed_values():
+    from toolkit.denoiser_comparison import comparison_table, paired_differences
+
+    def result(model_by_sigma):
+        return {"sigmas": {sigma: {"model": {"per_image_psnr": values}} for sigma, values in model_by_sigma.items()}}
+
+    base = result({"15.0": [30.0, 32.0, 34.0], "25.0": [28.0, 29.0, 30.0], "0.0": [50.0, None, 52.0]})
+    other = result({"15.0": [30.5, 32.0, 34.4], "25.0": [28.1, 29.3, 29.8], "0.0": [51.0, 55.0, 51.0]})
+    compared = paired_differences(base, other, "model", "model", "base", "other")
+    zero, fifteen, twenty_five = compared["levels"]  # in order of the noise level
+    # sigma 15: differences 0.5, 0, 0.4: mean 0.3, sd sqrt(0.07), t(0.975, 2) = 4.302653
+    assert fifteen["difference"]["mean"] == pytest.approx(0.3)
+    half = 4.302653 * math.sqrt(0.07) / math.sqrt(3)
+    assert (fifteen["difference"]["low"], fifteen["difference"]["high"]) == (pytest.approx(0.3 - half, abs=1e-5),
+                                                                            pytest.approx(0.3 + half, abs=1e-5))
+    assert fifteen["better"] == 2 and fifteen["images"] == 3 and fifteen["base"] == pytest.approx(32.0)
+    # sigma 0: the second image has no finite base PSNR, so it is left out there (and counted) and of the mean
+    assert zero["images"] == 2 and zero["left_out"] == 1 and zero["difference"]["mean"] == pytest.approx(0.0)
+    # the mean of the levels, per image over the three levels, for the images every level holds (the first, third)
+    assert compared["mean"]["images"] == 2
+    assert compared["mean"]["difference"]["values"] == pytest.approx([(1.0 + 0.5 + 0.1) / 3, (-1.0 + 0.4 - 0.2) / 3])
+    table = comparison_table(compared, "base", "other")
+    assert "| 0 | 51.000 | 51.000 | +0.000 |" in table and "1 of 2 (1 left out: infinite) |" in table
+    assert "| 15 | 32.000 | 32.300 | +0.300 |" in table and "| mean of the levels | | |" in table
+
+
 def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_intel, tmp_path, capsys):
     """The README's McMaster model: a noise-conditioned U-Net, sigma drawn per image, unclipped noise."""
     run_dir = tmp_path / "blind"

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -182,6 +183,35 @@ def command_benchmark_denoiser(args) -> None:
         log_benchmark(results, examples, logger)
         logger.finish()
         print(f"W&B run ({logger.wandb_mode}): table, figures and example images; local copy in {run_dir}")
+
+
+def command_compare_benchmarks(args) -> None:
+    from toolkit.denoiser_comparison import (
+        check_same_noisy_images,
+        comparison_table,
+        load_benchmark,
+        paired_differences,
+    )
+
+    base_method = args.base_method or args.method
+    paths = [Path(args.base), *map(Path, args.others)]
+    base, *others = [load_benchmark(path) for path in paths]
+    compared = {}
+    for path, other in zip(paths[1:], others):
+        check_same_noisy_images(base, other, str(paths[0]), str(path))
+        compared[str(path)] = paired_differences(base, other, base_method, args.method, str(paths[0]), str(path),
+                                                 args.sigmas)
+        labels = [f"{name.stem}" + (f" ({method})" if base_method != args.method or method != "model" else "")
+                  for name, method in ((paths[0], base_method), (path, args.method))]
+        print(f"\n{path} against {paths[0]}:\n" + comparison_table(compared[str(path)], *labels))
+    print(f"\nIntervals over the {base['images']} images scored: how much each mean difference depends on which "
+          "images were picked, not how much a retrained model would move (compare a second seed's run for that).")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"base": str(paths[0]), "base_method": base_method, "method": args.method,
+                                   "compared": compared}, indent=2))
+        print(f"written to {out}")
 
 
 def command_wandb_report(args) -> None:
@@ -377,6 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="log the results, the published rows and example images to W&B (auto: online with an API "
                     "key and a reachable server, else offline; the run's folder is OUT's name with -wandb)")
     bd.set_defaults(handler=command_benchmark_denoiser)
+    cb = commands.add_parser("compare-benchmarks", help="benchmark-denoiser results against one, image by image, "
+                             "with intervals")
+    cb.add_argument("base", help="the benchmark-denoiser JSON (--out) to compare against")
+    cb.add_argument("others", nargs="+", help="benchmark-denoiser JSONs of the same noisy images")
+    cb.add_argument("--method", default="model", help="the row compared: model (the trained network), noisy, nlm or "
+                    "bm3d")
+    cb.add_argument("--base_method", default="", help="the base file's row, when it is another (e.g. bm3d: the "
+                    "network against BM3D on the same file; default: --method)")
+    cb.add_argument("--sigmas", type=float, nargs="+", default=None,
+                    help="only these noise levels, 0-255 scale (default: every level both files scored)")
+    cb.add_argument("--out", default="", help="also write the differences and intervals to this JSON")
+    cb.set_defaults(handler=command_compare_benchmarks)
     wr = commands.add_parser("wandb-report", help="a Weights & Biases Report of a comparison or a latent study")
     wr.add_argument("study", nargs="?", default="", help="the study's folder (compare_classifiers or latent_study)")
     wr.add_argument("--out", default="", help="where wandb_report.json goes (default: the study's folder)")
