@@ -622,7 +622,8 @@ def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_pat
                              "--out", str(out), *extra]) == 0
     capsys.readouterr()
     compared = tmp_path / "compared.json"
-    assert toolkit_main(["compare-benchmarks", str(told), str(blind), "--method", "nlm", "--out", str(compared)]) == 0
+    assert toolkit_main(["compare-benchmarks", str(told), str(blind), "--method", "nlm", "--out", str(compared),
+                         "--wandb_mode", "offline"]) == 0
     text = capsys.readouterr().out
     assert "| σ | told (nlm), dB | blind (nlm), dB | difference | 95% interval over images | images better |" in text
     assert "| mean of the levels |" in text and "Intervals over the 4 images scored" in text
@@ -634,9 +635,14 @@ def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_pat
         assert level["difference"]["mean"] == pytest.approx(float((after - before).mean()))
         assert level["difference"]["low"] < level["difference"]["mean"] < level["difference"]["high"]
         assert f"| {level['sigma']:g} | {before.mean():.3f} | {after.mean():.3f} |" in text
+    # the same in a W&B run (offline here) whose folder beside the JSON keeps the table and the differences as files
+    table = json.loads((tmp_path / "compared-wandb" / "tables" / "comparison_paired_psnr.json").read_text())
+    assert [row[:2] for row in table["rows"]] == [[str(blind), 15.0], [str(blind), 25.0]]
+    summary = json.loads((tmp_path / "compared-wandb" / "summary.json").read_text())
+    assert summary["blind/difference_sigma25"] == pytest.approx(written["levels"][1]["difference"]["mean"])
     # --base_method: another row of the base file (here non-local means against the noisy input, the same file)
     assert toolkit_main(["compare-benchmarks", str(told), str(told), "--base_method", "noisy", "--method", "nlm",
-                         "--sigmas", "25"]) == 0
+                         "--sigmas", "25", "--out", str(tmp_path / "against-noisy.json")]) == 0
     text = capsys.readouterr().out
     assert "| 25 |" in text and "| 15 |" not in text and "mean of the levels" not in text and "4 of 4 |" in text
     # refused with one line that says what is wrong: other images, a row or level not scored, not a result

@@ -206,12 +206,20 @@ def command_compare_benchmarks(args) -> None:
         print(f"\n{path} against {paths[0]}:\n" + comparison_table(compared[str(path)], *labels))
     print(f"\nIntervals over the {base['images']} images scored: how much each mean difference depends on which "
           "images were picked, not how much a retrained model would move (compare a second seed's run for that).")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"base": str(paths[0]), "base_method": base_method, "method": args.method,
-                                   "compared": compared}, indent=2))
-        print(f"written to {out}")
+    out = Path(args.out)
+    config = {"base": str(paths[0]), "base_method": base_method, "method": args.method, "command": "compare-benchmarks"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**config, "compared": compared}, indent=2))
+    print(f"written to {out}")
+    logger = _tool_logger(out.with_name(f"{out.stem}-wandb"), out.stem, args.wandb_mode, config)
+    rows = [[name, level["sigma"], level["base"], level["other"], level["difference"]["mean"],
+             level["difference"]["low"], level["difference"]["high"], level["better"], level["images"]]
+            for name, result in compared.items() for level in result["levels"]]
+    logger.log_table("comparison/paired_psnr", ["other", "sigma", "base_psnr", "other_psnr", "difference", "low",
+                                                "high", "images_better", "images"], rows, step=0)
+    logger.summary({f"{Path(name).stem}/difference_sigma{sigma:g}": difference
+                    for name, sigma, _, _, difference, *_ in rows})
+    logger.finish()
 
 
 def command_wandb_report(args) -> None:
@@ -417,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "network against BM3D on the same file; default: --method)")
     cb.add_argument("--sigmas", type=float, nargs="+", default=None,
                     help="only these noise levels, 0-255 scale (default: every level both files scored)")
-    cb.add_argument("--out", default="", help="also write the differences and intervals to this JSON")
+    cb.add_argument("--out", default="benchmark-comparison.json", help="where the differences and intervals go (JSON)")
+    cb.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                    help="log the table of differences to W&B (auto: online with an API key and a reachable server, "
+                    "else offline; the run's folder is OUT's name with -wandb)")
     cb.set_defaults(handler=command_compare_benchmarks)
     wr = commands.add_parser("wandb-report", help="a Weights & Biases Report of a comparison or a latent study")
     wr.add_argument("study", nargs="?", default="", help="the study's folder (compare_classifiers or latent_study)")
