@@ -663,8 +663,9 @@ def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_pat
     assert "hold different noisy images at sigma 25" in capsys.readouterr().err
 
 
-def test_paired_differences_against_hand_computed_values():
+def test_paired_differences_against_hand_computed_values(tmp_path):
     from toolkit.denoiser_comparison import comparison_table, paired_differences
+    from toolkit.runs import write_json
 
     def result(model_by_sigma):
         return {"sigmas": {sigma: {"model": {"per_image_psnr": values}} for sigma, values in model_by_sigma.items()}}
@@ -687,6 +688,12 @@ def test_paired_differences_against_hand_computed_values():
     table = comparison_table(compared, "base", "other")
     assert "| 0 | 51.000 | 51.000 | +0.000 |" in table and "1 of 2 (1 left out: infinite) |" in table
     assert "| 15 | 32.000 | 32.300 | +0.300 |" in table and "| mean of the levels | | |" in table
+    # a level where no image has two finite PSNRs (the noisy input told sigma 0): said, and written as null, not NaN
+    empty = paired_differences(result({"0.0": [None, None]}), result({"0.0": [None, 50.0]}), "model", "model", "a", "b")
+    assert empty["levels"][0]["images"] == 0 and "(no images)" in comparison_table(empty, "a", "b")
+    write_json(tmp_path / "empty.json", empty)
+    strict = json.loads((tmp_path / "empty.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert strict["levels"][0]["difference"]["mean"] is None and strict["levels"][0]["base"] is None
 
 
 def test_blind_conditioned_unet_trains_and_serves_the_published_protocol(tiny_intel, tmp_path, capsys):

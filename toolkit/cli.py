@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import traceback
@@ -192,6 +191,7 @@ def command_compare_benchmarks(args) -> None:
         load_benchmark,
         paired_differences,
     )
+    from toolkit.runs import write_json
 
     base_method = args.base_method or args.method
     paths = [Path(args.base), *map(Path, args.others)]
@@ -208,8 +208,7 @@ def command_compare_benchmarks(args) -> None:
           "images were picked, not how much a retrained model would move (compare a second seed's run for that).")
     out = Path(args.out)
     config = {"base": str(paths[0]), "base_method": base_method, "method": args.method, "command": "compare-benchmarks"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**config, "compared": compared}, indent=2))
+    write_json(out, {**config, "compared": compared})  # a level with no finite pair: null, not NaN
     print(f"written to {out}")
     logger = _tool_logger(out.with_name(f"{out.stem}-wandb"), out.stem, args.wandb_mode, config)
     rows = [[name, level["sigma"], level["base"], level["other"], level["difference"]["mean"],

@@ -15,7 +15,6 @@ hard dependency), and for McMaster the published figures (FFDNet, DPIR and SwinI
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -30,7 +29,7 @@ from toolkit.data.images import UnreadableImage, open_image, reduce_image, rgb_p
 from toolkit.errors import DataError, UserError
 from toolkit.inference import describe_device, estimate_noise_sigma, load_trained_model, resolve_checkpoint
 from toolkit.progress import progress_bar
-from toolkit.runs import read_config, read_summary
+from toolkit.runs import read_config, read_summary, write_json
 from toolkit.train.denoise import (
     SSIM_WINDOW,
     TILE_MARGIN,
@@ -293,15 +292,7 @@ def model_label(label: str, results: dict) -> str:
 def write_benchmark(results: dict, out: Path) -> None:
     """The results as standard JSON: an infinite PSNR (an output equal to its clean image: the noisy input at sigma
     0) is written as null, which every JSON reader takes, where Python's default `Infinity` is not JSON."""
-    def standard(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {key: standard(item) for key, item in value.items()}
-        return [standard(item) for item in value] if isinstance(value, list) else value
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(standard(results), indent=2, allow_nan=False))
+    write_json(out, results)
 
 
 EXAMPLE_CROP = 192  # the side of the centre of the first image that W&B shows per method

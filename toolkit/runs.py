@@ -12,6 +12,7 @@ figures) goes through these functions.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 # keys that change how a run is logged or where it writes, never what it computes
@@ -32,6 +33,20 @@ def read_json(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def write_json(path: Path, value) -> None:
+    """Write standard JSON, which every reader takes: a non-finite float (an infinite PSNR, the mean of no values)
+    becomes null, where Python's default writes Infinity and NaN, which are not JSON. The folder is made."""
+    def standard(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: standard(part) for key, part in item.items()}
+        return [standard(part) for part in item] if isinstance(item, (list, tuple)) else item
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(standard(value), indent=2, allow_nan=False))
 
 
 def read_config(run_dir: Path | str) -> dict | None:
