@@ -155,6 +155,35 @@ def test_reproduce_script_gpu_step_trains_on_the_halves_when_asked_and_chooses_o
         assert all("McMaster" in line and "--validation_images" not in line for line in scored[2:])
 
 
+def test_reproduce_script_mcmaster_step_compares_the_hour_with_cbm3d_image_by_image(tmp_path):
+    """The mcmaster step scores the default (with CBM3D and non-local means) and the hour (told, blind, x8) on
+    McMaster, then compares each of the hour's files with CBM3D's rows of the default's, image by image. The commands
+    are read from stand-ins for python, accelerate and toolkit that print their arguments."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.sh"
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for name in ("python", "accelerate", "toolkit"):
+        (stand_ins / name).write_text(f'#!/bin/bash\necho "{name} $*"\n')
+        (stand_ins / name).chmod(0o755)
+    out = tmp_path / "out"
+    result = run_script(["bash", str(script)], env={"OUT": str(out), "STEPS": "mcmaster", "BIN": str(stand_ins)},
+                        timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    scored = [line.split("--out ")[1].split()[0] for line in lines if line.startswith("toolkit benchmark-denoiser")]
+    compared = [line for line in lines if line.startswith("toolkit compare-benchmarks")]
+    assert len(compared) == 1
+    files = compared[0].split()[2:6]
+    assert files[0] == str(out / "mcmaster.json") and set(files) <= set(scored)  # files the step itself writes
+    assert files[1:] == [str(out / f"mcmaster-60min{suffix}.json") for suffix in ("", "-blind", "-x8")]
+    assert "--base_method bm3d" in compared[0] and lines.index(compared[0]) > max(  # after the files it reads
+        index for index, line in enumerate(lines) if line.startswith("toolkit benchmark-denoiser")
+        and line.split("--out ")[1].split()[0] in files)
+    default = next(line for line in lines if line.startswith("toolkit benchmark-denoiser")
+                   and f"--out {out / 'mcmaster.json'}" in line)
+    assert "--baselines bm3d nlm" in default  # CBM3D's rows are where the comparison reads them
+
+
 AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "SCENE_TOOLKIT_CPU_BF16": ""}
 
 
