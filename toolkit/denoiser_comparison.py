@@ -82,16 +82,16 @@ def paired_differences(base: dict, other: dict, base_method: str, method: str, b
         raise UserError(f"{base_name} and {other_name} share no noise level; score both at the same --sigmas")
     levels, per_image = [], []
     for sigma in shared:
-        pairs = list(zip(method_scores(base, sigma, base_method, base_name),
-                         method_scores(other, sigma, method, other_name)))
-        finite = [(a, b) for a, b in pairs if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
-        differences = np.array([b - a for a, b in finite])
-        levels.append({"sigma": float(sigma), "base": float(np.mean([a for a, _ in finite])) if finite else math.nan,
-                       "other": float(np.mean([b for _, b in finite])) if finite else math.nan,
+        pairs = np.array([[math.nan if value is None else value for value in pair] for pair in zip(
+            method_scores(base, sigma, base_method, base_name), method_scores(other, sigma, method, other_name))])
+        finite = pairs[np.isfinite(pairs).all(axis=1)]  # (images with two finite PSNRs, 2)
+        differences = finite[:, 1] - finite[:, 0]
+        levels.append({"sigma": float(sigma), "base": float(finite[:, 0].mean()) if len(finite) else math.nan,
+                       "other": float(finite[:, 1].mean()) if len(finite) else math.nan,
                        "difference": mean_interval(differences.tolist()), "better": int((differences > 0).sum()),
                        "images": len(finite), "left_out": len(pairs) - len(finite)})
-        per_image.append([b - a if (a is not None and b is not None and math.isfinite(a) and math.isfinite(b))
-                          else math.nan for a, b in pairs])
+        with np.errstate(invalid="ignore"):  # inf - inf, masked out as the other non-finite pairs are
+            per_image.append(np.where(np.isfinite(pairs).all(axis=1), pairs[:, 1] - pairs[:, 0], math.nan))
     table = np.array(per_image)  # (levels, images)
     complete = ~np.isnan(table).any(axis=0)
     mean_over_levels = table[:, complete].mean(axis=0)
