@@ -111,6 +111,16 @@ def test_gpu_check_script_reports_every_recipe_it_runs(tmp_path):
         assert r["steady_images_per_s"] > 0 and r["warmup_s"] > 0 and r["train_images_per_s"] > 0
 
 
+def argument_printing_stand_ins(folder: Path) -> Path:
+    """A folder of stand-ins for python, accelerate and toolkit that print their arguments, for reproduce.sh's BIN:
+    the commands a step would run, read without running them."""
+    folder.mkdir()
+    for name in ("python", "accelerate", "toolkit"):
+        (folder / name).write_text(f'#!/bin/bash\necho "{name} $*"\n')
+        (folder / name).chmod(0o755)
+    return folder
+
+
 def test_reproduce_script_skips_studies_finished_at_the_seeds_asked_for(tmp_path):
     """scripts/reproduce.sh resumes where it stopped: a study whose JSON holds exactly the seeds asked for is
     skipped, for each training share of the cnn_gap step with its own seeds; more seeds would rerun it."""
@@ -134,11 +144,7 @@ def test_reproduce_script_gpu_step_trains_on_the_halves_when_asked_and_chooses_o
     before McMaster. No GPU here: the commands it would run are read from stand-ins for python (saying a GPU is
     there), accelerate and toolkit that print their arguments."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.sh"
-    stand_ins = tmp_path / "bin"
-    stand_ins.mkdir()
-    for name in ("python", "accelerate", "toolkit"):
-        (stand_ins / name).write_text(f'#!/bin/bash\necho "{name} $*"\n')
-        (stand_ins / name).chmod(0o755)
+    stand_ins = argument_printing_stand_ins(tmp_path / "bin")
     for reductions, run in (("", "blind_denoiser-gpu"), ("1,2", "blind_denoiser-gpu-reductions12")):
         env = {"OUT": str(tmp_path / "out"), "STEPS": "gpu_denoiser", "BIN": str(stand_ins),
                "GPU_REDUCTIONS": reductions}
@@ -160,11 +166,7 @@ def test_reproduce_script_mcmaster_step_compares_the_hour_with_cbm3d_image_by_im
     McMaster, then compares each of the hour's files with CBM3D's rows of the default's, image by image. The commands
     are read from stand-ins for python, accelerate and toolkit that print their arguments."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.sh"
-    stand_ins = tmp_path / "bin"
-    stand_ins.mkdir()
-    for name in ("python", "accelerate", "toolkit"):
-        (stand_ins / name).write_text(f'#!/bin/bash\necho "{name} $*"\n')
-        (stand_ins / name).chmod(0o755)
+    stand_ins = argument_printing_stand_ins(tmp_path / "bin")
     out = tmp_path / "out"
     result = run_script(["bash", str(script)], env={"OUT": str(out), "STEPS": "mcmaster", "BIN": str(stand_ins)},
                         timeout=60)
