@@ -513,11 +513,80 @@ def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel,
     assert "16 bits per channel. Name it .png" in capsys.readouterr().err and not jpeg.exists()
 
 
+def test_denoise_keeps_the_colour_profile_and_exif_data_and_says_what_it_cannot_keep(tmp_path, capsys):
+    """A photo's colour profile (what its numbers mean as colours) and EXIF data (capture time, camera) reach the
+    denoised file, 8-bit, grey and 16-bit colour alike (the 16-bit PNG's chunks read back by Pillow, its pixels
+    by OpenCV), the EXIF orientation taken out since the pixels are written upright; a CMYK file's profile, which
+    does not describe the RGB written, is dropped, saying so; an animation's frames beyond the first are said; a
+    target format that cannot hold the metadata (BMP, a 16-bit TIFF) is written, saying what it left out."""
+    from PIL import ImageCms
+
+    from toolkit.data.images import load_for_restoration, png_chunk, save_restored
+
+    rng = np.random.default_rng(2)
+    rgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    profile_of = lambda space: rgb_profile[:16] + space + rgb_profile[20:]  # noqa: E731 (carried, never parsed)
+    exif = Image.Exif()
+    exif[0x0132], exif[0x010F], exif[0x0112] = "2026:07:01 12:00:00", "Camera", 6  # time, maker, turn 90 degrees
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(inputs / "photo.jpg", quality=95,
+                                                                            icc_profile=rgb_profile, exif=exif)
+    Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8), mode="L").save(
+        inputs / "grey.png", icc_profile=profile_of(b"GRAY"), exif=exif)
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert("CMYK").save(
+        inputs / "print.jpg", icc_profile=profile_of(b"CMYK"))
+    frames = [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(inputs / "moving.gif", save_all=True, append_images=frames[1:])
+    deep = rng.integers(0, 65535, (20, 30, 3), dtype=np.uint16)
+    encoded = cv2.imencode(".png", deep)[1].tobytes()
+    chunks = png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(rgb_profile)) + png_chunk(
+        b"eXIf", exif.tobytes().removeprefix(b"Exif\x00\x00"))
+    (inputs / "deep.png").write_bytes(encoded[:33] + chunks + encoded[33:])  # after the header, as Pillow does
+
+    def kept(path: Path, profile: bytes) -> bool:
+        written = Image.open(path)
+        metadata = written.getexif()
+        return (written.info.get("icc_profile") == profile and metadata.get(0x0132) == "2026:07:01 12:00:00"
+                and metadata.get(0x010F) == "Camera" and 0x0112 not in metadata)
+
+    # an identity restoration of the 16-bit PNG: every pixel back exactly, upright, with its profile and EXIF data
+    pixels, stored = load_for_restoration(inputs / "deep.png")
+    assert stored.icc_profile == rgb_profile and stored.frames == 1
+    assert save_restored(pixels, stored, tmp_path / "deep-copy.png") == []
+    assert kept(tmp_path / "deep-copy.png", rgb_profile)
+    assert np.array_equal(cv2.imread(str(tmp_path / "deep-copy.png"), cv2.IMREAD_UNCHANGED), np.rot90(deep, -1))
+
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1",
+                                      "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={tmp_path / 'blind'}"])
+    capsys.readouterr()
+    assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs), str(tmp_path / "out"), "--sigma=10"]) == 0
+    said = capsys.readouterr().out
+    out = tmp_path / "out"
+    assert Image.open(out / "photo.png").size == (20, 30) and kept(out / "photo.png", rgb_profile)  # upright
+    assert kept(out / "grey.png", profile_of(b"GRAY")) and Image.open(out / "grey.png").mode == "L"
+    assert kept(out / "deep.png", rgb_profile)
+    assert cv2.imread(str(out / "deep.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert "icc_profile" not in Image.open(out / "print.png").info
+    assert "print.jpg: its CMYK colour profile does not describe the RGB pixels written" in said
+    assert "moving.gif: holds 3 frames (an animation or pages); only the first is denoised" in said
+    assert not any(word in said for word in ("photo.png:", "grey.png:", "deep.png:"))  # nothing left out there
+
+    for source, target, why in (("photo.jpg", "photo.bmp", "a BMP file cannot hold them"),
+                                ("deep.png", "deep.tif", "a 16-bit TIFF written here cannot hold them")):
+        assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / source), str(tmp_path / target),
+                             "--sigma=10"]) == 0
+        assert f"{target}: its colour profile and its EXIF data not kept: {why}; name the output .png" in (
+            capsys.readouterr().out)
+        assert (tmp_path / target).stat().st_size > 0
+
+
 def test_a_sixteen_bit_colour_file_is_read_upright_as_its_exif_orientation_says(tmp_path):
     """16-bit colour is read past Pillow (which decodes it at 8 bits), so its EXIF orientation is applied by
     `upright`: the same turn or mirror as Pillow's exif_transpose, for each of the 8 orientations; a 16-bit
     TIFF reads at 16 bits too, and an 8-bit file is not taken for a 16-bit one."""
-    from toolkit.data.images import load_for_restoration, stores_sixteen_bit_colour, upright
+    from toolkit.data.images import load_for_restoration, png_chunk, stores_sixteen_bit_colour, upright
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)
@@ -539,8 +608,7 @@ def test_a_sixteen_bit_colour_file_is_read_upright_as_its_exif_orientation_says(
     exif = Image.Exif()
     exif[0x0112] = 6
     data = exif.tobytes(8).removeprefix(b"Exif\x00\x00")
-    chunk = len(data).to_bytes(4, "big") + b"eXIf" + data + zlib.crc32(b"eXIf" + data).to_bytes(4, "big")
-    (tmp_path / "turned.png").write_bytes(encoded.tobytes()[:33] + chunk + encoded.tobytes()[33:])
+    (tmp_path / "turned.png").write_bytes(encoded.tobytes()[:33] + png_chunk(b"eXIf", data) + encoded.tobytes()[33:])
     read, stored = load_for_restoration(tmp_path / "turned.png")
     assert stored.bits == 16 and np.array_equal(np.round(read * 65535).astype(np.uint16), np.rot90(deep[..., ::-1], -1))
 

@@ -96,7 +96,8 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
     the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped. Each is
     written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey and colour stay 16-bit,
-    transparency is kept; a palette or CMYK image comes back as RGB, saying so.
+    transparency, the colour profile and the EXIF data are kept; a palette or CMYK image comes back as RGB, saying
+    so, as does a file of several frames (its first denoised) or a target format that cannot keep the metadata.
 
     A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
     without it, each image's noise level is estimated (estimate_noise_sigma) and printed.
@@ -158,6 +159,11 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         noisy = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # (1, 3, H, W) in [0, 1]
         if stored.converted:
             log(f"[denoise] {file}: a {'palette' if stored.mode == 'P' else stored.mode} image, written as RGB")
+        if stored.dropped_profile:
+            log(f"[denoise] {file}: its {stored.dropped_profile} colour profile does not describe the RGB pixels "
+                "written, which carry none (colours as a plain conversion to RGB gives them)")
+        if stored.frames > 1:
+            log(f"[denoise] {file}: holds {stored.frames} frames (an animation or pages); only the first is denoised")
         if conditioned and sigma_255 is None:
             level = estimate_noise_sigma(noisy[0])
             estimated[str(file)] = round(level * 255, 2)
@@ -189,7 +195,8 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                                if folder.exists() and not folder.is_dir()), None)
             why = f"{in_the_way} is a file, not a folder" if in_the_way else error.strerror or str(error)
             raise UserError(f"cannot create the folder {target.parent} for {target.name}: {why}") from None
-        save_restored(output.permute(1, 2, 0).numpy(), stored, target)
+        for left_out in save_restored(output.permute(1, 2, 0).numpy(), stored, target):
+            log(f"[denoise] {target}: {left_out}")
         written += 1
     log(f"[denoise] wrote {written} image(s) to {destination}" + (f"; skipped {len(skipped)}" if skipped else ""))
     return {"written": written, "skipped": skipped, "estimated_sigma_255": estimated}

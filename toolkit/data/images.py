@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +89,38 @@ class StoredAs:
 
     mode: the file's own colour mode (PIL's name); grey: one channel; bits: 8 or 16 per channel; alpha: the
     transparency channel as stored ((H, W) uint8, uint16 in a 16-bit colour file), or None; converted: the mode
-    cannot be written back (a palette, CMYK, YCbCr, ...), so the result is RGB."""
+    cannot be written back (a palette, CMYK, YCbCr, ...), so the result is RGB. icc_profile: the file's colour
+    profile (what its numbers mean as colours: Display P3, Adobe RGB, ...) when it describes the pixels written
+    back, else None; dropped_profile: the colour space of a profile that does not (a CMYK file's, written as RGB),
+    else "". exif: the file's EXIF data (capture time, camera, ...) without its orientation, since the pixels are
+    read upright, or None. frames: the images the file holds (an animation's frames, a TIFF's pages); the first
+    is restored."""
     mode: str
     grey: bool = False
     bits: int = 8
     alpha: np.ndarray | None = None
     converted: bool = False
+    icc_profile: bytes | None = None
+    dropped_profile: str = ""
+    exif: bytes | None = None
+    frames: int = 1
+
+
+# what a colour profile's header says its pixels are (bytes 16-19, the "data colour space"), against what is written
+_PROFILE_SPACE_OF_OUTPUT = {True: b"GRAY", False: b"RGB "}  # grey output or not
+
+
+def photo_metadata(image: Image.Image, grey: bool) -> dict:
+    """What load_for_restoration keeps of a file besides its pixels, as StoredAs fields: its colour profile when
+    it describes `grey` or RGB pixels (else the colour space it does describe, as dropped_profile), its EXIF data
+    with the orientation taken out, and how many frames it holds."""
+    profile = image.info.get("icc_profile") or None
+    space = profile[16:20] if profile else b""
+    kept = profile if space == _PROFILE_SPACE_OF_OUTPUT[grey] else None
+    exif = image.getexif()
+    exif.pop(0x0112, None)  # the pixels are read upright: an orientation kept would turn them again
+    return {"icc_profile": kept, "dropped_profile": space.decode("latin-1").strip() if profile and not kept else "",
+            "exif": exif.tobytes() if len(exif) else None, "frames": getattr(image, "n_frames", 1)}
 
 
 _SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I")
@@ -139,40 +166,53 @@ def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
     stored them (save_restored writes the result back alike). Unlike load_rgb, nothing is lost on the way in:
     grey is its one channel repeated three times; 16-bit grey and colour are read at 16 bits (32-bit integer
     grey, `I`, too when its values pass 255); alpha is set aside, not composited, and the colour under it
-    restored as stored. Other modes (a palette without transparency, CMYK, YCbCr, ...) are converted to RGB.
-    Raises UnreadableImage."""
+    restored as stored; the colour profile and EXIF data are kept for the output (photo_metadata). Other modes (a
+    palette without transparency, CMYK, YCbCr, ...) are converted to RGB. Of a file holding several frames, the
+    first. Raises UnreadableImage."""
     decoded = open_image(path)  # judged as everywhere: unreadable files are said so
     if decoded.mode in ("RGB", "RGBA") and stores_sixteen_bit_colour(path):
         orientation = decoded.getexif().get(0x0112, 1)
         pixels = upright(read_sixteen_bit_colour(path), orientation)
         alpha = pixels[..., 3].copy() if pixels.shape[2] == 4 else None
-        return (pixels[..., :3] / 65535).astype(np.float32), StoredAs(decoded.mode, bits=16, alpha=alpha)
+        return (pixels[..., :3] / 65535).astype(np.float32), StoredAs(decoded.mode, bits=16, alpha=alpha,
+                                                                        **photo_metadata(decoded, grey=False))
     image = ImageOps.exif_transpose(decoded)  # upright, as every viewer shows it
     mode = image.mode
+    grey = mode in _SIXTEEN_BIT_GREY or mode in ("1", "L", "LA", "La")
+    metadata = photo_metadata(decoded, grey)
     if mode in _SIXTEEN_BIT_GREY:
         pixels = np.asarray(image, dtype=np.float64)
         bits = 16 if mode != "I" or pixels.max() > 255 else 8
-        grey = np.clip(pixels / (2**bits - 1), 0, 1)
-        return np.repeat(grey[..., None], 3, axis=2).astype(np.float32), StoredAs(mode, grey=True, bits=bits)
-    if mode in ("1", "L", "LA", "La"):
+        grey_pixels = np.clip(pixels / (2**bits - 1), 0, 1)
+        return (np.repeat(grey_pixels[..., None], 3, axis=2).astype(np.float32),
+                StoredAs(mode, grey=True, bits=bits, **metadata))
+    if grey:
         grey_alpha = np.asarray(image.convert("LA"))
         alpha = grey_alpha[..., 1].copy() if mode in ("LA", "La") else None
-        grey = grey_alpha[..., 0].astype(np.float32) / 255
-        return np.repeat(grey[..., None], 3, axis=2), StoredAs(mode, grey=True, alpha=alpha)
+        grey_pixels = grey_alpha[..., 0].astype(np.float32) / 255
+        return np.repeat(grey_pixels[..., None], 3, axis=2), StoredAs(mode, grey=True, alpha=alpha, **metadata)
     if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"))
-        return rgba[..., :3].astype(np.float32) / 255, StoredAs(mode, alpha=rgba[..., 3].copy())
-    return np.asarray(image.convert("RGB")).astype(np.float32) / 255, StoredAs(mode, converted=mode != "RGB")
+        return rgba[..., :3].astype(np.float32) / 255, StoredAs(mode, alpha=rgba[..., 3].copy(), **metadata)
+    return (np.asarray(image.convert("RGB")).astype(np.float32) / 255,
+            StoredAs(mode, converted=mode != "RGB", **metadata))
 
 
-def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> None:
+# the formats whose files Pillow writes a colour profile and EXIF data into
+_METADATA_FORMATS = {"PNG", "JPEG", "TIFF", "WEBP"}
+
+
+def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> list[str]:
     """Write (H, W, 3) float pixels in [0, 1] as the file `stored` describes stored its own: grey as one channel
-    (the mean of the three), 16-bit grey and colour at 16 bits, the alpha channel as it was; RGB otherwise.
-    Raises UserError when the file's format cannot hold that (alpha or 16 bits in a JPEG): PNG holds every one."""
+    (the mean of the three), 16-bit grey and colour at 16 bits, the alpha channel as it was, with its colour profile
+    and EXIF data; RGB otherwise. Returns what the target's format could not keep (a colour profile in a BMP, ...),
+    as sentences to tell the user; [] when nothing was left out. Raises UserError when the format cannot hold the
+    pixels themselves (alpha or 16 bits in a JPEG): PNG holds every one, and every kind of metadata."""
+    path = Path(path)
     pixels = np.clip(np.asarray(pixels, dtype=np.float32), 0, 1)  # float32 is exact to 16 bits' levels
     if stored.bits == 16 and not stored.grey:
-        write_sixteen_bit_colour((pixels * 65535 + 0.5).astype(np.uint16), stored.alpha, path)
-        return
+        return write_sixteen_bit_colour((pixels * 65535 + 0.5).astype(np.uint16), stored.alpha, path,
+                                        stored.icc_profile, stored.exif)
     if stored.grey:
         grey = pixels.mean(axis=2)
         if stored.bits == 16:
@@ -185,22 +225,40 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> Non
         image = Image.fromarray((pixels * 255 + 0.5).astype(np.uint8), mode="RGB")
         if stored.alpha is not None:
             image.putalpha(Image.fromarray(stored.alpha, mode="L"))
+    metadata = {key: value for key, value in (("icc_profile", stored.icc_profile), ("exif", stored.exif)) if value}
     try:
-        image.save(path)
+        image.save(path, **metadata)
     except OSError as error:
         if error.errno is not None:  # the file system's refusal (permissions, a full disk), not the format's
             raise UserError(f"cannot write {path}: {error.strerror}") from None
-        Path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {error} (a {image.mode} image). Name it .png, which holds grey, "
                         f"16-bit and transparent images alike") from None
     except (KeyError, ValueError) as error:  # a name whose format PIL does not know
         raise UserError(f"cannot write {path}: {error}. Name it .png, which holds grey, 16-bit and transparent "
                         "images alike") from None
+    if metadata and Image.registered_extensions().get(path.suffix.lower()) not in _METADATA_FORMATS:
+        return [metadata_left_out(metadata, f"a {path.suffix.lstrip('.').upper()} file cannot hold")]
+    return []
 
 
-def write_sixteen_bit_colour(rgb: np.ndarray, alpha: np.ndarray | None, path: Path | str) -> None:
+def metadata_left_out(metadata: dict, why: str) -> str:
+    """One sentence saying which of the source's colour profile and EXIF data an output was written without."""
+    what = " and ".join(("its colour profile" if key == "icc_profile" else "its EXIF data") for key in metadata)
+    return f"{what} not kept: {why} {'them' if len(metadata) > 1 else 'it'}; name the output .png to keep everything"
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: its length, its 4-letter kind, the data and the CRC of kind and data."""
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def write_sixteen_bit_colour(rgb: np.ndarray, alpha: np.ndarray | None, path: Path | str,
+                             icc_profile: bytes | None = None, exif: bytes | None = None) -> list[str]:
     """Write (H, W, 3) uint16 RGB, with an (H, W) uint16 alpha channel if given, as a 16-bit PNG or TIFF (OpenCV:
-    Pillow has no 16-bit colour mode). Raises UserError for another format or a refusal to write."""
+    Pillow has no 16-bit colour mode). A PNG gets the colour profile and EXIF data as chunks after its header
+    (iCCP and eXIf, which OpenCV does not write); a TIFF is written without them, and the returned sentence says so
+    ([] otherwise). Raises UserError for another format or a refusal to write."""
     import cv2
 
     path = Path(path)
@@ -211,10 +269,23 @@ def write_sixteen_bit_colour(rgb: np.ndarray, alpha: np.ndarray | None, path: Pa
     encoded, data = cv2.imencode(path.suffix.lower(), np.dstack(channels))
     if not encoded:
         raise UserError(f"cannot write {path}: OpenCV could not encode it as {path.suffix}")
+    data, left_out = data.tobytes(), []
+    metadata = {key: value for key, value in (("icc_profile", icc_profile), ("exif", exif)) if value}
+    if path.suffix.lower() == ".png":
+        header_end = 8 + 25  # the signature, then the IHDR chunk (13 bytes of data): iCCP and eXIf go before IDAT
+        chunks = b""
+        if icc_profile:
+            chunks += png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile))  # name, method 0
+        if exif:
+            chunks += png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))  # PNG keeps the TIFF structure only
+        data = data[:header_end] + chunks + data[header_end:]
+    elif metadata:
+        left_out = [metadata_left_out(metadata, "a 16-bit TIFF written here cannot hold")]
     try:
-        path.write_bytes(data.tobytes())
+        path.write_bytes(data)
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+    return left_out
 
 
 def reduced_size(length: int, reduction: int) -> int:
