@@ -708,6 +708,14 @@ def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_pat
     assert [row[:2] for row in table["rows"]] == [[str(blind), 15.0], [str(blind), 25.0]]
     summary = json.loads((tmp_path / "compared-wandb" / "summary.json").read_text())
     assert summary["blind/difference_sigma25"] == pytest.approx(written["levels"][1]["difference"]["mean"])
+    # two files of one name from different folders keep apart in the labels and the W&B keys, by their folders
+    (tmp_path / "again").mkdir()
+    shutil.copy(blind, tmp_path / "again" / "blind.json")
+    assert toolkit_main(["compare-benchmarks", str(told), str(blind), str(tmp_path / "again" / "blind.json"),
+                         "--method", "nlm", "--out", str(compared), "--wandb_mode", "offline"]) == 0
+    assert f"| σ | told (nlm), dB | {tmp_path.name}-blind (nlm), dB |" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "compared-wandb" / "summary.json").read_text())
+    assert summary[f"{tmp_path.name}-blind/difference_sigma25"] == summary["again-blind/difference_sigma25"]
     # --base_method: another row of the base file (here non-local means against the noisy input, the same file)
     assert toolkit_main(["compare-benchmarks", str(told), str(told), "--base_method", "noisy", "--method", "nlm",
                          "--sigmas", "25", "--out", str(tmp_path / "against-noisy.json")]) == 0

@@ -188,6 +188,7 @@ def command_compare_benchmarks(args) -> None:
     from toolkit.denoiser_comparison import (
         check_same_noisy_images,
         comparison_table,
+        distinct_names,
         load_benchmark,
         paired_differences,
     )
@@ -196,12 +197,13 @@ def command_compare_benchmarks(args) -> None:
     base_method = args.base_method or args.method
     paths = [Path(args.base), *map(Path, args.others)]
     base, *others = [load_benchmark(path) for path in paths]
+    names = dict(zip(map(str, paths), distinct_names(paths)))  # stems, with folders where two stems are alike
     compared = {}
     for path, other in zip(paths[1:], others):
         check_same_noisy_images(base, other, str(paths[0]), str(path))
         compared[str(path)] = paired_differences(base, other, base_method, args.method, str(paths[0]), str(path),
                                                  args.sigmas)
-        labels = [f"{name.stem}" + (f" ({method})" if base_method != args.method or method != "model" else "")
+        labels = [names[str(name)] + (f" ({method})" if base_method != args.method or method != "model" else "")
                   for name, method in ((paths[0], base_method), (path, args.method))]
         print(f"\n{path} against {paths[0]}:\n" + comparison_table(compared[str(path)], *labels))
     print(f"\nIntervals over the {base['images']} images scored: how much each mean difference depends on which "
@@ -216,7 +218,7 @@ def command_compare_benchmarks(args) -> None:
             for name, result in compared.items() for level in result["levels"]]
     logger.log_table("comparison/paired_psnr", ["other", "sigma", "base_psnr", "other_psnr", "difference", "low",
                                                 "high", "images_better", "images"], rows, step=0)
-    logger.summary({f"{Path(name).stem}/difference_sigma{sigma:g}": difference
+    logger.summary({f"{names[name]}/difference_sigma{sigma:g}": difference
                     for name, sigma, _, _, difference, *_ in rows})
     logger.finish()
 

@@ -118,3 +118,19 @@ def comparison_table(compared: dict, base_label: str, other_label: str) -> str:
         lines.append(f"| mean of the levels | | | {mean['difference']['mean']:+.3f} | {interval(mean['difference'])} | "
                      f"{mean['better']} of {mean['images']} |")
     return "\n".join(lines)
+
+
+def distinct_names(paths: list[Path]) -> list[str]:
+    """A short name for each compared file, for table labels and W&B keys: its stem, or where another file has
+    the same stem (runs/a/mcmaster.json, runs/b/mcmaster.json), as many of its last folders as tell it apart,
+    joined by '-' (a-mcmaster, b-mcmaster). The same path given twice gets the same name."""
+    def tail(path: Path, parts: int) -> str:
+        return "-".join(path.with_suffix("").parts[-parts:])
+
+    names = []
+    for path in paths:
+        others = [other for other in paths if other.resolve() != path.resolve()]
+        parts = next((count for count in range(1, len(path.parts) + 1)
+                      if all(tail(other, count) != tail(path, count) for other in others)), len(path.parts))
+        names.append(tail(path, parts))
+    return names
