@@ -7,7 +7,9 @@ import json
 import math
 import multiprocessing
 import shutil
+import subprocess
 import sys
+import time
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -674,6 +676,61 @@ def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_inte
     said = capsys.readouterr().err
     assert "2 of the 4 images" in said and "broken.png: not an image file" in said and "move these out" in said
     assert "strip.png: 40x8 pixels, under the 11x11 that SSIM's window needs" in said
+
+
+def test_a_benchmark_killed_on_the_way_continues_where_it_stopped_and_scores_as_an_uninterrupted_one(tmp_path,
+                                                                                                       capsys):
+    """benchmark-denoiser keeps its scores so far in a progress file beside its JSON, written whole after every
+    image: killed (SIGKILL) on the way and run again with the same settings, it continues from that file, says so,
+    and writes the same per-image scores as a run that was never stopped (the example crops of W&B denoised again),
+    then removes the file; other images or settings start from the first image, saying why."""
+    rng = np.random.default_rng(3)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    ramp = np.linspace(0, 255, 192)[None, :, None]
+    for index in range(24):
+        pixels = np.clip(ramp + rng.normal(0, 30, (192, 192, 3)).cumsum(axis=0) / 8, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(clean / f"{index:02d}.png")
+    arguments = ["benchmark-denoiser", "none", "--clean", str(clean), "--sigmas", "15", "25", "--nlm",
+                 "--wandb_mode", "offline"]
+    whole, stopped, progress = tmp_path / "whole.json", tmp_path / "stopped.json", tmp_path / "stopped.progress.json"
+    assert toolkit_main([*arguments, "--out", str(whole)]) == 0
+
+    process = subprocess.Popen([sys.executable, "-m", "toolkit.cli", *arguments, "--out", str(stopped)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not progress.exists() and process.poll() is None:
+        time.sleep(0.005)
+    process.kill()  # no handler runs: only what was written whole survives
+    process.wait()
+    assert not stopped.exists(), "the benchmark finished before it could be stopped: give it more images"
+    kept = progress.read_text()
+    scored = sum(len(level["scores"]["noisy"]) for level in json.loads(kept)["sigmas"].values())
+    assert 1 <= scored < 48
+
+    capsys.readouterr()
+    assert toolkit_main([*arguments, "--out", str(stopped)]) == 0
+    said = capsys.readouterr().out
+    assert f"continuing the stopped benchmark kept in {progress}: sigma 15 at" in said
+    assert "scores other than it did before the stop" not in said and not progress.exists()
+    for sigma in ("15.0", "25.0"):
+        for method in ("noisy", "nlm"):
+            before, after = (json.loads(path.read_text())["sigmas"][sigma][method] for path in (whole, stopped))
+            assert after["per_image_psnr"] == before["per_image_psnr"] and after["ssim"] == before["ssim"]
+
+    def example_strips(run: str) -> dict:
+        strips = (tmp_path / f"{run}-wandb" / "wandb").glob("offline-run-*/files/media/images/examples/*.png")
+        return {path.name.split("_0_")[0]: np.asarray(Image.open(path)) for path in strips}
+
+    # W&B's example strips of both levels, the first image (scored before the kill) denoised again for them
+    strips, whole_strips = example_strips("stopped"), example_strips("whole")
+    assert sorted(strips) == ["sigma_15", "sigma_25"]
+    assert all(np.array_equal(strips[name], whole_strips[name]) for name in strips)
+
+    # the progress of other images (here fewer: --max_images) is not continued from, and the reason is said
+    progress.write_text(kept)
+    assert toolkit_main([*arguments, "--out", str(stopped), "--max_images", "3"]) == 0
+    assert "holds the scores of a stopped benchmark of other images, pixels" in capsys.readouterr().out
+    assert json.loads(stopped.read_text())["images"] == 3 and not progress.exists()
 
 
 def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_path, capsys):

@@ -163,16 +163,18 @@ def command_benchmark_denoiser(args) -> None:
     precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
     wandb_choice = choose_wandb_mode(args.wandb_mode)  # (mode, reason), its network check made once
     examples = None if wandb_choice[0] == "disabled" else {}
+    out = Path(args.out)
+    progress_file = out.with_name(f"{out.stem}.progress.json")  # the scores so far: a stopped benchmark continues
     results = benchmark_denoiser(checkpoint, Path(args.clean), args.sigmas, baselines=baselines, blind=args.blind,
                                  max_images=args.max_images, self_ensemble=args.self_ensemble,
                                  validation_images=args.validation_images, precision=precision, device=device,
                                  reduction=args.reduce, tile_size=args.tile_size,
-                                 tile_margin=args.tile_margin, examples=examples)
+                                 tile_margin=args.tile_margin, examples=examples, progress_file=progress_file)
     results["published"] = {"set": name, "rows": published}
     table = benchmark_table(results, published=published)
     print("\n" + table)
-    out = Path(args.out)
     write_benchmark({**results, "table": table}, out)
+    progress_file.unlink(missing_ok=True)
     print(f"results written to {out}")
     if examples is not None:  # the same in a W&B run, whose folder beside the JSON keeps it as files too
         run_dir = out.with_name(f"{out.stem}-wandb")

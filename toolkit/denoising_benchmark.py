@@ -15,6 +15,7 @@ hard dependency), and for McMaster the published figures (FFDNet, DPIR and SwinI
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import time
@@ -29,7 +30,7 @@ from toolkit.data.images import UnreadableImage, open_image, reduce_image, rgb_p
 from toolkit.errors import DataError, UserError
 from toolkit.inference import describe_device, estimate_noise_sigma, load_trained_model, resolve_checkpoint
 from toolkit.progress import progress_bar
-from toolkit.runs import read_config, read_summary, write_json
+from toolkit.runs import read_config, read_json, read_summary, write_json
 from toolkit.train.denoise import (
     SSIM_WINDOW,
     TILE_MARGIN,
@@ -76,7 +77,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                        max_images: int = 0, self_ensemble: bool = False, validation_images: bool = False,
                        precision: str = "no", device: torch.device | str = "cpu", reduction: int = 1,
                        tile_size: int = TILE_SIZE, tile_margin: int = TILE_MARGIN, examples: dict | None = None,
-                       log=print) -> dict:
+                       progress_file: Path | None = None, log=print) -> dict:
     """Mean PSNR/SSIM over the folder per sigma, for the model (if given), the noisy input and the baselines.
     reduction: each image is first made that many times smaller each way by a box filter (reduce_image).
     precision: what the model runs in ('no': fp32, the protocol of the README's figures; 'bf16').
@@ -87,7 +88,12 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     CBSD68's all fit in one: whole images, the published protocol). 0: always whole images. tile_margin: the pixels
     of context each tile is denoised with (TILE_MARGIN was measured for the blind denoiser's network).
     examples: a dict to fill with the first image's centre (EXAMPLE_CROP px) per sigma: {sigma: {'clean' | method:
-    (H, W, 3) uint8}}, for W&B (log_benchmark)."""
+    (H, W, 3) uint8}}, for W&B (log_benchmark).
+    progress_file: where the scores so far are kept, after every image (CBM3D: every chunk of images); a benchmark
+    stopped on the way and started again with the same settings, model and images continues from it, since each
+    image's noise is seeded by its place in the folder and every method is deterministic (its scores come out the
+    same as an uninterrupted run's; `seconds` adds the runs' times). The caller removes it once the results are
+    written."""
     check_tile_size(tile_size, tile_margin)
     refused = [sigma for sigma in sigmas_255 if not (math.isfinite(sigma) and sigma >= 0)]
     if refused:
@@ -121,6 +127,10 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                      "device": describe_device(torch.device(device)) if model is not None else None,
                      "noise_seed": noise_seed, "protocol": protocol, "sigmas": {},
                      "seconds": {}}
+    identity = scoring_identity(checkpoint, files, cleans, {
+        key: results[key] for key in ("blind", "self_ensemble", "reduction", "tile_size", "tile_margin",
+                                      "mixed_precision", "device", "noise_seed")} | {"methods": methods})
+    progress = read_progress(progress_file, identity, log) if progress_file else {}
     # CBM3D is handed a chunk of images at a time (two per worker), its workers started once: the noisy images and
     # outputs held at once are a chunk's, however large the folder; without it each image is drawn when it is scored
     workers = os.cpu_count() or 1
@@ -128,10 +138,13 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     with bm3d_denoiser(workers) if "bm3d" in methods else contextlib.nullcontext() as run_bm3d:
         for sigma_255 in sigmas_255:
             noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
+            so_far = progress.setdefault(f"{sigma_255:g}", {})
+            save = (lambda: write_json(progress_file, {"identity": identity, "sigmas": progress})) if progress_file \
+                else (lambda: None)
             scores, results["seconds"][sigma_255], estimates = score_one_sigma(
                 model, conditioned, run_bm3d, methods, cleans, noise, chunk, blind, (tile_size, tile_margin),
                 self_ensemble, precision, device, f"sigma {sigma_255:g}",
-                None if examples is None else examples.setdefault(sigma_255, {}))
+                None if examples is None else examples.setdefault(sigma_255, {}), so_far, save, log)
             for method in methods[1:] if blind else ():  # what each method that takes a noise level was told
                 if method != "model" or conditioned:
                     scores[method]["estimated_sigma_255"] = estimates
@@ -144,54 +157,126 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
 
 def score_one_sigma(model, conditioned: bool, run_bm3d, methods: list[str], cleans: list[torch.Tensor],
                     noise: NoiseSpec, chunk: int, blind: bool, tiles: tuple[int, int], self_ensemble: bool,
-                    precision: str, device, title: str, example: dict | None = None) -> tuple[dict, dict, list]:
+                    precision: str, device, title: str, example: dict | None = None, so_far: dict | None = None,
+                    save=lambda: None, log=print) -> tuple[dict, dict, list]:
     """benchmark_denoiser at one noise level: ({method: psnr, ssim, per_image_psnr}, {method: seconds}, the noise
     levels estimated (0-255; blind, else empty)), methods[0] being the noisy input. Each noisy
     image is drawn, and with `blind` its noise level estimated once, for every method alike; `chunk` images at a time
     (CBM3D's batch for `run_bm3d`, a bm3d_denoiser). tiles: the model's (tile size, margin) (denoise_in_tiles).
-    example: a dict to fill with the first image's centre, clean and as each method gave it."""
-    totals: dict[str, list] = {method: [] for method in methods}
-    seconds = {method: 0.0 for method in methods} | ({"sigma_estimate": 0.0} if blind else {})
-    estimates = []  # blind: the noise level estimated on each noisy image, 0-255
-    with progress_bar(len(cleans), title, unit="img") as bar:
-        for first in range(0, len(cleans), chunk):
+    example: a dict to fill with the first image's centre, clean and as each method gave it.
+    so_far: this level's scores of an earlier, stopped run (read_progress), continued from the first image it did not
+    score and filled as images are scored ({'scores': {method: [[psnr, ssim], ...]}, 'seconds', 'estimates'});
+    save() is called after each chunk. When the first image was scored before and `example` is asked for, it is
+    denoised again for its crops, and a score that comes out other than before is said."""
+    so_far = {} if so_far is None else so_far
+    totals: dict[str, list] = so_far.setdefault("scores", {method: [] for method in methods})
+    seconds = so_far.setdefault("seconds", {method: 0.0 for method in methods} | ({"sigma_estimate": 0.0} if blind
+                                                                                  else {}))
+    estimates = so_far.setdefault("estimates", [])  # blind: the noise level estimated on each noisy image, 0-255
+    done = len(totals["noisy"])
+    if done and example is not None:  # the crops of an image scored before the stop: denoised again, checked
+        again = score_images([0], model, conditioned, run_bm3d, methods, cleans, noise, blind, tiles, self_ensemble,
+                             precision, device, {method: [] for method in methods}, dict(seconds), [], example)
+        changed = [method for method in methods if not math.isclose(
+            again[method][0][0], finite_or_inf(totals[method][0][0]), rel_tol=1e-6, abs_tol=1e-6)]
+        if changed:
+            log(f"[benchmark] note: the first image scores other than it did before the stop at {title} "
+                f"({', '.join(changed)}): the scores kept are of other code or another machine; delete the progress "
+                "file to score every image here")
+    with progress_bar(len(cleans), title, unit="img", initial=done) as bar:
+        for first in range(done, len(cleans), chunk):
             image_ids = range(first, min(first + chunk, len(cleans)))
-            drawn = [seeded_noisy(to_unit_range(cleans[image_id]), [image_id], noise) for image_id in image_ids]
-            if blind:  # on the image every method is given (here not clipped: the protocol)
-                started = time.perf_counter()
-                levels = [torch.full((1,), estimate_noise_sigma(noisy[0])) for noisy, _ in drawn]
-                seconds["sigma_estimate"] += time.perf_counter() - started
-                estimates += [float(level) * 255 for level in levels]
-            else:
-                levels = [sigmas for _, sigmas in drawn]
-            if run_bm3d is not None:
-                started = time.perf_counter()
-                bm3d_outputs = run_bm3d([noisy[0] for noisy, _ in drawn], [float(level) for level in levels])
-                seconds["bm3d"] += time.perf_counter() - started
-            for position, image_id in enumerate(image_ids):
-                clean, (noisy, _), level = to_unit_range(cleans[image_id]), drawn[position], levels[position]
-                for method in methods:
-                    started = time.perf_counter()
-                    if method == "noisy":
-                        output = noisy
-                    elif method == "model":
-                        output = denoise_in_tiles(model, noisy.to(device), level.to(device), conditioned, *tiles,
-                                                  self_ensemble, precision).cpu()
-                    elif method == "nlm":
-                        output = nlm_denoise(noisy, level)
-                    else:
-                        output = bm3d_outputs[position][None]
-                    if method != "bm3d":
-                        seconds[method] += time.perf_counter() - started
-                    quality = image_quality(output, clean)
-                    totals[method].append([float(quality["psnr"]), float(quality["ssim"])])
-                    if example is not None and image_id == 0:
-                        example.setdefault("clean", centre_crop(clean[0]))
-                        example[method] = centre_crop(output[0])
-                bar.update(1)
-    scores = {method: {"psnr": float(np.mean([v[0] for v in values])), "ssim": float(np.mean([v[1] for v in values])),
-                       "per_image_psnr": [v[0] for v in values]} for method, values in totals.items()}
+            score_images(image_ids, model, conditioned, run_bm3d, methods, cleans, noise, blind, tiles, self_ensemble,
+                         precision, device, totals, seconds, estimates, example if first == 0 else None)
+            save()
+            bar.update(len(image_ids))
+    scores = {method: {"psnr": float(np.mean([finite_or_inf(v[0]) for v in values])),
+                       "ssim": float(np.mean([v[1] for v in values])),
+                       "per_image_psnr": [finite_or_inf(v[0]) for v in values]} for method, values in totals.items()}
     return scores, seconds, estimates
+
+
+def finite_or_inf(psnr: float | None) -> float:
+    """A PSNR as kept in a progress file, where an infinite one (an output equal to its clean image) is null."""
+    return math.inf if psnr is None else psnr
+
+
+def score_images(image_ids, model, conditioned: bool, run_bm3d, methods: list[str], cleans: list[torch.Tensor],
+                 noise: NoiseSpec, blind: bool, tiles: tuple[int, int], self_ensemble: bool, precision: str, device,
+                 totals: dict, seconds: dict, estimates: list, example: dict | None) -> dict:
+    """Score the images `image_ids` (one chunk) by every method, appending [psnr, ssim] per image to totals[method],
+    the time taken to seconds[method] and, when blind, the noise level estimated per noisy image to estimates;
+    example: filled with image 0's centre, clean and per method. Returns totals."""
+    drawn = [seeded_noisy(to_unit_range(cleans[image_id]), [image_id], noise) for image_id in image_ids]
+    if blind:  # on the image every method is given (here not clipped: the protocol)
+        started = time.perf_counter()
+        levels = [torch.full((1,), estimate_noise_sigma(noisy[0])) for noisy, _ in drawn]
+        seconds["sigma_estimate"] += time.perf_counter() - started
+        estimates += [float(level) * 255 for level in levels]
+    else:
+        levels = [sigmas for _, sigmas in drawn]
+    if run_bm3d is not None:
+        started = time.perf_counter()
+        bm3d_outputs = run_bm3d([noisy[0] for noisy, _ in drawn], [float(level) for level in levels])
+        seconds["bm3d"] += time.perf_counter() - started
+    for position, image_id in enumerate(image_ids):
+        clean, (noisy, _), level = to_unit_range(cleans[image_id]), drawn[position], levels[position]
+        for method in methods:
+            started = time.perf_counter()
+            if method == "noisy":
+                output = noisy
+            elif method == "model":
+                output = denoise_in_tiles(model, noisy.to(device), level.to(device), conditioned, *tiles,
+                                          self_ensemble, precision).cpu()
+            elif method == "nlm":
+                output = nlm_denoise(noisy, level)
+            else:
+                output = bm3d_outputs[position][None]
+            if method != "bm3d":
+                seconds[method] += time.perf_counter() - started
+            quality = image_quality(output, clean)
+            totals[method].append([float(quality["psnr"]), float(quality["ssim"])])
+            if example is not None and image_id == 0:
+                example.setdefault("clean", centre_crop(clean[0]))
+                example[method] = centre_crop(output[0])
+    return totals
+
+
+def scoring_identity(checkpoint: str | None, files: list[Path], cleans: list[torch.Tensor], settings: dict) -> dict:
+    """What makes a benchmark's per-image scores what they are, for read_progress to match a stopped run's against:
+    the model's checkpoint (its folder, and its files' sizes and times), the images (names and a hash of their
+    pixels as scored) and the settings (methods, noise seed, blind, x8, reduction, tiles, precision, device)."""
+    weights = None
+    if checkpoint:
+        folder = resolve_checkpoint(checkpoint).resolve()
+        weights = [str(folder)] + [f"{file.name}:{file.stat().st_size}:{file.stat().st_mtime_ns}"
+                                   for file in sorted(folder.iterdir()) if file.is_file()]
+    pixels = hashlib.blake2b(digest_size=16)
+    for clean in cleans:
+        pixels.update(str(tuple(clean.shape)).encode() + clean.numpy().tobytes())
+    return {**settings, "checkpoint": weights, "images": [file.name for file in files], "pixels": pixels.hexdigest()}
+
+
+def read_progress(path: Path, identity: dict, log=print) -> dict:
+    """The scores a stopped benchmark kept at `path` ({sigma: so_far}, score_one_sigma), when it scored the same
+    model, images and settings (scoring_identity), saying how far it got; {} when there is none, and when it is of
+    other ones, saying so (it is then written over)."""
+    kept = read_json(path) if path.is_file() else None
+    if not isinstance(kept, dict):
+        if path.is_file():
+            log(f"[benchmark] note: {path} is not a progress file this command wrote; scoring from the start over it")
+        return {}
+    if kept.get("identity") != identity:
+        differing = sorted(key for key in identity.keys() | (kept.get("identity") or {}).keys()
+                           if identity.get(key) != (kept.get("identity") or {}).get(key))
+        log(f"[benchmark] {path} holds the scores of a stopped benchmark of other {', '.join(differing)}; scoring "
+            "from the start (it is written over)")
+        return {}
+    progress = kept.get("sigmas") or {}
+    log(f"[benchmark] continuing the stopped benchmark kept in {path}: " + ", ".join(
+        f"sigma {sigma} at {len(level['scores']['noisy'])} of {len(identity['images'])} images"
+        for sigma, level in progress.items() if level.get("scores")))
+    return progress
 
 
 def clean_reference_images(clean_dir: Path | str, max_images: int = 0, only: list[Path] | None = None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 # keys that change how a run is logged or where it writes, never what it computes
@@ -37,7 +38,8 @@ def read_json(path: Path) -> dict | None:
 
 def write_json(path: Path, value) -> None:
     """Write standard JSON, which every reader takes: a non-finite float (an infinite PSNR, the mean of no values)
-    becomes null, where Python's default writes Infinity and NaN, which are not JSON. The folder is made."""
+    becomes null, where Python's default writes Infinity and NaN, which are not JSON. The folder is made. The file
+    appears whole or not at all (written beside, then renamed): a run stopped while writing leaves the old one."""
     def standard(item):
         if isinstance(item, float) and not math.isfinite(item):
             return None
@@ -45,8 +47,11 @@ def write_json(path: Path, value) -> None:
             return {key: standard(part) for key, part in item.items()}
         return [standard(part) for part in item] if isinstance(item, (list, tuple)) else item
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(standard(value), indent=2, allow_nan=False))
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(standard(value), indent=2, allow_nan=False))
+    os.replace(temporary, path)
 
 
 def read_config(run_dir: Path | str) -> dict | None:

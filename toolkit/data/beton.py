@@ -42,6 +42,7 @@ from toolkit.data.images import (
 )
 from toolkit.errors import DataError
 from toolkit.progress import progress_bar
+from toolkit.runs import write_json
 from toolkit.worker_pool import default_sigterm
 
 FORMAT_VERSION = 2  # bump whenever the same inputs would be stored differently (2: pixel hashes)
@@ -345,12 +346,6 @@ def none_stored_message(files: list, reasons: dict[int, str], tiles: bool) -> st
     return f"none of the {len(set(files))} images could be stored: {said}.{fix}"
 
 
-def _write_json_atomically(path: Path, content: dict) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(content))
-    os.replace(temporary, path)
-
-
 def load_stored_images(entry: Path) -> StoredImages | None:
     """A complete cache entry, or None when it is missing or was left half-written."""
     manifest_path, beton = entry / "manifest.json", entry / "images.beton"
@@ -431,7 +426,7 @@ def cached_beton(
         "beton_bytes": beton.stat().st_size,
         "seconds_to_write": round(time.perf_counter() - started, 2),
     }
-    _write_json_atomically(entry / "manifest.json", manifest)
+    write_json(entry / "manifest.json", manifest)
     skipped_files = list(dict.fromkeys((item["file"], item["reason"]) for item in manifest["skipped"]))  # a file's
     for file, reason in skipped_files[:20]:  # tiles share its reason
         log(f"[data] skipped {file}: {reason}")
