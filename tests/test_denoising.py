@@ -513,6 +513,32 @@ def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel,
     assert "Name it .png" in capsys.readouterr().err and not jpeg.exists()
     assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "colour16.png"), str(jpeg)]) == 2
     assert "16 bits per channel. Name it .png" in capsys.readouterr().err and not jpeg.exists()
+    assert not list(tmp_path.rglob("*.partial*"))  # nothing half-written left beside the outputs, refused or not
+
+
+def test_denoise_skip_existing_continues_a_stopped_run_and_leaves_written_images_alone(tmp_path, capsys):
+    """--skip_existing leaves out the images whose output is there (a run stopped on the way, each of whose outputs
+    appears whole or not at all) and denoises the rest; without it every image is denoised again."""
+    rng = np.random.default_rng(4)
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    (inputs / "sub").mkdir(parents=True)
+    for name in ("a.png", "b.jpg", "sub/c.png"):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(inputs / name)
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1",
+                                      "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={tmp_path / 'blind'}"])
+    denoise = ["denoise", str(tmp_path / "blind"), str(inputs), str(out), "--sigma=10"]
+    assert toolkit_main(denoise) == 0
+    written = {path: path.stat().st_mtime_ns for path in (out / "a.png", out / "b.png", out / "sub" / "c.png")}
+    (out / "sub" / "c.png").unlink()  # as if the run had stopped before it
+    capsys.readouterr()
+    assert toolkit_main([*denoise, "--skip_existing"]) == 0
+    said = capsys.readouterr().out
+    assert "leaving out 2 of the 3 image(s), whose output is there already (--skip_existing)" in said
+    assert "wrote 1 image(s)" in said and (out / "sub" / "c.png").is_file()
+    assert all(path.stat().st_mtime_ns == written[path] for path in (out / "a.png", out / "b.png"))
+    assert toolkit_main(denoise) == 0 and "wrote 3 image(s)" in capsys.readouterr().out
+    assert not list(out.rglob(".*"))  # no hidden half-written files
 
 
 def test_denoise_keeps_the_colour_profile_and_exif_data_and_says_what_it_cannot_keep(tmp_path, capsys):

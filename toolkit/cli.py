@@ -142,7 +142,7 @@ def command_denoise(args) -> None:
     precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
     denoise_files(args.checkpoint, args.input, args.output, args.sigma, self_ensemble=args.self_ensemble,
                   precision=precision, device=device, tile_size=args.tile_size,
-                  tile_margin=args.tile_margin)
+                  tile_margin=args.tile_margin, skip_existing=args.skip_existing)
 
 
 def command_benchmark_denoiser(args) -> None:
@@ -390,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--sigma", type=float, default=None,
                      help="noise std of the input on the 0-255 scale, for models told the noise level "
                      "(default: estimated per image and printed)")
+    den.add_argument("--skip_existing", action="store_true",
+                     help="leave out the images whose output file is there already: continues a stopped run (each "
+                     "output appears whole, never half-written)")
     add_denoiser_inference_arguments(den)
     den.set_defaults(handler=command_denoise)
 

@@ -92,7 +92,8 @@ def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> 
 @torch.no_grad()
 def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path | str, sigma_255: float | None = None,
                   self_ensemble: bool = False, precision: str = "no", device: torch.device | str = "cpu",
-                  tile_size: int | None = None, tile_margin: int | None = None, log=print) -> dict:
+                  tile_size: int | None = None, tile_margin: int | None = None, skip_existing: bool = False,
+                  log=print) -> dict:
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
     the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped. Each is
     written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey and colour stay 16-bit,
@@ -107,7 +108,9 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     side plus its margins are denoised one tile at a time (denoise_in_tiles; default TILE_SIZE), so that the model's
     memory is a tile's whatever the image's size (the hour's network: 1.8 GB in all for 12 megapixels in fp32, 8.2
     whole), with a progress bar over its tiles; 0: whole images. tile_margin: the pixels of context each tile is
-    denoised with (default TILE_MARGIN, measured for the blind denoiser's network)."""
+    denoised with (default TILE_MARGIN, measured for the blind denoiser's network). Each output file appears whole
+    (written beside it, then renamed), so a run stopped on the way leaves no half-written image; skip_existing:
+    images whose output file is there already are left out, which continues such a run."""
     from toolkit.data.folders import list_image_files
     from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored
     from toolkit.progress import progress_bar, tracked
@@ -147,6 +150,12 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     else:
         raise UserError(f"{source} does not exist")
     refuse_overwriting_inputs(pairs)
+    if skip_existing:
+        existing = [target for _, target in pairs if target.is_file()]
+        if existing:
+            log(f"[denoise] leaving out {len(existing)} of the {len(pairs)} image(s), whose output is there already "
+                f"(--skip_existing)")
+            pairs = [(file, target) for file, target in pairs if not target.is_file()]
     written, skipped, estimated = 0, [], {}
     light_noise_said = False  # the light-noise note, once per run
     for file, target in tracked(pairs, len(pairs), "denoising", "img"):

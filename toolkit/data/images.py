@@ -9,6 +9,7 @@ file is judged the same way everywhere.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -226,20 +227,29 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
         if stored.alpha is not None:
             image.putalpha(Image.fromarray(stored.alpha, mode="L"))
     metadata = {key: value for key, value in (("icc_profile", stored.icc_profile), ("exif", stored.exif)) if value}
+    temporary = beside(path)
     try:
-        image.save(path, **metadata)
+        image.save(temporary, **metadata)
+        os.replace(temporary, path)
     except OSError as error:
+        temporary.unlink(missing_ok=True)
         if error.errno is not None:  # the file system's refusal (permissions, a full disk), not the format's
             raise UserError(f"cannot write {path}: {error.strerror}") from None
-        path.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {error} (a {image.mode} image). Name it .png, which holds grey, "
                         f"16-bit and transparent images alike") from None
     except (KeyError, ValueError) as error:  # a name whose format PIL does not know
-        raise UserError(f"cannot write {path}: {error}. Name it .png, which holds grey, 16-bit and transparent "
-                        "images alike") from None
+        temporary.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {str(error).replace(str(temporary), str(path))}. Name it .png, "
+                        "which holds grey, 16-bit and transparent images alike") from None
     if metadata and Image.registered_extensions().get(path.suffix.lower()) not in _METADATA_FORMATS:
         return [metadata_left_out(metadata, f"a {path.suffix.lstrip('.').upper()} file cannot hold")]
     return []
+
+
+def beside(path: Path) -> Path:
+    """A hidden file in `path`'s folder with its extension (which names the format), to write before renaming it to
+    `path`: the file there is always whole, the old one or the new."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
 
 
 def metadata_left_out(metadata: dict, why: str) -> str:
@@ -281,9 +291,12 @@ def write_sixteen_bit_colour(rgb: np.ndarray, alpha: np.ndarray | None, path: Pa
         data = data[:header_end] + chunks + data[header_end:]
     elif metadata:
         left_out = [metadata_left_out(metadata, "a 16-bit TIFF written here cannot hold")]
+    temporary = beside(path)
     try:
-        path.write_bytes(data)
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
     except OSError as error:
+        temporary.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     return left_out
 
