@@ -4,7 +4,8 @@
 # defaults: data/intel, data/denoise/CBSD432, data/denoise/McMaster (the Intel scenes as in the README's quick
 # start; CBSD432 and McMaster as any folders of clean images).
 # Outputs go to $OUT (runs/readme). Each step runs alone on all cores, one after the other; a rerun after an
-# interruption skips every finished step (it has a summary.json) and resumes an unfinished one from its checkpoint.
+# interruption skips every finished step (it has a summary.json) and resumes an unfinished one from its checkpoint
+# (a benchmark-denoiser from the scores it kept in its .progress.json).
 # STEPS="denoiser compare" runs only those steps (names below); on 2 AVX2-only CPU cores the whole script takes ~13 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -118,10 +119,14 @@ def photo_metadata(image: Image.Image, grey: bool) -> dict:
     profile = image.info.get("icc_profile") or None
     space = profile[16:20] if profile else b""
     kept = profile if space == _PROFILE_SPACE_OF_OUTPUT[grey] else None
-    exif = image.getexif()
-    exif.pop(0x0112, None)  # the pixels are read upright: an orientation kept would turn them again
+    try:
+        exif = image.getexif()
+        exif.pop(0x0112, None)  # the pixels are read upright: an orientation kept would turn them again
+        exif_bytes = exif.tobytes() if len(exif) else None
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):  # EXIF Pillow cannot parse or write
+        exif_bytes = None  # the pixels matter, not the capture notes
     return {"icc_profile": kept, "dropped_profile": space.decode("latin-1").strip() if profile and not kept else "",
-            "exif": exif.tobytes() if len(exif) else None, "frames": getattr(image, "n_frames", 1)}
+            "exif": exif_bytes, "frames": getattr(image, "n_frames", 1)}
 
 
 _SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I")
@@ -227,7 +232,7 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
         if stored.alpha is not None:
             image.putalpha(Image.fromarray(stored.alpha, mode="L"))
     metadata = {key: value for key, value in (("icc_profile", stored.icc_profile), ("exif", stored.exif)) if value}
-    temporary = beside(path)
+    temporary = temporary_beside(path)
     try:
         image.save(temporary, **metadata)
         os.replace(temporary, path)
@@ -246,7 +251,7 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
     return []
 
 
-def beside(path: Path) -> Path:
+def temporary_beside(path: Path) -> Path:
     """A hidden file in `path`'s folder with its extension (which names the format), to write before renaming it to
     `path`: the file there is always whole, the old one or the new."""
     return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
@@ -291,7 +296,7 @@ def write_sixteen_bit_colour(rgb: np.ndarray, alpha: np.ndarray | None, path: Pa
         data = data[:header_end] + chunks + data[header_end:]
     elif metadata:
         left_out = [metadata_left_out(metadata, "a 16-bit TIFF written here cannot hold")]
-    temporary = beside(path)
+    temporary = temporary_beside(path)
     try:
         temporary.write_bytes(data)
         os.replace(temporary, path)
