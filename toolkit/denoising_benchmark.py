@@ -15,7 +15,6 @@ hard dependency), and for McMaster the published figures (FFDNet, DPIR and SwinI
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import time
@@ -26,7 +25,7 @@ import torch
 
 from toolkit.data.augment import to_unit_range
 from toolkit.data.folders import list_image_files
-from toolkit.data.images import UnreadableImage, open_image, reduce_image, rgb_pixels
+from toolkit.data.images import UnreadableImage, open_image, pixel_hash, reduce_image, rgb_pixels
 from toolkit.errors import DataError, UserError
 from toolkit.inference import describe_device, estimate_noise_sigma, load_trained_model, resolve_checkpoint
 from toolkit.progress import progress_bar
@@ -131,6 +130,8 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         key: results[key] for key in ("blind", "self_ensemble", "reduction", "tile_size", "tile_margin",
                                       "mixed_precision", "device", "noise_seed")} | {"methods": methods})
     progress = read_progress(progress_file, identity, log) if progress_file else {}
+    save = (lambda: write_json(progress_file, {"identity": identity, "sigmas": progress})) if progress_file \
+        else (lambda: None)  # after every chunk of images
     # CBM3D is handed a chunk of images at a time (two per worker), its workers started once: the noisy images and
     # outputs held at once are a chunk's, however large the folder; without it each image is drawn when it is scored
     workers = os.cpu_count() or 1
@@ -139,8 +140,6 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         for sigma_255 in sigmas_255:
             noise = NoiseSpec(sigma_255 / 255, sigma_255 / 255, clip=False, seed=noise_seed)
             so_far = progress.setdefault(f"{sigma_255:g}", {})
-            save = (lambda: write_json(progress_file, {"identity": identity, "sigmas": progress})) if progress_file \
-                else (lambda: None)
             scores, results["seconds"][sigma_255], estimates = score_one_sigma(
                 model, conditioned, run_bm3d, methods, cleans, noise, chunk, blind, (tile_size, tile_margin),
                 self_ensemble, precision, device, f"sigma {sigma_255:g}",
@@ -244,17 +243,15 @@ def score_images(image_ids, model, conditioned: bool, run_bm3d, methods: list[st
 
 def scoring_identity(checkpoint: str | None, files: list[Path], cleans: list[torch.Tensor], settings: dict) -> dict:
     """What makes a benchmark's per-image scores what they are, for read_progress to match a stopped run's against:
-    the model's checkpoint (its folder, and its files' sizes and times), the images (names and a hash of their
-    pixels as scored) and the settings (methods, noise seed, blind, x8, reduction, tiles, precision, device)."""
+    the model's checkpoint (its folder, and its files' sizes and times), the images (names and each one's pixel_hash,
+    as scored) and the settings (methods, noise seed, blind, x8, reduction, tiles, precision, device)."""
     weights = None
     if checkpoint:
         folder = resolve_checkpoint(checkpoint).resolve()
         weights = [str(folder)] + [f"{file.name}:{file.stat().st_size}:{file.stat().st_mtime_ns}"
                                    for file in sorted(folder.iterdir()) if file.is_file()]
-    pixels = hashlib.blake2b(digest_size=16)
-    for clean in cleans:
-        pixels.update(str(tuple(clean.shape)).encode() + clean.numpy().tobytes())
-    return {**settings, "checkpoint": weights, "images": [file.name for file in files], "pixels": pixels.hexdigest()}
+    return {**settings, "checkpoint": weights, "images": [file.name for file in files],
+            "pixels": [pixel_hash(clean.numpy()) for clean in cleans]}
 
 
 def read_progress(path: Path, identity: dict, log=print) -> dict:
@@ -266,9 +263,10 @@ def read_progress(path: Path, identity: dict, log=print) -> dict:
         if path.is_file():
             log(f"[benchmark] note: {path} is not a progress file this command wrote; scoring from the start over it")
         return {}
-    if kept.get("identity") != identity:
-        differing = sorted(key for key in identity.keys() | (kept.get("identity") or {}).keys()
-                           if identity.get(key) != (kept.get("identity") or {}).get(key))
+    kept_identity = kept.get("identity") or {}
+    if kept_identity != identity:
+        differing = sorted(key for key in identity.keys() | kept_identity.keys()
+                           if identity.get(key) != kept_identity.get(key))
         log(f"[benchmark] {path} holds the scores of a stopped benchmark of other {', '.join(differing)}; scoring "
             "from the start (it is written over)")
         return {}
