@@ -544,12 +544,14 @@ def test_denoise_skip_existing_continues_a_stopped_run_and_leaves_written_images
 def test_denoise_keeps_the_colour_profile_and_exif_data_and_says_what_it_cannot_keep(tmp_path, capsys):
     """A photo's colour profile (what its numbers mean as colours) and EXIF data (capture time, camera) reach the
     denoised file, 8-bit, grey and 16-bit colour alike (the 16-bit PNG's chunks read back by Pillow, its pixels
-    by OpenCV), the EXIF orientation taken out since the pixels are written upright; a CMYK file's profile, which
-    does not describe the RGB written, is dropped, saying so; an animation's frames beyond the first are said; a
-    target format that cannot hold the metadata (BMP, a 16-bit TIFF) is written, saying what it left out."""
+    by OpenCV), the EXIF orientation taken out since the pixels are written upright; a CMYK file goes through its
+    profile to sRGB, written with sRGB's, saying so (one LittleCMS cannot use does not describe the RGB written and
+    is dropped, saying so); an animation's frames beyond the first are said; a target format that cannot hold the
+    metadata (BMP, a 16-bit TIFF) is written, saying what it left out."""
+    from icc_profiles import ideal_inks_cmyk_profile, srgb_encoded
     from PIL import ImageCms
 
-    from toolkit.data.images import load_for_restoration, png_chunk, save_restored
+    from toolkit.data.images import load_for_restoration, png_chunk, save_restored, srgb_profile
 
     rng = np.random.default_rng(2)
     rgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -563,7 +565,8 @@ def test_denoise_keeps_the_colour_profile_and_exif_data_and_says_what_it_cannot_
     Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8), mode="L").save(
         inputs / "grey.png", icc_profile=profile_of(b"GRAY"), exif=exif)
     Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).convert("CMYK").save(
-        inputs / "print.jpg", icc_profile=profile_of(b"CMYK"))
+        inputs / "print.jpg", icc_profile=profile_of(b"CMYK"))  # an sRGB profile's tags: LittleCMS refuses it
+    Image.new("CMYK", (30, 20), (128, 0, 0, 0)).save(inputs / "press.tif", icc_profile=ideal_inks_cmyk_profile())
     frames = [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)) for _ in range(3)]
     frames[0].save(inputs / "moving.gif", save_all=True, append_images=frames[1:])
     deep = rng.integers(0, 65535, (20, 30, 3), dtype=np.uint16)
@@ -585,6 +588,11 @@ def test_denoise_keeps_the_colour_profile_and_exif_data_and_says_what_it_cannot_
     assert kept(tmp_path / "deep-copy.png", rgb_profile)
     assert np.array_equal(cv2.imread(str(tmp_path / "deep-copy.png"), cv2.IMREAD_UNCHANGED), np.rot90(deep, -1))
 
+    # the ideal inks' cyan at 128/255 leaves linear red 127/255, which sRGB stores as 187/255
+    pixels, stored = load_for_restoration(inputs / "press.tif")
+    assert np.abs(pixels * 255 - np.array([255 * srgb_encoded(127 / 255), 255, 255])).max() < 1
+    assert stored.converted_through == "Ideal inks (test)" and stored.icc_profile == srgb_profile().tobytes()
+
     run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
                                       "--eval_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1",
                                       "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={tmp_path / 'blind'}"])
@@ -598,6 +606,8 @@ def test_denoise_keeps_the_colour_profile_and_exif_data_and_says_what_it_cannot_
     assert cv2.imread(str(out / "deep.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
     assert "icc_profile" not in Image.open(out / "print.png").info
     assert "print.jpg: its CMYK colour profile does not describe the RGB pixels written" in said
+    assert Image.open(out / "press.png").info["icc_profile"] == srgb_profile().tobytes()
+    assert "press.tif: a CMYK image, written as sRGB through its colour profile (Ideal inks (test))" in said
     assert "moving.gif: holds 3 frames (an animation or pages); only the first is denoised" in said
     assert not any(word in said for word in ("photo.png:", "grey.png:", "deep.png:"))  # nothing left out there
 

@@ -97,8 +97,9 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
     the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped. Each is
     written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey and colour stay 16-bit,
-    transparency, the colour profile and the EXIF data are kept; a palette or CMYK image comes back as RGB, saying
-    so, as does a file of several frames (its first denoised) or a target format that cannot keep the metadata.
+    transparency, the colour profile and the EXIF data are kept; a palette or CMYK image comes back as RGB (CMYK
+    through its colour profile to sRGB when it has one), saying so, as does a file of several frames (its first
+    denoised) or a target format that cannot keep the metadata.
 
     A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
     without it, each image's noise level is estimated (estimate_noise_sigma) and printed.
@@ -166,7 +167,10 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             log(f"[denoise] skipped {error}")
             continue
         noisy = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # (1, 3, H, W) in [0, 1]
-        if stored.converted:
+        if stored.converted_through:
+            log(f"[denoise] {file}: a {stored.mode} image, written as sRGB through its colour profile "
+                f"({stored.converted_through})")
+        elif stored.converted:
             log(f"[denoise] {file}: a {'palette' if stored.mode == 'P' else stored.mode} image, written as RGB")
         if stored.dropped_profile:
             log(f"[denoise] {file}: its {stored.dropped_profile} colour profile does not describe the RGB pixels "

@@ -33,6 +33,7 @@ from toolkit.data.ffcv_parts import DatasetWriter, IntField, MemoryAllocator, RG
 from toolkit.data.images import (
     UnreadableImage,
     box_reduction,
+    colour_profile,
     load_rgb,
     open_image,
     pixel_hash,
@@ -45,7 +46,7 @@ from toolkit.progress import progress_bar
 from toolkit.runs import write_json
 from toolkit.worker_pool import default_sigterm
 
-FORMAT_VERSION = 2  # bump whenever the same inputs would be stored differently (2: pixel hashes)
+FORMAT_VERSION = 3  # bump whenever the same inputs would be stored differently (2: pixel hashes; 3: colour profiles)
 STORAGE_MODES = ("raw", "jpg")
 _OK, _FAILED, _CONVERTED = 0, 1, 2
 
@@ -154,7 +155,7 @@ class _ImagesToWrite:
     def __getitem__(self, index: int):
         try:
             image = open_image(self.files[index])
-            if image.mode != "RGB":
+            if image.mode != "RGB" or colour_profile(image)[0]:  # another mode, or colours to go through a profile
                 self.status[index] = _CONVERTED
             if self.boxes is not None:
                 image = reduce_image(image, box_reduction(self.boxes[index]))
@@ -434,7 +435,7 @@ def cached_beton(
         log(f"[data] ... and {len(skipped_files) - 20} more skipped (listed in {entry / 'manifest.json'})")
     if converted:
         from_files = "" if boxes is None else f" of {len(set(manifest['converted_to_rgb']))} images"
-        log(f"[data] converted {len(converted)} {unit}{from_files} to RGB from other colour modes "
+        log(f"[data] converted {len(converted)} {unit}{from_files} to sRGB from other colour modes or profiles "
             f"(e.g. {manifest['converted_to_rgb'][0]})")
     log(f"[data] wrote {len(kept)} {unit} in {manifest['seconds_to_write']:.1f}s"
         + (f"; skipped {len(skipped)} (listed above)" if skipped else ""))

@@ -1,7 +1,8 @@
 """`toolkit data check ROOT`: what is wrong with an image collection, before it breaks a run.
 
 Per split and class: counts; files that cannot be decoded (truncated, empty, not an image);
-files whose content does not match their extension; colour modes other than RGB; the size
+files whose content does not match their extension; colour modes other than RGB; colour profiles other than sRGB
+(converted through) and ones that cannot be used (ignored); the size
 distribution and images smaller than the target size; exact duplicates by decoded pixels,
 within a split, across splits, and duplicates that carry different labels; empty class folders;
 class lists that differ between splits. Decoding goes through the same `open_image` as
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data.folders import IMAGE_EXTENSIONS, INTEL_SPLITS, find_split, is_image_file
-from toolkit.data.images import UnreadableImage, extension_matches_format, open_image, to_rgb
+from toolkit.data.images import UnreadableImage, colour_profile, extension_matches_format, open_image, to_rgb
 from toolkit.errors import DataError
 from toolkit.worker_pool import forked_pool
 
@@ -37,6 +38,11 @@ def inspect_file(path: Path) -> dict:
         return record
     record.update(format=image.format, mode=image.mode, width=image.width, height=image.height,
                   extension_ok=extension_matches_format(path, image.format))
+    description, problem = colour_profile(image)
+    if description:
+        record["colour_profile"] = description
+    if problem:
+        record["unused_profile"] = problem
     pixels = np.asarray(to_rgb(image))
     record["pixel_hash"] = hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=12).hexdigest()
     return record
@@ -105,6 +111,9 @@ def check_dataset(root: Path | str, image_size: int = 80, workers: int = 2) -> d
             extension_mismatch=[{"file": r["file"], "format": r["format"]} for r in readable if not r["extension_ok"]],
             non_rgb=dict(Counter(r["mode"] for r in readable if r["mode"] != "RGB")),
             non_rgb_examples=[r["file"] for r in readable if r["mode"] != "RGB"][:10],
+            colour_profiles=dict(Counter(r["colour_profile"] for r in readable if "colour_profile" in r)),
+            unused_profiles=[{"file": r["file"], "reason": r["unused_profile"]} for r in readable
+                             if "unused_profile" in r],
             sizes={f"{w}x{h}": n for (w, h), n in sizes.most_common(10)},
             distinct_sizes=len(sizes),
             smaller_than_image_size=[r["file"] for r in readable if min(r["width"], r["height"]) < image_size],
@@ -118,6 +127,15 @@ def check_dataset(root: Path | str, image_size: int = 80, workers: int = 2) -> d
         if summary["non_rgb"]:
             report["warnings"].append(f"{split}: {sum(summary['non_rgb'].values())} images are not RGB "
                                       f"({summary['non_rgb']}); they will be converted")
+        if summary["colour_profiles"]:
+            report["warnings"].append(f"{split}: {sum(summary['colour_profiles'].values())} images carry colour "
+                                      f"profiles other than sRGB ({summary['colour_profiles']}); their colours are "
+                                      "converted to sRGB through them when read")
+        if summary["unused_profiles"]:
+            first = summary["unused_profiles"][0]
+            report["warnings"].append(f"{split}: {len(summary['unused_profiles'])} images carry a colour profile that "
+                                      f"cannot be used (e.g. {first['file']}: {first['reason']}); their pixels are "
+                                      "read as sRGB")
         if summary["smaller_than_image_size"]:
             report["warnings"].append(f"{split}: {len(summary['smaller_than_image_size'])} images are smaller than "
                                       f"{image_size}px on a side and will be upscaled")
@@ -177,6 +195,11 @@ def format_report(report: dict, limit: int = 8) -> str:
                 lines.append(f"  {title}: {item['file']} ({item.get('reason') or item.get('format')})")
         if summary.get("non_rgb"):
             lines.append(f"  colour modes other than RGB: {summary['non_rgb']} (converted to RGB when written)")
+        if summary.get("colour_profiles"):
+            lines.append(f"  colour profiles other than sRGB: {summary['colour_profiles']} (converted to sRGB through "
+                         "them when written)")
+        for item in summary.get("unused_profiles", [])[:limit]:
+            lines.append(f"  colour profile not used: {item['file']} ({item['reason']})")
         small = summary.get("smaller_than_image_size", [])
         if small:
             lines.append(f"  smaller than {report['image_size']}px: {len(small)}, e.g. {', '.join(small[:3])}")

@@ -8,7 +8,9 @@ file is judged the same way everywhere.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import os
 import struct
 import warnings
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from toolkit.errors import DataError, UserError
 
@@ -67,17 +69,77 @@ def open_image(path: Path | str) -> Image.Image:
     return image
 
 
+# the colour space a profile's header names (bytes 16-19) for each mode LittleCMS converts from
+# (a palette's colours are RGB: to_rgb converts it first)
+_PROFILE_SPACE_OF_MODE = {"RGB": b"RGB ", "RGBA": b"RGB ", "P": b"RGB ", "PA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY"}
+
+
+@functools.lru_cache(maxsize=1)
+def srgb_profile() -> ImageCms.ImageCmsProfile:
+    """LittleCMS's own sRGB profile: what pixels read without a profile are taken to be."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@functools.lru_cache(maxsize=16)
+def _to_srgb_transform(profile: bytes, mode: str) -> tuple[ImageCms.ImageCmsTransform, str]:
+    """The transform from `mode` pixels described by `profile` to sRGB (RGBA keeps its alpha) and the profile's
+    description, made once per profile: a collection's photos tend to share a few. Raises PyCMSError (or OSError)
+    when LittleCMS cannot use the profile."""
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    transform = ImageCms.buildTransform(source, srgb_profile(), mode, "RGBA" if mode == "RGBA" else "RGB",
+                                        renderingIntent=ImageCms.Intent.PERCEPTUAL)
+    return transform, ImageCms.getProfileDescription(source).strip()
+
+
+def colour_profile(image: Image.Image) -> tuple[str, str]:
+    """(description, problem) of an image's embedded colour profile, the one through which its pixels are read as
+    sRGB: ("", "") when it has none or sRGB's own (nothing to convert); (its description, "") when its pixels go
+    through it (Display P3, Adobe RGB, a CMYK press profile, a grey gamma, ...); ("", why not) when it is there but
+    cannot be used (LittleCMS cannot read it, or it describes another colour space than the image's), in which
+    case the pixels are read as they are stored, as sRGB."""
+    profile = image.info.get("icc_profile")
+    if not profile:
+        return "", ""
+    if profile[36:40] != b"acsp":  # every ICC profile's signature
+        return "", "a colour profile that cannot be read, not used"
+    expected = _PROFILE_SPACE_OF_MODE.get(image.mode)
+    if expected is None:
+        return "", f"a colour profile on {image.mode} pixels, not used"
+    if profile[16:20] != expected:
+        return "", f"a {profile[16:20].decode('latin-1').strip()} colour profile on {image.mode} pixels, not used"
+    try:
+        description = _to_srgb_transform(profile, {"P": "RGB", "PA": "RGBA"}.get(image.mode, image.mode))[1]
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return "", "a colour profile that cannot be read, not used"
+    if description.lower().startswith("srgb"):  # "sRGB IEC61966-2.1", "sRGB built-in", "sRGB v4 ICC preference"
+        return "", ""
+    return description or "unnamed colour profile", ""
+
+
+def in_srgb(image: Image.Image) -> Image.Image:
+    """The image's pixels as sRGB through its embedded colour profile (RGB, RGBA with its alpha, CMYK or grey, to
+    RGB or RGBA), so that a photo from a wide-gamut camera or a press file shows a model the colours a colour-managed
+    viewer shows; the image itself when it has no profile to go through (colour_profile). EXIF data is kept."""
+    if not colour_profile(image)[0]:
+        return image
+    converted = _to_srgb_transform(image.info["icc_profile"], image.mode)[0].apply(image)
+    converted.info = {key: value for key, value in image.info.items() if key != "icc_profile"}
+    return converted
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any colour mode to RGB: alpha is composited onto white, 16-bit is scaled to 8-bit."""
+    """Convert any colour mode to sRGB's RGB: through the image's colour profile when it carries one (in_srgb),
+    alpha composited onto white, 16-bit scaled to 8-bit."""
     image = ImageOps.exif_transpose(image)  # phone photos store rotation in EXIF
+    if image.mode in ("P", "PA"):  # a palette's colours are RGB, which its profile (if any) describes
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    image = in_srgb(image)
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         pixels = np.asarray(image, dtype=np.float64)
         scale = 255.0 / 65535.0 if pixels.max() > 255 else 1.0
         return Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -93,10 +155,11 @@ class StoredAs:
     transparency channel as stored ((H, W) uint8, uint16 in a 16-bit colour file), or None; converted: the mode
     cannot be written back (a palette, CMYK, YCbCr, ...), so the result is RGB. icc_profile: the file's colour
     profile (what its numbers mean as colours: Display P3, Adobe RGB, ...) when it describes the pixels written
-    back, else None; dropped_profile: the colour space of a profile that does not (a CMYK file's, written as RGB),
-    else "". exif: the file's EXIF data (capture time, camera, ...) without its orientation, since the pixels are
-    read upright, or None. frames: the images the file holds (an animation's frames, a TIFF's pages); the first
-    is restored."""
+    back, else None; dropped_profile: the colour space of a profile that does not (a CMYK file's that LittleCMS
+    cannot use, written as RGB by a plain conversion), else ""; converted_through: the description of the profile
+    through which the pixels were converted to sRGB (a CMYK file's), written with an sRGB profile, else "". exif:
+    the file's EXIF data (capture time, camera, ...) without its orientation, since the pixels are read upright, or
+    None. frames: the images the file holds (an animation's frames, a TIFF's pages); the first is restored."""
     mode: str
     grey: bool = False
     bits: int = 8
@@ -104,6 +167,7 @@ class StoredAs:
     converted: bool = False
     icc_profile: bytes | None = None
     dropped_profile: str = ""
+    converted_through: str = ""
     exif: bytes | None = None
     frames: int = 1
 
@@ -172,9 +236,10 @@ def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
     stored them (save_restored writes the result back alike). Unlike load_rgb, nothing is lost on the way in:
     grey is its one channel repeated three times; 16-bit grey and colour are read at 16 bits (32-bit integer
     grey, `I`, too when its values pass 255); alpha is set aside, not composited, and the colour under it
-    restored as stored; the colour profile and EXIF data are kept for the output (photo_metadata). Other modes (a
-    palette without transparency, CMYK, YCbCr, ...) are converted to RGB. Of a file holding several frames, the
-    first. Raises UnreadableImage."""
+    restored as stored; the colour profile and EXIF data are kept for the output (photo_metadata), the pixels left
+    in the colours it describes. Other modes (a palette without transparency, CMYK, YCbCr, ...) are converted to
+    RGB: CMYK through its colour profile to sRGB when it has one LittleCMS can use (the output then carries sRGB's),
+    else plainly. Of a file holding several frames, the first. Raises UnreadableImage."""
     decoded = open_image(path)  # judged as everywhere: unreadable files are said so
     if decoded.mode in ("RGB", "RGBA") and stores_sixteen_bit_colour(path):
         orientation = decoded.getexif().get(0x0112, 1)
@@ -200,6 +265,10 @@ def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
     if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"))
         return rgba[..., :3].astype(np.float32) / 255, StoredAs(mode, alpha=rgba[..., 3].copy(), **metadata)
+    if mode == "CMYK" and colour_profile(image)[0]:  # press colours, to sRGB through the file's own profile
+        metadata.update(icc_profile=srgb_profile().tobytes(), dropped_profile="",
+                        converted_through=colour_profile(image)[0])
+        return np.asarray(in_srgb(image)).astype(np.float32) / 255, StoredAs(mode, converted=True, **metadata)
     return (np.asarray(image.convert("RGB")).astype(np.float32) / 255,
             StoredAs(mode, converted=mode != "RGB", **metadata))
 
