@@ -274,6 +274,28 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """config.json, summary.json, metrics.jsonl, tables and every JSON the toolkit writes go through one writer: a
+    write that fails half-way (a full disk) leaves the old file as it was and no temporary file beside it."""
+    from toolkit.runs import write_json, write_text_whole
+
+    target = tmp_path / "run" / "summary.json"
+    write_json(target, {"loss": float("inf"), "steps": 3})
+    assert json.loads(target.read_text()) == {"loss": None, "steps": 3}  # standard JSON: no Infinity
+    original = Path.write_text
+
+    def half_then_full(self, text, *args, **kwargs):
+        original(self, text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_whole(target, json.dumps({"loss": 0.5, "steps": 4}))
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"loss": None, "steps": 3}
+    assert [p.name for p in target.parent.iterdir()] == ["summary.json"]
+
+
 
 
 # ---- SLURM ------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ Everything is printed as tables and written to one JSON file.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from toolkit.runs import write_json
 from toolkit.train.precision import autocast_dtype
 
 SECTIONS = ("ceiling", "loaders", "steps", "pipeline", "compile")
@@ -414,7 +414,6 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
                       "break-even steps"], rows)
         print("a recipe compiles with `accelerate launch --dynamo_backend=inductor`; none does by default")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_json(out, results)
     print(f"\n[benchmark] results written to {out}")
     return results

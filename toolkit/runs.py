@@ -47,11 +47,21 @@ def write_json(path: Path, value) -> None:
             return {key: standard(part) for key, part in item.items()}
         return [standard(part) for part in item] if isinstance(item, (list, tuple)) else item
 
+    write_text_whole(path, json.dumps(standard(value), indent=2, allow_nan=False))
+
+
+def write_text_whole(path: Path | str, text: str) -> None:
+    """Write a text file that appears whole or not at all: written beside it, then renamed over it, so that a run
+    stopped while writing leaves the old file. The folder is made."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(standard(value), indent=2, allow_nan=False))
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def read_config(run_dir: Path | str) -> dict | None:

@@ -16,7 +16,6 @@ warning that preprocessing handles (conversion, skipping, optional duplicate dro
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from toolkit.data.folders import IMAGE_EXTENSIONS, INTEL_SPLITS, find_split, is_image_file
 from toolkit.data.images import UnreadableImage, colour_profile, extension_matches_format, open_image, to_rgb
 from toolkit.errors import DataError
+from toolkit.runs import write_json
 from toolkit.worker_pool import forked_pool
 
 
@@ -223,5 +223,4 @@ def format_report(report: dict, limit: int = 8) -> str:
 
 
 def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    write_json(path, report)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from toolkit.data.images import UnreadableImage, load_rgb
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import DataError
 from toolkit.plots import image_grid, plot_grouped_bars
+from toolkit.runs import write_json
 
 
 def explore_dataset(root: Path | str, out_dir: Path | str, val_fraction: float = 0.1, holdout_fraction: float = 0.1,
@@ -70,5 +70,5 @@ def explore_dataset(root: Path | str, out_dir: Path | str, val_fraction: float =
         log(f"{part}: {sum(per_class.values())} images | " + ", ".join(f"{k} {v}" for k, v in per_class.items()))
     report = {"root": str(root), "classes": train.classes, "counts": counts, "split_balance": balance,
               "figures": {k: str(v) for k, v in figures.items()}}
-    (out_dir / "exploration.json").write_text(json.dumps(report, indent=2))
+    write_json(out_dir / "exploration.json", report)
     return report

@@ -8,11 +8,12 @@ It is for smoke tests and demos: accuracy on it says nothing about real scenes.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from toolkit.runs import write_text_whole
 
 SYNTHETIC_CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 SYNTHETIC_VERSION = 1
@@ -106,9 +107,7 @@ def write_synthetic_scenes(root: Path | str, train_per_class: int = 60, test_per
     for index in range(pred_images):
         name = SYNTHETIC_CLASSES[index % len(SYNTHETIC_CLASSES)]
         Image.fromarray(draw_scene(name, rng, size)).save(pool / f"{index}.jpg", quality=92)
-    temporary = marker.with_name(f".{MARKER}.{os.getpid()}")
-    temporary.write_text(wanted)
-    os.replace(temporary, marker)  # the marker appears last: a half-written set is regenerated
+    write_text_whole(marker, wanted)  # the marker appears last: a half-written set is regenerated
     return root
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.errors import CheckpointError
+from toolkit.runs import write_text_whole
 
 STATE_FILE = "trainer_state.json"
 
@@ -75,10 +76,7 @@ class TrainerState:
 
     def write(self, checkpoint: Path | str) -> None:
         """Atomically: a crash leaves the previous file or the new one, never half of one."""
-        path = Path(checkpoint) / STATE_FILE
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(self.to_json())
-        partial.replace(path)
+        write_text_whole(Path(checkpoint) / STATE_FILE, self.to_json())
 
     def mismatches(self, other: TrainerState) -> list[str]:
         """What keeps `other` (from a checkpoint) from continuing this run: the model, its classes, the

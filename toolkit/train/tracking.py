@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+from toolkit.runs import write_text_whole
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
@@ -112,9 +114,7 @@ class RunLogger:
             self._start_wandb(project, run_name, wandb_mode, wandb_reason, group, job_type, tags or [])
 
     def _write_config(self) -> None:
-        temporary = self.run_dir / ".config.json.tmp"
-        temporary.write_text(json.dumps(_jsonable(self.config), indent=2))
-        os.replace(temporary, self.run_dir / "config.json")
+        write_text_whole(self.run_dir / "config.json", json.dumps(_jsonable(self.config), indent=2))
 
     def update_config(self, values: dict) -> None:
         """Add what the run decided after it started (e.g. the precision) to config.json and W&B."""
@@ -137,9 +137,7 @@ class RunLogger:
                 continue
         last = max((r.get("step", -1) for r in records), default=-1)
         kept = [json.dumps(r) for r in records if r.get("step", -1) <= step]
-        temporary = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
-        os.replace(temporary, self.metrics_path)
+        write_text_whole(self.metrics_path, "".join(line + "\n" for line in kept))
         return last
 
     def _start_wandb(self, project, run_name, mode, reason, group, job_type, tags) -> None:
@@ -215,7 +213,7 @@ class RunLogger:
         tables.mkdir(exist_ok=True)
         plain = [[cell if not hasattr(cell, "shape") or cell.ndim == 0 else "<image>" for cell in row] for row in rows]
         table = _jsonable({"columns": columns, "rows": plain})
-        (tables / f"{name.replace('/', '_')}.json").write_text(json.dumps(table))
+        write_text_whole(tables / f"{name.replace('/', '_')}.json", json.dumps(table))
         if step <= self.wandb_floor:
             return
 
@@ -248,9 +246,7 @@ class RunLogger:
         path = self.run_dir / "summary.json"
         merged = json.loads(path.read_text()) if path.exists() else {}
         merged.update(_jsonable(values))
-        temporary = path.with_name(".summary.json.tmp")
-        temporary.write_text(json.dumps(merged, indent=2))
-        os.replace(temporary, path)
+        write_text_whole(path, json.dumps(merged, indent=2))
         flat = {k: v for k, v in merged.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         self._wandb(lambda run: run.summary.update(flat))
 
