@@ -96,6 +96,29 @@ def test_predict_refuses_wrong_inputs_with_one_line(trained, tmp_path):
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_each_command_refuses_the_other_kind_of_model_with_one_line(trained, tiny_intel, tmp_path, capsys):
+    """A classifier's run given to the commands that denoise, or a denoiser's to the ones that classify, stops at
+    once with one line naming the commands that serve it (benchmark-denoiser used to fail deep in the network)."""
+    denoiser = tmp_path / "blind"
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1",
+                                      "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={denoiser}"])
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    for args, message in (
+            (["denoise", str(trained), str(image), str(tmp_path / "out.png")], "not a denoiser"),
+            (["benchmark-denoiser", str(trained), "--clean", str(tmp_path), "--out", str(tmp_path / "b.json")],
+             "not a denoiser"),
+            (["predict", str(denoiser), str(image)], "not a classifier"),
+            (["evaluate", str(denoiser), str(tiny_intel / "seg_test")], "not a classifier"),
+            (["calibrate", str(denoiser), str(tiny_intel)], "not a classifier")):
+        assert toolkit_main(args) == 2, args
+        said = capsys.readouterr().err
+        assert message in said and said.count("\n") == 1, (args, said)
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "b.json").exists()
+
+
 def test_evaluate_agrees_with_the_predictions_it_writes(trained, tiny_intel, tmp_path):
     out = tmp_path / "evaluation"
     assert toolkit_main(["evaluate", str(trained), str(tiny_intel / "seg_test"), "--out", str(out)]) == 0

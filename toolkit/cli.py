@@ -80,8 +80,8 @@ def command_predict(args) -> None:
     for row in predictions.probabilities[predictions.readable]:
         name = predictions.classes[int(row.argmax())]
         counts[name] = counts.get(name, 0) + 1
-    print(f"predicted {len(files) - len(predictions.errors)} images: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"predicted {len(files) - len(predictions.errors)} images"
+          + (": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""))
     for index, error in predictions.errors.items():
         print(f"skipped {files[index]}: {error}", file=sys.stderr)
     print(f"wrote {out}" + (f" ({len(predictions.errors)} unreadable files listed with their error)"

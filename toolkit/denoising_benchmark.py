@@ -27,7 +27,7 @@ from toolkit.data.augment import to_unit_range
 from toolkit.data.folders import list_image_files
 from toolkit.data.images import UnreadableImage, open_image, pixel_hash, reduce_image, rgb_pixels
 from toolkit.errors import DataError, UserError
-from toolkit.inference import describe_device, estimate_noise_sigma, load_trained_model, resolve_checkpoint
+from toolkit.inference import describe_device, estimate_noise_sigma, load_denoiser, resolve_checkpoint
 from toolkit.progress import progress_bar
 from toolkit.runs import read_config, read_json, read_summary, write_json
 from toolkit.train.denoise import (
@@ -99,11 +99,11 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         raise UserError(f"--sigmas takes noise stds on the 0-255 scale, 0 or more; got {refused[0]:g}")
     if validation_images and not checkpoint:
         raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
+    model, state = load_denoiser(checkpoint, device) if checkpoint else (None, None)  # before reading any image
     only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
     files, cleans = clean_reference_images(clean_dir, max_images, only, reduction)
     if "bm3d" in baselines and not bm3d_available():
         raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
-    model, state = load_trained_model(checkpoint, device) if checkpoint else (None, None)
     conditioned = bool(state and state.conditioned)
     if model is not None and not conditioned:
         trained = state.noise or {}

@@ -72,6 +72,16 @@ def trained_sigma_max(checkpoint: Path | str) -> float | None:
     return float(sigma_max) if isinstance(sigma_max, (int, float)) else None
 
 
+def load_denoiser(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainerState]:
+    """load_trained_model for the commands that denoise: a classifier's run is a UserError naming the commands
+    that serve it."""
+    model, state = load_trained_model(path, device)
+    if not is_denoiser(state.model):
+        raise UserError(f"{path} holds a {state.model}, not a denoiser; classify images with `toolkit predict` or "
+                        "score them with `toolkit evaluate` instead")
+    return model, state
+
+
 def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainerState]:
     """(model in eval mode on `device`, trainer state) from a checkpoint or run directory."""
     checkpoint = resolve_checkpoint(path)
@@ -123,10 +133,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     if sigma_255 is not None and not (math.isfinite(sigma_255) and sigma_255 >= 0):
         raise UserError(f"--sigma takes the noise std on the 0-255 scale, 0 or more; got {sigma_255:g} (leave it out "
                         "to have each image's noise level estimated)")
-    model, state = load_trained_model(checkpoint, device)
-    if not is_denoiser(state.model):
-        raise UserError(f"{checkpoint} holds a {state.model}, not a denoiser; "
-                        "classify images with `toolkit predict` instead")
+    model, state = load_denoiser(checkpoint, device)
     conditioned = state.conditioned
     trained_max = trained_sigma_max(checkpoint) if conditioned else None
     if sigma_255 is not None and trained_max is not None and sigma_255 > trained_max:
