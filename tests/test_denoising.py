@@ -440,7 +440,11 @@ def test_denoise_never_writes_over_what_it_was_given(tiny_intel, tmp_path, capsy
     (tmp_path / "a_file").write_text("")
     assert "a_file is a file: give a folder" in refused(str(photos), str(tmp_path / "a_file"))
     assert "a_file is a file, not a folder" in refused(str(photos / "a.png"), str(tmp_path / "a_file" / "x.png"))
-    assert "unknown file extension" in refused(str(photos / "a.png"), str(tmp_path / "x.xyz"))
+    capsys.readouterr()
+    assert toolkit_main(["denoise", run, str(photos / "a.png"), str(tmp_path / "x.xyz")]) == 2
+    said = capsys.readouterr()
+    assert ".xyz names no image format Pillow writes. Name it .png" in said.err
+    assert "[denoise]" not in said.out  # said before denoising, not after
 
 
 def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel, tmp_path, capsys):
@@ -691,6 +695,10 @@ def test_benchmark_denoiser_reports_our_rows_beside_the_published_ones(tiny_inte
     image = torch.rand(3, 300, 200)
     assert np.array_equal(centre_crop(image), to_hwc_uint8(image[:, 54:246, 4:196]))  # a large image's centre
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    one_image = next(path for path in mcmaster.iterdir() if path.is_file())
+    capsys.readouterr()
+    assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(one_image), "--out", str(out)]) == 2
+    assert "is a file: pass the folder of clean reference images it is in" in capsys.readouterr().err
     # sigma 0 (what a model does to a clean image) is scored: the noisy input's infinite PSNR is written as null,
     # in JSON any reader takes; a negative or undefined noise level is refused
     assert toolkit_main(["benchmark-denoiser", "none", "--clean", str(mcmaster), "--sigmas", "0", "--nlm",

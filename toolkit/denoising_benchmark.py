@@ -282,6 +282,8 @@ def clean_reference_images(clean_dir: Path | str, max_images: int = 0, only: lis
     """The image files of a folder of clean references (those in `only` when given; the first max_images,
     0 = all) and each as a (1, 3, H, W) uint8 tensor (to_unit_range gives [0, 1]: a quarter of float32's memory,
     for folders of large photographs), made `reduction` times smaller (reduce_image)."""
+    if Path(clean_dir).is_file():
+        raise UserError(f"{clean_dir} is a file: pass the folder of clean reference images it is in (e.g. McMaster)")
     files = list_image_files(Path(clean_dir)) if Path(clean_dir).is_dir() else []
     if not files:
         raise DataError(f"{clean_dir} holds no images: pass a folder of clean reference images (e.g. McMaster)")

@@ -123,7 +123,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     (written beside it, then renamed), so a run stopped on the way leaves no half-written image; skip_existing:
     images whose output file is there already are left out, which continues such a run."""
     from toolkit.data.folders import list_image_files
-    from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored
+    from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored, writes_images
     from toolkit.progress import progress_bar, tracked
     from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE, check_tile_size, denoise_in_tiles, model_tiles
 
@@ -155,6 +155,9 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     elif source.is_file():
         target = destination / (source.stem + ".png") if destination.is_dir() else destination
         pairs = [(source, target if target.suffix else target.with_suffix(".png"))]
+        if not writes_images(pairs[0][1]):  # said now, not after the image is denoised
+            raise UserError(f"cannot write {pairs[0][1]}: {pairs[0][1].suffix} names no image format Pillow writes. "
+                            "Name it .png, which holds grey, 16-bit and transparent images alike")
     else:
         raise UserError(f"{source} does not exist")
     refuse_overwriting_inputs(pairs)

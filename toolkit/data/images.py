@@ -320,6 +320,12 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
     return []
 
 
+def writes_images(path: Path | str) -> bool:
+    """Pillow writes images in the format `path`'s extension names (.png, .jpg, .tif, .webp, .bmp, ...)."""
+    Image.init()
+    return Image.registered_extensions().get(Path(path).suffix.lower()) in Image.SAVE
+
+
 def temporary_beside(path: Path) -> Path:
     """A hidden file in `path`'s folder with its extension (which names the format), to write before renaming it to
     `path`: the file there is always whole, the old one or the new."""
