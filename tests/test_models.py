@@ -106,8 +106,10 @@ def test_weights_for_another_architecture_are_refused(tmp_path):
     with pytest.raises(UserError, match="does not fit this model"):
         load_resnet18_weights(resnet18_classifier(), str(path))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable PyTorch weights file"):
+    with pytest.raises(UserError, match="not a readable PyTorch weights file") as refused:
         load_resnet18_weights(resnet18_classifier(), str(tmp_path / "junk.pth"))
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 400  # one line, not torch's essay
+    assert str(refused.value).endswith("pass a .pth/.pt state dict or a .safetensors file")
     with pytest.raises(UserError, match="does not exist"):
         load_resnet18_weights(resnet18_classifier(), str(tmp_path / "absent.pth"))
     assert "unavailable" in load_resnet18_weights(resnet18_classifier(), "auto")

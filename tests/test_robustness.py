@@ -305,6 +305,10 @@ def test_sigterm_saves_a_checkpoint_at_the_next_step_and_resume_loses_nothing(ti
 
 def test_bad_paths_at_every_door_get_one_line_errors(tmp_path, tiny_intel, capsys):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for index in range(12):  # a folder of one class (images of distinct pixels, so none is a copy)
+        (tmp_path / "one_class" / "beach").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_photo(500 + index)).save(tmp_path / "one_class" / "beach" / f"{index}.png")
     recipes = [
         ("cnn", [f"--data={tmp_path}/nothing"], "does not exist"),
         ("cnn", ["--resume", f"--run_dir={tmp_path}", "--lr=0"], "--lr must"),
@@ -314,6 +318,10 @@ def test_bad_paths_at_every_door_get_one_line_errors(tmp_path, tiny_intel, capsy
          "too small for FastResNet"),
         ("cnn", [f"--data={tiny_intel}", "--image_size=8", f"--run_dir={tmp_path}/cnn8"],
          "too small for four 2x2 pools (need at least 16)"),
+        ("cnn", [f"--data={tiny_intel}", f"--run_dir={tmp_path}/a_file"], "a_file is a file, not a folder"),
+        ("resnet18", [f"--data={tiny_intel}", f"--run_dir={tmp_path}/a_file/run"], "a_file is a file, not a folder"),
+        ("cnn", [f"--data={tmp_path / 'one_class'}", f"--run_dir={tmp_path}/one"],
+         "a classifier needs images of two classes or more; " + f"{tmp_path / 'one_class'} has images of 1 (beach)"),
     ]
     for recipe, args, message in recipes:
         status, _, err = run_command_line(recipe, args, capsys)
@@ -323,6 +331,8 @@ def test_bad_paths_at_every_door_get_one_line_errors(tmp_path, tiny_intel, capsy
         assert toolkit_main(args) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (args, err)
+    assert toolkit_main(["data", "check", str(tmp_path / "one_class"), "--json", str(tmp_path / "one.json")]) == 1
+    assert "seg_train: images of one class only (beach); a classifier needs two or more" in capsys.readouterr().out
     result = run_script([sys.executable, str(RECIPES / "cnn.py"), "--lr=-1"])  # and once as a real script
     assert result.returncode == 2 and "--lr must be greater than 0" in result.stderr
     assert "Traceback" not in result.stderr

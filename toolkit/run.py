@@ -224,6 +224,7 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
     if run_dir is None:
         run_dir = Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # every process agrees on the folder
+    check_run_folder(run_dir)
     shared = run_dir_is_shared(state, run_dir)
     resume_from = agreed_latest_checkpoint(state, run_dir)
     if not cfg.resume and resume_from is not None:
@@ -261,6 +262,15 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
                        wandb_reason, resume_step=resume_step, log=print_line, group=cfg.wandb_group or None,
                        job_type=recipe, tags=tags)
     return Run(cfg, recipe, state, run_dir, logger, resume_from, shared)
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """--run_dir names a folder this process can make or write into: a UserError now, not a traceback later."""
+    existing = next(path for path in (run_dir, *run_dir.parents) if path.exists())  # '.' or '/' at last
+    if not existing.is_dir():
+        raise UserError(f"--run_dir={run_dir}: {existing} is a file, not a folder; choose another --run_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--run_dir={run_dir}: this user cannot write in {existing}; choose another --run_dir")
 
 
 def run_dir_is_shared(state, run_dir: Path) -> bool:

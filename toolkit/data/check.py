@@ -141,6 +141,9 @@ def check_dataset(root: Path | str, image_size: int = 80, workers: int = 2) -> d
                                       f"{image_size}px on a side and will be upscaled")
         if split != "seg_pred" and not readable:
             report["errors"].append(f"{split}: no readable images")
+        elif split == "seg_train" and len([name for name, count in counts.items() if count]) == 1:
+            report["errors"].append(f"{split}: images of one class only ({next(iter(counts))}); a classifier needs "
+                                    "two or more")
 
     report["duplicates"] = _duplicates(records)
     conflicting = [group for group in report["duplicates"]["groups"] if group["conflicting_labels"]]

@@ -122,6 +122,10 @@ def load_classification_data(settings: ClassificationDataSettings, seed: int, im
     listing = scan_labeled_folder(train_folder)
     for name in listing.empty_classes:
         log(f"[data] warning: class folder {train_folder / name} holds no images")
+    with_images = sorted({listing.classes[label] for label in listing.labels})
+    if len(with_images) < 2:
+        raise DataError(f"a classifier needs images of two classes or more; {train_folder} has images of "
+                        f"{len(with_images)} ({', '.join(with_images) or 'none'}): add a folder of images per class")
     common = dict(store_size=image_size or settings.image_size, storage=settings.storage, cache_dir=cache_dir,
                   num_workers=num_workers, log=log)
     train_set = cached_beton(f"{_slug(root)}-{train_split}", listing.root, listing.files, listing.labels,

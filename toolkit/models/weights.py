@@ -29,7 +29,9 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise UserError(f"{path} is not a readable PyTorch weights file ({type(error).__name__}: {error})") from None
+        first = (str(error).strip().splitlines() or [""])[0].split(". ")[0][:200]  # its first sentence
+        raise UserError(f"{path} is not a readable PyTorch weights file ({type(error).__name__}: {first}); pass a "
+                        ".pth/.pt state dict or a .safetensors file") from None
     for container in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(container), dict):
             state = state[container]
