@@ -103,6 +103,11 @@ def test_sub_recipes_keep_their_own_defaults_unless_the_parent_chose_a_value():
     built_in_code = Parent(batch=4)  # changed from its default without the parser
     assert derive_config(Child, built_in_code, {"batch", "eval_every"}, "--lr=0.5", seed=7) == Child(
         seed=7, eval_every=0, batch=4, lr=0.5)
+    # what the study sets for each sub-run (its seed, its folder) cannot come in a recipe's options as well: it
+    # would be overruled without a word
+    with pytest.raises(ConfigError, match=r"--seed cannot be given among a recipe's options \('--lr=0.5 --seed=2'\)"
+                                          r": the study sets it for each of its runs \(--seed=7\)"):
+        derive_config(Child, built_in_code, {"batch"}, "--lr=0.5 --seed=2", seed=7)
 
 
 def test_every_recipe_key_has_help_text():

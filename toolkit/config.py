@@ -189,13 +189,18 @@ def check_fraction(config, *names: str) -> None:
 def derive_config(config_class: type, source, shared: typing.Iterable[str], extra_args: str = "", **overrides):
     """A sub-recipe's config: its own defaults, the `shared` keys chosen in `source` (a key the parent
     leaves at its default keeps the sub-recipe's own default), then the options in `extra_args` (a
-    "--key=value ..." string, checked against config_class), then `overrides`."""
+    "--key=value ..." string, checked against config_class), then `overrides`, which the parent sets for each
+    sub-run: `extra_args` giving one of them is a ConfigError, not silently overruled."""
     chosen = chosen_keys(source)
     values = {name: getattr(source, name) for name in shared if name in chosen}
     arguments = shlex.split(extra_args)
     given = parse_config(config_class, arguments)
     for argument in arguments:
         name = argument[2:].partition("=")[0].replace("-", "_")
+        if name in overrides:
+            raise ConfigError(f"--{name} cannot be given among a recipe's options ({extra_args.strip()!r}): the study "
+                              f"sets it for each of its runs (--{name}={overrides[name]}); set it with the study's own "
+                              "keys (see --help)")
         values[name] = getattr(given, name)
     return config_class(**{**values, **overrides})
 
