@@ -34,6 +34,40 @@ def test_explore_on_a_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """An --out (or --json) naming a folder where a file goes, or standing below a file, is refused as the command
+    line is read, before a benchmark or a prediction runs for minutes; a file system's refusal met later (a full
+    disk, a vanished folder) is one line too, while any other failure keeps its traceback."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for args, message in (
+            (["benchmark-denoiser", "none", "--clean", str(tmp_path), "--out", str(tmp_path)],
+             f"argument --out: {tmp_path} is a folder: name the file to write"),
+            (["predict", "run", "image.png", "--out", str(a_file / "p.csv")],
+             f"argument --out: {a_file} is a file, so {a_file / 'p.csv'} cannot be written below it"),
+            (["data", "check", str(tmp_path), "--json", str(tmp_path)], "argument --json:"),
+            (["evaluate", "run", str(tmp_path), "--out", str(a_file / "deeper")],
+             f"argument --out: {a_file} is a file: name a folder"),
+            (["report", "run", "--out", str(a_file)], "is a file: name a folder"),
+            (["compare-benchmarks", "a.json", "b.json", "--out", str(tmp_path)], "is a folder")):
+        with pytest.raises(SystemExit) as stopped:
+            toolkit_main(args)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err, args
+
+    import toolkit.cli
+
+    monkeypatch.setattr(toolkit.cli, "command_check", lambda args: (tmp_path / "gone" / "r.json").write_text(""))
+    assert toolkit_main(["data", "check", str(tmp_path)]) == 2
+    said = capsys.readouterr().err
+    assert said == f"error: {tmp_path / 'gone' / 'r.json'}: No such file or directory\n"
+
+    def broken(args):
+        raise OSError("a failure of the code, not of the file system")
+
+    monkeypatch.setattr(toolkit.cli, "command_check", broken)
+    assert toolkit_main(["data", "check", str(tmp_path)]) == 1 and "Traceback" in capsys.readouterr().err
+
+
 def test_benchmark_runs_on_tiny_data_and_writes_json(tiny_intel, tmp_path):
     out = tmp_path / "bench.json"
     result = run_script([*TOOLKIT, "benchmark", "--data", str(tiny_intel), "--images", "48", "--steps", "1",

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 import traceback
@@ -308,6 +309,31 @@ def add_denoiser_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile_margin", type=int, default=TILE_MARGIN, help=TILE_MARGIN_HELP)
 
 
+def output_file(text: str) -> str:
+    """The argparse type of an option naming a file to write: refused at once, not after the work, when a folder
+    is there or a file stands where one of its folders must go."""
+    from toolkit.runs import file_in_the_way
+
+    path = Path(text)
+    if text and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: name the file to write ({path / '<name>'})")
+    blocking = file_in_the_way(path.parent) if text else None
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"{blocking} is a file, so {text} cannot be written below it")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """The argparse type of an option naming a folder to write into (made if need be): refused at once when a file
+    is there or where one of the folders above it must go."""
+    from toolkit.runs import file_in_the_way
+
+    blocking = file_in_the_way(Path(text)) if text else None
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"{blocking} is a file: name a folder (new or existing) for the output")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description="scene-toolkit commands (training lives in recipes/)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -316,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     explore = data.add_parser("explore", help="images per class per split, one example per class, split balance")
     explore.add_argument("root", nargs="?", default="data/intel", help="dataset root (default data/intel; "
                          "'synthetic' for the built-in set)")
-    explore.add_argument("--out", default="", help="output folder (default runs/explore-<time>)")
+    explore.add_argument("--out", default="", type=output_folder, help="output folder (default runs/explore-<time>)")
     explore.add_argument("--val_fraction", type=float, default=0.1)
     explore.add_argument("--holdout_fraction", type=float, default=0.1)
     explore.add_argument("--seed", type=int, default=0)
@@ -325,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser("check", help="find unreadable, mislabeled, duplicate, odd-sized or odd-mode images")
     check.add_argument("root", help="dataset root (Intel layout or <class>/<image>)")
     check.add_argument("--image_size", type=int, default=80, help="flag images smaller than this")
-    check.add_argument("--json", default="", help="where the JSON report goes (default data-check.json)")
+    check.add_argument("--json", default="", type=output_file,
+                       help="where the JSON report goes (default data-check.json)")
     check.add_argument("--limit", type=int, default=12, help="examples listed per problem in the text report")
     check.add_argument("--workers", type=int, default=2, help="decoding processes")
     check.set_defaults(handler=command_check)
@@ -343,13 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "cnn resnet18 fast_cnn efficientnet_lite0 blind_denoiser (default: cnn blind_denoiser)")
     bench.add_argument("--tiny", action="store_true", help="small widths, batch 4, 32 px: a check of the command "
                        "itself (seconds on any CPU), not a measurement")
-    bench.add_argument("--out", default="bench-results.json", help="where the JSON goes")
+    bench.add_argument("--out", default="bench-results.json", type=output_file, help="where the JSON goes")
     bench.set_defaults(handler=command_benchmark)
 
     pred = commands.add_parser("predict", help="classify images, folders or @lists with a trained classifier")
     pred.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     pred.add_argument("inputs", nargs="+", help="image files, folders (recursive) or @file listing paths")
-    pred.add_argument("--out", default="predictions.csv", help="CSV to write")
+    pred.add_argument("--out", default="predictions.csv", type=output_file, help="CSV to write")
     pred.add_argument("--top_k", type=int, default=1, help="also list the k most likely classes")
     add_classifier_loading_arguments(pred)
     add_classifier_output_arguments(pred)
@@ -358,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("evaluate", help="full evaluation of a classifier on a labeled folder")
     ev.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     ev.add_argument("data", help="a folder of <class>/<image> with the checkpoint's classes")
-    ev.add_argument("--out", default="", help="output folder (default runs/evaluate-<time>)")
+    ev.add_argument("--out", default="", type=output_folder, help="output folder (default runs/evaluate-<time>)")
     ev.add_argument("--held_out", action="store_true",
                     help="score exactly the images the run held out of DATA's training folder (recorded in the "
                     "checkpoint), DATA being the data root the run trained on")
@@ -376,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser("report", help="a self-contained HTML report from run directories")
     rep.add_argument("runs", nargs="+", help="run directories: classifier, denoiser, comparison, latent study, "
                      "or toolkit evaluate output folders")
-    rep.add_argument("--out", default="", help="output folder (default runs/report-<time>)")
+    rep.add_argument("--out", default="", type=output_folder, help="output folder (default runs/report-<time>)")
     rep.add_argument("--title", default="", help="page title")
     rep.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
                      help="also log the figures to a W&B run")
@@ -416,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--reduce", type=int, default=1, help="score each image made N times smaller each way by a box "
                     "filter first (2: a JPEG's half-resolution colour becomes full resolution); published rows are "
                     "for whole images, so none are shown")
-    bd.add_argument("--out", default="denoiser-benchmark.json", help="where the JSON goes")
+    bd.add_argument("--out", default="denoiser-benchmark.json", type=output_file, help="where the JSON goes")
     bd.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
                     help="log the results, the published rows and example images to W&B (auto: online with an API "
                     "key and a reachable server, else offline; the run's folder is OUT's name with -wandb)")
@@ -431,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "network against BM3D on the same file; default: --method)")
     cb.add_argument("--sigmas", type=float, nargs="+", default=None,
                     help="only these noise levels, 0-255 scale (default: every level both files scored)")
-    cb.add_argument("--out", default="benchmark-comparison.json", help="where the differences and intervals go (JSON)")
+    cb.add_argument("--out", default="benchmark-comparison.json", type=output_file,
+                    help="where the differences and intervals go (JSON)")
     cb.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
                     help="log the table of differences to W&B (auto: online with an API key and a reachable server, "
                     "else offline; the run's folder is OUT's name with -wandb)")
@@ -446,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what a file system refuses (a full disk, no permission, a file where a folder must go): said in one line
+_FILE_SYSTEM_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
+                         errno.EISDIR, errno.ENOTDIR, errno.ENOENT}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -456,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in _FILE_SYSTEM_REFUSALS or not error.filename:
+            traceback.print_exc()
+            return 1
+        print(f"error: {error.filename2 or error.filename}: {error.strerror}", file=sys.stderr)  # no traceback
+        return 2
     except Exception:
         traceback.print_exc()
         return 1

@@ -34,7 +34,14 @@ import torch
 from toolkit.config import check_non_negative, check_positive, config_to_dict, format_config, parse_config
 from toolkit.errors import CheckpointError, ConfigError, UserError
 from toolkit.progress import say as print_line
-from toolkit.runs import CHANGEABLE_ON_RESUME, config_differences, describe_differences, newest_run, read_config
+from toolkit.runs import (
+    CHANGEABLE_ON_RESUME,
+    config_differences,
+    describe_differences,
+    file_in_the_way,
+    newest_run,
+    read_config,
+)
 from toolkit.train.checkpoint import agreed_latest_checkpoint
 from toolkit.train.precision import choose_mixed_precision, describe_cpu, launcher_precision, training_device_type
 from toolkit.train.tracking import RunLogger, choose_wandb_mode
@@ -266,9 +273,10 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
 
 def check_run_folder(run_dir: Path) -> None:
     """--run_dir names a folder this process can make or write into: a UserError now, not a traceback later."""
+    blocking = file_in_the_way(run_dir)
+    if blocking is not None:
+        raise UserError(f"--run_dir={run_dir}: {blocking} is a file, not a folder; choose another --run_dir")
     existing = next(path for path in (run_dir, *run_dir.parents) if path.exists())  # '.' or '/' at last
-    if not existing.is_dir():
-        raise UserError(f"--run_dir={run_dir}: {existing} is a file, not a folder; choose another --run_dir")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--run_dir={run_dir}: this user cannot write in {existing}; choose another --run_dir")
 

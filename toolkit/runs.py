@@ -50,6 +50,18 @@ def write_json(path: Path, value) -> None:
     write_text_whole(path, json.dumps(standard(value), indent=2, allow_nan=False))
 
 
+def file_in_the_way(folder: Path | str) -> Path | None:
+    """The first of `folder` and the folders above it that exists as something other than a folder (a file where
+    a folder must go, so that nothing can be written below it), or None."""
+    folder = Path(folder)
+    for candidate in (*reversed(folder.parents), folder):
+        if not candidate.exists():
+            return None
+        if not candidate.is_dir():
+            return candidate
+    return None
+
+
 def write_text_whole(path: Path | str, text: str) -> None:
     """Write a text file that appears whole or not at all: written beside it, then renamed over it, so that a run
     stopped while writing leaves the old file. The folder is made."""
