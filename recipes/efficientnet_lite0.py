@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 from toolkit.config import check_fraction, check_non_negative, check_positive
 from toolkit.data.augment import normalize, random_flip, step_generator
-from toolkit.data.beton import default_cache_dir
+from toolkit.data.beton import cache_folder
 from toolkit.data.cached_features import (
     CachedFeatureLoader,
     cached_rows,
@@ -175,7 +174,7 @@ def cache_lower_features(run, model, data, cfg: Config, split: int) -> tuple[Cac
     key = {"images": data.train_set.beton.parent.name, "image_size": cfg.image_size, "blocks": split,
            "weights": weights_digest([network.stem, *network.blocks[:split]]), "stored_as": str(stored_as),
            "device": accelerator.device.type, "precision": run.mixed_precision, "torch": torch.__version__}
-    file = features_cache_file(Path(cfg.cache_dir or default_cache_dir()), "efficientnet_lite0", key) \
+    file = features_cache_file(cache_folder(cfg.cache_dir), "efficientnet_lite0", key) \
         if cfg.keep_feature_cache else None
 
     def compute(indices):

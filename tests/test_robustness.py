@@ -322,6 +322,10 @@ def test_bad_paths_at_every_door_get_one_line_errors(tmp_path, tiny_intel, capsy
         ("resnet18", [f"--data={tiny_intel}", f"--run_dir={tmp_path}/a_file/run"], "a_file is a file, not a folder"),
         ("cnn", [f"--data={tmp_path / 'one_class'}", f"--run_dir={tmp_path}/one"],
          "a classifier needs images of two classes or more; " + f"{tmp_path / 'one_class'} has images of 1 (beach)"),
+        ("cnn", [f"--data={tmp_path / 'a_file'}", f"--run_dir={tmp_path}/f"], "a_file is a file: pass the folder"),
+        ("blind_denoiser", [f"--data={tmp_path / 'a_file'}", f"--run_dir={tmp_path}/b"], "a_file is a file: pass"),
+        ("cnn", [f"--data={tiny_intel}", f"--cache_dir={tmp_path / 'a_file'}/cache", f"--run_dir={tmp_path}/c"],
+         f"--cache_dir ({tmp_path / 'a_file'}/cache) cannot be a folder: {tmp_path / 'a_file'} is a file"),
     ]
     for recipe, args, message in recipes:
         status, _, err = run_command_line(recipe, args, capsys)
@@ -333,6 +337,15 @@ def test_bad_paths_at_every_door_get_one_line_errors(tmp_path, tiny_intel, capsy
         assert message in err and "Traceback" not in err, (args, err)
     assert toolkit_main(["data", "check", str(tmp_path / "one_class"), "--json", str(tmp_path / "one.json")]) == 1
     assert "seg_train: images of one class only (beach); a classifier needs two or more" in capsys.readouterr().out
+    from toolkit.run import RunSettings, run_recipe
+
+    def refused_by_the_file_system(cfg):
+        (tmp_path / "gone" / "metrics.json").write_text("")  # a folder removed under a running recipe
+
+    with pytest.raises(SystemExit) as stopped:
+        run_recipe(refused_by_the_file_system, RunSettings, [])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'gone' / 'metrics.json'}: No such file or directory\n"
     result = run_script([sys.executable, str(RECIPES / "cnn.py"), "--lr=-1"])  # and once as a real script
     assert result.returncode == 2 and "--lr must be greater than 0" in result.stderr
     assert "Traceback" not in result.stderr

@@ -15,13 +15,12 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, file_system_refusal
 
 
 def _tool_logger(out_dir: Path, name: str, wandb_mode: str, config: dict, chosen: tuple[str, str] | None = None):
@@ -474,11 +473,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# what a file system refuses (a full disk, no permission, a file where a folder must go): said in one line
-_FILE_SYSTEM_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
-                         errno.EISDIR, errno.ENOTDIR, errno.ENOENT}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -490,10 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as error:
-        if error.errno not in _FILE_SYSTEM_REFUSALS or not error.filename:
+        refusal = file_system_refusal(error)
+        if refusal is None:
             traceback.print_exc()
             return 1
-        print(f"error: {error.filename2 or error.filename}: {error.strerror}", file=sys.stderr)  # no traceback
+        print(f"error: {refusal}", file=sys.stderr)
         return 2
     except Exception:
         traceback.print_exc()

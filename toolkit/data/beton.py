@@ -43,7 +43,7 @@ from toolkit.data.images import (
 )
 from toolkit.errors import DataError
 from toolkit.progress import progress_bar
-from toolkit.runs import write_json
+from toolkit.runs import file_in_the_way, write_json
 from toolkit.worker_pool import default_sigterm
 
 FORMAT_VERSION = 3  # bump whenever the same inputs would be stored differently (2: pixel hashes; 3: colour profiles)
@@ -57,6 +57,19 @@ def default_cache_dir() -> Path:
         return Path(os.environ["SCENE_TOOLKIT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "scene-toolkit"
+
+
+def cache_folder(cache_dir: Path | str | None) -> Path:
+    """Where .beton files are cached: `cache_dir` (a recipe's --cache_dir), else default_cache_dir(); a DataError
+    when a file stands where that folder must go."""
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    blocking = file_in_the_way(folder)
+    if blocking is not None:
+        named = "--cache_dir" if cache_dir else ("$SCENE_TOOLKIT_CACHE" if os.environ.get("SCENE_TOOLKIT_CACHE")
+                                                 else "the default cache folder")
+        raise DataError(f"{named} ({folder}) cannot be a folder: {blocking} is a file. Pass --cache_dir=PATH or set "
+                        "SCENE_TOOLKIT_CACHE to a folder")
+    return folder
 
 
 def file_digest(path: Path) -> str:
@@ -389,7 +402,7 @@ def cached_beton(
     that cannot be decoded are skipped and listed (with the reason) in manifest['skipped'].
     """
     root = Path(root).resolve()
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = cache_folder(cache_dir)
     relative = [Path(file).resolve().relative_to(root).as_posix() for file in files]
     digests = [file_digest(file) for file in files]
     key = beton_cache_key(relative, digests, labels, classes, store_size, storage, jpeg_quality, boxes)

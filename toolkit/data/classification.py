@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.data.beton import StoredImages, cached_beton, conflicting_duplicates, default_cache_dir
+from toolkit.data.beton import StoredImages, cache_folder, cached_beton, conflicting_duplicates
 from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_split, scan_labeled_folder
 from toolkit.data.settings import DEFAULT_DATA, ClassificationDataSettings
 from toolkit.data.split import duplicate_groups, stratified_split
@@ -45,7 +45,10 @@ def find_data_root(data: str, cache_dir: Path | None = None, log=print) -> tuple
     loudly, when absent; any other missing path is an error (a typo should not train on
     made-up images).
     """
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = cache_folder(cache_dir)
+    if data != "synthetic" and Path(data).is_file():
+        raise DataError(f"--data={data} is a file: pass the folder holding the class folders (or seg_train/ and "
+                        "seg_test/)")
     if data != "synthetic" and Path(data).exists():
         root = Path(data)
         return root, is_synthetic(root)

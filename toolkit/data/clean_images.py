@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from toolkit.data.beton import StoredImages, cached_beton, default_cache_dir
+from toolkit.data.beton import StoredImages, cache_folder, cached_beton
 from toolkit.data.folders import list_image_files
 from toolkit.data.images import box_reduction, reduced_size
 from toolkit.data.settings import CleanImageSettings
@@ -87,11 +87,12 @@ def load_clean_images(settings: CleanImageSettings, cache_dir: Path | str | None
                       log=print) -> CleanImages:
     """Find the folder (or, for data='synthetic', generate one), store its tiles once, split by image."""
     settings.check_data_settings()
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = cache_folder(cache_dir)
     synthetic = settings.data == "synthetic"
     root = write_synthetic_scenes(cache_dir / "synthetic-scenes") / "seg_pred" if synthetic else Path(settings.data)
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist: pass --data=PATH to a folder of clean photographs "
+        what = "is a file" if root.is_file() else "does not exist"
+        raise DataError(f"image folder {root} {what}: pass --data=PATH to a folder of clean photographs "
                         "(e.g. CBSD432: the 432 colour BSD images that DnCNN, FFDNet and DRUNet train on)")
     files = list_image_files(root)
     if not files:
