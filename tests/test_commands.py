@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_script
+from PIL import Image
 
 from toolkit.cli import main as toolkit_main
 
@@ -49,10 +50,21 @@ def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_pat
             (["evaluate", "run", str(tmp_path), "--out", str(a_file / "deeper")],
              f"argument --out: {a_file} is a file: name a folder"),
             (["report", "run", "--out", str(a_file)], "is a file: name a folder"),
-            (["compare-benchmarks", "a.json", "b.json", "--out", str(tmp_path)], "is a folder")):
+            (["compare-benchmarks", "a.json", "b.json", "--out", str(tmp_path)], "is a folder"),
+            (["wandb-report", "study", "--out", str(a_file)], "is a file: name a folder"),
+            # counts out of range are refused as they are read too: a batch of 0 gathered every image into one
+            (["predict", "run", "image.png", "--batch_size", "0"], "argument --batch_size: takes a whole number of 1"),
+            (["predict", "run", "image.png", "--top_k", "two"], "argument --top_k: takes a whole number of 1 or more"),
+            (["benchmark", "--tiny", "--images", "0"], "argument --images: takes a whole number of 1 or more"),
+            (["benchmark-denoiser", "none", "--clean", ".", "--max_images", "-1"], "whole number of 0 or more")):
         with pytest.raises(SystemExit) as stopped:
             toolkit_main(args)
         assert stopped.value.code == 2 and message in capsys.readouterr().err, args
+
+    assert toolkit_main(["wandb-report", "--publish", str(a_file.with_name("image.png"))]) == 2  # not text at all
+    Image.new("RGB", (4, 4)).save(a_file.with_name("image.png"))
+    assert toolkit_main(["wandb-report", "--publish", str(a_file.with_name("image.png"))]) == 2
+    assert "is not a report definition written by toolkit wandb-report" in capsys.readouterr().err
 
     import toolkit.cli
 

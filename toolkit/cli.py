@@ -277,8 +277,8 @@ SELF_ENSEMBLE_HELP = ("average the model's outputs over the image's 8 rotations 
 
 def add_classifier_loading_arguments(parser: argparse.ArgumentParser) -> None:
     """--batch_size, --workers and --device, as predict, evaluate and calibrate take them."""
-    parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    parser.add_argument("--batch_size", type=at_least(1), default=64, help="images per forward pass")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="decoding processes")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu",
                         help="where the model runs (default: the CUDA GPU when torch sees one, else the CPU)")
 
@@ -306,6 +306,21 @@ def add_denoiser_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
     parser.add_argument("--tile_size", type=int, default=TILE_SIZE, help=TILE_SIZE_HELP.format(margin=TILE_MARGIN))
     parser.add_argument("--tile_margin", type=int, default=TILE_MARGIN, help=TILE_MARGIN_HELP)
+
+
+def at_least(minimum: int):
+    """The argparse type of a whole-number option of `minimum` or more: anything else is refused as the command
+    line is read (a batch of 0 images would otherwise gather every image into one)."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"takes a whole number of {minimum} or more, got {text!r}")
+        return value
+
+    return whole_number
 
 
 def output_file(text: str) -> str:
@@ -344,23 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--out", default="", type=output_folder, help="output folder (default runs/explore-<time>)")
     explore.add_argument("--val_fraction", type=float, default=0.1)
     explore.add_argument("--holdout_fraction", type=float, default=0.1)
-    explore.add_argument("--seed", type=int, default=0)
+    explore.add_argument("--seed", type=at_least(0), default=0)
     explore.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"])
     explore.set_defaults(handler=command_explore)
     check = data.add_parser("check", help="find unreadable, mislabeled, duplicate, odd-sized or odd-mode images")
     check.add_argument("root", help="dataset root (Intel layout or <class>/<image>)")
-    check.add_argument("--image_size", type=int, default=80, help="flag images smaller than this")
+    check.add_argument("--image_size", type=at_least(1), default=80, help="flag images smaller than this")
     check.add_argument("--json", default="", type=output_file,
                        help="where the JSON report goes (default data-check.json)")
-    check.add_argument("--limit", type=int, default=12, help="examples listed per problem in the text report")
-    check.add_argument("--workers", type=int, default=2, help="decoding processes")
+    check.add_argument("--limit", type=at_least(0), default=12, help="examples listed per problem in the text report")
+    check.add_argument("--workers", type=at_least(1), default=2, help="decoding processes")
     check.set_defaults(handler=command_check)
 
     bench = commands.add_parser("benchmark", help="measure loaders and training steps on this machine")
     bench.add_argument("--data", default="data/intel", help="dataset root (default data/intel, else synthetic)")
-    bench.add_argument("--images", type=int, default=2400, help="images used for the loader measurements")
-    bench.add_argument("--steps", type=int, default=8, help="timed training steps per model and setting")
-    bench.add_argument("--num_workers", type=int, default=2, help="loader workers / FFCV threads")
+    bench.add_argument("--images", type=at_least(1), default=2400, help="images used for the loader measurements")
+    bench.add_argument("--steps", type=at_least(1), default=8, help="timed training steps per model and setting")
+    bench.add_argument("--num_workers", type=at_least(0), default=2, help="loader workers / FFCV threads")
     bench.add_argument("--only", nargs="*", default=[], help="sections to run: ceiling loaders steps pipeline compile")
     bench.add_argument("--precisions", nargs="*", default=None, choices=["fp32", "bf16", "fp16"],
                        help="precisions to time in 'steps' (default: fp32, and bf16 where the CPU has it natively)")
@@ -376,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     pred.add_argument("inputs", nargs="+", help="image files, folders (recursive) or @file listing paths")
     pred.add_argument("--out", default="predictions.csv", type=output_file, help="CSV to write")
-    pred.add_argument("--top_k", type=int, default=1, help="also list the k most likely classes")
+    pred.add_argument("--top_k", type=at_least(1), default=1, help="also list the k most likely classes")
     add_classifier_loading_arguments(pred)
     add_classifier_output_arguments(pred)
     pred.set_defaults(handler=command_predict)
@@ -438,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--validation_images", action="store_true",
                     help="score only the images of --clean that the model's run held out for validation (the "
                     "folder it trained on): choose options such as --self_ensemble here, never on the test set")
-    bd.add_argument("--max_images", type=int, default=0, help=">0: only the first N images (a quick look)")
+    bd.add_argument("--max_images", type=at_least(0), default=0, help=">0: only the first N images (a quick look)")
     bd.add_argument("--reduce", type=int, default=1, help="score each image made N times smaller each way by a box "
                     "filter first (2: a JPEG's half-resolution colour becomes full resolution); published rows are "
                     "for whole images, so none are shown")
@@ -465,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     cb.set_defaults(handler=command_compare_benchmarks)
     wr = commands.add_parser("wandb-report", help="a Weights & Biases Report of a comparison or a latent study")
     wr.add_argument("study", nargs="?", default="", help="the study's folder (compare_classifiers or latent_study)")
-    wr.add_argument("--out", default="", help="where wandb_report.json goes (default: the study's folder)")
+    wr.add_argument("--out", default="", type=output_folder,
+                    help="where wandb_report.json goes (default: the study's folder)")
     wr.add_argument("--publish", default="", help="publish a definition written earlier (needs a key and network)")
     wr.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
                     help="auto: publish when an API key and the server are there; else write and say how")

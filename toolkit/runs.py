@@ -32,7 +32,7 @@ def read_json(path: Path) -> dict | None:
     """A JSON file's content, or None when it is missing or unreadable."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # missing, not text, not JSON
         return None
 
 
