@@ -61,8 +61,8 @@ def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_pat
             toolkit_main(args)
         assert stopped.value.code == 2 and message in capsys.readouterr().err, args
 
-    assert toolkit_main(["wandb-report", "--publish", str(a_file.with_name("image.png"))]) == 2  # not text at all
-    Image.new("RGB", (4, 4)).save(a_file.with_name("image.png"))
+    assert toolkit_main(["wandb-report", "--publish", str(a_file.with_name("image.png"))]) == 2  # not there
+    Image.new("RGB", (4, 4)).save(a_file.with_name("image.png"))  # not text at all
     assert toolkit_main(["wandb-report", "--publish", str(a_file.with_name("image.png"))]) == 2
     assert "is not a report definition written by toolkit wandb-report" in capsys.readouterr().err
 
