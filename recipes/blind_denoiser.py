@@ -81,9 +81,9 @@ class Config(CleanImageSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "patch_size", "batch_size", "eval_batch_size", "epochs", "lr", "sigma_max")
-    check_non_negative(cfg, "ema_decay", "grid_images", "max_grad_norm", "train_minutes", "sigma_weight_floor",
+    check_non_negative(cfg, "grid_images", "max_grad_norm", "train_minutes", "sigma_weight_floor",
                        "early_patch_size")
-    check_fraction(cfg, "warmup_fraction", "early_patch_share", "light_noise_share")
+    check_fraction(cfg, "warmup_fraction", "early_patch_share", "light_noise_share", "ema_decay")
     if not 0 < cfg.light_noise_max <= cfg.sigma_max:
         raise ConfigError(f"--light_noise_max={cfg.light_noise_max} must be above 0 and at most "
                           f"--sigma_max={cfg.sigma_max}")

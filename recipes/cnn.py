@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from toolkit.config import check_non_negative, check_positive
+from toolkit.config import check_fraction, check_non_negative, check_positive
 from toolkit.data.augment import STUDY_MEAN, STUDY_STD, normalize, random_flip, step_generator
 from toolkit.data.classification import load_classification_data
 from toolkit.data.loaders import make_loader, stand_in_batch, stand_in_labels
@@ -42,7 +42,8 @@ class Config(ClassificationDataSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "width", "epochs", "batch_size", "eval_batch_size", "lr")
-    check_non_negative(cfg, "weight_decay", "dropout", "train_minutes")
+    check_non_negative(cfg, "weight_decay", "train_minutes")
+    check_fraction(cfg, "dropout")
     run = start_run(cfg, "cnn")
     with run.main_process_first():  # one process per machine writes the .beton files; the others reuse them
         data = load_classification_data(cfg, cfg.seed, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,

@@ -79,11 +79,11 @@ class Config(ClassificationDataSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
-    check_non_negative(cfg, "weight_decay", "dropout", "ema_decay", "train_minutes")
+    check_non_negative(cfg, "weight_decay", "train_minutes")
     if cfg.train_minutes and cfg.mode == "linear_probe":
         raise ConfigError(f"--train_minutes does not apply to --mode=linear_probe (a fixed {PROBE_STEPS} full-batch "
                           "steps); use it with --mode=top or --mode=finetune, or leave it out")
-    check_fraction(cfg, "warmup_fraction", "label_smoothing")
+    check_fraction(cfg, "warmup_fraction", "label_smoothing", "dropout", "ema_decay")
     if not 1 <= cfg.train_from_block <= 16:
         raise ConfigError(f"--train_from_block must be 1..16 (EfficientNet-Lite0 has 16 blocks), "
                           f"got {cfg.train_from_block}")

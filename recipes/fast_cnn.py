@@ -59,8 +59,8 @@ class Config(ClassificationDataSettings, RunSettings):
 
 def main(cfg: Config) -> dict:
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
-    check_non_negative(cfg, "weight_decay", "momentum", "dropout", "ema_decay")
-    check_fraction(cfg, "warmup_fraction", "label_smoothing")
+    check_non_negative(cfg, "weight_decay")
+    check_fraction(cfg, "warmup_fraction", "label_smoothing", "momentum", "dropout", "ema_decay")
     if not 0 < cfg.min_scale <= 1:
         raise ConfigError(f"--min_scale must lie in (0, 1], got {cfg.min_scale}")
     widths, sizes = parse_sizes("widths", cfg.widths), parse_sizes("train_image_sizes", cfg.train_image_sizes)

@@ -144,6 +144,12 @@ def test_bad_command_lines_get_one_line_errors(tmp_path, capsys):
                               ("--data=/definitely/missing", "does not exist")):
         status, _, err = run_command_line("cnn", [argument, f"--run_dir={tmp_path / 'x'}"], capsys)
         assert status == 2 and message in err and "Traceback" not in err, (argument, err)
+    # averages, dropouts and momenta are shares of one: 1 or more is refused, not trained with
+    for recipe, argument in (("blind_denoiser", "--ema_decay=2"), ("efficientnet_lite0", "--ema_decay=1"),
+                             ("fast_cnn", "--momentum=1.5"), ("fast_cnn", "--dropout=1"), ("cnn", "--dropout=1")):
+        status, _, err = run_command_line(recipe, [argument, f"--run_dir={tmp_path / 'x'}"], capsys)
+        key = argument[2:].split("=")[0]
+        assert status == 2 and f"--{key} must be at least 0 and below 1" in err, (recipe, argument, err)
 
 
 def test_help_lists_every_key(capsys):
