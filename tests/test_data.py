@@ -218,6 +218,14 @@ def test_classification_data_holds_out_a_fixed_test_set(tiny_intel, cache_dir):
                                          cache_dir=cache_dir, log=lambda *_: None)
     assert with_test.test_name == "seg_test" and len(with_test.test_indices) == 36
     assert HOLDOUT_SEED  # the constant exists and is documented in classification.py
+    # a test folder named on purpose must be there (only the default falls back to holding out); a subset too
+    # small to give each class an image is said as such, not as a small folder
+    with pytest.raises(DataError, match="no test folder 'seg_tset' under .*--test_split=none to hold out"):
+        load_classification_data(dataclasses.replace(settings, test_split="seg_tset"), 0, cache_dir=cache_dir,
+                                 log=lambda *_: None)
+    with pytest.raises(DataError, match=r"--max_train_images=3 leaves no training images .* each of the 6 classes"):
+        load_classification_data(dataclasses.replace(settings, max_train_images=3), 0, cache_dir=cache_dir,
+                                 log=lambda *_: None)
 
 
 def test_missing_data_folder_is_an_error_unless_it_is_the_default(tmp_path):

@@ -62,7 +62,7 @@ class RunSettings:
     eval_every: int = 25  # iterations between validation passes (0 = only at the end)
     log_every: int = 1  # iterations between training-loss log lines
     checkpoint_every: int = 25  # iterations between checkpoints (0 = only at the end)
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = keep them all)
     grad_accumulation: int = 1  # batches whose gradients are summed before each optimizer step
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale --lr with the global batch's growth over one process
     max_steps: int = 0  # >0: stop after this many iterations (smoke tests, benchmarks); --resume continues

@@ -21,7 +21,7 @@ import numpy as np
 
 from toolkit.data.beton import StoredImages, cache_folder, cached_beton, conflicting_duplicates
 from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_split, scan_labeled_folder
-from toolkit.data.settings import DEFAULT_DATA, ClassificationDataSettings
+from toolkit.data.settings import DEFAULT_DATA, DEFAULT_TEST_SPLIT, ClassificationDataSettings
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.data.synthetic import is_synthetic, write_synthetic_scenes
 from toolkit.errors import DataError
@@ -142,6 +142,9 @@ def load_classification_data(settings: ClassificationDataSettings, seed: int, im
         log(f"[data] left out {len(conflicting)} identical images that carry different labels")
 
     test_folder = find_split(root, test_split) if test_split else None
+    if test_folder is None and test_split not in ("", "none", DEFAULT_TEST_SPLIT):  # named, so meant to be there
+        raise DataError(f"no test folder '{test_split}' under {root}: name one that is there, or pass "
+                        "--test_split=none to hold out part of the training images as the test set")
     if test_folder is not None:
         test_listing = scan_labeled_folder(test_folder, classes=listing.classes)
         test_set = cached_beton(f"{_slug(root)}-{test_split}", test_listing.root, test_listing.files,
@@ -163,6 +166,9 @@ def load_classification_data(settings: ClassificationDataSettings, seed: int, im
         fraction = 1 - max_train_images / len(train_indices)
         subset, _ = stratified_split(labels[train_indices], fraction, seed, [groups[i] for i in train_indices])
         train_indices = train_indices[subset]
+    if len(train_indices) == 0 and max_train_images:
+        raise DataError(f"--max_train_images={max_train_images} leaves no training images (it takes the same share "
+                        f"of each of the {len(listing.classes)} classes): ask for more")
     if len(train_indices) == 0 or len(val_indices) == 0:
         raise DataError(f"{train_folder} has too few images ({train_set.num_samples}) for a train/validation "
                         f"split with val_fraction={settings.val_fraction}; add images or raise --val_fraction")

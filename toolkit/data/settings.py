@@ -17,13 +17,14 @@ from toolkit.config import check_fraction, check_non_negative, check_positive
 from toolkit.errors import ConfigError
 
 DEFAULT_DATA = "data/intel"
+DEFAULT_TEST_SPLIT = "seg_test"  # scored when it is there; without it part of the training images is held out
 
 
 @dataclass
 class ClassificationDataSettings:
     data: str = DEFAULT_DATA  # a folder with seg_train[/seg_test] or <class>/<image>; 'synthetic' = built-in set
     train_split: str = "seg_train"  # training folder below --data
-    test_split: str = "seg_test"  # test folder below --data, scored once at the end if present
+    test_split: str = DEFAULT_TEST_SPLIT  # test folder below --data, scored once at the end if present (none: hold out)
     holdout_fraction: float = 0.1  # without a test folder: share of training held out as the test set
     val_fraction: float = 0.1  # share of the remaining training images used for validation
     max_train_images: int = 0  # >0: a stratified subset of this many training images (0 = all)
