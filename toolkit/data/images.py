@@ -116,12 +116,21 @@ def colour_profile(image: Image.Image) -> tuple[str, str]:
     return description or "unnamed colour profile", ""
 
 
+def without_palette(image: Image.Image) -> Image.Image:
+    """A palette image as the RGB colours it indexes (RGBA when it has transparency), keeping its profile and EXIF
+    data; any other image as it is."""
+    if image.mode not in ("P", "PA"):
+        return image
+    return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+
+
 def in_srgb(image: Image.Image) -> Image.Image:
     """The image's pixels as sRGB through its embedded colour profile (RGB, RGBA with its alpha, CMYK or grey, to
     RGB or RGBA), so that a photo from a wide-gamut camera or a press file shows a model the colours a colour-managed
     viewer shows; the image itself when it has no profile to go through (colour_profile). EXIF data is kept."""
     if not colour_profile(image)[0]:
         return image
+    image = without_palette(image)
     converted = _to_srgb_transform(image.info["icc_profile"], image.mode)[0].apply(image)
     converted.info = {key: value for key, value in image.info.items() if key != "icc_profile"}
     return converted
@@ -130,10 +139,7 @@ def in_srgb(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any colour mode to sRGB's RGB: through the image's colour profile when it carries one (in_srgb),
     alpha composited onto white, 16-bit scaled to 8-bit."""
-    image = ImageOps.exif_transpose(image)  # phone photos store rotation in EXIF
-    if image.mode in ("P", "PA"):  # a palette's colours are RGB, which its profile (if any) describes
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    image = in_srgb(image)
+    image = in_srgb(without_palette(ImageOps.exif_transpose(image)))  # phone photos store rotation in EXIF
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
