@@ -216,6 +216,34 @@ def report(trained, tiny_intel, tmp_path_factory) -> Path:
     return out / "index.html"
 
 
+def test_report_shows_a_run_that_has_not_finished_as_it_stands(trained, tmp_path, capsys):
+    """A run still training, or killed before its end, has config.json, metrics.jsonl and checkpoints but no
+    summary: the report shows what it logged so far (its latest validation, its curves drawn now), its newest
+    checkpoint and the command that continues it, for a classifier and a denoiser alike."""
+    classifier = tmp_path / "classifier"
+    shutil.copytree(trained, classifier)
+    (classifier / "summary.json").unlink()
+    denoiser = tmp_path / "denoiser"
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_every=1", "--num_workers=1", "--grid_images=0", "--max_steps=2",
+                                      "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={denoiser}"])
+    (denoiser / "summary.json").unlink()
+    out = tmp_path / "report"
+    assert toolkit_main(["report", str(classifier), str(denoiser), "--out", str(out), "--wandb_mode=disabled"]) == 0
+    page = (out / "index.html").read_text()
+    for name, recipe, run_dir in (("cnn", "cnn", classifier), ("blind_denoiser-resunet", "blind_denoiser", denoiser)):
+        assert f"<h2>{name} run {run_dir.name}</h2><p>Not finished: training now, or stopped before its end" in page
+        assert f"continues with: accelerate launch recipes/{recipe}.py --run_dir={run_dir} --resume" in page
+        assert f"{run_dir.name}: learning curves so far" in page
+    assert re.search(r"latest validation \(iteration \d+\)</th>.*<td>accuracy</td><td>0\.\d{4}</td>", page)
+    assert re.search(r"<td>psnr_25</td><td>\d+\.\d{4}</td>", page)
+    assert sorted(path.name for path in (out / "figures").iterdir()) == [
+        "01-classifier--learning-curves-so-far.png", "02-denoiser--learning-curves-so-far.png"]
+    (tmp_path / "empty").mkdir()
+    assert toolkit_main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
+    assert "not a run, a study or an evaluation" in capsys.readouterr().err
+
+
 def test_report_is_self_contained(report):
     text = report.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text), "the page refers to the network"

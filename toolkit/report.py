@@ -1,7 +1,8 @@
 """`toolkit report RUN_DIR [RUN_DIR ...]`: one self-contained HTML page from run directories.
 
 Understands classifier runs, denoiser runs, `toolkit evaluate` folders, the classifier comparison
-(recipes/compare_classifiers.py) and the latent-size study (recipes/latent_study.py). Every figure
+(recipes/compare_classifiers.py) and the latent-size study (recipes/latent_study.py); a run still training, or
+stopped before its end, shows what it has logged so far. Every figure
 is embedded as a data URI (and copied as PNG beside the page), so the page needs no network and
 can be mailed around. A tiny inline script counts the images that loaded (data-images-loaded on
 <body>), which the browser test reads.
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.runs import read_json
+from toolkit.runs import read_json, read_metrics, series
 
 STUDY_CLASSIFIERS = {"CNN": 0.864, "ResNet18": 0.899}  # STUDY.md, seg_test
 
@@ -35,6 +36,8 @@ def run_kind(run_dir: Path) -> str:
     metrics = read_json(run_dir / "metrics.json") or {}
     if "ece" in metrics:
         return "evaluation"
+    if (read_json(run_dir / "config.json") or {}).get("recipe") and read_metrics(run_dir):
+        return "unfinished"  # training now, or stopped before its end
     return "unknown"
 
 
@@ -105,6 +108,47 @@ def _classifier_section(page: _Page, run_dir: Path, title: str | None = None) ->
                           ("test_examples.png", "test images: true -> predicted (probability)")):
         page.figure(plots / name, f"{run_dir.name}: {caption}")
     return summary
+
+
+def recipe_file(run_name: str) -> str:
+    """The recipes/ file (without .py) that starts runs of the kind config.json's 'recipe' names: a model or mode
+    after a dash is the recipe's own (blind_denoiser-resunet, autoencoder-AE38, efficientnet_lite0-top)."""
+    return {"compare": "compare_classifiers", "latent-study": "latent_study"}.get(run_name, run_name.split("-")[0])
+
+
+def _unfinished_section(page: _Page, run_dir: Path) -> None:
+    """A run still training, or stopped before its end: what it logged so far, its newest checkpoint, how to go on,
+    and its learning curves drawn from metrics.jsonl as they stand."""
+    from toolkit.plots import plot_classifier_curves, plot_lines
+    from toolkit.train.checkpoint import complete_checkpoints
+
+    config = read_json(run_dir / "config.json") or {}
+    records = read_metrics(run_dir)
+    recipe = recipe_file(config["recipe"])
+    checkpoints = complete_checkpoints(run_dir)
+    newest = f"its newest checkpoint is at iteration {int(checkpoints[-1].name.split('-')[1])}" if checkpoints \
+        else "it has no checkpoint yet"
+    page.paragraph(f"Not finished: training now, or stopped before its end (no summary.json). {len(records)} "
+                   f"records logged up to iteration {max(r.get('step', 0) for r in records)}; {newest}. A stopped run "
+                   f"continues with: accelerate launch recipes/{recipe}.py --run_dir={run_dir} --resume")
+    validated = [r for r in records if any(key.startswith("val/") for key in r)]
+    if validated:
+        latest = validated[-1]
+        page.table([f"latest validation (iteration {latest.get('step')})", "value"],
+                   [[key.removeprefix("val/"), f"{value:.4f}"] for key, value in sorted(latest.items())
+                    if key.startswith("val/") and isinstance(value, (int, float))])
+    drawn = page.figures_dir / ".unfinished"
+    drawn.mkdir(exist_ok=True)
+    if any("val/accuracy" in r for r in records):
+        curves = plot_classifier_curves(records, drawn / f"{run_dir.name}.png", run_dir.name)
+    else:
+        psnr = {key.removeprefix("val/"): series(records, key) for key in sorted({k for r in records for k in r})
+                if re.fullmatch(r"val/(\w+/)?psnr(_[\d.]+)?", key)}
+        curves = plot_lines({"train loss (per iteration)": series(records, "train/loss"), **psnr},
+                            drawn / f"{run_dir.name}.png", "iteration", "loss; validation PSNR (dB)",
+                            title=f"{run_dir.name} (as it stands)")
+    page.figure(curves, f"{run_dir.name}: learning curves so far")
+    shutil.rmtree(drawn, ignore_errors=True)
 
 
 def _denoiser_section(page: _Page, run_dir: Path) -> dict:
@@ -230,7 +274,8 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "") -> Path:
     kinds = {run_dir: run_kind(run_dir) for run_dir in run_dirs}
     unknown = [str(d) for d, kind in kinds.items() if kind == "unknown"]
     if unknown:
-        raise UserError(f"not a finished run (no summary.json, comparison.json, latent_study.json or metrics.json): "
+        raise UserError(f"not a run, a study or an evaluation (no summary.json, comparison.json, latent_study.json, "
+                        f"metrics.json, or config.json with metrics.jsonl): "
                         f"{', '.join(unknown)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     page = _Page(out_dir)
@@ -264,6 +309,9 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "") -> Path:
         elif kind == "denoiser":
             page.heading(f"Denoiser run {run_dir.name}", 2)
             _denoiser_section(page, run_dir)
+        elif kind == "unfinished":
+            page.heading(f"{read_json(run_dir / 'config.json')['recipe']} run {run_dir.name}", 2)
+            _unfinished_section(page, run_dir)
         else:
             page.heading("Evaluation", 2)
             _evaluation_section(page, run_dir)
