@@ -496,7 +496,7 @@ def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel,
         assert toolkit_main(["denoise", str(tmp_path / run), str(inputs), str(tmp_path / f"out-{run}"),
                              "--self_ensemble"]) == 0
         said = capsys.readouterr().out
-        assert "cmyk.jpg: a CMYK image, written as RGB" in said
+        assert "cmyk.jpg: in colour mode CMYK, written as RGB" in said
         assert "palette.png: a palette image, written as RGB" in said
         for name, (mode, size) in expected.items():
             written = Image.open(tmp_path / f"out-{run}" / f"{name}.png")
@@ -611,7 +611,7 @@ def test_denoise_keeps_the_colour_profile_and_exif_data_and_says_what_it_cannot_
     assert "icc_profile" not in Image.open(out / "print.png").info
     assert "print.jpg: its CMYK colour profile does not describe the RGB pixels written" in said
     assert Image.open(out / "press.png").info["icc_profile"] == srgb_profile().tobytes()
-    assert "press.tif: a CMYK image, written as sRGB through its colour profile (Ideal inks (test))" in said
+    assert "press.tif: in colour mode CMYK, written as sRGB through its colour profile (Ideal inks (test))" in said
     assert "moving.gif: holds 3 frames (an animation or pages); only the first is denoised" in said
     assert not any(word in said for word in ("photo.png:", "grey.png:", "deep.png:"))  # nothing left out there
 

@@ -178,10 +178,11 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             continue
         noisy = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # (1, 3, H, W) in [0, 1]
         if stored.converted_through:
-            log(f"[denoise] {file}: a {stored.mode} image, written as sRGB through its colour profile "
+            log(f"[denoise] {file}: in colour mode {stored.mode}, written as sRGB through its colour profile "
                 f"({stored.converted_through})")
         elif stored.converted:
-            log(f"[denoise] {file}: a {'palette' if stored.mode == 'P' else stored.mode} image, written as RGB")
+            kind = "a palette image" if stored.mode == "P" else f"in colour mode {stored.mode}"  # CMYK, YCbCr, F, ...
+            log(f"[denoise] {file}: {kind}, written as RGB")
         if stored.dropped_profile:
             log(f"[denoise] {file}: its {stored.dropped_profile} colour profile does not describe the RGB pixels "
                 "written, which carry none (colours as a plain conversion to RGB gives them)")
