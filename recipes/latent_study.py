@@ -32,7 +32,7 @@ from toolkit.data.denoising import load_denoising_data
 from toolkit.data.loaders import shard_loader
 from toolkit.data.settings import DenoisingDataSettings
 from toolkit.errors import ConfigError
-from toolkit.inference import load_trained_model
+from toolkit.inference import load_denoiser, load_trained_model
 from toolkit.latent import (
     STUDY_TRAINING_MSE,
     aggregate_latent_study,
@@ -86,6 +86,8 @@ def main(cfg: Config) -> dict:
     if cfg.bm3d and not bm3d_available():
         raise ConfigError("--bm3d needs the optional bm3d package: pip install bm3d (non-commercial licence)")
     pretrained = [path.strip() for path in cfg.pretrained.split(",") if path.strip()]
+    for path in pretrained:  # a denoiser each, checked now rather than after the training below
+        load_denoiser(path)
     base = study_dir(cfg.run_dir, cfg.resume, "latent-study")
     group = cfg.wandb_group or base.name
     shared = field_names(DenoisingDataSettings, RunSettings) - {"run_dir", "seed", "wandb_group", "wandb_tags"}
@@ -124,7 +126,7 @@ def main(cfg: Config) -> dict:
     baselines = {labels[m]: scored[m] for m in methods}
     extra = {}
     for path in pretrained:  # trained elsewhere, scored here as they are
-        model, state = load_trained_model(path, run.device)
+        model, state = load_denoiser(path, run.device)
         result = evaluate_denoiser(model, shard, run.accelerator, noise, state.conditioned, baselines=(),
                                    progress=f"{state.label or state.model} on held-out images")
         extra[f"{state.label or state.model} (pretrained: {Path(path).name})"] = {

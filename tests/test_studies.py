@@ -119,6 +119,11 @@ def test_the_latent_study_resumes_the_newest_one_without_a_run_dir(tiny_intel, t
     args = [f"--data={tiny_intel}", "--models=AE38", "--image_size=48", "--num_workers=1", "--max_steps=2",
             "--grid_images=0", "--nlm=false", "--ae_args=--batch_size=8 --grid_images=0"]
     (tmp_path / "runs").mkdir()
+    from toolkit.errors import UserError
+
+    with pytest.raises(UserError, match="nothing_there does not exist"):  # a pretrained model is checked first,
+        run_in_process("latent_study", [*args, f"--pretrained={tmp_path / 'nothing_there'}"])  # not after training
+    assert not list((tmp_path / "runs").iterdir())
     first = run_in_process("latent_study", args)
     again = run_in_process("latent_study", [*args, "--resume"])
     assert again["models"]["AE38"]["psnr"]["mean"] == first["models"]["AE38"]["psnr"]["mean"]
