@@ -58,16 +58,25 @@ class Config(DenoisingDataSettings, RunSettings):
     eval_every: int = 0  # iterations between extra validation passes within an epoch (0 = none)
 
 
-def main(cfg: Config) -> dict:
+def model_spec(cfg: Config) -> dict:
+    return {"name": cfg.model, "kwargs": parse_kwargs("model_kwargs", cfg.model_kwargs)
+            | ({"conditioned": True} if cfg.conditioned else {})}
+
+
+def check_config(cfg: Config) -> None:
+    """Every value in range, before any work: a study checks each of its runs' configs before training any."""
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
     check_non_negative(cfg, "weight_decay", "sigma", "sigma_max", "crop", "grid_images", "train_minutes")
     if cfg.model not in DENOISERS:
         raise ConfigError(f"--model={cfg.model!r} is not a denoiser; choose from {', '.join(DENOISERS)}")
     if cfg.sigma_max and cfg.sigma_max < cfg.sigma:
         raise ConfigError(f"--sigma_max={cfg.sigma_max} is below --sigma={cfg.sigma}: blind noise needs a range")
-    spec = {"name": cfg.model, "kwargs": parse_kwargs("model_kwargs", cfg.model_kwargs)
-            | ({"conditioned": True} if cfg.conditioned else {})}
-    check_model_spec(spec)
+    check_model_spec(model_spec(cfg))
+
+
+def main(cfg: Config) -> dict:
+    check_config(cfg)
+    spec = model_spec(cfg)
     run = start_run(cfg, f"autoencoder-{cfg.model}")
     with run.main_process_first():
         data = load_denoising_data(cfg, cfg.seed, cfg.cache_dir, cfg.num_workers, log=run.say)

@@ -79,7 +79,12 @@ class Config(CleanImageSettings, RunSettings):
     log_every: int = 5  # iterations between training-loss log lines
 
 
-def main(cfg: Config) -> dict:
+def model_spec(cfg: Config) -> dict:
+    return {"name": cfg.model, "kwargs": parse_kwargs("model_kwargs", cfg.model_kwargs) | {"conditioned": True}}
+
+
+def check_config(cfg: Config) -> None:
+    """Every value in range, before any work: a study checks each of its runs' configs before training any."""
     check_positive(cfg, "patch_size", "batch_size", "eval_batch_size", "epochs", "lr", "sigma_max")
     check_non_negative(cfg, "grid_images", "max_grad_norm", "train_minutes", "sigma_weight_floor",
                        "early_patch_size")
@@ -92,9 +97,13 @@ def main(cfg: Config) -> dict:
     for name in ("patch_size", "early_patch_size"):
         if getattr(cfg, name) > cfg.tile_size:
             raise ConfigError(f"--{name}={getattr(cfg, name)} is larger than --tile_size={cfg.tile_size}")
-    val_sigmas = parse_sizes("val_sigmas", cfg.val_sigmas)
-    spec = {"name": cfg.model, "kwargs": parse_kwargs("model_kwargs", cfg.model_kwargs) | {"conditioned": True}}
-    check_model_spec(spec)
+    parse_sizes("val_sigmas", cfg.val_sigmas)
+    check_model_spec(model_spec(cfg))
+
+
+def main(cfg: Config) -> dict:
+    check_config(cfg)
+    val_sigmas, spec = parse_sizes("val_sigmas", cfg.val_sigmas), model_spec(cfg)
     run = start_run(cfg, f"blind_denoiser-{cfg.model}")
     with run.main_process_first():  # one process per machine writes the tiles; the others reuse them
         data = load_clean_images(cfg, cfg.cache_dir, cfg.num_workers, log=run.say)

@@ -40,10 +40,15 @@ class Config(ClassificationDataSettings, RunSettings):
     weight_decay: float = 1e-4  # Adam weight decay (L2)
 
 
-def main(cfg: Config) -> dict:
+def check_config(cfg: Config) -> None:
+    """Every value in range, before any work: a study checks each of its runs' configs before training any."""
     check_positive(cfg, "width", "epochs", "batch_size", "eval_batch_size", "lr")
     check_non_negative(cfg, "weight_decay", "train_minutes")
     check_fraction(cfg, "dropout")
+
+
+def main(cfg: Config) -> dict:
+    check_config(cfg)
     run = start_run(cfg, "cnn")
     with run.main_process_first():  # one process per machine writes the .beton files; the others reuse them
         data = load_classification_data(cfg, cfg.seed, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,

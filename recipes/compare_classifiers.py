@@ -26,7 +26,7 @@ from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import ConfigError
 from toolkit.recipes import classifier_recipes, recipe_module
 from toolkit.run import RunSettings, run_recipe, start_run
-from toolkit.studies import parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
+from toolkit.studies import options_of, parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
 
 
 @dataclass
@@ -54,7 +54,10 @@ def main(cfg: Config) -> dict:
                                   run_dir=str(base / m / f"seed-{s}"), seed=s, wandb_group=group,
                                   wandb_tags=f"{m},seed-{s},compare",
                                   **({"weights": cfg.resnet_weights} if m == "resnet18" else {}))
-               for m in models for s in seeds}  # every option is checked here, before any training
+               for m in models for s in seeds}  # every option is read here, before any training
+    for (model, _), sub in configs.items():  # and every value: a bad one is not found after hours of the others
+        with options_of(model):
+            recipe_module(model).check_config(sub)
     summaries = {}
     for (model, seed), sub in configs.items():
         found = reusable(Path(sub.run_dir), sub, "val_accuracy", lambda sub=sub: _fingerprint(sub))

@@ -43,6 +43,7 @@ from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import ConfigError
 from toolkit.models import build_model
 from toolkit.models.efficientnet_lite import LITE_MEAN, LITE_STD, load_lite0_imagenet
+from toolkit.models.weights import check_weights_option
 from toolkit.progress import tracked
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.train.classifier import ClassifierEvaluation, finish_classifier_run
@@ -77,7 +78,8 @@ class Config(ClassificationDataSettings, RunSettings):
     eval_every: int = 180  # iterations between validation passes (one epoch at batch 64)
 
 
-def main(cfg: Config) -> dict:
+def check_config(cfg: Config) -> None:
+    """Every value in range, before any work: a study checks each of its runs' configs before training any."""
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
     check_non_negative(cfg, "weight_decay", "train_minutes")
     if cfg.train_minutes and cfg.mode == "linear_probe":
@@ -87,6 +89,11 @@ def main(cfg: Config) -> dict:
     if not 1 <= cfg.train_from_block <= 16:
         raise ConfigError(f"--train_from_block must be 1..16 (EfficientNet-Lite0 has 16 blocks), "
                           f"got {cfg.train_from_block}")
+    check_weights_option(cfg.weights, ("imagenet", "none"))
+
+
+def main(cfg: Config) -> dict:
+    check_config(cfg)
     run = start_run(cfg, f"efficientnet_lite0-{cfg.mode}")
     with run.main_process_first():
         data = load_classification_data(cfg, cfg.seed, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,

@@ -57,18 +57,28 @@ class Config(ClassificationDataSettings, RunSettings):
     eval_every: int = 100  # iterations between validation passes (they feed the time-to-accuracy curve)
 
 
-def main(cfg: Config) -> dict:
+def model_arguments(cfg: Config) -> dict:
+    """The model's constructor arguments but its number of classes, which come with the data."""
+    own = {"widths": parse_sizes("widths", cfg.widths), "dropout": cfg.dropout} if cfg.model == "FastResNet" else {}
+    return own | parse_kwargs("model_kwargs", cfg.model_kwargs)
+
+
+def check_config(cfg: Config) -> None:
+    """Every value in range, before any work: a study checks each of its runs' configs before training any."""
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
     check_non_negative(cfg, "weight_decay")
     check_fraction(cfg, "warmup_fraction", "label_smoothing", "momentum", "dropout", "ema_decay")
     if not 0 < cfg.min_scale <= 1:
         raise ConfigError(f"--min_scale must lie in (0, 1], got {cfg.min_scale}")
-    widths, sizes = parse_sizes("widths", cfg.widths), parse_sizes("train_image_sizes", cfg.train_image_sizes)
+    parse_sizes("train_image_sizes", cfg.train_image_sizes)
     if cfg.model not in CLASSIFIERS:
         raise ConfigError(f"--model={cfg.model!r} is not a classifier; choose from {', '.join(CLASSIFIERS)}")
-    own = {"widths": widths, "dropout": cfg.dropout} if cfg.model == "FastResNet" else {}
-    own |= parse_kwargs("model_kwargs", cfg.model_kwargs)
-    check_model_spec({"name": cfg.model, "kwargs": own})  # the classes come with the data
+    check_model_spec({"name": cfg.model, "kwargs": model_arguments(cfg)})
+
+
+def main(cfg: Config) -> dict:
+    check_config(cfg)
+    sizes, own = parse_sizes("train_image_sizes", cfg.train_image_sizes), model_arguments(cfg)
     run = start_run(cfg, "fast_cnn")
     with run.main_process_first():  # each size stored once: the last training size and evaluation read as stored
         data = load_classification_data(cfg, cfg.seed, max(sizes), cfg.cache_dir, cfg.num_workers, run.say)

@@ -45,7 +45,7 @@ from toolkit.models import DENOISERS
 from toolkit.models.autoencoders import AUTOENCODER_FAMILY
 from toolkit.recipes import recipe_module
 from toolkit.run import RunSettings, run_recipe, start_run
-from toolkit.studies import parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
+from toolkit.studies import options_of, parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
 from toolkit.train.denoise import (
     NoiseSpec,
     bm3d_available,
@@ -98,7 +98,10 @@ def main(cfg: Config) -> dict:
                                      f"{per_model.get(name, '')}", model=name, run_dir=str(base / name / f"seed-{s}"),
                                      seed=s, wandb_group=group, wandb_tags=f"{name},seed-{s},latent-study",
                                      **noise_keys)
-               for name in names for s in seeds}  # every option is checked here, before any training
+               for name in names for s in seeds}  # every option is read here, before any training
+    for (name, _), sub in configs.items():  # and every value: a bad one is not found after hours of the others
+        with options_of(name):
+            autoencoder.check_config(sub)
     summaries = {}
     for (name, seed), sub in configs.items():
         found = reusable(Path(sub.run_dir), sub, "test_psnr",

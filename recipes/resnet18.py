@@ -33,7 +33,7 @@ from toolkit.data.loaders import make_loader, stand_in_batch, stand_in_labels
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.models import build_model
 from toolkit.models.resnet import freeze_backbone
-from toolkit.models.weights import load_resnet18_weights
+from toolkit.models.weights import check_weights_option, load_resnet18_weights
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.train.classifier import ClassifierEvaluation, finish_classifier_run
 from toolkit.train.loop import TrainingLoop
@@ -55,10 +55,16 @@ class Config(ClassificationDataSettings, RunSettings):
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0: the study's plain cross-entropy)
 
 
-def main(cfg: Config) -> dict:
+def check_config(cfg: Config) -> None:
+    """Every value in range, before any work: a study checks each of its runs' configs before training any."""
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "lr")
     check_non_negative(cfg, "weight_decay", "train_minutes")
     check_fraction(cfg, "label_smoothing")
+    check_weights_option(cfg.weights, ("imagenet", "none", "auto"))
+
+
+def main(cfg: Config) -> dict:
+    check_config(cfg)
     run = start_run(cfg, "resnet18")
     with run.main_process_first():  # one process per machine writes the .beton files; the others reuse them
         data = load_classification_data(cfg, cfg.seed, cache_dir=cfg.cache_dir, num_workers=cfg.num_workers,

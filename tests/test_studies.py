@@ -82,6 +82,26 @@ def test_study_options_are_checked():
 
 # ---- the studies as a user runs them ----------------------------------------------------------------------
 
+def test_a_study_checks_every_runs_values_before_training_any(tiny_intel, tmp_path):
+    """A value out of range, or a weights file that is not there, in the options of the second model is refused
+    before the first trains (it was found only when the second's turn came), naming the model."""
+    from toolkit.errors import ConfigError
+
+    study = tmp_path / "study"
+    for args, message in ((["--models=cnn,resnet18", "--recipe_args=resnet18: --lr=-1"],
+                           "resnet18: --lr must be greater than 0"),
+                          (["--models=cnn,efficientnet_lite0", f"--recipe_args=efficientnet_lite0: --weights={study}"],
+                           "efficientnet_lite0: --weights="),
+                          (["--models=cnn,resnet18", f"--resnet_weights={tmp_path / 'absent.pth'}"],
+                           "resnet18: --weights=")):
+        with pytest.raises(ConfigError, match=message):
+            run_in_process("compare_classifiers", [f"--data={tiny_intel}", f"--run_dir={study}", *args])
+    with pytest.raises(ConfigError, match="unet: --lr must be greater than 0"):
+        run_in_process("latent_study", [f"--data={tiny_intel}", "--models=AE10,unet", "--model_args=unet: --lr=-1",
+                                        f"--run_dir={study}"])
+    assert not study.exists()  # nothing trained, nothing written
+
+
 TINY = "--batch_size=16 --eval_batch_size=32"
 
 

@@ -10,6 +10,7 @@ the difference (nothing is retrained over it). An unfinished one resumes with --
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -61,6 +62,15 @@ def study_dir(run_dir: str, resume: bool, prefix: str) -> Path:
             print(f"[{prefix}] --resume: continuing {newest}")
             return newest
     return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@contextlib.contextmanager
+def options_of(name: str):
+    """A UserError raised within names the study's model (or recipe) whose options it is about."""
+    try:
+        yield
+    except UserError as error:
+        raise type(error)(f"{name}: {error}") from None
 
 
 def sub_config(config_class: type, parent, shared: set[str], extra_args: str, **overrides):

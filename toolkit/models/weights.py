@@ -11,9 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from toolkit.errors import UserError
+from toolkit.errors import ConfigError, UserError
 
 DOWNLOAD_TIMEOUT_S = 30  # a blocked network fails in seconds instead of hanging the run
+
+
+def check_weights_option(value: str, names: tuple[str, ...]) -> None:
+    """--weights is one of `names` or a file that is there: a ConfigError now, not when the model is built."""
+    if value not in names and not Path(value).is_file():
+        raise ConfigError(f"--weights={value!r}: neither {', '.join(names)} nor a weights file that is there")
 
 
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
