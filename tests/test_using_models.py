@@ -119,6 +119,30 @@ def test_each_command_refuses_the_other_kind_of_model_with_one_line(trained, tin
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "b.json").exists()
 
 
+def test_the_classifier_commands_check_the_device_as_the_denoiser_commands_do(trained, tiny_intel, monkeypatch,
+                                                                              capsys):
+    """--device names cpu or a CUDA GPU torch sees (predict, evaluate and calibrate failed deep in torch)."""
+    import torch
+
+    from toolkit.errors import UserError
+    from toolkit.inference import inference_device
+
+    assert inference_device("cpu") == torch.device("cpu")
+    for requested, message in (("mps", "runs its models on cpu or cuda"), ("gpu", "not a torch device")):
+        with pytest.raises(UserError, match=message):
+            inference_device(requested)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with two GPUs, asked for a third
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert inference_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(UserError, match="cuda:2, but torch sees 2 GPU"):
+        inference_device("cuda:2")
+    monkeypatch.undo()
+    for args in (["predict", str(trained), str(tiny_intel / "seg_pred")], ["evaluate", str(trained),
+                 str(tiny_intel / "seg_test")], ["calibrate", str(trained), str(tiny_intel)]):
+        assert toolkit_main([*args, "--device", "mps"]) == 2
+        assert "runs its models on cpu or cuda" in capsys.readouterr().err
+
+
 def test_evaluate_agrees_with_the_predictions_it_writes(trained, tiny_intel, tmp_path):
     out = tmp_path / "evaluation"
     assert toolkit_main(["evaluate", str(trained), str(tiny_intel / "seg_test"), "--out", str(out)]) == 0

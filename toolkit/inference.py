@@ -21,15 +21,21 @@ from toolkit.train.state import TrainerState
 
 
 def inference_device(requested: str) -> torch.device:
-    """The device `toolkit denoise` and `benchmark-denoiser` run the model on, from --device (by default the CUDA
-    GPU when torch sees one, else the CPU, as for predict and evaluate); a GPU torch cannot see is a clear error."""
+    """The device the toolkit's commands (denoise, benchmark-denoiser, predict, evaluate, calibrate) run the model
+    on, from --device (by default the CUDA GPU when torch sees one, else the CPU); a GPU torch cannot see is a clear
+    error."""
     try:
         device = torch.device(requested)
     except RuntimeError as error:
         raise UserError(f"--device={requested!r} is not a torch device: use cpu or cuda (cuda:1, ...)") from error
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device={requested}: the toolkit runs its models on cpu or cuda (cuda:1, ...)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device={requested}, but torch sees no CUDA GPU here (torch.cuda.is_available() is "
                         "False): use --device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device={requested}, but torch sees {torch.cuda.device_count()} GPU(s) here, numbered "
+                        "from 0")
     return device
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from toolkit.data.folders import list_image_files, scan_labeled_folder
 from toolkit.data.images import UnreadableImage, load_rgb, pixel_hash, rgb_pixels
 from toolkit.errors import UserError
-from toolkit.inference import load_trained_model
+from toolkit.inference import inference_device, load_trained_model
 from toolkit.models import is_denoiser
 from toolkit.progress import bars_enabled
 from toolkit.train.evaluate import (
@@ -90,7 +90,7 @@ def require_classifier(state, checkpoint) -> None:
 
 
 def load_classifier(checkpoint: str, device: str):
-    model, state = load_trained_model(checkpoint, device)
+    model, state = load_trained_model(checkpoint, inference_device(device))
     require_classifier(state, checkpoint)
     return model, state
 
