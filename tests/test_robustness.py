@@ -94,6 +94,11 @@ def test_data_check_command_exit_status_and_json(messy, tmp_path, capsys):
         assert toolkit_main(["data", "check", str(messy), "--json", str(tmp_path / "r2.json")]) == 0
     finally:
         (messy / "seg_train" / "empty_class").mkdir()
+    # decoding every image shows a bar with its rate and ETA (forced on here: the test's stream is no terminal)
+    shown = run_script([sys.executable, "-m", "toolkit.cli", "data", "check", str(messy), "--json",
+                        str(tmp_path / "r3.json")], env={"SCENE_TOOLKIT_PROGRESS": "1"})
+    final = [line for line in shown.stderr.replace("\r", "\n").splitlines() if line.startswith("checking images: 100%")]
+    assert final and "img/s" in final[-1], shown.stderr[-2000:]
 
 
 def test_preprocessing_converts_what_it_can_and_skips_the_rest(messy, cache_dir):

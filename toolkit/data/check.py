@@ -24,6 +24,7 @@ import numpy as np
 from toolkit.data.folders import IMAGE_EXTENSIONS, INTEL_SPLITS, find_split, is_image_file
 from toolkit.data.images import UnreadableImage, colour_profile, extension_matches_format, open_image, to_rgb
 from toolkit.errors import DataError
+from toolkit.progress import tracked
 from toolkit.runs import write_json
 from toolkit.worker_pool import forked_pool
 
@@ -93,8 +94,9 @@ def check_dataset(root: Path | str, image_size: int = 80, workers: int = 2) -> d
         if others:
             report["warnings"].append(f"{split}: {len(others)} non-image files ignored (e.g. {others[0].name})")
 
-    with forked_pool(workers) as pool:
-        records = pool.map(inspect_file, [file for _, _, file in everything], chunksize=64)
+    with forked_pool(workers) as pool:  # a bar with an ETA: a large collection takes minutes to decode
+        records = list(tracked(pool.imap(inspect_file, [file for _, _, file in everything], chunksize=64),
+                               len(everything), "checking images", "img"))
     for (split, label, _), record in zip(everything, records):
         record["split"], record["class"] = split, label
 
