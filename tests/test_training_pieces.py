@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -245,6 +246,27 @@ def test_checkpoints_are_atomic_pruned_and_restorable(tmp_path):
         model.weight.add_(1.0)
     state = load_checkpoint(accelerator, latest_checkpoint(tmp_path), _state())
     assert state.step == 3 and torch.equal(model.weight, saved)
+
+
+def test_a_damaged_checkpoint_names_the_one_to_fall_back_to(tmp_path):
+    """A checkpoint whose weights were cut short (a copy that stopped, a disk that failed): resuming, predicting
+    or denoising says it is damaged and names the run's checkpoint before it, or says there is none."""
+    from toolkit.inference import load_trained_model
+
+    accelerator, _ = _prepared()
+    for step in (1, 2):
+        save_checkpoint(accelerator, tmp_path, step, _state(step))
+    weights = tmp_path / "checkpoints" / "step-00000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="could not restore .*step-00000002 .*; delete that folder to resume "
+                                              "from step-00000001"):
+        load_checkpoint(accelerator, latest_checkpoint(tmp_path), _state())
+    with pytest.raises(CheckpointError, match="model.safetensors cannot be read .*: the checkpoint is damaged; pass "
+                                              "the one before it, .*step-00000001"):
+        load_trained_model(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-00000001")
+    with pytest.raises(CheckpointError, match="it is the run's only checkpoint: start a new --run_dir"):
+        load_checkpoint(accelerator, latest_checkpoint(tmp_path), _state())
 
 
 def test_a_checkpoint_from_another_model_is_refused(tmp_path):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from toolkit.errors import CheckpointError, UserError
 from toolkit.models import build_model, is_denoiser
 from toolkit.runs import read_config
-from toolkit.train.checkpoint import latest_checkpoint
+from toolkit.train.checkpoint import latest_checkpoint, older_checkpoint
 from toolkit.train.state import TrainerState
 
 
@@ -96,7 +96,13 @@ def load_trained_model(path: Path | str, device: str | torch.device = "cpu") -> 
     weights_file = checkpoint / "model.safetensors"
     if not weights_file.is_file():
         raise CheckpointError(f"{checkpoint} has no model.safetensors: the checkpoint is incomplete")
-    weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in load_file(weights_file).items()}
+    try:
+        stored = load_file(weights_file)
+    except Exception as error:  # a file cut short or overwritten: safetensors raises its own error types
+        older = older_checkpoint(checkpoint)
+        raise CheckpointError(f"{weights_file} cannot be read ({type(error).__name__}: {error}): the checkpoint is "
+                              "damaged" + (f"; pass the one before it, {older}" if older else "")) from None
+    weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in stored.items()}
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:

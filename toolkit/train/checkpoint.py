@@ -45,6 +45,14 @@ def complete_checkpoints(run_dir: Path | str) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
+def older_checkpoint(checkpoint: Path | str) -> Path | None:
+    """The finished checkpoint of the same run just before `checkpoint` (to fall back to when it is damaged)."""
+    checkpoint = Path(checkpoint)
+    earlier = [path for path in complete_checkpoints(checkpoint.parent.parent)
+               if checkpoint_step(path) < checkpoint_step(checkpoint)]
+    return earlier[-1] if earlier else None
+
+
 def latest_checkpoint(run_dir: Path | str) -> Path | None:
     found = complete_checkpoints(run_dir)
     return found[-1] if found else None
@@ -160,5 +168,8 @@ def load_checkpoint(accelerator, checkpoint: Path | str, expected: TrainerState)
     try:
         accelerator.load_state(str(checkpoint))
     except Exception as error:  # mismatched tensors, missing files, unpickling errors
-        raise CheckpointError(f"could not restore {checkpoint}: {type(error).__name__}: {error}") from None
+        older = older_checkpoint(checkpoint)
+        advice = f"delete that folder to resume from {older.name}" if older else \
+            "it is the run's only checkpoint: start a new --run_dir"
+        raise CheckpointError(f"could not restore {checkpoint} ({type(error).__name__}: {error}); {advice}") from None
     return stored
