@@ -38,12 +38,14 @@ def assert_same_final_weights(run_a: Path, run_b: Path) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def test_cnn_recipe_writes_a_complete_run(tiny_intel, tmp_path, monkeypatch):
+def test_cnn_recipe_writes_a_complete_run(tiny_intel, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
     summary = run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", *TINY_CLASSIFIER,
                                      "--figures=true"])
     assert summary["test_split"] == "seg_test" and summary["test_images"] == 36
+    # a temperature fitted on 12 validation images is said to be uncertain (it can make held-out calibration worse)
+    assert "a temperature fitted on 12 validation images is uncertain" in capsys.readouterr().out
     # 96 training images - 12 for validation, in batches of 16, for 2 epochs
     assert 0 <= summary["test_accuracy"] <= 1 and summary["steps"] == 2 * (84 // 16)
     for name in ("config.json", "metrics.jsonl", "summary.json", "plots/learning_curves.png", "plots/confusion.png",

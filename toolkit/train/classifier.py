@@ -52,6 +52,9 @@ class ClassifierEvaluation:
         return evaluation_scalars("val", metrics, self.data.classes)
 
 
+FEW_FOR_A_TEMPERATURE = 200  # validation images below which a fitted temperature is said to be uncertain
+
+
 def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) -> dict:
     """After training: the final validation and held-out test scores (of the weight average when there is
     one), the final checkpoint, figures, tables and summary.json."""
@@ -65,6 +68,10 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
     val_ece = expected_calibration_error(validation["probabilities"], validation["labels"])[0]
     run.say(f"[val] final: loss {validation['loss']:.4f} accuracy {validation['accuracy']:.4f}; "
             f"calibration: temperature {state.temperature:.3f} (expected calibration error as trained {val_ece:.3f})")
+    if len(validation["labels"]) < FEW_FOR_A_TEMPERATURE:
+        run.say(f"[val] note: a temperature fitted on {len(validation['labels'])} validation images is uncertain and "
+                "may make the held-out calibration worse, not better; more validation images (--val_fraction) "
+                "steady it")
     summary = {"recipe": state.recipe, "steps": state.step, "train_seconds": round(state.train_seconds, 1),
                "train_images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "seed": run.cfg.seed,
                "val_accuracy": validation["accuracy"], "val_loss": validation["loss"], "data": data.describe(),
