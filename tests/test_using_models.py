@@ -68,12 +68,20 @@ def test_predict_a_folder_with_bad_files_writes_every_row(trained, tiny_intel, t
 def test_predict_from_a_list_and_flip_tta(trained, tiny_intel, tmp_path):
     files = sorted((tiny_intel / "seg_test" / "sea").glob("*.jpg"))[:3]
     listing = tmp_path / "list.txt"
-    listing.write_text("\n".join(map(str, files)))
+    listing.write_text("# three sea scenes\n\n" + "\n".join(map(str, files)))  # a comment and a blank line
     plain = predict_files(str(trained), files, flip_tta=False, progress=False)
     mirrored = predict_files(str(trained), files, flip_tta=True, progress=False)
     assert plain.probabilities.shape == (3, 6) and not np.allclose(plain.probabilities, mirrored.probabilities)
     assert toolkit_main(["predict", str(trained), f"@{listing}", "--out", str(tmp_path / "l.csv")]) == 0
     assert len(_read_csv(tmp_path / "l.csv")) == 3
+    from toolkit.errors import UserError
+    from toolkit.predict import collect_inputs
+
+    (tmp_path / "only_comments.txt").write_text("# nothing yet\n\n")
+    for argument, message in ((f"@{files[0]}", "is not text: pass @FILE"), (f"@{tmp_path}", "is a folder"),
+                              (f"@{tmp_path / 'only_comments.txt'}", "lists no paths")):
+        with pytest.raises(UserError, match=message):
+            collect_inputs([argument])
 
 
 def test_a_checkpoint_alone_is_enough_in_a_fresh_process(trained, tiny_intel, tmp_path):

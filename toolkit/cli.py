@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = commands.add_parser("predict", help="classify images, folders or @lists with a trained classifier")
     pred.add_argument("checkpoint", help="a run directory or one of its checkpoints")
-    pred.add_argument("inputs", nargs="+", help="image files, folders (recursive) or @file listing paths")
+    pred.add_argument("inputs", nargs="+", help="image files, folders (recursive) or @FILE listing paths, one per "
+                      "line (relative ones from the current folder; # starts a comment line)")
     pred.add_argument("--out", default="predictions.csv", type=output_file, help="CSV to write")
     pred.add_argument("--top_k", type=at_least(1), default=1, help="also list the k most likely classes")
     add_classifier_loading_arguments(pred)

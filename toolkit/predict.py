@@ -51,14 +51,24 @@ class Predictions:
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
-    """Image files, folders (searched recursively) and @lists (a text file with one path per line)."""
+    """Image files, folders (searched recursively) and @lists (a text file with one path per line, relative ones
+    from the current folder; blank lines and lines starting with # are left out)."""
     files: list[Path] = []
     for item in inputs:
         if item.startswith("@"):
             listing = Path(item[1:])
             if not listing.is_file():
-                raise UserError(f"list file {listing} does not exist")
-            files += [Path(line.strip()) for line in listing.read_text().splitlines() if line.strip()]
+                raise UserError(f"list file {listing} {'is a folder' if listing.is_dir() else 'does not exist'}: "
+                                "pass @FILE, a text file with one image path per line")
+            try:
+                lines = [line.strip() for line in listing.read_text().splitlines()]
+            except UnicodeDecodeError:
+                raise UserError(f"list file {listing} is not text: pass @FILE, a text file with one image path per "
+                                "line (an image itself goes without the @)") from None
+            listed = [Path(line) for line in lines if line and not line.startswith("#")]
+            if not listed:
+                raise UserError(f"list file {listing} lists no paths")
+            files += listed
         elif Path(item).is_dir():
             found = list_image_files(Path(item))
             if not found:
