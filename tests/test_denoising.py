@@ -388,7 +388,7 @@ def test_latent_study_compares_every_model_and_baseline(tiny_intel, tmp_path):
         run_in_process("latent_study", other_noise)  # never reuses a run trained on other noise
 
 
-def test_denoise_command_keeps_odd_sizes_and_skips_bad_files(tiny_intel, tmp_path):
+def test_denoise_command_keeps_odd_sizes_and_skips_bad_files(tiny_intel, tmp_path, capsys):
     run_in_process("autoencoder", [f"--data={tiny_intel}", "--model=AE10", f"--run_dir={tmp_path / 'ae'}",
                                    "--max_steps=1", *TINY_DENOISER])
     inputs = tmp_path / "in"
@@ -401,8 +401,12 @@ def test_denoise_command_keeps_odd_sizes_and_skips_bad_files(tiny_intel, tmp_pat
     assert Image.open(tmp_path / "out" / "nested" / "gray.png").size == (149, 150)
     assert not (tmp_path / "out" / "broken.png").exists()
     single = tmp_path / "single.png"
-    assert toolkit_main(["denoise", str(tmp_path / "ae"), str(inputs / "a.jpg"), str(single)]) == 0
+    capsys.readouterr()
+    assert toolkit_main(["denoise", str(tmp_path / "ae"), str(inputs / "a.jpg"), str(single), "--sigma=25"]) == 0
     assert Image.open(single).size == (91, 37)
+    # an autoencoder is not told the noise level: a --sigma given is said to be unused, not silently dropped
+    assert ("--sigma is not used: AE10 is not told the noise level (it trained on sigma 0.3 on the [0, 1] scale, "
+            "clipped)") in capsys.readouterr().out
 
 
 def test_denoise_never_writes_over_what_it_was_given(tiny_intel, tmp_path, capsys):

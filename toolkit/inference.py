@@ -151,6 +151,13 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     if sigma_255 is not None and trained_max is not None and sigma_255 > trained_max:
         log(f"[denoise] note: --sigma={sigma_255:g} is above the noise levels this model trained on (0-{trained_max:g}"
             f"/255): expect less than its benchmark; a run with --sigma_max={sigma_255:g} or more covers it")
+    if sigma_255 is not None and not conditioned:
+        trained = state.noise or {}
+        low, high = trained.get("sigma_min"), trained.get("sigma_max")
+        levels = "not recorded" if low is None or high is None else f"{low:g}" if low == high else f"{low:g}-{high:g}"
+        log(f"[denoise] note: --sigma is not used: {state.label or state.model} is not told the noise level (it "
+            f"trained on sigma {levels} on the [0, 1] scale{', clipped' if trained.get('clip') else ''}); a "
+            "noise-conditioned model (recipes/blind_denoiser.py) takes it")
     source, destination = Path(source), Path(destination)
     if source.is_dir():
         if destination.exists() and not destination.is_dir():
