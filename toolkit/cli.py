@@ -153,11 +153,19 @@ def command_benchmark_denoiser(args) -> None:
         published_rows,
         write_benchmark,
     )
+    from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE
     from toolkit.train.tracking import choose_wandb_mode
 
     checkpoint = None if args.checkpoint == "none" else args.checkpoint
     if args.reduce < 1:
         raise UserError(f"--reduce takes a whole factor of at least 1, got {args.reduce}")
+    model_options = [name for name, given in (("--self_ensemble", args.self_ensemble),
+                                              ("--mixed_precision", args.mixed_precision != "no"),
+                                              ("--tile_size", args.tile_size != TILE_SIZE),
+                                              ("--tile_margin", args.tile_margin != TILE_MARGIN)) if given]
+    if checkpoint is None and model_options:
+        print(f"[benchmark] note: {', '.join(model_options)} not used: they set how a model denoises, and 'none' "
+              "scores the noisy input and the baselines only")
     name, published = published_rows(Path(args.clean), "none" if args.reduce > 1 else args.published)
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
     precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
