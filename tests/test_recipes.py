@@ -86,12 +86,15 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tiny_intel, tmp_path):
 
 @pytest.mark.parametrize("recipe, options", [("cnn", ["--width=4", "--dropout=0.5"]),
                                              ("resnet18", ["--weights=none", "--lr=1e-3"])])
-def test_a_classifier_time_budget_trains_exactly_as_the_epochs_it_chose(tiny_intel, tmp_path, recipe, options):
+def test_a_classifier_time_budget_trains_exactly_as_the_epochs_it_chose(tiny_intel, tmp_path, recipe, options,
+                                                                         capsys):
     """--train_minutes in the classifier recipes: the step is timed on stand-in images, then everything it touched
     is put back (weights, Adam, BatchNorm statistics, and the global generators the CNN's dropout draws from), so
-    a budget shorter than one epoch trains the weights of --epochs=1, and a resumed run keeps the choice."""
+    a budget shorter than one epoch trains the weights of --epochs=1, and a resumed run keeps the choice. The
+    --epochs given beside it is said to be unused."""
     common = [f"--data={tiny_intel}", *options, *TINY_CLASSIFIER]
     budget = run_in_process(recipe, [*common, "--train_minutes=0.0001", f"--run_dir={tmp_path / 'budget'}"])
+    assert "[budget] note: --epochs=2 is not used: --train_minutes=0.0001 chooses the epochs" in capsys.readouterr().out
     chosen = budget["budget"]
     assert chosen["epochs"] == 1 and chosen["steps"] == budget["steps"] == 84 // 16 and chosen["seconds_per_step"] > 0
     assert json.loads((tmp_path / "budget" / "config.json").read_text())["budget"] == chosen

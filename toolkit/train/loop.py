@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import torch
 
+from toolkit.config import chosen_keys
 from toolkit.errors import TrainingDiverged
 from toolkit.progress import progress_bar
 from toolkit.run import Preempted, Run, install_stop_handler, restore_sigterm
@@ -198,6 +199,9 @@ class TrainingLoop:
             self.run.say(f"[budget] {stored['minutes']:g} min: {stored['steps']} iterations, as planned when the run "
                          f"started{replanned} (kept on resume)")
             return int(stored["epochs"])
+        if "epochs" in chosen_keys(self.run.cfg):  # given, or a study's options for the recipe set it
+            self.run.say(f"[budget] note: --epochs={self.run.cfg.epochs} is not used: --train_minutes={minutes:g} "
+                         "chooses the epochs that fit")
         accelerator = self.accelerator
         keep = [accelerator.unwrap_model(self.model), self.optimizer]
         keep += [part for part in (self.ema, accelerator.scaler) if part is not None]
