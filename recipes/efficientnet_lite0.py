@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit.config import check_fraction, check_non_negative, check_positive
+from toolkit.config import check_fraction, check_non_negative, check_positive, chosen_keys
 from toolkit.data.augment import normalize, random_flip, step_generator
 from toolkit.data.beton import cache_folder
 from toolkit.data.cached_features import (
@@ -86,6 +86,11 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"--train_minutes does not apply to --mode=linear_probe (a fixed {PROBE_STEPS} full-batch "
                           "steps); use it with --mode=top or --mode=finetune, or leave it out")
     check_fraction(cfg, "warmup_fraction", "label_smoothing", "dropout", "ema_decay")
+    given = chosen_keys(cfg)
+    for key in ("train_from_block", "keep_feature_cache"):
+        if key in given and cfg.mode != "top":
+            raise ConfigError(f"--{key} applies to --mode=top only (--mode={cfg.mode} trains "
+                              f"{'every block' if cfg.mode == 'finetune' else 'the classifier alone'}); leave it out")
     if not 1 <= cfg.train_from_block <= 16:
         raise ConfigError(f"--train_from_block must be 1..16 (EfficientNet-Lite0 has 16 blocks), "
                           f"got {cfg.train_from_block}")

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit.config import check_fraction, check_non_negative, check_positive, parse_kwargs, parse_sizes
+from toolkit.config import (
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    chosen_keys,
+    parse_kwargs,
+    parse_sizes,
+)
 from toolkit.data.augment import STUDY_MEAN, STUDY_STD, normalize, random_flip, random_scale_translate, step_generator
 from toolkit.data.classification import load_classification_data
 from toolkit.data.loaders import make_loader
@@ -73,6 +80,9 @@ def check_config(cfg: Config) -> None:
     parse_sizes("train_image_sizes", cfg.train_image_sizes)
     if cfg.model not in CLASSIFIERS:
         raise ConfigError(f"--model={cfg.model!r} is not a classifier; choose from {', '.join(CLASSIFIERS)}")
+    if "widths" in chosen_keys(cfg) and cfg.model != "FastResNet":
+        raise ConfigError(f"--widths applies to --model=FastResNet only; give {cfg.model}'s own arguments with "
+                          "--model_kwargs")
     check_model_spec({"name": cfg.model, "kwargs": model_arguments(cfg)})
 
 

@@ -149,6 +149,13 @@ def test_bad_command_lines_get_one_line_errors(tmp_path, capsys):
                               ("--data=/definitely/missing", "does not exist")):
         status, _, err = run_command_line("cnn", [argument, f"--run_dir={tmp_path / 'x'}"], capsys)
         assert status == 2 and message in err and "Traceback" not in err, (argument, err)
+    # a key that applies to another mode or model is refused, not ignored
+    for recipe, arguments, message in (
+            ("efficientnet_lite0", ["--mode=finetune", "--train_from_block=8"], "--train_from_block applies to "
+                                                                                 "--mode=top only"),
+            ("fast_cnn", ["--model=SceneCNN", "--widths=8,16,32,64"], "--widths applies to --model=FastResNet only")):
+        status, _, err = run_command_line(recipe, [*arguments, f"--run_dir={tmp_path / 'x'}"], capsys)
+        assert status == 2 and message in err, (recipe, err)
     # averages, dropouts and momenta are shares of one: 1 or more is refused, not trained with
     for recipe, argument in (("blind_denoiser", "--ema_decay=2"), ("efficientnet_lite0", "--ema_decay=1"),
                              ("fast_cnn", "--momentum=1.5"), ("fast_cnn", "--dropout=1"), ("cnn", "--dropout=1")):
