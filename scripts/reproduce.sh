@@ -13,7 +13,12 @@ DATA=${1:-data/intel}
 CLEAN=${2:-data/denoise/CBSD432}
 BENCH=${3:-data/denoise/McMaster}
 OUT=${OUT:-runs/readme}
-STEPS=${STEPS:-"check benchmark select denoiser mcmaster gpu_denoiser compare latent use cnn_gap"}
+ALL_STEPS="check benchmark select denoiser mcmaster gpu_denoiser compare latent use cnn_gap"
+STEPS=${STEPS:-$ALL_STEPS}
+for name in $STEPS; do  # a misspelt step would otherwise run nothing and say done
+    [[ " $ALL_STEPS " == *" $name "* ]] || { echo "error: STEPS names '$name', which is not a step of this script:" \
+        "choose from $ALL_STEPS" >&2; exit 2; }
+done
 export WANDB_MODE=${WANDB_MODE:-offline}
 BIN=${BIN:-.venv/bin}  # the environment scripts/setup.sh made
 LAUNCH="$BIN/accelerate launch --config_file accelerate_config.yaml"

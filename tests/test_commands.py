@@ -182,6 +182,9 @@ def test_reproduce_script_skips_studies_finished_at_the_seeds_asked_for(tmp_path
     assert "cnn_gap/share-90/comparison.json already finished at seeds 0,1, skipped" in result.stdout
     assert "cnn_gap/share-99/comparison.json already finished at seeds 0, skipped" in result.stdout
     assert "=== done" in result.stdout and "native bf16" in result.stdout  # every step names the CPU it ran on
+    misspelt = run_script(["bash", str(script)], env={**env, "STEPS": "cnn_gap denoisr"}, timeout=60)
+    assert misspelt.returncode == 2 and "STEPS names 'denoisr', which is not a step" in misspelt.stderr
+    assert "===" not in misspelt.stdout  # refused before any step, rather than running none and saying done
 
 
 def test_reproduce_script_gpu_step_trains_on_the_halves_when_asked_and_chooses_on_held_out_images(tmp_path):
