@@ -14,11 +14,12 @@ import base64
 import html
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.runs import read_json, read_metrics, series
+from toolkit.runs import psnr_series, read_json, read_metrics, series
 
 STUDY_CLASSIFIERS = {"CNN": 0.864, "ResNet18": 0.899}  # STUDY.md, seg_test
 
@@ -120,14 +121,15 @@ def _unfinished_section(page: _Page, run_dir: Path) -> None:
     """A run still training, or stopped before its end: what it logged so far, its newest checkpoint, how to go on,
     and its learning curves drawn from metrics.jsonl as they stand."""
     from toolkit.plots import plot_classifier_curves, plot_lines
-    from toolkit.train.checkpoint import complete_checkpoints
+    from toolkit.train.checkpoint import checkpoint_step, latest_checkpoint
 
-    config = read_json(run_dir / "config.json") or {}
+    run_name = read_json(run_dir / "config.json")["recipe"]
+    page.heading(f"{run_name} run {run_dir.name}", 2)
     records = read_metrics(run_dir)
-    recipe = recipe_file(config["recipe"])
-    checkpoints = complete_checkpoints(run_dir)
-    newest = f"its newest checkpoint is at iteration {int(checkpoints[-1].name.split('-')[1])}" if checkpoints \
-        else "it has no checkpoint yet"
+    recipe = recipe_file(run_name)
+    newest = latest_checkpoint(run_dir)
+    newest = f"its newest checkpoint is at iteration {checkpoint_step(newest)}" if newest else \
+        "it has no checkpoint yet"
     page.paragraph(f"Not finished: training now, or stopped before its end (no summary.json). {len(records)} "
                    f"records logged up to iteration {max(r.get('step', 0) for r in records)}; {newest}. A stopped run "
                    f"continues with: accelerate launch recipes/{recipe}.py --run_dir={run_dir} --resume")
@@ -137,18 +139,14 @@ def _unfinished_section(page: _Page, run_dir: Path) -> None:
         page.table([f"latest validation (iteration {latest.get('step')})", "value"],
                    [[key.removeprefix("val/"), f"{value:.4f}"] for key, value in sorted(latest.items())
                     if key.startswith("val/") and isinstance(value, (int, float))])
-    drawn = page.figures_dir / ".unfinished"
-    drawn.mkdir(exist_ok=True)
-    if any("val/accuracy" in r for r in records):
-        curves = plot_classifier_curves(records, drawn / f"{run_dir.name}.png", run_dir.name)
-    else:
-        psnr = {key.removeprefix("val/"): series(records, key) for key in sorted({k for r in records for k in r})
-                if re.fullmatch(r"val/(\w+/)?psnr(_[\d.]+)?", key)}
-        curves = plot_lines({"train loss (per iteration)": series(records, "train/loss"), **psnr},
-                            drawn / f"{run_dir.name}.png", "iteration", "loss; validation PSNR (dB)",
-                            title=f"{run_dir.name} (as it stands)")
-    page.figure(curves, f"{run_dir.name}: learning curves so far")
-    shutil.rmtree(drawn, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as drawn:  # page.figure keeps its own copy
+        path = Path(drawn) / f"{run_dir.name}.png"
+        if any("val/accuracy" in r for r in records):
+            curves = plot_classifier_curves(records, path, run_dir.name)
+        else:
+            curves = plot_lines({"train loss (per iteration)": series(records, "train/loss"), **psnr_series(records)},
+                                path, "iteration", "loss; validation PSNR (dB)", title=f"{run_dir.name} (as it stands)")
+        page.figure(curves, f"{run_dir.name}: learning curves so far")
 
 
 def _denoiser_section(page: _Page, run_dir: Path) -> dict:
@@ -310,7 +308,6 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "") -> Path:
             page.heading(f"Denoiser run {run_dir.name}", 2)
             _denoiser_section(page, run_dir)
         elif kind == "unfinished":
-            page.heading(f"{read_json(run_dir / 'config.json')['recipe']} run {run_dir.name}", 2)
             _unfinished_section(page, run_dir)
         else:
             page.heading("Evaluation", 2)

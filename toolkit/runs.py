@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 # keys that change how a run is logged or where it writes, never what it computes
@@ -102,6 +103,13 @@ def read_metrics(run_dir: Path | str) -> list[dict]:
 def series(records: list[dict], key: str, x: str = "step") -> list[tuple[float, float]]:
     """(x, value) for every record holding both (x: 'step', 'epoch' or any logged key)."""
     return [(r[x], r[key]) for r in records if r.get(key) is not None and r.get(x) is not None]
+
+
+def psnr_series(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """A denoiser's validation PSNR curves, {name: (step, dB) points}: per noise level, and of the tiles scored
+    beside them (val/x2/psnr_25 -> x2/psnr_25)."""
+    keys = sorted({key for record in records for key in record if re.fullmatch(r"val/(\w+/)?psnr(_[\d.]+)?", key)})
+    return {key.removeprefix("val/"): series(records, key) for key in keys}
 
 
 def finished_summary(run_dir: Path | str, result_key: str | None = None) -> dict | None:

@@ -3,8 +3,6 @@ scores against the noisy input, figures and the summary."""
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from toolkit.data.loaders import shard_loader
@@ -12,7 +10,7 @@ from toolkit.models.autoencoders import latent_shape
 from toolkit.models.summary import count_parameters, forward_flops
 from toolkit.plots import plot_image_rows, plot_lines
 from toolkit.run import Run
-from toolkit.runs import elapsed_seconds, read_metrics, series
+from toolkit.runs import elapsed_seconds, psnr_series, read_metrics, series
 from toolkit.train.denoise import NoiseSpec, evaluate_denoiser, to_hwc_uint8
 from toolkit.train.loop import TrainingLoop
 
@@ -145,8 +143,7 @@ def _plot_denoiser_curves(run, records: list[dict], label: str, noise: str, step
     curves = plot_lines({"train loss (per iteration)": series(records, "train/loss"),
                          "validation MSE": series(records, "val/mse")},
                         run.run_dir / "plots" / "learning_curves.png", "iteration", "loss", title=f"{label}: {noise}")
-    psnr = {key.removeprefix("val/"): series(records, key) for key in sorted({k for r in records for k in r})
-            if re.fullmatch(r"val/(\w+/)?psnr(_[\d.]+)?", key)}  # per level, and of the tiles scored beside them
+    psnr = psnr_series(records)  # per level, and of the tiles scored beside them
     if psnr:
         curves = plot_lines(psnr, run.run_dir / "plots" / "validation_psnr.png", "iteration", "PSNR (dB)",
                             title=f"{label}: validation PSNR")
