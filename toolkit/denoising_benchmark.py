@@ -27,7 +27,13 @@ from toolkit.data.augment import to_unit_range
 from toolkit.data.folders import list_image_files
 from toolkit.data.images import UnreadableImage, open_image, pixel_hash, reduce_image, rgb_pixels
 from toolkit.errors import DataError, UserError
-from toolkit.inference import describe_device, estimate_noise_sigma, load_denoiser, resolve_checkpoint
+from toolkit.inference import (
+    describe_device,
+    estimate_noise_sigma,
+    load_denoiser,
+    resolve_checkpoint,
+    training_noise,
+)
 from toolkit.progress import progress_bar
 from toolkit.runs import read_config, read_json, read_summary, write_json
 from toolkit.train.denoise import (
@@ -106,9 +112,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
         raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
     conditioned = bool(state and state.conditioned)
     if model is not None and not conditioned:
-        trained = state.noise or {}
-        log(f"[benchmark] note: this model is not told the noise level; it was trained on "
-            f"sigma {trained.get('sigma_min')}-{trained.get('sigma_max')} (clipped: {trained.get('clip')})")
+        log(f"[benchmark] note: this model is not told the noise level; it was trained on {training_noise(state)}")
     methods = ["noisy"] + (["model"] if model is not None else []) + list(baselines)
     tiled = 0 if model is None else sum(len(model_tiles(model, clean, tile_size, tile_margin)) > 1 for clean in cleans)
     protocol = "AWGN, not clipped, whole images, RGB"

@@ -78,6 +78,15 @@ def trained_sigma_max(checkpoint: Path | str) -> float | None:
     return float(sigma_max) if isinstance(sigma_max, (int, float)) else None
 
 
+def training_noise(state: TrainerState) -> str:
+    """The noise a denoiser not told the noise level trained on, in words: 'sigma 0.3 on the [0, 1] scale, clipped'
+    ('sigma 0-0.5 ...' for a range)."""
+    trained = state.noise or {}
+    low, high = trained.get("sigma_min"), trained.get("sigma_max")
+    levels = "not recorded" if low is None or high is None else f"{low:g}" if low == high else f"{low:g}-{high:g}"
+    return f"sigma {levels} on the [0, 1] scale{', clipped' if trained.get('clip') else ''}"
+
+
 def load_denoiser(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainerState]:
     """load_trained_model for the commands that denoise: a classifier's run is a UserError naming the commands
     that serve it."""
@@ -152,12 +161,8 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         log(f"[denoise] note: --sigma={sigma_255:g} is above the noise levels this model trained on (0-{trained_max:g}"
             f"/255): expect less than its benchmark; a run with --sigma_max={sigma_255:g} or more covers it")
     if sigma_255 is not None and not conditioned:
-        trained = state.noise or {}
-        low, high = trained.get("sigma_min"), trained.get("sigma_max")
-        levels = "not recorded" if low is None or high is None else f"{low:g}" if low == high else f"{low:g}-{high:g}"
         log(f"[denoise] note: --sigma is not used: {state.label or state.model} is not told the noise level (it "
-            f"trained on sigma {levels} on the [0, 1] scale{', clipped' if trained.get('clip') else ''}); a "
-            "noise-conditioned model (recipes/blind_denoiser.py) takes it")
+            f"trained on {training_noise(state)}); a noise-conditioned model (recipes/blind_denoiser.py) takes it")
     source, destination = Path(source), Path(destination)
     if source.is_dir():
         if destination.exists() and not destination.is_dir():
