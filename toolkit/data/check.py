@@ -15,14 +15,20 @@ warning that preprocessing handles (conversion, skipping, optional duplicate dro
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from toolkit.data.folders import IMAGE_EXTENSIONS, INTEL_SPLITS, find_split, is_image_file
-from toolkit.data.images import UnreadableImage, colour_profile, extension_matches_format, open_image, to_rgb
+from toolkit.data.images import (
+    UnreadableImage,
+    colour_profile,
+    extension_matches_format,
+    open_image,
+    pixel_hash,
+    to_rgb,
+)
 from toolkit.errors import DataError
 from toolkit.progress import tracked
 from toolkit.runs import write_json
@@ -44,8 +50,7 @@ def inspect_file(path: Path) -> dict:
         record["colour_profile"] = description
     if problem:
         record["unused_profile"] = problem
-    pixels = np.asarray(to_rgb(image))
-    record["pixel_hash"] = hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=12).hexdigest()
+    record["pixel_hash"] = pixel_hash(np.asarray(to_rgb(image)))  # as preprocessing and predict hash them
     return record
 
 

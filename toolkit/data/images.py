@@ -146,7 +146,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float64)
         scale = 255.0 / 65535.0 if pixels.max() > 255 else 1.0
         return Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):  # (a palette is RGB or RGBA by now: without_palette)
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -271,9 +271,9 @@ def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
     if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"))
         return rgba[..., :3].astype(np.float32) / 255, StoredAs(mode, alpha=rgba[..., 3].copy(), **metadata)
-    if mode == "CMYK" and colour_profile(image)[0]:  # press colours, to sRGB through the file's own profile
-        metadata.update(icc_profile=srgb_profile().tobytes(), dropped_profile="",
-                        converted_through=colour_profile(image)[0])
+    through = colour_profile(image)[0] if mode == "CMYK" else ""
+    if through:  # press colours, to sRGB through the file's own profile
+        metadata.update(icc_profile=srgb_profile().tobytes(), dropped_profile="", converted_through=through)
         return np.asarray(in_srgb(image)).astype(np.float32) / 255, StoredAs(mode, converted=True, **metadata)
     return (np.asarray(image.convert("RGB")).astype(np.float32) / 255,
             StoredAs(mode, converted=mode != "RGB", **metadata))
