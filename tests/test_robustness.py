@@ -101,6 +101,37 @@ def test_data_check_command_exit_status_and_json(messy, tmp_path, capsys):
     assert final and "img/s" in final[-1], shown.stderr[-2000:]
 
 
+def _with_reader_gone(args: list[str]) -> subprocess.CompletedProcess:
+    """Run a command whose standard output is a pipe nobody reads any more (`... | head` once head has exited)."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(args, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(writer)
+
+
+def test_output_into_a_closed_pipe_stops_quietly_like_unix_tools(messy, tmp_path):
+    """`toolkit data check ROOT | head -1`: once head has gone, the toolkit stops with 141 (the shell's status for
+    a writer killed by SIGPIPE) and no traceback; so does a recipe. A broken pipe that is not standard output's
+    is a bug and keeps its traceback."""
+    shown = _with_reader_gone([sys.executable, "-m", "toolkit.cli", "data", "check", str(messy), "--json",
+                               str(tmp_path / "r.json")])
+    assert shown.returncode == 141 and shown.stderr == "", shown.stderr[-2000:]
+    recipe = ("import dataclasses, sys; from toolkit.run import run_recipe\n"
+              "@dataclasses.dataclass\nclass Config:\n    lines: int = 10\n"
+              "def main(cfg):\n    for i in range(cfg.lines): print('line', i)\n"
+              "run_recipe(main, Config, sys.argv[1:])")
+    shown = _with_reader_gone([sys.executable, "-c", recipe, "--lines=100000"])
+    assert shown.returncode == 141 and shown.stderr == "", shown.stderr[-2000:]
+    elsewhere = ("import os, sys; from toolkit.run import run_recipe; import dataclasses\n"
+                 "@dataclasses.dataclass\nclass Config:\n    lines: int = 10\n"
+                 "def main(cfg):\n    reader, writer = os.pipe(); os.close(reader); os.write(writer, b'x')\n"
+                 "run_recipe(main, Config, sys.argv[1:])")
+    shown = run_script([sys.executable, "-c", elsewhere])
+    assert shown.returncode == 1 and "BrokenPipeError" in shown.stderr
+
+
 def test_preprocessing_converts_what_it_can_and_skips_the_rest(messy, cache_dir):
     listing = scan_labeled_folder(messy / "seg_train")
     stored = cached_beton("messy", listing.root, listing.files, listing.labels, listing.classes, 24,

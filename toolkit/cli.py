@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from toolkit.errors import UserError, file_system_refusal
+from toolkit.errors import STDOUT_CLOSED, UserError, file_system_refusal, reader_of_stdout_gone
 
 
 def _tool_logger(out_dir: Path, name: str, wandb_mode: str, config: dict, chosen: tuple[str, str] | None = None):
@@ -508,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if reader_of_stdout_gone():
+            return STDOUT_CLOSED
+        traceback.print_exc()
+        return 1
     except OSError as error:
         refusal = file_system_refusal(error)
         if refusal is None:

@@ -6,6 +6,9 @@ print it without a stack trace and exit with status 2, as they do a file system'
 """
 
 import errno
+import os
+import select
+import sys
 
 # what a file system refuses (a full disk, no permission, a file where a folder must go, a vanished file)
 _FILE_SYSTEM_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
@@ -18,6 +21,29 @@ def file_system_refusal(error: OSError) -> str | None:
     if error.errno not in _FILE_SYSTEM_REFUSALS or not error.filename:
         return None
     return f"{error.filename2 or error.filename}: {error.strerror}"
+
+
+# the exit status of a shell pipeline's writer whose reader went away (128 + SIGPIPE), as `yes | head` leaves it
+STDOUT_CLOSED = 141
+
+
+def reader_of_stdout_gone() -> bool:
+    """Whether standard output is a pipe or socket whose reader has gone (`toolkit ... | head` after head
+    exits). If so, standard output is pointed at /dev/null, so that Python's last flush at exit does not raise
+    again, and the caller should stop quietly with STDOUT_CLOSED, as Unix tools do; a broken pipe elsewhere (a
+    worker's) is a bug, whose traceback is wanted."""
+    try:
+        descriptor = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(descriptor, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no real stdout (captured, closed): not this case
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, descriptor)
+        os.close(devnull)
+    return gone
 
 
 class UserError(Exception):

@@ -32,7 +32,14 @@ from typing import Literal
 import torch
 
 from toolkit.config import check_non_negative, check_positive, config_to_dict, format_config, parse_config
-from toolkit.errors import CheckpointError, ConfigError, UserError, file_system_refusal
+from toolkit.errors import (
+    STDOUT_CLOSED,
+    CheckpointError,
+    ConfigError,
+    UserError,
+    file_system_refusal,
+    reader_of_stdout_gone,
+)
 from toolkit.progress import say as print_line
 from toolkit.runs import (
     CHANGEABLE_ON_RESUME,
@@ -326,6 +333,12 @@ def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
         print("\ninterrupted: rerun with --resume (and the same --run_dir) to continue from the last checkpoint",
               file=sys.stderr, flush=True)
         code = 130
+    except BrokenPipeError:
+        if reader_of_stdout_gone():
+            code = STDOUT_CLOSED
+        else:
+            traceback.print_exc()
+            code = 1
     except OSError as error:
         refusal = file_system_refusal(error)
         if refusal is None:
