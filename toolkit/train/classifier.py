@@ -69,9 +69,9 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
     run.say(f"[val] final: loss {validation['loss']:.4f} accuracy {validation['accuracy']:.4f}; "
             f"calibration: temperature {state.temperature:.3f} (expected calibration error as trained {val_ece:.3f})")
     if len(validation["labels"]) < FEW_FOR_A_TEMPERATURE:
-        run.say(f"[val] note: a temperature fitted on {len(validation['labels'])} validation images is uncertain and "
-                "may make the held-out calibration worse, not better; more validation images (--val_fraction) "
-                "steady it")
+        run.say(f"[val] note: a temperature fitted on {len(validation['labels'])} validation images is "
+                "uncertain (the fit is held near 1 accordingly) and may make the held-out calibration worse, not "
+                "better; more validation images (--val_fraction) steady it")
     summary = {"recipe": state.recipe, "steps": state.step, "train_seconds": round(state.train_seconds, 1),
                "train_images_per_s": state.images_seen / max(state.train_seconds, 1e-9), "seed": run.cfg.seed,
                "val_accuracy": validation["accuracy"], "val_loss": validation["loss"], "data": data.describe(),

@@ -54,19 +54,34 @@ def mean_negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) 
     return float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-30, 1)).mean())
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+# the spread of log T believed before any image is seen (T in about [0.37, 2.7] at two standard deviations):
+# few images cannot pull a fit far from T = 1, a few hundred decide it alone
+TEMPERATURE_PRIOR_SD = 0.5
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray,
+                    prior_sd: float | None = TEMPERATURE_PRIOR_SD) -> float:
     """Temperature scaling (Guo et al., 2017): the T in [0.05, 20] that minimises the negative log-likelihood
     of softmax(log p / T) on held-back images (a run's validation images). T > 1 softens over-confident
-    probabilities, T < 1 sharpens under-confident ones; the ranking of the classes never changes."""
+    probabilities, T < 1 sharpens under-confident ones; the ranking of the classes never changes.
+
+    The fit is the most probable T under a normal prior on log T (mean 0, `prior_sd`; None: no prior, the plain
+    maximum likelihood). On a few dozen images the plain fit follows their noise, often to an extreme T that
+    makes calibration worse elsewhere; the prior holds it near 1 until the images say otherwise. On 20 or 50
+    images it scores better on fresh images than the plain fit for most miscalibrations, and on hundreds the
+    two agree (tests/test_evaluate.py simulates both)."""
     from scipy.optimize import minimize_scalar
 
-    if len(labels) == 0:
+    count = len(labels)
+    if count == 0:
         return 1.0
 
-    def nll(log_t: float) -> float:
-        return mean_negative_log_likelihood(with_temperature(probabilities, np.exp(log_t)), labels)
+    def negative_log_posterior(log_t: float) -> float:
+        fit = count * mean_negative_log_likelihood(with_temperature(probabilities, np.exp(log_t)), labels)
+        return fit + (0.0 if prior_sd is None else log_t**2 / (2 * prior_sd**2))
 
-    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    found = minimize_scalar(negative_log_posterior, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                            options={"xatol": 1e-4})
     return float(np.exp(found.x))
 
 
