@@ -524,6 +524,51 @@ def test_denoise_writes_each_image_as_its_file_stored_it_at_any_size(tiny_intel,
     assert not list(tmp_path.rglob("*.partial*"))  # nothing half-written left beside the outputs, refused or not
 
 
+def test_floating_point_grey_is_denoised_and_written_as_floats_on_its_own_scale(tmp_path, capsys):
+    """A 32-bit float TIFF (mode F: scientific and HDR pipelines), in [0, 1] or in 8-bit levels, is read as
+    floats on its own scale (a plain conversion read [0, 1] as black), its noise beyond 0 and white kept, and
+    written back as a float TIFF on that scale (a folder's outputs are named .tif for it, .png for the rest); an
+    output named .png is refused with the fix; a file with NaNs is skipped, saying why; the classifiers' reader
+    sees its grey levels."""
+    from toolkit.data.images import load_for_restoration, load_rgb, save_restored
+
+    rng = np.random.default_rng(5)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    unit = (0.5 + 0.2 * np.sin(np.arange(40) / 4)[None, :] + rng.normal(0, 0.1, (32, 40))).astype(np.float32)
+    unit[0, :2] = -0.05, 1.05  # noise past black and white
+    Image.fromarray(unit).save(inputs / "unit.tif")
+    Image.fromarray(unit * 255).save(inputs / "levels.tiff")
+    Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(inputs / "photo.tif")
+    broken = unit.copy()
+    broken[3, 4] = np.nan
+    Image.fromarray(broken).save(inputs / "nan.tif")
+
+    pixels, stored = load_for_restoration(inputs / "unit.tif")
+    assert (stored.mode, stored.bits, stored.full_scale, stored.grey) == ("F", 32, 1.0, True)
+    assert np.array_equal(pixels[..., 0], unit) and pixels.min() < 0 < 1 < pixels.max()  # not clipped on the way in
+    assert load_for_restoration(inputs / "levels.tiff")[1].full_scale == 255.0
+    save_restored(np.clip(pixels, 0, 1), stored, tmp_path / "copy.tif")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "copy.tif")), np.clip(unit, 0, 1))
+    assert abs(np.asarray(load_rgb(inputs / "unit.tif")).mean() - 255 * np.clip(unit, 0, 1).mean()) < 1
+
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1",
+                                      "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={tmp_path / 'blind'}"])
+    capsys.readouterr()
+    assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs), str(tmp_path / "out")]) == 0
+    said = capsys.readouterr().out
+    assert "nan.tif: 1 of its floating-point pixels are not numbers" in said and "skipped 1" in said
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["levels.tif", "photo.png", "unit.tif"]
+    for name, white in (("unit.tif", 1.0), ("levels.tif", 255.0)):
+        written = Image.open(tmp_path / "out" / name)
+        values = np.asarray(written)
+        assert written.mode == "F" and values.shape == (32, 40) and 0 <= values.min() and values.max() <= white
+        assert 0.3 * white < values.mean() < 0.7 * white  # on the file's scale, not black, not saturated
+    assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "unit.tif"), str(tmp_path / "x.png")]) == 2
+    assert "Name it .tif, which holds floating-point images" in capsys.readouterr().err
+
+
 def test_denoise_skip_existing_continues_a_stopped_run_and_leaves_written_images_alone(tmp_path, capsys):
     """--skip_existing leaves out the images whose output is there (a run stopped on the way, each of whose outputs
     appears whole or not at all) and denoises the rest; without it every image is denoised again."""

@@ -125,26 +125,32 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                   self_ensemble: bool = False, precision: str = "no", device: torch.device | str = "cpu",
                   tile_size: int | None = None, tile_margin: int | None = None, skip_existing: bool = False,
                   log=print) -> dict:
-    """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of
-    the same size (a folder mirrors the source's layout). Unreadable files are reported and skipped. Each is
-    written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey and colour stay 16-bit,
-    transparency, the colour profile and the EXIF data are kept; a palette or CMYK image comes back as RGB (CMYK
-    through its colour profile to sRGB when it has one), saying so, as does a file of several frames (its first
-    denoised) or a target format that cannot keep the metadata.
+    """Denoise one image or every image below a folder with a trained denoiser, writing PNG images of the same size (a
+    folder mirrors the source's layout; floating-point grey, which PNG cannot hold, as TIFF). Unreadable files are
+    reported and skipped. Each is written as its file stored it (load_for_restoration): grey stays grey, 16-bit grey and
+    colour stay 16-bit, floating-point grey stays floating-point, transparency, the colour profile and the EXIF data are
+    kept; a palette or CMYK image comes back as RGB (CMYK through its colour profile to sRGB when it has one), saying
+    so, as does a file of several frames (its first denoised) or a target format that cannot keep the metadata.
 
-    A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image;
-    without it, each image's noise level is estimated (estimate_noise_sigma) and printed.
-    self_ensemble: average over the image's 8 rotations and mirror images (toolkit.train.denoise.denoise).
-    precision: what the model runs in ('no': fp32; 'bf16': about 2x faster where the CPU computes bf16 faster
-    than fp32). device: where the model runs (inference_device). tile_size: images larger than a tile of this
-    side plus its margins are denoised one tile at a time (denoise_in_tiles; default TILE_SIZE), so that the model's
-    memory is a tile's whatever the image's size (the hour's network: 1.8 GB in all for 12 megapixels in fp32, 8.2
-    whole), with a progress bar over its tiles; 0: whole images. tile_margin: the pixels of context each tile is
-    denoised with (default TILE_MARGIN, measured for the blind denoiser's network). Each output file appears whole
-    (written beside it, then renamed), so a run stopped on the way leaves no half-written image; skip_existing:
-    images whose output file is there already are left out, which continues such a run."""
+    A denoiser told the noise level takes `sigma_255` (the noise std on the 0-255 scale) for every image; without it,
+    each image's noise level is estimated (estimate_noise_sigma) and printed. self_ensemble: average over the image's 8
+    rotations and mirror images (toolkit.train.denoise.denoise). precision: what the model runs in ('no': fp32; 'bf16':
+    about 2x faster where the CPU computes bf16 faster than fp32). device: where the model runs (inference_device).
+    tile_size: images larger than a tile of this side plus its margins are denoised one tile at a time
+    (denoise_in_tiles; default TILE_SIZE), so that the model's memory is a tile's whatever the image's size (the hour's
+    network: 1.8 GB in all for 12 megapixels in fp32, 8.2 whole), with a progress bar over its tiles; 0: whole images.
+    tile_margin: the pixels of context each tile is denoised with (default TILE_MARGIN, measured for the blind
+    denoiser's network). Each output file appears whole (written beside it, then renamed), so a run stopped on the way
+    leaves no half-written image; skip_existing: images whose output file is there already are left out, which continues
+    such a run."""
     from toolkit.data.folders import list_image_files
-    from toolkit.data.images import UnreadableImage, load_for_restoration, save_restored, writes_images
+    from toolkit.data.images import (
+        UnreadableImage,
+        load_for_restoration,
+        restored_suffix,
+        save_restored,
+        writes_images,
+    )
     from toolkit.progress import progress_bar, tracked
     from toolkit.train.denoise import TILE_MARGIN, TILE_SIZE, check_tile_size, denoise_in_tiles, model_tiles
 
@@ -173,12 +179,12 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         if inside and destination.resolve() != source.resolve():  # earlier outputs, not inputs
             log(f"[denoise] leaving out the {len(inside)} image(s) already in {destination} (inside {source})")
             files = [file for file in files if file not in inside]
-        pairs = [(file, destination / file.relative_to(source).with_suffix(".png")) for file in files]
+        pairs = [(file, destination / file.relative_to(source).with_suffix(restored_suffix(file))) for file in files]
         if not pairs:
             raise UserError(f"{source} holds no images")
     elif source.is_file():
-        target = destination / (source.stem + ".png") if destination.is_dir() else destination
-        pairs = [(source, target if target.suffix else target.with_suffix(".png"))]
+        target = destination / (source.stem + restored_suffix(source)) if destination.is_dir() else destination
+        pairs = [(source, target if target.suffix else target.with_suffix(restored_suffix(source)))]
         if not writes_images(pairs[0][1]):  # said now, not after the image is denoised
             raise UserError(f"cannot write {pairs[0][1]}: {pairs[0][1].suffix} names no image format Pillow writes. "
                             "Name it .png, which holds grey, 16-bit and transparent images alike")
@@ -205,7 +211,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
             log(f"[denoise] {file}: in colour mode {stored.mode}, written as sRGB through its colour profile "
                 f"({stored.converted_through})")
         elif stored.converted:
-            kind = "a palette image" if stored.mode == "P" else f"in colour mode {stored.mode}"  # CMYK, YCbCr, F, ...
+            kind = "a palette image" if stored.mode == "P" else f"in colour mode {stored.mode}"  # CMYK, YCbCr, ...
             log(f"[denoise] {file}: {kind}, written as RGB")
         if stored.dropped_profile:
             log(f"[denoise] {file}: its {stored.dropped_profile} colour profile does not describe the RGB pixels "

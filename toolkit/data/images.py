@@ -146,11 +146,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float64)
         scale = 255.0 / 65535.0 if pixels.max() > 255 else 1.0
         return Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":  # (a plain conversion reads floats in [0, 1] as black)
+        pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scaled = pixels * (255.0 / float_full_scale(pixels))
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "LA", "RGBa", "La"):  # (a palette is RGB or RGBA by now: without_palette)
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def float_full_scale(pixels: np.ndarray) -> float:
+    """What white is in a floating-point image's numbers, which no file format records: 1 when its values stay
+    at or below 2 (floats in [0, 1], noise included), 255 when at or below 510 (8-bit levels kept as floats),
+    else 65535."""
+    top = float(pixels.max()) if pixels.size else 0.0
+    return 1.0 if top <= 2.0 else 255.0 if top <= 510.0 else 65535.0
 
 
 @dataclass(frozen=True)
@@ -165,10 +177,12 @@ class StoredAs:
     cannot use, written as RGB by a plain conversion), else ""; converted_through: the description of the profile
     through which the pixels were converted to sRGB (a CMYK file's), written with an sRGB profile, else "". exif:
     the file's EXIF data (capture time, camera, ...) without its orientation, since the pixels are read upright, or
-    None. frames: the images the file holds (an animation's frames, a TIFF's pages); the first is restored."""
+    None. frames: the images the file holds (an animation's frames, a TIFF's pages); the first is restored.
+    full_scale: of a 32-bit floating-point grey file (mode F, bits 32), the value its white has (float_full_scale)."""
     mode: str
     grey: bool = False
     bits: int = 8
+    full_scale: float = 1.0
     alpha: np.ndarray | None = None
     converted: bool = False
     icc_profile: bytes | None = None
@@ -238,14 +252,15 @@ def read_sixteen_bit_colour(path: Path | str) -> np.ndarray:
 
 
 def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
-    """An image file's pixels as (H, W, 3) float32 in [0, 1], for a model that restores them, and how the file
-    stored them (save_restored writes the result back alike). Unlike load_rgb, nothing is lost on the way in:
-    grey is its one channel repeated three times; 16-bit grey and colour are read at 16 bits (32-bit integer
-    grey, `I`, too when its values pass 255); alpha is set aside, not composited, and the colour under it
-    restored as stored; the colour profile and EXIF data are kept for the output (photo_metadata), the pixels left
-    in the colours it describes. Other modes (a palette without transparency, CMYK, YCbCr, ...) are converted to
-    RGB: CMYK through its colour profile to sRGB when it has one LittleCMS can use (the output then carries sRGB's),
-    else plainly. Of a file holding several frames, the first. Raises UnreadableImage."""
+    """An image file's pixels as (H, W, 3) float32 in [0, 1], for a model that restores them, and how the file stored
+    them (save_restored writes the result back alike). Unlike load_rgb, nothing is lost on the way in: grey is its one
+    channel repeated three times; 16-bit grey and colour are read at 16 bits (32-bit integer grey, `I`, too when its
+    values pass 255); 32-bit floating-point grey (`F`, TIFF) as floats, divided by its white (float_full_scale), values
+    below 0 or above white kept; alpha is set aside, not composited, and the colour under it restored as stored; the
+    colour profile and EXIF data are kept for the output (photo_metadata), the pixels left in the colours it describes.
+    Other modes (a palette without transparency, CMYK, YCbCr, ...) are converted to RGB: CMYK through its colour profile
+    to sRGB when it has one LittleCMS can use (the output then carries sRGB's), else plainly. Of a file holding several
+    frames, the first. Raises UnreadableImage."""
     decoded = open_image(path)  # judged as everywhere: unreadable files are said so
     if decoded.mode in ("RGB", "RGBA") and stores_sixteen_bit_colour(path):
         orientation = decoded.getexif().get(0x0112, 1)
@@ -255,8 +270,16 @@ def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
                                                                         **photo_metadata(decoded, grey=False))
     image = ImageOps.exif_transpose(decoded)  # upright, as every viewer shows it
     mode = image.mode
-    grey = mode in _SIXTEEN_BIT_GREY or mode in ("1", "L", "LA", "La")
+    grey = mode in _SIXTEEN_BIT_GREY or mode in ("1", "L", "LA", "La", "F")
     metadata = photo_metadata(decoded, grey)
+    if mode == "F":  # floats as stored, not clipped (the noise of a noisy image may pass 0 and white)
+        pixels = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(pixels).all():
+            raise UnreadableImage(f"{path}: {int((~np.isfinite(pixels)).sum())} of its floating-point pixels are not "
+                                  "numbers (NaN or infinite); replace them (with 0, or their neighbours' values)")
+        full_scale = float_full_scale(pixels)
+        return (np.repeat((pixels / full_scale)[..., None], 3, axis=2),
+                StoredAs(mode, grey=True, bits=32, full_scale=full_scale, **metadata))
     if mode in _SIXTEEN_BIT_GREY:
         pixels = np.asarray(image, dtype=np.float64)
         bits = 16 if mode != "I" or pixels.max() > 255 else 8
@@ -284,19 +307,22 @@ _METADATA_FORMATS = {"PNG", "JPEG", "TIFF", "WEBP"}
 
 
 def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> list[str]:
-    """Write (H, W, 3) float pixels in [0, 1] as the file `stored` describes stored its own: grey as one channel
-    (the mean of the three), 16-bit grey and colour at 16 bits, the alpha channel as it was, with its colour profile
-    and EXIF data; RGB otherwise. Returns what the target's format could not keep (a colour profile in a BMP, ...),
-    as sentences to tell the user; [] when nothing was left out. Raises UserError when the format cannot hold the
-    pixels themselves (alpha or 16 bits in a JPEG): PNG holds every one, and every kind of metadata."""
+    """Write (H, W, 3) float pixels in [0, 1] as the file `stored` describes stored its own: grey as one channel (the
+    mean of the three), 16-bit grey and colour at 16 bits, floating-point grey as floats on its own scale, the alpha
+    channel as it was, with its colour profile and EXIF data; RGB otherwise. Returns what the target's format could not
+    keep (a colour profile in a BMP, ...), as sentences to tell the user; [] when nothing was left out. Raises UserError
+    when the format cannot hold the pixels themselves (alpha or 16 bits in a JPEG): PNG holds every one, and every kind
+    of metadata."""
     path = Path(path)
     pixels = np.clip(np.asarray(pixels, dtype=np.float32), 0, 1)  # float32 is exact to 16 bits' levels
     if stored.bits == 16 and not stored.grey:
         return write_sixteen_bit_colour((pixels * 65535 + 0.5).astype(np.uint16), stored.alpha, path,
                                         stored.icc_profile, stored.exif)
     if stored.grey:
-        grey = pixels.mean(axis=2)
-        if stored.bits == 16:
+        grey = pixels.mean(axis=2, dtype=np.float64)  # (exact for three equal channels, as float32 is not)
+        if stored.bits == 32:
+            image = Image.fromarray((grey * np.float32(stored.full_scale)).astype(np.float32), mode="F")
+        elif stored.bits == 16:
             image = Image.fromarray((grey * 65535 + 0.5).astype(np.uint16))  # mode I;16
         else:
             image = Image.fromarray((grey * 255 + 0.5).astype(np.uint8), mode="L")
@@ -307,6 +333,8 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
         if stored.alpha is not None:
             image.putalpha(Image.fromarray(stored.alpha, mode="L"))
     metadata = {key: value for key, value in (("icc_profile", stored.icc_profile), ("exif", stored.exif)) if value}
+    fix = ("Name it .tif, which holds floating-point images" if stored.bits == 32 else
+           "Name it .png, which holds grey, 16-bit and transparent images alike")
     temporary = temporary_beside(path)
     try:
         image.save(temporary, **metadata)
@@ -315,15 +343,23 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
         temporary.unlink(missing_ok=True)
         if error.errno is not None:  # the file system's refusal (permissions, a full disk), not the format's
             raise UserError(f"cannot write {path}: {error.strerror}") from None
-        raise UserError(f"cannot write {path}: {error} (a {image.mode} image). Name it .png, which holds grey, "
-                        f"16-bit and transparent images alike") from None
+        raise UserError(f"cannot write {path}: {error} (a {image.mode} image). {fix}") from None
     except (KeyError, ValueError) as error:  # a name whose format PIL does not know
         temporary.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {str(error).replace(str(temporary), str(path))}. Name it .png, "
-                        "which holds grey, 16-bit and transparent images alike") from None
+        raise UserError(f"cannot write {path}: {str(error).replace(str(temporary), str(path))}. {fix}") from None
     if metadata and Image.registered_extensions().get(path.suffix.lower()) not in _METADATA_FORMATS:
         return [metadata_left_out(metadata, f"a {path.suffix.lstrip('.').upper()} file cannot hold")]
     return []
+
+
+def restored_suffix(path: Path | str) -> str:
+    """The extension a restored copy of an image file is given when the user names none: .tif for 32-bit
+    floating-point grey (which PNG cannot hold), .png for every other image (PNG holds the rest losslessly)."""
+    try:
+        with Image.open(path) as header:  # the header only
+            return ".tif" if header.mode == "F" else ".png"
+    except (OSError, SyntaxError, ValueError):  # said when the image is read
+        return ".png"
 
 
 def writes_images(path: Path | str) -> bool:
