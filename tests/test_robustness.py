@@ -144,11 +144,12 @@ def test_preprocessing_converts_what_it_can_and_skips_the_rest(messy, cache_dir)
 
 
 def test_colour_profiles_are_gone_through_to_srgb_wherever_images_are_read(tmp_path, cache_dir):
-    """A colour profile says what a file's numbers mean as colours: preprocessing, predict and the data doctor read
-    such pixels as sRGB through it (RGB, RGBA, palette, grey and CMYK alike), as a colour-managed viewer shows them
-    and as the training images were. The profiles are built by hand with their colours worked out (tests/
-    icc_profiles.py): linear light stored as 128 is sRGB's 188. An sRGB profile changes nothing; one that cannot be
-    read, or that describes another colour space than the pixels', is not used, and the data doctor says so."""
+    """A colour profile says what a file's numbers mean as colours: preprocessing, predict and the data doctor read such
+    pixels as sRGB through it (RGB, RGBA, palette, grey, grey with alpha, 16-bit grey and CMYK alike), as a
+    colour-managed viewer shows them and as the training images were. The profiles are built by hand with their colours
+    worked out (tests/icc_profiles.py): linear light stored as 128 is sRGB's 188. An sRGB profile changes nothing; one
+    that cannot be read, or that describes another colour space than the pixels', is not used, and the data doctor says
+    so."""
     from icc_profiles import ideal_inks_cmyk_profile, linear_grey_profile, linear_rgb_profile, srgb_encoded
     from PIL import ImageCms
 
@@ -165,12 +166,15 @@ def test_colour_profiles_are_gone_through_to_srgb_wherever_images_are_read(tmp_p
     Image.new("RGBA", (24, 24), (128, 128, 128, 255)).save(folder / "linear_alpha.png", icc_profile=linear)
     plain.quantize(4).save(folder / "palette.png", icc_profile=linear)
     Image.new("L", (24, 24), 128).save(folder / "grey.png", icc_profile=grey)
+    Image.new("LA", (24, 24), (128, 255)).save(folder / "grey_alpha.png", icc_profile=grey)
+    Image.fromarray(np.full((24, 24), 128 * 257, dtype=np.uint16)).save(folder / "grey16.png", icc_profile=grey)
     Image.new("CMYK", (24, 24), (128, 0, 0, 0)).save(folder / "press.tif", icc_profile=ideal_inks_cmyk_profile())
     plain.save(folder / "srgb.png", icc_profile=srgb)
     plain.save(folder / "broken.png", icc_profile=b"not a colour profile")
     plain.save(folder / "mismatched.png", icc_profile=ideal_inks_cmyk_profile())
     expected = {"linear.png": (mid,) * 3, "linear.jpg": (mid,) * 3, "linear_alpha.png": (mid,) * 3,
-                "palette.png": (mid,) * 3, "grey.png": (mid,) * 3, "press.tif": (mid, 255, 255),
+                "palette.png": (mid,) * 3, "grey.png": (mid,) * 3, "grey_alpha.png": (mid,) * 3,
+                "grey16.png": (mid,) * 3, "press.tif": (mid, 255, 255),
                 "srgb.png": (128,) * 3, "broken.png": (128,) * 3, "mismatched.png": (128,) * 3}
     for name, colour in expected.items():
         pixels = load_rgb(folder / name).astype(int)
@@ -178,19 +182,20 @@ def test_colour_profiles_are_gone_through_to_srgb_wherever_images_are_read(tmp_p
 
     report = check_dataset(tmp_path / "data", image_size=16)
     summary = report["splits"]["seg_train"]  # a folder of class folders is its own training split
-    assert summary["colour_profiles"] == {"Linear sRGB primaries (test)": 4, "Linear grey (test)": 1,
+    assert summary["colour_profiles"] == {"Linear sRGB primaries (test)": 4, "Linear grey (test)": 3,
                                           "Ideal inks (test)": 1}
     assert {Path(item["file"]).name: item["reason"] for item in summary["unused_profiles"]} == {
         "broken.png": "a colour profile that cannot be read, not used",
         "mismatched.png": "a CMYK colour profile on RGB pixels, not used"}
-    assert any("6 images carry colour profiles other than sRGB" in warning for warning in report["warnings"])
+    assert any("8 images carry colour profiles other than sRGB" in warning for warning in report["warnings"])
     assert any("2 images carry a colour profile that cannot be used" in warning for warning in report["warnings"])
 
     listing = scan_labeled_folder(tmp_path / "data")
     stored = cached_beton("profiles", listing.root, listing.files, listing.labels, listing.classes, 24,
                           storage="raw", cache_dir=cache_dir, num_workers=1)
     assert set(stored.manifest["converted_to_rgb"]) == {f"scenes/{name}" for name in (
-        "linear.png", "linear.jpg", "linear_alpha.png", "palette.png", "grey.png", "press.tif")}
+        "linear.png", "linear.jpg", "linear_alpha.png", "palette.png", "grey.png", "grey_alpha.png", "grey16.png",
+        "press.tif")}
     assert stored.manifest["pixel_hashes"][listing.files.index(folder / "linear.png")] == pixel_hash(
         load_rgb(folder / "linear.png"))  # what was stored is what every reader reads
 

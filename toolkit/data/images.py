@@ -71,7 +71,10 @@ def open_image(path: Path | str) -> Image.Image:
 
 # the colour space a profile's header names (bytes 16-19) for each mode LittleCMS converts from
 # (a palette's colours are RGB: to_rgb converts it first)
-_PROFILE_SPACE_OF_MODE = {"RGB": b"RGB ", "RGBA": b"RGB ", "P": b"RGB ", "PA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY"}
+_PROFILE_SPACE_OF_MODE = {"RGB": b"RGB ", "RGBA": b"RGB ", "P": b"RGB ", "PA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY",
+                          "LA": b"GRAY", "I;16": b"GRAY", "I;16B": b"GRAY", "I;16L": b"GRAY", "I": b"GRAY"}
+# the mode whose pixels LittleCMS takes to sRGB for each (grey with alpha and 16-bit grey go as 8-bit grey: in_srgb)
+_TRANSFORMED_MODE = {"P": "RGB", "PA": "RGBA", "LA": "L", "I;16": "L", "I;16B": "L", "I;16L": "L", "I": "L"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,7 +111,7 @@ def colour_profile(image: Image.Image) -> tuple[str, str]:
     if profile[16:20] != expected:
         return "", f"a {profile[16:20].decode('latin-1').strip()} colour profile on {image.mode} pixels, not used"
     try:
-        description = _to_srgb_transform(profile, {"P": "RGB", "PA": "RGBA"}.get(image.mode, image.mode))[1]
+        description = _to_srgb_transform(profile, _TRANSFORMED_MODE.get(image.mode, image.mode))[1]
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return "", "a colour profile that cannot be read, not used"
     if description.lower().startswith("srgb"):  # "sRGB IEC61966-2.1", "sRGB built-in", "sRGB v4 ICC preference"
@@ -131,9 +134,24 @@ def in_srgb(image: Image.Image) -> Image.Image:
     if not colour_profile(image)[0]:
         return image
     image = without_palette(image)
-    converted = _to_srgb_transform(image.info["icc_profile"], image.mode)[0].apply(image)
+    transform = _to_srgb_transform(image.info["icc_profile"], _TRANSFORMED_MODE.get(image.mode, image.mode))[0]
+    if image.mode == "LA":  # the grey through the profile, the alpha as it is
+        converted = transform.apply(image.getchannel("L"))
+        converted.putalpha(image.getchannel("A"))
+    elif image.mode in _SIXTEEN_BIT_GREY:  # LittleCMS in Pillow takes 8-bit grey
+        converted = transform.apply(eight_bit_grey(image))
+    else:
+        converted = transform.apply(image)
     converted.info = {key: value for key, value in image.info.items() if key != "icc_profile"}
     return converted
+
+
+def eight_bit_grey(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit integer grey image as 8-bit grey (L): 16-bit levels scaled down (rounded down, as the
+    images' stored pixel hashes were), values that stay within 0-255 (an 8-bit image stored in a wider mode) kept."""
+    pixels = np.asarray(image, dtype=np.float64)
+    scale = 255.0 / 65535.0 if pixels.max() > 255 else 1.0
+    return Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8), mode="L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -142,10 +160,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     image = in_srgb(without_palette(ImageOps.exif_transpose(image)))  # phone photos store rotation in EXIF
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        pixels = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / 65535.0 if pixels.max() > 255 else 1.0
-        return Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in _SIXTEEN_BIT_GREY:
+        return eight_bit_grey(image).convert("RGB")
     if image.mode == "F":  # (a plain conversion reads floats in [0, 1] as black)
         pixels = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         scaled = pixels * (255.0 / float_full_scale(pixels))
