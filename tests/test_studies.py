@@ -105,6 +105,23 @@ def test_a_study_checks_every_runs_values_before_training_any(tiny_intel, tmp_pa
 TINY = "--batch_size=16 --eval_batch_size=32"
 
 
+def test_the_seeds_ensemble_averages_their_probabilities():
+    """Three seeds each wrong on another image are right together; the per-class accuracy, the loss of the mean
+    probabilities and the gain over the mean seed, by hand."""
+    from toolkit.comparison import seed_ensemble
+
+    labels = np.array([0, 1, 1, 0])
+    right, wrong = [0.8, 0.2], [0.4, 0.6]
+    seeds = [np.array([right if i != miss else wrong for i in range(4)]) for miss in (0, 1, 2)]
+    for seed in seeds:
+        seed[labels == 1] = seed[labels == 1][:, ::-1]  # the same confidence, for class 1
+    ensemble = seed_ensemble(seeds, labels, ["a", "b"])
+    assert ensemble["accuracy"] == 1.0 and ensemble["per_class"] == {"a": 1.0, "b": 1.0}
+    assert ensemble["ahead_of_seeds"] == 3 and ensemble["gain_over_mean_seed"] == pytest.approx(0.25)
+    together = (2 * 0.8 + 0.4) / 3  # each image: right in two seeds, wrong in one
+    assert ensemble["loss"] == pytest.approx((-np.log(together) * 3 - np.log(0.8)) / 4)
+
+
 def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tiny_intel, tmp_path, monkeypatch):
     """Three seeds of two recipes; the runs at another precision (cnn forced to fp32, fast_cnn's auto picks bf16
     when the CPU says it has it natively) train in one process; --resume without --run_dir continues the newest."""
@@ -124,6 +141,12 @@ def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tin
     assert len(pair["mcnemar"]) == 3 and "seeds" in pair["sentence"]
     table = (study / "comparison.md").read_text()
     assert " ± " in table and "| precision | fp32 | bf16 |" in table
+    for model in ("cnn", "fast_cnn"):  # the seeds' models together, on the same test images
+        ensemble = result["models"][model]["ensemble"]
+        assert ensemble["members"] == 3 and 0 <= ensemble["accuracy"] <= 1 and 0 <= ensemble["ahead_of_seeds"] <= 3
+        assert ensemble["gain_over_mean_seed"] == pytest.approx(
+            ensemble["accuracy"] - np.mean(result["models"][model]["accuracy"]["values"]))
+    assert "| ensemble of the seeds (accuracy, loss) |" in table and "--ensemble" in table
     for figure in ("accuracy_intervals.png", "learning_curves.png", "per_class_comparison.png"):
         assert (study / "plots" / figure).is_file()
     stored = json.loads((study / "comparison.json").read_text())

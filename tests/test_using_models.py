@@ -343,6 +343,73 @@ def test_evaluate_scores_exactly_the_images_the_run_held_out_and_names_training_
     assert result.returncode == 2 and "hold other pixels" in result.stderr
 
 
+def test_an_ensemble_of_runs_predicts_and_is_evaluated_with_the_mean_of_their_probabilities(tiny_intel, tmp_path,
+                                                                                             capsys):
+    """Two seeds of a recipe (the same held-out images): `predict --ensemble` writes the mean of what each run
+    predicts alone, `evaluate --held_out --ensemble` scores that mean on their shared held-out images; runs of other
+    classes, runs that held out other images, and a denoiser are refused before anything is predicted."""
+    import json
+
+    from toolkit.inference import resolve_checkpoint
+    from toolkit.train.state import TrainerState
+
+    pool = tmp_path / "pool"
+    shutil.copytree(tiny_intel / "seg_train", pool / "seg_train")
+    runs = [tmp_path / f"seed-{seed}" for seed in (0, 1)]
+    for seed, run_dir in enumerate(runs):
+        run_in_process("cnn", [f"--data={pool}", f"--run_dir={run_dir}", "--width=4", "--holdout_fraction=0.25",
+                               f"--seed={seed}", *TINY_CLASSIFIER[1:]])
+    images = str(tiny_intel / "seg_pred")
+    alone = []
+    for index, run_dir in enumerate(runs):
+        assert toolkit_main(["predict", str(run_dir), images, "--out", str(tmp_path / f"alone-{index}.csv")]) == 0
+        alone.append(_read_csv(tmp_path / f"alone-{index}.csv"))
+    assert toolkit_main(["predict", str(runs[0]), images, "--out", str(tmp_path / "both.csv"),
+                         "--ensemble", str(runs[1])]) == 0
+    assert "with an ensemble of 2 runs" in capsys.readouterr().out
+    both = _read_csv(tmp_path / "both.csv")
+    columns = [name for name in both[0] if name.startswith("p_")]
+    mean = np.mean([[[float(row[c]) for c in columns] for row in rows] for rows in alone], axis=0)
+    assert np.allclose([[float(row[c]) for c in columns] for row in both], mean, atol=2e-6)
+    assert [row["predicted"] for row in both] == [columns[i].removeprefix("p_") for i in mean.argmax(1)]
+
+    out = tmp_path / "evaluated"
+    assert toolkit_main(["evaluate", str(runs[0]), str(pool), "--held_out", "--out", str(out),
+                         "--ensemble", str(runs[1])]) == 0
+    said = capsys.readouterr().out
+    assert "on the runs' 24 held-out images" in said and "an ensemble of 2 runs, temperatures" in said
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["checkpoint"] for m in metrics["ensemble"]] == [str(r) for r in runs] and metrics["temperature"] is None
+    rows = _read_csv(out / "predictions.csv")
+    assert len(rows) == 24 and metrics["training_images"] == 0
+    truth = [Path(row["file"]).parent.name for row in rows]
+    assert metrics["accuracy"] == pytest.approx(np.mean([row["predicted"] == t for row, t in zip(rows, truth)]))
+
+    def altered(name: str, change) -> str:
+        copy = tmp_path / name
+        shutil.copytree(runs[1], copy, ignore=shutil.ignore_patterns("wandb"))
+        checkpoint = resolve_checkpoint(copy)
+        state = TrainerState.read(checkpoint)
+        change(state)
+        state.write(checkpoint)
+        return str(copy)
+
+    reordered = altered("reordered", lambda state: state.classes.reverse())
+    assert toolkit_main(["predict", str(runs[0]), images, "--out", str(tmp_path / "x.csv"),
+                         "--ensemble", reordered]) == 2
+    assert "an ensemble needs runs trained on the same classes" in capsys.readouterr().err
+    other_split = altered("other_split", lambda state: state.split["held_out"].pop())
+    assert toolkit_main(["evaluate", str(runs[0]), str(pool), "--held_out", "--out", str(tmp_path / "y"),
+                         "--ensemble", other_split]) == 2
+    assert "held out other images than" in capsys.readouterr().err
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1",
+                                      "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={tmp_path / 'blind'}"])
+    assert toolkit_main(["predict", str(runs[0]), images, "--out", str(tmp_path / "z.csv"),
+                         "--ensemble", str(tmp_path / "blind")]) == 2
+    assert "not a classifier" in capsys.readouterr().err and not (tmp_path / "z.csv").exists()
+
+
 def test_predict_and_evaluate_run_in_the_precision_the_model_was_trained_with(tiny_intel, tmp_path, monkeypatch):
     monkeypatch.setenv("SCENE_TOOLKIT_CPU_BF16", "1")  # auto picks bf16 for training (emulated here: tiny)
     run_dir = tmp_path / "bf16"

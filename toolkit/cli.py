@@ -67,13 +67,13 @@ def command_benchmark(args) -> None:
 
 
 def command_predict(args) -> None:
-    from toolkit.inference import resolve_checkpoint
-    from toolkit.predict import collect_inputs, predict_files, write_predictions_csv
+    from toolkit.predict import classifier_states, collect_inputs, predict_runs, write_predictions_csv
 
-    resolve_checkpoint(args.checkpoint)  # the first argument is checked first
+    checkpoints = [args.checkpoint, *args.ensemble]
+    classifier_states(checkpoints)  # the runs are checked first
     files = collect_inputs(args.inputs)
-    predictions = predict_files(args.checkpoint, files, args.batch_size, args.tta, args.device, args.workers,
-                                mixed_precision=args.mixed_precision, calibrated=args.calibrated)
+    predictions = predict_runs(checkpoints, files, args.batch_size, args.tta, args.device, args.workers,
+                               mixed_precision=args.mixed_precision, calibrated=args.calibrated)
     out = Path(args.out)
     write_predictions_csv(predictions, out, args.top_k)
     counts = {}
@@ -81,6 +81,7 @@ def command_predict(args) -> None:
         name = predictions.classes[int(row.argmax())]
         counts[name] = counts.get(name, 0) + 1
     print(f"predicted {len(files) - len(predictions.errors)} images"
+          + (f" with an ensemble of {len(predictions.members)} runs" if predictions.members else "")
           + (": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""))
     for index, error in predictions.errors.items():
         print(f"skipped {files[index]}: {error}", file=sys.stderr)
@@ -94,11 +95,16 @@ def command_evaluate(args) -> None:
     out = Path(args.out or f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     metrics = evaluate_folder(args.checkpoint, Path(args.data), out, args.batch_size, args.tta, args.device,
                               args.workers, held_out=args.held_out, mixed_precision=args.mixed_precision,
-                              calibrated=args.calibrated)
-    what = "the run's held-out images" if args.held_out else "images"
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} {what}, loss {metrics['loss']:.4f}, "
+                              calibrated=args.calibrated, ensemble=args.ensemble)
+    owner = "the runs'" if args.ensemble else "the run's"
+    what = f"{owner} {metrics['n']} held-out images" if args.held_out else f"{metrics['n']} images"
+    members = metrics["ensemble"]
+    temperature = (f"an ensemble of {len(members)} runs, temperatures "
+                   + ", ".join(f"{m['temperature']:.3f}" for m in members) if members
+                   else f"temperature {metrics['temperature']:.3f}")
+    print(f"accuracy {metrics['accuracy']:.4f} on {what}, loss {metrics['loss']:.4f}, "
           f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} ({metrics['mixed_precision']}; "
-          f"temperature {metrics['temperature']:.3f})")
+          f"{temperature})")
     if metrics["training_images"]:
         print(f"WARNING: {metrics['training_images']} of these images were in the run's training set "
               f"(e.g. {metrics['training_image_examples'][0]}): this score is not a held-out one", file=sys.stderr)
@@ -292,7 +298,7 @@ def add_classifier_loading_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_classifier_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """--tta, --mixed_precision and --calibrated, as predict and evaluate take them."""
+    """--tta, --mixed_precision, --calibrated and --ensemble, as predict and evaluate take them."""
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average with the mirrored image (default: as the model was evaluated)")
     parser.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
@@ -301,6 +307,10 @@ def add_classifier_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                         help="probabilities divided by the temperature the run fitted on its validation images "
                         "(--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
+    parser.add_argument("--ensemble", nargs="+", default=[], metavar="RUN",
+                        help="more runs trained on the same classes (other seeds of the recipe, other recipes), "
+                        "given after the inputs: the probabilities are the mean of every run's, each predicting "
+                        "with its own preprocessing, test-time flip, precision and temperature")
 
 
 def add_denoiser_inference_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, r
     prefix = "test" if scored else "val"
     result = {"models": {}, "classes": classes, "seeds": seeds, "test_split": first.get("test_split", "validation"),
               "data": first["data"], "scored_on": prefix}
-    correct, accuracies, labels = {}, {}, None
+    correct, accuracies, labels, probabilities_by_model = {}, {}, None, {}
     for model in models:
         runs = [summaries[model, seed] for seed in seeds]
         accuracies[model] = [r[f"{prefix}_accuracy"] for r in runs]
@@ -48,7 +48,7 @@ def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, r
             "weights": runs[0].get("weights"),
         }
         if scored:
-            correct[model] = []
+            correct[model], probabilities_by_model[model] = [], []
             for seed in seeds:
                 run_dir = Path(run_dirs[model, seed])
                 probabilities = np.load(run_dir / "test_probabilities.npy")
@@ -58,6 +58,9 @@ def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, r
                                     "paired tests need the same images")
                 labels = seed_labels
                 correct[model].append(probabilities.argmax(1) == seed_labels)
+                probabilities_by_model[model].append(probabilities)
+            if len(seeds) > 1:
+                result["models"][model]["ensemble"] = seed_ensemble(probabilities_by_model[model], labels, classes)
     if scored and len(models) > 1:
         result["pairs"] = compare_pairs(accuracies, correct)
         for pair in result["pairs"]:
@@ -65,6 +68,23 @@ def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, r
     if len(seeds) > 1:
         result["note"] = "intervals: 95% t-intervals of the mean over seeds (training noise, same test images)"
     return result
+
+
+def seed_ensemble(probabilities: list[np.ndarray], labels: np.ndarray, classes: list[str]) -> dict:
+    """What the seeds' models score together (`toolkit predict RUN --ensemble RUN...`): the mean of their calibrated
+    probabilities on the same test images, its accuracy, loss and per-class accuracy, and how many of the seeds it
+    is ahead of alone. One number on the test images, not an interval: it uses every seed."""
+    from toolkit.train.evaluate import mean_negative_log_likelihood
+
+    mean = np.mean(probabilities, axis=0)
+    right = mean.argmax(1) == labels
+    alone = [float((p.argmax(1) == labels).mean()) for p in probabilities]
+    return {"members": len(probabilities), "accuracy": float(right.mean()),
+            "loss": mean_negative_log_likelihood(mean, labels),
+            "per_class": {name: float(right[labels == i].mean()) if (labels == i).any() else None
+                          for i, name in enumerate(classes)},
+            "ahead_of_seeds": sum(float(right.mean()) > accuracy for accuracy in alone),
+            "gain_over_mean_seed": float(right.mean()) - float(np.mean(alone))}
 
 
 def _cell(interval: dict, one_seed: str | None = None) -> str:
@@ -108,6 +128,11 @@ def comparison_table(result: dict) -> str:
     rows.append(["overall", *overall, *[f"{STUDY_RESULTS[m]['overall']:.1%}" for m in studied]])
     rows.append(["test loss", *[f"{result['models'][m]['loss']['mean']:.4f}" for m in models],
                  *[f"{STUDY_RESULTS[m]['loss']:.4f}" for m in studied]])
+    ensembles = [result["models"][m].get("ensemble") for m in models]
+    if any(ensembles):
+        rows.append(["ensemble of the seeds (accuracy, loss)",
+                     *[f"{e['accuracy']:.1%} ({e['gain_over_mean_seed'] * 100:+.1f}), {e['loss']:.4f}" if e else ""
+                       for e in ensembles], *[""] * len(studied)])
     rows.append(["validation accuracy", *[_cell(result["models"][m]["val_accuracy"]) for m in models],
                  *[STUDY_RESULTS[m]["validation"] for m in studied]])
     rows.append(["training time (s)", *[f"{result['models'][m]['train_seconds']['mean']:.0f}" for m in models],
@@ -121,7 +146,9 @@ def comparison_table(result: dict) -> str:
     seeds = ", ".join(map(str, result["seeds"]))
     text += (f"\n\nScored on: {result['data']} ({result['test_split']}); seeds {seeds}."
              + ("" if single else " Cells: mean ± standard deviation [95% t-interval of the mean, shown within "
-                                  "0-100%] over seeds."))
+                                  "0-100%] over seeds.")
+             + (" Ensemble of the seeds: the mean of their calibrated probabilities (`toolkit predict RUN --ensemble "
+                "RUN...`), its gain over the mean seed in points in brackets." if any(ensembles) else ""))
     for model in models:
         if result["models"][model].get("weights") and model == "resnet18":
             text += f"\nresnet18 started from: {result['models'][model]['weights']}."

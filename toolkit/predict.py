@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from toolkit.data.folders import list_image_files, scan_labeled_folder
 from toolkit.data.images import UnreadableImage, load_rgb, pixel_hash, rgb_pixels
 from toolkit.errors import UserError
-from toolkit.inference import inference_device, load_trained_model
+from toolkit.inference import inference_device, load_trained_model, resolve_checkpoint
 from toolkit.models import is_denoiser
 from toolkit.progress import bars_enabled
 from toolkit.train.evaluate import (
@@ -43,6 +43,9 @@ class Predictions:
     pixel_hashes: list[str] | None = None  # hash of each file's decoded pixels ('' if unreadable)
     mixed_precision: str = "no"  # what the model ran in
     temperature: float = 1.0  # the calibration temperature the probabilities were divided by (1: as trained)
+    # of an ensemble (predict_runs): each run's checkpoint, temperature and precision; the fields above are then
+    # the mean probabilities, the first run's temperature and every precision used
+    members: list[dict] = field(default_factory=list)
 
     @property
     def readable(self) -> np.ndarray:
@@ -174,6 +177,44 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
                        pixel_hashes=hashes, mixed_precision=precision, temperature=temperature)
 
 
+def classifier_states(checkpoints: list[str]) -> list:
+    """The trainer state of each run or checkpoint (its weights left unread), after checking that each is a
+    classifier and that all classify into the same classes, in the same order, as an ensemble must."""
+    from toolkit.train.state import TrainerState
+
+    states = []
+    for checkpoint in checkpoints:
+        state = TrainerState.read(resolve_checkpoint(checkpoint))
+        require_classifier(state, checkpoint)
+        if states and state.classes != states[0].classes:
+            raise UserError(f"{checkpoint} classifies into {state.classes}, {checkpoints[0]} into "
+                            f"{states[0].classes}: an ensemble needs runs trained on the same classes")
+        states.append(state)
+    return states
+
+
+def predict_runs(checkpoints: list[str], files: list[Path], batch_size: int = 64, flip_tta: bool | None = None,
+                 device: str = "cpu", workers: int = 2, progress: bool = True, mixed_precision: str | None = None,
+                 calibrated: bool = True) -> Predictions:
+    """predict_files for one run; for several (an ensemble: seeds of one recipe, or recipes trained on the same
+    classes), the mean of their probabilities, each run predicting with its own image size, normalisation,
+    test-time flip, precision and temperature. Averaging the seeds' probabilities usually scores above each seed
+    alone (the classifier comparison's 'ensemble of the seeds' row measures it on its test images)."""
+    classifier_states(checkpoints)  # every run checked before any predicts
+    members = [predict_files(checkpoint, files, batch_size, flip_tta, device, workers, progress, mixed_precision,
+                             calibrated) for checkpoint in checkpoints]
+    if len(members) == 1:
+        return members[0]
+    errors = {index: error for member in reversed(members) for index, error in member.errors.items()}
+    first = members[0]
+    return Predictions(files=files, probabilities=np.mean([m.probabilities for m in members], axis=0),
+                       errors=errors, classes=first.classes, pixel_hashes=first.pixel_hashes,
+                       mixed_precision=", ".join(sorted({m.mixed_precision for m in members})),
+                       temperature=first.temperature,
+                       members=[{"checkpoint": str(checkpoint), "temperature": m.temperature,
+                                 "mixed_precision": m.mixed_precision} for checkpoint, m in zip(checkpoints, members)])
+
+
 def write_predictions_csv(predictions: Predictions, path: Path, top_k: int = 1) -> None:
     """file, predicted, probability, (top-k), one probability column per class, error."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,23 +329,31 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
 
 def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: int = 64, flip_tta: bool | None = None,
                     device: str = "cpu", workers: int = 2, gallery: int = 24, held_out: bool = False,
-                    mixed_precision: str | None = None, calibrated: bool = True) -> dict:
+                    mixed_precision: str | None = None, calibrated: bool = True, ensemble: list[str] = ()) -> dict:
     """Accuracy, per-class precision/recall/F1, confusion matrix, calibration and the most confident
     mistakes of a checkpoint on a labeled folder (or, with held_out, on exactly the images its run held
     out of that data root's training folder, as the checkpoint recorded them); figures and metrics.json
-    written to out_dir. Images the run trained on are counted and named: a score on them is not held-out."""
+    written to out_dir. Images the run trained on are counted and named: a score on them is not held-out.
+    ensemble: more runs whose probabilities are averaged with the checkpoint's (predict_runs); with held_out,
+    every run must have held out the same images, and an image any of them trained on counts as trained on."""
     from toolkit.data.classification import DIGEST_CHARS
     from toolkit.plots import image_grid, plot_confusion, plot_grouped_bars, plot_reliability
 
-    _, state = load_classifier(checkpoint, "cpu")
+    checkpoints = [checkpoint, *ensemble]
+    states = classifier_states(checkpoints)
+    state = states[0]
     if held_out:
+        for other, other_state in zip(checkpoints[1:], states[1:]):
+            if (other_state.split or {}).get("held_out") != (state.split or {}).get("held_out"):
+                raise UserError(f"{other} held out other images than {checkpoint}: an ensemble is scored with "
+                                "--held_out only on images every run held out; evaluate it on a labeled folder")
         files, all_labels = held_out_images(str(folder), state)
     else:
         listing = scan_labeled_folder(folder, classes=state.classes)
         files, all_labels = listing.files, listing.labels
-    predictions = predict_files(checkpoint, files, batch_size, flip_tta, device, workers,
-                                mixed_precision=mixed_precision, calibrated=calibrated)
-    trained_on = set((state.split or {}).get("train_pixels", []))
+    predictions = predict_runs(checkpoints, files, batch_size, flip_tta, device, workers,
+                               mixed_precision=mixed_precision, calibrated=calibrated)
+    trained_on = {pixels for member in states for pixels in (member.split or {}).get("train_pixels", [])}
     seen_in_training = [str(f) for f, h in zip(files, predictions.pixel_hashes) if h and h[:DIGEST_CHARS] in trained_on]
     good = predictions.readable
     labels = np.asarray(all_labels)[good]
@@ -318,8 +367,9 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     ece, reliability = expected_calibration_error(probabilities, labels)
     metrics.update(ece=ece, reliability=reliability, skipped={str(files[i]): e for i, e in predictions.errors.items()},
                    checkpoint=str(checkpoint), folder=str(folder) + (" (held-out split)" if held_out else ""),
-                   mixed_precision=predictions.mixed_precision, temperature=predictions.temperature,
-                   training_images=len(seen_in_training),
+                   mixed_precision=predictions.mixed_precision,
+                   temperature=None if predictions.members else predictions.temperature,
+                   ensemble=predictions.members, training_images=len(seen_in_training),
                    training_image_examples=seen_in_training[:10],
                    classes=classes)
     out_dir.mkdir(parents=True, exist_ok=True)
