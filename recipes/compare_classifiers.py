@@ -15,7 +15,6 @@ finished one made with other settings. Writes comparison.md / .json, interval an
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import ConfigError
 from toolkit.recipes import classifier_recipes, recipe_module
 from toolkit.run import RunSettings, run_recipe, start_run
+from toolkit.runs import write_json, write_text_whole
 from toolkit.studies import options_of, parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
 
 
@@ -75,14 +75,18 @@ def main(cfg: Config) -> dict:
     result = aggregate_comparison(models, seeds, summaries, run_dirs)
     table = comparison_table(result)
     run.say("\n" + table + "\n")
-    (run.run_dir / "comparison.md").write_text(table + "\n")
-    (run.run_dir / "comparison.json").write_text(json.dumps(result, indent=2, default=float))
+    write_text_whole(run.run_dir / "comparison.md", table + "\n")
+    write_json(run.run_dir / "comparison.json", result)
     figures = comparison_figures(run.run_dir / "plots", result, run_dirs)
     run.logger.log_images({f"comparison/{k}": v for k, v in figures.items()}, step=0)
-    run.logger.log_table("comparison/table", ["model", "seeds", "test accuracy mean", "low", "high", "std"],
+    run.logger.log_table("comparison/table", ["model", "seeds", "test accuracy mean", "low", "high", "std",
+                                              "ensemble of the seeds"],
                          [[m, len(seeds), r["accuracy"]["mean"], r["accuracy"]["low"], r["accuracy"]["high"],
-                           r["accuracy"]["std"]] for m, r in result["models"].items()], step=0)
+                           r["accuracy"]["std"], r.get("ensemble", {}).get("accuracy")]
+                          for m, r in result["models"].items()], step=0)
     run.logger.summary({f"{m}_test_accuracy_mean": r["accuracy"]["mean"] for m, r in result["models"].items()}
+                       | {f"{m}_ensemble_test_accuracy": r["ensemble"]["accuracy"]
+                          for m, r in result["models"].items() if "ensemble" in r}
                        | {"models": models, "seeds": seeds, "test_split": result["test_split"]})
     run.logger.finish()
     return result

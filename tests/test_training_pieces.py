@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -304,6 +305,8 @@ def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     target = tmp_path / "run" / "summary.json"
     write_json(target, {"loss": float("inf"), "steps": 3})
     assert json.loads(target.read_text()) == {"loss": None, "steps": 3}  # standard JSON: no Infinity
+    write_json(tmp_path / "numpy.json", {"accuracy": np.float32(0.5), "right": [np.int64(3), np.float64("nan")]})
+    assert json.loads((tmp_path / "numpy.json").read_text()) == {"accuracy": 0.5, "right": [3, None]}
     original = Path.write_text
 
     def half_then_full(self, text, *args, **kwargs):

@@ -39,9 +39,12 @@ def read_json(path: Path) -> dict | None:
 
 def write_json(path: Path, value) -> None:
     """Write standard JSON, which every reader takes: a non-finite float (an infinite PSNR, the mean of no values)
-    becomes null, where Python's default writes Infinity and NaN, which are not JSON. The folder is made. The file
-    appears whole or not at all (written beside, then renamed): a run stopped while writing leaves the old one."""
+    becomes null, where Python's default writes Infinity and NaN, which are not JSON; NumPy's numbers become
+    Python's. The folder is made. The file appears whole or not at all (written beside, then renamed): a run stopped
+    while writing leaves the old one."""
     def standard(item):
+        if getattr(item, "shape", None) == () and hasattr(item, "item"):  # a NumPy scalar (np.float32, np.int64)
+            item = item.item()
         if isinstance(item, float) and not math.isfinite(item):
             return None
         if isinstance(item, dict):
