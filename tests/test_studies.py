@@ -147,6 +147,11 @@ def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tin
         assert ensemble["gain_over_mean_seed"] == pytest.approx(
             ensemble["accuracy"] - np.mean(result["models"][model]["accuracy"]["values"]))
     assert "| ensemble of the seeds (accuracy, loss) |" in table and "--ensemble" in table
+    from toolkit.cli import main as toolkit_main
+
+    assert toolkit_main(["report", str(study), "--out", str(tmp_path / "report"), "--wandb_mode=disabled"]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("its seeds together") == 2 and "ensemble of the seeds" in page
     for figure in ("accuracy_intervals.png", "learning_curves.png", "per_class_comparison.png"):
         assert (study / "plots" / figure).is_file()
     stored = json.loads((study / "comparison.json").read_text())

@@ -384,6 +384,8 @@ def test_an_ensemble_of_runs_predicts_and_is_evaluated_with_the_mean_of_their_pr
     assert len(rows) == 24 and metrics["training_images"] == 0
     truth = [Path(row["file"]).parent.name for row in rows]
     assert metrics["accuracy"] == pytest.approx(np.mean([row["predicted"] == t for row, t in zip(rows, truth)]))
+    assert toolkit_main(["report", str(out), "--out", str(tmp_path / "report"), "--wandb_mode=disabled"]) == 0
+    assert f"in an ensemble with {runs[1]}" in (tmp_path / "report" / "index.html").read_text()
 
     def altered(name: str, change) -> str:
         copy = tmp_path / name

@@ -182,7 +182,10 @@ def _denoiser_section(page: _Page, run_dir: Path) -> dict:
 
 def _evaluation_section(page: _Page, folder: Path) -> None:
     metrics = read_json(folder / "metrics.json") or {}
-    page.heading(f"Evaluation of {metrics.get('checkpoint', '?')} on {metrics.get('folder', '?')}", 3)
+    together = metrics.get("ensemble") or []
+    page.heading(f"Evaluation of {metrics.get('checkpoint', '?')}"
+                 + (f" in an ensemble with {', '.join(m['checkpoint'] for m in together[1:])}" if together else "")
+                 + f" on {metrics.get('folder', '?')}", 3)
     page.paragraph(f"accuracy {_percent(metrics.get('accuracy'))} on {metrics.get('n')} images, "
                    f"macro F1 {metrics.get('macro_f1', 0):.3f}, expected calibration error {metrics.get('ece', 0):.3f}"
                    + (f"; {len(metrics['skipped'])} unreadable files skipped" if metrics.get("skipped") else ""))
@@ -205,6 +208,7 @@ def _comparison_section(page: _Page, run_dir: Path) -> None:
              + ", ".join(f"{m} {_percent(r['accuracy']['mean'])}" + (f" [{_percent(r['accuracy']['low'])}, "
                                                                      f"{_percent(r['accuracy']['high'])}]"
                                                                      if r["accuracy"]["n"] > 1 else "")
+                         + (f", its seeds together {_percent(r['ensemble']['accuracy'])}" if "ensemble" in r else "")
                          for m, r in models.items()))
     page.paragraph(story + ".")
     if (run_dir / "comparison.md").is_file():
