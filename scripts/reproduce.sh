@@ -218,7 +218,16 @@ if wanted use; then  # needs the compare step's runs only, so it comes before th
     $BIN/toolkit calibrate "$FAST" "$DATA"
     $BIN/toolkit evaluate "$FAST" "$DATA" --held_out --out "$OUT/evaluate_fast_cnn"
     $BIN/toolkit predict "$FAST" "$DATA/seg_train/glacier" --top_k 2 --out "$OUT/predictions.csv"
-    $BIN/toolkit report "$OUT/compare" "$OUT/evaluate_fast_cnn" --out "$OUT/report_classifiers" \
+    # EfficientNet-Lite0's seeds together (the mean of their probabilities) on the held-out images they share
+    EFFICIENTNET="$OUT/compare/efficientnet_lite0"
+    mapfile -t OTHER_SEEDS < <(find "$EFFICIENTNET" -mindepth 1 -maxdepth 1 -name 'seed-*' ! -name seed-0 | sort)
+    EVALUATIONS=("$OUT/evaluate_fast_cnn")
+    if [[ ${#OTHER_SEEDS[@]} -gt 0 ]]; then
+        $BIN/toolkit evaluate "$EFFICIENTNET/seed-0" "$DATA" --held_out --out "$OUT/evaluate_efficientnet_seeds" \
+            --ensemble "${OTHER_SEEDS[@]}"
+        EVALUATIONS+=("$OUT/evaluate_efficientnet_seeds")
+    fi
+    $BIN/toolkit report "$OUT/compare" "${EVALUATIONS[@]}" --out "$OUT/report_classifiers" \
         --title "Intel scenes: classifiers" --wandb_mode=disabled
     $BIN/toolkit report "$OUT/latent_study" "$OUT/blind_denoiser" --out "$OUT/report_denoising" \
         --title "Intel scenes: denoising" --wandb_mode=disabled

@@ -210,6 +210,36 @@ def test_reproduce_script_gpu_step_trains_on_the_halves_when_asked_and_chooses_o
         assert all("McMaster" in line and "--validation_images" not in line for line in scored[2:])
 
 
+def test_reproduce_script_use_step_evaluates_the_efficientnet_seeds_together(tmp_path):
+    """The use step scores EfficientNet-Lite0's seeds of the compare step as one ensemble on their held-out images
+    (seed 0 first, the others after --ensemble, in order) and reports it beside the fast_cnn evaluation; with seed 0
+    alone there is no ensemble to score. The commands are read from stand-ins that print their arguments."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.sh"
+    stand_ins = argument_printing_stand_ins(tmp_path / "bin")
+    out = tmp_path / "out"
+    seeds = out / "compare" / "efficientnet_lite0"
+    (seeds / "seed-0").mkdir(parents=True)
+    env = {"OUT": str(out), "STEPS": "use", "BIN": str(stand_ins), "DATA": "data/intel"}
+
+    def lines() -> list[str]:
+        result = run_script(["bash", str(script), "data/intel"], env=env, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.splitlines()
+
+    alone = lines()
+    assert not [line for line in alone if "--ensemble" in line]
+    report = next(line for line in alone if line.startswith("toolkit report") and "report_classifiers" in line)
+    assert "evaluate_efficientnet_seeds" not in report
+    for seed in (2, 1):
+        (seeds / f"seed-{seed}").mkdir()
+    together = lines()
+    evaluated = [line for line in together if line.startswith(f"toolkit evaluate {seeds / 'seed-0'} ")]
+    assert len(evaluated) == 1 and "--held_out" in evaluated[0]
+    assert evaluated[0].endswith(f"--ensemble {seeds / 'seed-1'} {seeds / 'seed-2'}")
+    report = next(line for line in together if line.startswith("toolkit report") and "report_classifiers" in line)
+    assert str(out / "evaluate_fast_cnn") in report and str(out / "evaluate_efficientnet_seeds") in report
+
+
 def test_reproduce_script_mcmaster_step_compares_the_hour_with_cbm3d_image_by_image(tmp_path):
     """The mcmaster step scores the default (with CBM3D and non-local means) and the hour (told, blind, x8) on
     McMaster, then compares each of the hour's files with CBM3D's rows of the default's, image by image. The commands
