@@ -15,6 +15,8 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # keys that change how a run is logged or where it writes, never what it computes
@@ -66,18 +68,30 @@ def file_in_the_way(folder: Path | str) -> Path | None:
     return None
 
 
-def write_text_whole(path: Path | str, text: str) -> None:
-    """Write a text file that appears whole or not at all: written beside it, then renamed over it, so that a run
-    stopped while writing leaves the old file. The folder is made."""
+@contextmanager
+def written_whole(path: Path | str) -> Iterator[Path]:
+    """A hidden path beside `path`, with its extension (which names the format to writers that go by it), to write
+    the file's new content to: renamed over `path` when the block ends, removed when it raises, so that `path` is
+    always whole, the old file or the new, whatever stops the writing (a full disk, a kill). The folder is made.
+
+        with written_whole(out) as temporary:
+            image.save(temporary)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
     try:
-        temporary.write_text(text)
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_text_whole(path: Path | str, text: str) -> None:
+    """Write a text file that appears whole or not at all (written_whole)."""
+    with written_whole(path) as temporary:
+        temporary.write_text(text)
 
 
 def read_config(run_dir: Path | str) -> dict | None:

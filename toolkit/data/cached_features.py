@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from toolkit.progress import say
+from toolkit.runs import written_whole
 
 
 class CachedFeatureLoader:
@@ -105,7 +105,5 @@ def read_cached_features(file: Path, is_main: bool = True) -> dict | None:
 
 def write_cached_features(file: Path, entry: dict) -> None:
     """Keep `entry` in `file`, atomically: a killed write leaves the previous entry (or none), never half of one."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_name(f"{file.name}.{os.getpid()}.partial")
-    torch.save(entry, partial)
-    os.replace(partial, file)
+    with written_whole(file) as partial:
+        torch.save(entry, partial)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 import struct
 import warnings
 import zlib
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from toolkit.errors import DataError, UserError
+from toolkit.runs import written_whole
 
 # Pillow refuses images over ~179 Mpixel as decompression bombs; we keep that guard.
 _FORMAT_EXTENSIONS = {
@@ -351,17 +351,14 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
     metadata = {key: value for key, value in (("icc_profile", stored.icc_profile), ("exif", stored.exif)) if value}
     fix = ("Name it .tif, which holds floating-point images" if stored.bits == 32 else
            "Name it .png, which holds grey, 16-bit and transparent images alike")
-    temporary = temporary_beside(path)
     try:
-        image.save(temporary, **metadata)
-        os.replace(temporary, path)
+        with written_whole(path) as temporary:
+            image.save(temporary, **metadata)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         if error.errno is not None:  # the file system's refusal (permissions, a full disk), not the format's
             raise UserError(f"cannot write {path}: {error.strerror}") from None
         raise UserError(f"cannot write {path}: {error} (a {image.mode} image). {fix}") from None
     except (KeyError, ValueError) as error:  # a name whose format PIL does not know
-        temporary.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {str(error).replace(str(temporary), str(path))}. {fix}") from None
     if metadata and Image.registered_extensions().get(path.suffix.lower()) not in _METADATA_FORMATS:
         return [metadata_left_out(metadata, f"a {path.suffix.lstrip('.').upper()} file cannot hold")]
@@ -383,11 +380,6 @@ def writes_images(path: Path | str) -> bool:
     Image.init()
     return Image.registered_extensions().get(Path(path).suffix.lower()) in Image.SAVE
 
-
-def temporary_beside(path: Path) -> Path:
-    """A hidden file in `path`'s folder with its extension (which names the format), to write before renaming it to
-    `path`: the file there is always whole, the old one or the new."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
 
 
 def metadata_left_out(metadata: dict, why: str) -> str:
@@ -429,12 +421,10 @@ def write_sixteen_bit_colour(rgb: np.ndarray, alpha: np.ndarray | None, path: Pa
         data = data[:header_end] + chunks + data[header_end:]
     elif metadata:
         left_out = [metadata_left_out(metadata, "a 16-bit TIFF written here cannot hold")]
-    temporary = temporary_beside(path)
     try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        with written_whole(path) as temporary:
+            temporary.write_bytes(data)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     return left_out
 
