@@ -157,6 +157,8 @@ def test_evaluate_agrees_with_the_predictions_it_writes(trained, tiny_intel, tmp
     import json
 
     metrics = json.loads((out / "metrics.json").read_text())
+    assert "NaN" not in (out / "metrics.json").read_text()  # standard JSON: a class never predicted has null
+    assert not list(out.glob(".*"))  # every file written whole, nothing left beside
     rows = _read_csv(out / "predictions.csv")
     truth = [Path(r["file"]).parent.name for r in rows]
     assert metrics["n"] == 36

@@ -8,7 +8,6 @@ exactly as the .beton files were written for training (toolkit.data.images.load_
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from toolkit.errors import UserError
 from toolkit.inference import inference_device, load_trained_model, resolve_checkpoint
 from toolkit.models import is_denoiser
 from toolkit.progress import bars_enabled
+from toolkit.runs import write_json, written_whole
 from toolkit.train.evaluate import (
     classification_metrics,
     classifier_outputs,
@@ -217,13 +217,12 @@ def predict_runs(checkpoints: list[str], files: list[Path], batch_size: int = 64
 
 def write_predictions_csv(predictions: Predictions, path: Path, top_k: int = 1) -> None:
     """file, predicted, probability, (top-k), one probability column per class, error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     classes, top_k = predictions.classes, max(1, min(top_k, len(predictions.classes)))
     header = ["file", "predicted", "probability"]
     for rank in range(2, top_k + 1):
         header += [f"top{rank}", f"top{rank}_probability"]
     header += [f"p_{name}" for name in classes] + ["error"]
-    with open(path, "w", newline="") as handle:
+    with written_whole(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for index, file in enumerate(predictions.files):
@@ -395,5 +394,5 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
                                           "predicted": classes[predicted[i]],
                                           "probability": float(probabilities[i].max())} for i in worst]
     metrics["figures"] = {k: str(v) for k, v in figures.items()}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    write_json(out_dir / "metrics.json", metrics)  # standard JSON: a class never predicted has a null precision
     return metrics

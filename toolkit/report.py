@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.runs import psnr_series, read_json, read_metrics, series
+from toolkit.runs import psnr_series, read_json, read_metrics, series, write_text_whole
 
 STUDY_CLASSIFIERS = {"CNN": 0.864, "ResNet18": 0.899}  # STUDY.md, seg_test
 
@@ -90,6 +90,11 @@ class _Page:
 
 def _percent(value) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _score(value) -> str:
+    """A score in [0, 1] to three decimals; a dash where there is none (the precision of a class never predicted)."""
+    return "—" if value is None or value != value else f"{value:.3f}"
 
 
 def _classifier_section(page: _Page, run_dir: Path, title: str | None = None) -> dict:
@@ -191,8 +196,8 @@ def _evaluation_section(page: _Page, folder: Path) -> None:
                    + (f"; {len(metrics['skipped'])} unreadable files skipped" if metrics.get("skipped") else ""))
     classes = metrics.get("classes", [])
     page.table(["class", "precision", "recall", "F1", "images"],
-               [[c, f"{metrics['precision'][i]:.3f}", f"{metrics['recall'][i]:.3f}", f"{metrics['f1'][i]:.3f}",
-                 metrics["per_class_total"][i]] for i, c in enumerate(classes)])
+               [[c, *(_score(metrics[key][i]) for key in ("precision", "recall", "f1")), metrics["per_class_total"][i]]
+                for i, c in enumerate(classes)])
     for name, caption in (("confusion.png", "confusion matrix"), ("per_class.png", "precision / recall / F1"),
                           ("reliability.png", "calibration"), ("confident_mistakes.png", "most confident mistakes")):
         page.figure(folder / name, caption)
@@ -319,5 +324,5 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "") -> Path:
     document = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                 f"<style>{STYLE}</style>{COUNT_IMAGES}</head><body>{''.join(page.parts)}</body></html>")
     path = out_dir / "index.html"
-    path.write_text(document)
+    write_text_whole(path, document)
     return path

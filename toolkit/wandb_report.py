@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 
 from toolkit.errors import UserError
-from toolkit.runs import read_config, read_json
+from toolkit.runs import read_config, read_json, write_text_whole
 
 SPEC_FILE = "wandb_report.json"
 
@@ -199,8 +199,7 @@ def wandb_report(study_dir: Path | None, out: Path | None = None, publish_spec: 
     else:
         spec = report_spec(Path(study_dir))
         spec_path = Path(out or study_dir) / SPEC_FILE
-        spec_path.parent.mkdir(parents=True, exist_ok=True)
-        spec_path.write_text(json.dumps(spec, indent=1))
+        write_text_whole(spec_path, json.dumps(spec, indent=1))
         log(f"[wandb-report] definition written to {spec_path}: {len(spec['blocks'])} blocks, "
             f"{sum(len(b.get('panels', [])) for b in spec['blocks'])} panels over {len(spec['runs'])} runs")
     chosen, reason = choose_wandb_mode("online" if publish_spec is not None and mode == "auto" else mode)
