@@ -120,6 +120,7 @@ def test_the_seeds_ensemble_averages_their_probabilities():
     assert ensemble["ahead_of_seeds"] == 3 and ensemble["gain_over_mean_seed"] == pytest.approx(0.25)
     together = (2 * 0.8 + 0.4) / 3  # each image: right in two seeds, wrong in one
     assert ensemble["loss"] == pytest.approx((-np.log(together) * 3 - np.log(0.8)) / 4)
+    assert ensemble["mean_seed_loss"] == pytest.approx((-np.log(0.4) - 3 * np.log(0.8)) / 4)  # each seed alike
 
 
 def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tiny_intel, tmp_path, monkeypatch):
@@ -146,7 +147,7 @@ def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tin
         assert ensemble["members"] == 3 and 0 <= ensemble["accuracy"] <= 1 and 0 <= ensemble["ahead_of_seeds"] <= 3
         assert ensemble["gain_over_mean_seed"] == pytest.approx(
             ensemble["accuracy"] - np.mean(result["models"][model]["accuracy"]["values"]))
-    assert "| ensemble of the seeds (accuracy, loss) |" in table and "--ensemble" in table
+    assert "| ensemble of the seeds |" in table and "--ensemble" in table
     from toolkit.cli import main as toolkit_main
 
     assert toolkit_main(["report", str(study), "--out", str(tmp_path / "report"), "--wandb_mode=disabled"]) == 0

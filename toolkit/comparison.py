@@ -72,8 +72,9 @@ def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, r
 
 def seed_ensemble(probabilities: list[np.ndarray], labels: np.ndarray, classes: list[str]) -> dict:
     """What the seeds' models score together (`toolkit predict RUN --ensemble RUN...`): the mean of their calibrated
-    probabilities on the same test images, its accuracy, loss and per-class accuracy, and how many of the seeds it
-    is ahead of alone. One number on the test images, not an interval: it uses every seed."""
+    probabilities on the same test images, its accuracy, loss and per-class accuracy, how many of the seeds it is
+    ahead of alone, and the seeds' own mean loss on the same calibrated probabilities (the `test loss` row is as
+    trained). One number on the test images, not an interval: it uses every seed."""
     from toolkit.train.evaluate import mean_negative_log_likelihood
 
     mean = np.mean(probabilities, axis=0)
@@ -81,6 +82,7 @@ def seed_ensemble(probabilities: list[np.ndarray], labels: np.ndarray, classes: 
     alone = [float((p.argmax(1) == labels).mean()) for p in probabilities]
     return {"members": len(probabilities), "accuracy": float(right.mean()),
             "loss": mean_negative_log_likelihood(mean, labels),
+            "mean_seed_loss": float(np.mean([mean_negative_log_likelihood(p, labels) for p in probabilities])),
             "per_class": {name: float(right[labels == i].mean()) if (labels == i).any() else None
                           for i, name in enumerate(classes)},
             "ahead_of_seeds": sum(float(right.mean()) > accuracy for accuracy in alone),
@@ -130,9 +132,9 @@ def comparison_table(result: dict) -> str:
                  *[f"{STUDY_RESULTS[m]['loss']:.4f}" for m in studied]])
     ensembles = [result["models"][m].get("ensemble") for m in models]
     if any(ensembles):
-        rows.append(["ensemble of the seeds (accuracy, loss)",
-                     *[f"{e['accuracy']:.1%} ({e['gain_over_mean_seed'] * 100:+.1f}), {e['loss']:.4f}" if e else ""
-                       for e in ensembles], *[""] * len(studied)])
+        rows.append(["ensemble of the seeds",
+                     *[f"{e['accuracy']:.1%} ({e['gain_over_mean_seed'] * 100:+.1f} points); loss {e['loss']:.4f} "
+                       f"(the seeds {e['mean_seed_loss']:.4f})" if e else "" for e in ensembles], *[""] * len(studied)])
     rows.append(["validation accuracy", *[_cell(result["models"][m]["val_accuracy"]) for m in models],
                  *[STUDY_RESULTS[m]["validation"] for m in studied]])
     rows.append(["training time (s)", *[f"{result['models'][m]['train_seconds']['mean']:.0f}" for m in models],
@@ -148,7 +150,8 @@ def comparison_table(result: dict) -> str:
              + ("" if single else " Cells: mean ± standard deviation [95% t-interval of the mean, shown within "
                                   "0-100%] over seeds.")
              + (" Ensemble of the seeds: the mean of their calibrated probabilities (`toolkit predict RUN --ensemble "
-                "RUN...`), its gain over the mean seed in points in brackets." if any(ensembles) else ""))
+                "RUN...`): its accuracy and gain over the mean seed, its loss beside the seeds' mean loss with their "
+                "temperatures." if any(ensembles) else ""))
     for model in models:
         if result["models"][model].get("weights") and model == "resnet18":
             text += f"\nresnet18 started from: {result['models'][model]['weights']}."
