@@ -380,6 +380,7 @@ def test_an_ensemble_of_runs_predicts_and_is_evaluated_with_the_mean_of_their_pr
                          "--ensemble", str(runs[1])]) == 0
     said = capsys.readouterr().out
     assert "on the runs' 24 held-out images" in said and "an ensemble of 2 runs, temperatures" in said
+    assert re.search(r"ECE [0-9.]+ \((fp32|bf16); an ensemble", said)  # Accelerate's 'no' is said as fp32
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["checkpoint"] for m in metrics["ensemble"]] == [str(r) for r in runs] and metrics["temperature"] is None
     rows = _read_csv(out / "predictions.csv")

@@ -99,11 +99,12 @@ def command_evaluate(args) -> None:
     owner = "the runs'" if args.ensemble else "the run's"
     what = f"{owner} {metrics['n']} held-out images" if args.held_out else f"{metrics['n']} images"
     members = metrics["ensemble"]
+    precision = ", ".join("fp32" if name == "no" else name for name in metrics["mixed_precision"].split(", "))
     temperature = (f"an ensemble of {len(members)} runs, temperatures "
                    + ", ".join(f"{m['temperature']:.3f}" for m in members) if members
                    else f"temperature {metrics['temperature']:.3f}")
     print(f"accuracy {metrics['accuracy']:.4f} on {what}, loss {metrics['loss']:.4f}, "
-          f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} ({metrics['mixed_precision']}; "
+          f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} ({precision}; "
           f"{temperature})")
     if metrics["training_images"]:
         print(f"WARNING: {metrics['training_images']} of these images were in the run's training set "
