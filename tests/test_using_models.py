@@ -374,6 +374,10 @@ def test_an_ensemble_of_runs_predicts_and_is_evaluated_with_the_mean_of_their_pr
     mean = np.mean([[[float(row[c]) for c in columns] for row in rows] for rows in alone], axis=0)
     assert np.allclose([[float(row[c]) for c in columns] for row in both], mean, atol=2e-6)
     assert [row["predicted"] for row in both] == [columns[i].removeprefix("p_") for i in mean.argmax(1)]
+    # the folder that holds the seeds (a comparison's model folder) is not a run: the message shows both ways
+    assert toolkit_main(["predict", str(tmp_path), images, "--out", str(tmp_path / "w.csv")]) == 2
+    said = capsys.readouterr().err
+    assert "holds runs, not a checkpoint: seed-0, seed-1" in said and f"--ensemble {runs[1]}" in said
 
     out = tmp_path / "evaluated"
     assert toolkit_main(["evaluate", str(runs[0]), str(pool), "--held_out", "--out", str(out),
