@@ -377,7 +377,7 @@ def test_an_ensemble_of_runs_predicts_and_is_evaluated_with_the_mean_of_their_pr
     # the folder that holds the seeds (a comparison's model folder) is not a run: the message shows both ways
     assert toolkit_main(["predict", str(tmp_path), images, "--out", str(tmp_path / "w.csv")]) == 2
     said = capsys.readouterr().err
-    assert "holds runs, not a checkpoint: seed-0, seed-1" in said and f"--ensemble {runs[1]}" in said
+    assert "holds runs, not a checkpoint: seed-0, seed-1;" in said and f"--ensemble {runs[1]} ..." in said
 
     out = tmp_path / "evaluated"
     assert toolkit_main(["evaluate", str(runs[0]), str(pool), "--held_out", "--out", str(out),

@@ -67,13 +67,14 @@ def resolve_checkpoint(path: Path | str) -> Path:
         return path
     newest = latest_checkpoint(path)
     if newest is None:
-        runs = sorted(folder for folder in path.glob("*") if folder.is_dir() and latest_checkpoint(folder))
-        if runs:  # a study's model folder (compare/efficientnet_lite0/seed-0, seed-1, ...)
-            example = f"{runs[0]}" + (f" (or every one: {runs[0]} ... --ensemble "
-                                      f"{' '.join(str(run) for run in runs[1:])}, for predict and evaluate)"
-                                      if len(runs) > 1 else "")
-            raise CheckpointError(f"{path} holds runs, not a checkpoint: {', '.join(run.name for run in runs)}; "
-                                  f"pass one of them, e.g. {example}")
+        # a study's model folder (compare/efficientnet_lite0 holds seed-0, seed-1, ...) or the study itself
+        runs = sorted(folder for pattern in ("*", "*/*") for folder in path.glob(pattern)
+                      if folder.is_dir() and latest_checkpoint(folder))
+        if runs:
+            example = f"{runs[0]}" + (f" (or several: {runs[0]} ... --ensemble {runs[1]} ..., for predict and "
+                                      "evaluate)" if len(runs) > 1 else "")
+            names = ", ".join(str(run.relative_to(path)) for run in runs)
+            raise CheckpointError(f"{path} holds runs, not a checkpoint: {names}; pass one of them, e.g. {example}")
         raise CheckpointError(f"{path} holds no complete checkpoint (expected {path}/checkpoints/step-N/)")
     return newest
 
