@@ -153,15 +153,22 @@ def test_the_classifier_commands_check_the_device_as_the_denoiser_commands_do(tr
 
 def test_evaluate_agrees_with_the_predictions_it_writes(trained, tiny_intel, tmp_path):
     out = tmp_path / "evaluation"
-    assert toolkit_main(["evaluate", str(trained), str(tiny_intel / "seg_test"), "--out", str(out)]) == 0
+    assert toolkit_main(["evaluate", str(trained), str(tiny_intel / "seg_test"), "--out", str(out),
+                         "--wandb_mode=offline"]) == 0
     import json
+
+    # logged as a W&B run too (offline here): the scores, the per-class table and the figures
+    assert list((out / "wandb").glob("offline-run-*"))
+    logged = json.loads((out / "summary.json").read_text())
+    table = json.loads((out / "tables" / "evaluate_per_class.json").read_text())
+    assert table["columns"] == ["class", "precision", "recall", "F1", "images"] and len(table["rows"]) == 6
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert "NaN" not in (out / "metrics.json").read_text()  # standard JSON: a class never predicted has null
     assert not list(out.glob(".*"))  # every file written whole, nothing left beside
     rows = _read_csv(out / "predictions.csv")
     truth = [Path(r["file"]).parent.name for r in rows]
-    assert metrics["n"] == 36
+    assert metrics["n"] == 36 == logged["n"] and logged["accuracy"] == metrics["accuracy"]
     assert metrics["accuracy"] == pytest.approx(np.mean([r["predicted"] == t for r, t in zip(rows, truth)]))
     confusion = np.array(metrics["confusion"])
     classes = metrics["classes"]

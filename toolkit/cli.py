@@ -115,6 +115,17 @@ def command_evaluate(args) -> None:
         print(f"{name:<{width}}  {metrics['precision'][i]:9.3f}  {metrics['recall'][i]:6.3f}  {metrics['f1'][i]:.3f}")
     for file, error in metrics["skipped"].items():
         print(f"skipped {file}: {error}", file=sys.stderr)
+    config = {"command": "evaluate", "checkpoint": args.checkpoint, "ensemble": args.ensemble, "data": args.data,
+              "held_out": args.held_out, "calibrated": args.calibrated, "mixed_precision": metrics["mixed_precision"]}
+    logger = _tool_logger(out, out.name, args.wandb_mode, config)  # after the evaluation: a refusal leaves no run
+    scores = {key: metrics[key] for key in ("accuracy", "loss", "macro_f1", "ece", "n")}
+    logger.log({f"evaluate/{key}": value for key, value in scores.items()}, step=0)
+    logger.log_table("evaluate/per_class", ["class", "precision", "recall", "F1", "images"],
+                     [[name, metrics["precision"][i], metrics["recall"][i], metrics["f1"][i],
+                       metrics["per_class_total"][i]] for i, name in enumerate(metrics["classes"])], step=0)
+    logger.log_images({f"evaluate/{name}": Path(figure) for name, figure in metrics["figures"].items()}, step=0)
+    logger.summary(scores)
+    logger.finish()
     print(f"figures, predictions.csv and metrics.json in {out}")
 
 
@@ -425,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint), DATA being the data root the run trained on")
     add_classifier_loading_arguments(ev)
     add_classifier_output_arguments(ev)
+    ev.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                    help="the scores, the per-class table and the figures as a W&B run (job type evaluate)")
     ev.set_defaults(handler=command_evaluate)
 
     cal = commands.add_parser("calibrate", help="fit a classifier's calibration temperature after training")
