@@ -118,6 +118,7 @@ def test_the_seeds_ensemble_averages_their_probabilities():
     ensemble = seed_ensemble(seeds, labels, ["a", "b"])
     assert ensemble["accuracy"] == 1.0 and ensemble["per_class"] == {"a": 1.0, "b": 1.0}
     assert ensemble["ahead_of_seeds"] == 3 and ensemble["gain_over_mean_seed"] == pytest.approx(0.25)
+    assert ensemble["mcnemar_p_against_seeds"] == [1.0] * 3  # one discordant image each: nothing to tell
     together = (2 * 0.8 + 0.4) / 3  # each image: right in two seeds, wrong in one
     assert ensemble["loss"] == pytest.approx((-np.log(together) * 3 - np.log(0.8)) / 4)
     assert ensemble["mean_seed_loss"] == pytest.approx((-np.log(0.4) - 3 * np.log(0.8)) / 4)  # each seed alike

@@ -73,19 +73,23 @@ def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, r
 def seed_ensemble(probabilities: list[np.ndarray], labels: np.ndarray, classes: list[str]) -> dict:
     """What the seeds' models score together (`toolkit predict RUN --ensemble RUN...`): the mean of their calibrated
     probabilities on the same test images, its accuracy, loss and per-class accuracy, how many of the seeds it is
-    ahead of alone, and the seeds' own mean loss on the same calibrated probabilities (the `test loss` row is as
-    trained). One number on the test images, not an interval: it uses every seed."""
+    ahead of alone, McNemar's test against each seed on the same images, and the seeds' own mean loss on the same
+    calibrated probabilities (the `test loss` row is as trained). One number on the test images, not an interval:
+    it uses every seed."""
+    from toolkit.stats import mcnemar
     from toolkit.train.evaluate import mean_negative_log_likelihood
 
     mean = np.mean(probabilities, axis=0)
     right = mean.argmax(1) == labels
     alone = [float((p.argmax(1) == labels).mean()) for p in probabilities]
+    against_seeds = [mcnemar(right, p.argmax(1) == labels) for p in probabilities]
     return {"members": len(probabilities), "accuracy": float(right.mean()),
             "loss": mean_negative_log_likelihood(mean, labels),
             "mean_seed_loss": float(np.mean([mean_negative_log_likelihood(p, labels) for p in probabilities])),
             "per_class": {name: float(right[labels == i].mean()) if (labels == i).any() else None
                           for i, name in enumerate(classes)},
             "ahead_of_seeds": sum(float(right.mean()) > accuracy for accuracy in alone),
+            "mcnemar_p_against_seeds": [test["p_value"] for test in against_seeds],
             "gain_over_mean_seed": float(right.mean()) - float(np.mean(alone))}
 
 
@@ -133,7 +137,8 @@ def comparison_table(result: dict) -> str:
     ensembles = [result["models"][m].get("ensemble") for m in models]
     if any(ensembles):
         rows.append(["ensemble of the seeds",
-                     *[f"{e['accuracy']:.1%} ({e['gain_over_mean_seed'] * 100:+.1f} points); loss {e['loss']:.4f} "
+                     *[f"{e['accuracy']:.1%} ({e['gain_over_mean_seed'] * 100:+.1f} points; McNemar p against the "
+                       f"seeds {', '.join(f'{p:.2g}' for p in e['mcnemar_p_against_seeds'])}); loss {e['loss']:.4f} "
                        f"(the seeds {e['mean_seed_loss']:.4f})" if e else "" for e in ensembles], *[""] * len(studied)])
     rows.append(["validation accuracy", *[_cell(result["models"][m]["val_accuracy"]) for m in models],
                  *[STUDY_RESULTS[m]["validation"] for m in studied]])
