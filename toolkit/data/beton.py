@@ -46,7 +46,8 @@ from toolkit.progress import progress_bar
 from toolkit.runs import file_in_the_way, write_json
 from toolkit.worker_pool import default_sigterm
 
-FORMAT_VERSION = 3  # bump whenever the same inputs would be stored differently (2: pixel hashes; 3: colour profiles)
+FORMAT_VERSION = 4  # bump whenever the same inputs would be stored differently (2: pixel hashes; 3: colour profiles;
+# 4: floating-point grey scaled, not read as black; grey with alpha and 16-bit grey through their profiles)
 STORAGE_MODES = ("raw", "jpg")
 _OK, _FAILED, _CONVERTED = 0, 1, 2
 
