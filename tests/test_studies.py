@@ -149,6 +149,8 @@ def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tin
         assert ensemble["gain_over_mean_seed"] == pytest.approx(
             ensemble["accuracy"] - np.mean(result["models"][model]["accuracy"]["values"]))
     assert "| ensemble of the seeds |" in table and "--ensemble" in table
+    calibrated = result["models"]["cnn"]["loss_calibrated"]  # the loss predict gives, beside the loss as trained
+    assert calibrated["n"] == 3 and f"{calibrated['mean']:.4f} with the temperature" in table
     from toolkit.cli import main as toolkit_main
 
     assert toolkit_main(["report", str(study), "--out", str(tmp_path / "report"), "--wandb_mode=disabled"]) == 0

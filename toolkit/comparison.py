@@ -41,6 +41,7 @@ def aggregate_comparison(models: list[str], seeds: list[int], summaries: dict, r
                          for seed, r in zip(seeds, runs)},
             "accuracy": mean_interval(accuracies[model]),
             "loss": mean_interval([r.get(f"{prefix}_loss") for r in runs]),
+            "loss_calibrated": mean_interval([r.get("test_loss_calibrated") for r in runs] if scored else []),
             "val_accuracy": mean_interval([r["val_accuracy"] for r in runs]),
             "train_seconds": mean_interval([r["train_seconds"] for r in runs]),
             "per_class": {c: mean_interval([r[f"{prefix}_per_class_accuracy"][c] for r in runs]) for c in classes},
@@ -101,6 +102,13 @@ def _cell(interval: dict, one_seed: str | None = None) -> str:
     return f"{interval['mean']:.1%} ± {interval['std'] * 100:.1f} [{low:.1%}, {high:.1%}]"
 
 
+def _loss_cell(model: dict) -> str:
+    """The mean test loss as trained, and with each run's temperature where the runs fitted one."""
+    calibrated = model.get("loss_calibrated", {"n": 0})
+    return f"{model['loss']['mean']:.4f}" + (f" ({calibrated['mean']:.4f} with the temperature)"
+                                            if calibrated["n"] else "")
+
+
 PRECISION_NAMES = {"no": "fp32"}  # Accelerate's name for "no mixed precision"
 
 
@@ -132,7 +140,7 @@ def comparison_table(result: dict) -> str:
             counted = f"**{r['accuracy']['mean']:.1%}** ({right}/{total})"
         overall.append(_cell(r["accuracy"], counted))
     rows.append(["overall", *overall, *[f"{STUDY_RESULTS[m]['overall']:.1%}" for m in studied]])
-    rows.append(["test loss", *[f"{result['models'][m]['loss']['mean']:.4f}" for m in models],
+    rows.append(["test loss", *[_loss_cell(result["models"][m]) for m in models],
                  *[f"{STUDY_RESULTS[m]['loss']:.4f}" for m in studied]])
     ensembles = [result["models"][m].get("ensemble") for m in models]
     if any(ensembles):
