@@ -119,6 +119,7 @@ def test_compare_classifiers_writes_the_side_by_side_table_and_reuses_only_match
     result = run_in_process("compare_classifiers", args)
     table = (run_dir / "comparison.md").read_text()
     assert "| class | cnn | resnet18 |" in table and "| overall |" in table and "| test loss |" in table
+    assert "test 36 (seg_test); seeds 0." in table  # the split named once
     assert set(result["models"]) == {"cnn", "resnet18"} and "McNemar" in table
     assert (run_dir / "plots" / "per_class_comparison.png").is_file()
     assert (run_dir / "cnn" / "seed-0" / "summary.json").is_file()

@@ -159,7 +159,8 @@ def comparison_table(result: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     text = "\n".join(lines)
     seeds = ", ".join(map(str, result["seeds"]))
-    text += (f"\n\nScored on: {result['data']} ({result['test_split']}); seeds {seeds}."
+    split = f" ({result['test_split']})" if f"({result['test_split']})" not in result["data"] else ""
+    text += (f"\n\nScored on: {result['data']}{split}; seeds {seeds}."
              + ("" if single else " Cells: mean ± standard deviation [95% t-interval of the mean, shown within "
                                   "0-100%] over seeds.")
              + (" Ensemble of the seeds: the mean of their calibrated probabilities (`toolkit predict RUN --ensemble "
