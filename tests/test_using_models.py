@@ -376,6 +376,9 @@ def test_an_ensemble_of_runs_predicts_and_is_evaluated_with_the_mean_of_their_pr
     assert toolkit_main(["predict", str(runs[0]), images, "--out", str(tmp_path / "both.csv"),
                          "--ensemble", str(runs[1])]) == 0
     assert "with an ensemble of 2 runs" in capsys.readouterr().out
+    shown = run_script([*TOOLKIT, "predict", str(runs[0]), images, "--out", str(tmp_path / "shown.csv"), "--ensemble",
+                        str(runs[1])], env={"SCENE_TOOLKIT_PROGRESS": "1"})  # a bar per run, named
+    assert "predicting, run 2 of 2: 100%" in shown.stderr.replace("\r", "\n"), shown.stderr[-2000:]
     both = _read_csv(tmp_path / "both.csv")
     columns = [name for name in both[0] if name.startswith("p_")]
     mean = np.mean([[[float(row[c]) for c in columns] for row in rows] for rows in alone], axis=0)

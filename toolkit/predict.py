@@ -134,7 +134,8 @@ def inference_precision(requested: str | None, state, device: str, log=print) ->
 @torch.no_grad()
 def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip_tta: bool | None = None,
                   device: str = "cpu", workers: int = 2, progress: bool = True,
-                  mixed_precision: str | None = None, calibrated: bool = True) -> Predictions:
+                  mixed_precision: str | None = None, calibrated: bool = True,
+                  progress_label: str = "predicting") -> Predictions:
     """Class probabilities for every file; unreadable files are recorded, never fatal.
 
     mixed_precision: 'no', 'bf16', 'fp16' or 'auto'; None: the precision the checkpoint was trained with where
@@ -152,7 +153,8 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
     errors: dict[int, str] = {}
     jobs = [(str(file), state.image_size) for file in files]
     with forked_pool(workers) as pool, \
-            tqdm(total=len(files), unit="img", disable=not (progress and bars_enabled()), file=sys.stderr) as bar:
+            tqdm(total=len(files), desc=progress_label, unit="img", disable=not (progress and bars_enabled()),
+                 file=sys.stderr) as bar:
         decoded = pool.imap(_decode, jobs, chunksize=16)
         batch, positions = [], []
         for index, (pixels, full_hash, error) in enumerate(decoded):
@@ -202,7 +204,9 @@ def predict_runs(checkpoints: list[str], files: list[Path], batch_size: int = 64
     alone (the classifier comparison's 'ensemble of the seeds' row measures it on its test images)."""
     classifier_states(checkpoints)  # every run checked before any predicts
     members = [predict_files(checkpoint, files, batch_size, flip_tta, device, workers, progress, mixed_precision,
-                             calibrated) for checkpoint in checkpoints]
+                             calibrated, progress_label=f"predicting, run {index + 1} of {len(checkpoints)}"
+                             if len(checkpoints) > 1 else "predicting")
+               for index, checkpoint in enumerate(checkpoints)]
     if len(members) == 1:
         return members[0]
     errors = {index: error for member in reversed(members) for index, error in member.errors.items()}
