@@ -31,4 +31,4 @@ explore: setup
 	$(VENV)/bin/toolkit data explore $(ARGS)
 
 clean:
-	rm -rf runs wandb .pytest_cache bench-results.json
+	rm -rf runs wandb .pytest_cache bench-results.json bench-results-wandb

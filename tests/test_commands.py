@@ -83,9 +83,15 @@ def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_pat
 def test_benchmark_runs_on_tiny_data_and_writes_json(tiny_intel, tmp_path):
     out = tmp_path / "bench.json"
     result = run_script([*TOOLKIT, "benchmark", "--data", str(tiny_intel), "--images", "48", "--steps", "1",
-                         "--tiny", "--only", "ceiling", "loaders", "steps", "pipeline", "--out", str(out)], timeout=600)
+                         "--tiny", "--only", "ceiling", "loaders", "steps", "pipeline", "--out", str(out),
+                         "--wandb_mode=offline"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(out.read_text())
+    logged = tmp_path / "bench-wandb"  # the same figures as a W&B run (offline here)
+    assert list((logged / "wandb").glob("offline-run-*"))
+    steps_table = json.loads((logged / "tables" / "benchmark_steps.json").read_text())
+    assert [row[0] for row in steps_table["rows"]] == list(results["steps"])
+    assert json.loads((logged / "summary.json").read_text())["fp32_matmul_gflop_per_s"] > 0
     loaders = results["loaders"]
     study = next(v for k, v in loaders.items() if k.startswith("study"))
     assert study["ratio_vs_study"] == 1.0

@@ -61,9 +61,24 @@ def command_check(args) -> int:
 def command_benchmark(args) -> None:
     from toolkit.benchmark import run_benchmark
 
-    run_benchmark(data=args.data, images=args.images, out=Path(args.out), sections=args.only,
-                  steps=args.steps, num_workers=args.num_workers, precisions=args.precisions, tiny=args.tiny,
-                  compile_recipes=args.compile_recipes)
+    out = Path(args.out)
+    results = run_benchmark(data=args.data, images=args.images, out=out, sections=args.only, steps=args.steps,
+                            num_workers=args.num_workers, precisions=args.precisions, tiny=args.tiny,
+                            compile_recipes=args.compile_recipes)
+    # as a W&B run too (files beside the JSON, in OUT-wandb/), to compare machines side by side
+    logger = _tool_logger(out.with_name(f"{out.stem}-wandb"), out.stem, args.wandb_mode,
+                          {"command": "benchmark", "machine": results["machine"], "sections": results["sections"],
+                           "tiny": results["tiny"]})
+    tables = {"loaders": ["images_per_s", "ratio_vs_study", "startup_s"],
+              "steps": ["batch", "image_size", "images_per_s", "gflop_per_s", "share_of_ceiling"]}
+    for section, columns in tables.items():
+        if section in results:
+            logger.log_table(f"benchmark/{section}", ["name", *columns],
+                             [[name, *(row[column] for column in columns)] for name, row in results[section].items()],
+                             step=0)
+    logger.summary({"machine": results["machine"]["description"], **results.get("ceiling", {}),
+                    **{f"pipeline_{key}": value for key, value in results.get("pipeline", {}).items()}})
+    logger.finish()
 
 
 def command_predict(args) -> None:
@@ -415,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tiny", action="store_true", help="small widths, batch 4, 32 px: a check of the command "
                        "itself (seconds on any CPU), not a measurement")
     bench.add_argument("--out", default="bench-results.json", type=output_file, help="where the JSON goes")
+    bench.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                       help="also log the machine, the ceilings and the loader and step tables to a W&B run "
+                       "(its local files in OUT-wandb/)")
     bench.set_defaults(handler=command_benchmark)
 
     pred = commands.add_parser("predict", help="classify images, folders or @lists with a trained classifier")
