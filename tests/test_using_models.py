@@ -50,11 +50,21 @@ def test_predict_a_folder_with_bad_files_writes_every_row(trained, tiny_intel, t
     (folder / "empty.png").write_bytes(b"")
     Image.fromarray(np.full((30, 50), 90, np.uint8), mode="L").save(folder / "gray.png")  # converted, kept
     out = tmp_path / "p.csv"
-    assert toolkit_main(["predict", str(trained), str(folder), "--out", str(out), "--top_k", "3"]) == 0
+    assert toolkit_main(["predict", str(trained), str(folder), "--out", str(out), "--top_k", "3",
+                         "--wandb_mode=offline"]) == 0
     rows = _read_csv(out)
     assert len(rows) == 12 + 3
     errors = {Path(r["file"]).name: r["error"] for r in rows if r["error"]}
     assert set(errors) == {"broken.jpg", "empty.png"} and "empty file" in errors["empty.png"]
+    # the same predictions as a W&B run (offline here), beside the CSV
+    logged = tmp_path / "p-wandb"
+    assert list((logged / "wandb").glob("offline-run-*"))
+    table = __import__("json").loads((logged / "tables" / "predict_predictions.json").read_text())
+    assert [(row[0], row[1]) for row in table["rows"]] == [(r["file"], r["predicted"]) for r in rows]
+    summary = __import__("json").loads((logged / "summary.json").read_text())
+    assert summary["images"] == 15 and summary["skipped"] == 2
+    assert sum(summary[f"predicted_{name}"] for name in ["buildings", "forest", "glacier", "mountain", "sea",
+                                                            "street"]) == 13
     classes = ["buildings", "forest", "glacier", "mountain", "sea", "street"]
     for row in rows:
         if row["error"]:

@@ -102,6 +102,21 @@ def command_predict(args) -> None:
         print(f"skipped {files[index]}: {error}", file=sys.stderr)
     print(f"wrote {out}" + (f" ({len(predictions.errors)} unreadable files listed with their error)"
                             if predictions.errors else ""))
+    # as a W&B run too (files in OUT-wandb/ beside the CSV): every file's prediction, browsable, and the counts
+    logger = _tool_logger(out.with_name(f"{out.stem}-wandb"), out.stem, args.wandb_mode,
+                          {"command": "predict", "checkpoint": args.checkpoint, "ensemble": args.ensemble,
+                           "inputs": args.inputs, "calibrated": args.calibrated, "csv": str(out)})
+    rows = []
+    for index, file in enumerate(files):
+        row = predictions.probabilities[index]
+        rows.append([str(file), "", None, predictions.errors[index]] if index in predictions.errors else
+                    [str(file), predictions.classes[int(row.argmax())], float(row.max()), ""])
+    logger.log_table("predict/predictions", ["file", "predicted", "probability", "error"], rows, step=0)
+    logger.log_table("predict/class_counts", ["class", "images"],
+                     [[name, counts.get(name, 0)] for name in predictions.classes], step=0)
+    logger.summary({"images": len(files), "skipped": len(predictions.errors),
+                    **{f"predicted_{name}": counts.get(name, 0) for name in predictions.classes}})
+    logger.finish()
 
 
 def command_evaluate(args) -> None:
@@ -443,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--top_k", type=at_least(1), default=1, help="also list the k most likely classes")
     add_classifier_loading_arguments(pred)
     add_classifier_output_arguments(pred)
+    pred.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
+                      help="also log every file's prediction and the class counts to a W&B run (its local files in "
+                      "OUT-wandb/, beside the CSV)")
     pred.set_defaults(handler=command_predict)
 
     ev = commands.add_parser("evaluate", help="full evaluation of a classifier on a labeled folder")
