@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import traceback
 from pathlib import Path
 
-from toolkit.errors import STDOUT_CLOSED, UserError, file_system_refusal, reader_of_stdout_gone
+from toolkit.errors import UserError, report_failure
 
 
 def _tool_logger(out_dir: Path, name: str, wandb_mode: str, config: dict, chosen: tuple[str, str] | None = None):
@@ -568,21 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        if reader_of_stdout_gone():
-            return STDOUT_CLOSED
-        traceback.print_exc()
-        return 1
-    except OSError as error:
-        refusal = file_system_refusal(error)
-        if refusal is None:
-            traceback.print_exc()
-            return 1
-        print(f"error: {refusal}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
+    except Exception as error:  # a closed output pipe, a file system's refusal, a bug
+        return report_failure(error)
     return status or 0
 
 

@@ -9,6 +9,7 @@ import errno
 import os
 import select
 import sys
+import traceback
 
 # what a file system refuses (a full disk, no permission, a file where a folder must go, a vanished file)
 _FILE_SYSTEM_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
@@ -44,6 +45,20 @@ def reader_of_stdout_gone() -> bool:
         os.dup2(devnull, descriptor)
         os.close(devnull)
     return gone
+
+
+def report_failure(error: Exception) -> int:
+    """What an entry point (the toolkit command, a recipe) says about an exception it did not expect, and the exit
+    status it then returns: nothing and STDOUT_CLOSED when the reader of its output has gone; one line and 2 for a
+    file system's refusal; the traceback and 1 for anything else, a bug. Call it inside the `except` block."""
+    if isinstance(error, BrokenPipeError) and reader_of_stdout_gone():
+        return STDOUT_CLOSED
+    refusal = file_system_refusal(error) if isinstance(error, OSError) else None
+    if refusal is not None:
+        print(f"error: {refusal}", file=sys.stderr, flush=True)
+        return 2
+    traceback.print_exc()
+    return 1
 
 
 class UserError(Exception):

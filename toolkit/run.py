@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,14 +31,7 @@ from typing import Literal
 import torch
 
 from toolkit.config import check_non_negative, check_positive, config_to_dict, format_config, parse_config
-from toolkit.errors import (
-    STDOUT_CLOSED,
-    CheckpointError,
-    ConfigError,
-    UserError,
-    file_system_refusal,
-    reader_of_stdout_gone,
-)
+from toolkit.errors import CheckpointError, ConfigError, UserError, report_failure
 from toolkit.progress import say as print_line
 from toolkit.runs import (
     CHANGEABLE_ON_RESUME,
@@ -333,23 +325,8 @@ def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
         print("\ninterrupted: rerun with --resume (and the same --run_dir) to continue from the last checkpoint",
               file=sys.stderr, flush=True)
         code = 130
-    except BrokenPipeError:
-        if reader_of_stdout_gone():
-            code = STDOUT_CLOSED
-        else:
-            traceback.print_exc()
-            code = 1
-    except OSError as error:
-        refusal = file_system_refusal(error)
-        if refusal is None:
-            traceback.print_exc()
-            code = 1
-        else:
-            print(f"error: {refusal}", file=sys.stderr, flush=True)
-            code = 2
-    except Exception:
-        traceback.print_exc()
-        code = 1
+    except Exception as error:  # a closed output pipe, a file system's refusal, a bug
+        code = report_failure(error)
     finally:
         restore_sigterm(sigterm)  # a recipe run inside a program leaves its SIGTERM as it found it
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
