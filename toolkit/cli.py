@@ -65,9 +65,8 @@ def command_benchmark(args) -> None:
                             num_workers=args.num_workers, precisions=args.precisions, tiny=args.tiny,
                             compile_recipes=args.compile_recipes)
     # as a W&B run too (files beside the JSON, in OUT-wandb/), to compare machines side by side
-    logger = _tool_logger(out.with_name(f"{out.stem}-wandb"), out.stem, args.wandb_mode,
-                          {"command": "benchmark", "machine": results["machine"], "sections": results["sections"],
-                           "tiny": results["tiny"]})
+    logger = _logger_beside(out, args.wandb_mode, {"command": "benchmark", "machine": results["machine"],
+                                                   "sections": results["sections"], "tiny": results["tiny"]})
     tables = {"loaders": ["images_per_s", "ratio_vs_study", "startup_s"],
               "steps": ["batch", "image_size", "images_per_s", "gflop_per_s", "share_of_ceiling"]}
     for section, columns in tables.items():
@@ -102,9 +101,9 @@ def command_predict(args) -> None:
     print(f"wrote {out}" + (f" ({len(predictions.errors)} unreadable files listed with their error)"
                             if predictions.errors else ""))
     # as a W&B run too (files in OUT-wandb/ beside the CSV): every file's prediction, browsable, and the counts
-    logger = _tool_logger(out.with_name(f"{out.stem}-wandb"), out.stem, args.wandb_mode,
-                          {"command": "predict", "checkpoint": args.checkpoint, "ensemble": args.ensemble,
-                           "inputs": args.inputs, "calibrated": args.calibrated, "csv": str(out)})
+    logger = _logger_beside(out, args.wandb_mode, {"command": "predict", "checkpoint": args.checkpoint,
+                                                   "ensemble": args.ensemble, "inputs": args.inputs,
+                                                   "calibrated": args.calibrated, "csv": str(out)})
     rows = []
     for index, file in enumerate(files):
         row = predictions.probabilities[index]
@@ -232,13 +231,11 @@ def command_benchmark_denoiser(args) -> None:
     progress_file.unlink(missing_ok=True)
     print(f"results written to {out}")
     if examples is not None:  # the same in a W&B run, whose folder beside the JSON keeps it as files too
-        run_dir = out.with_name(f"{out.stem}-wandb")
         config = {key: value for key, value in results.items() if key not in ("sigmas", "seconds")}
-        logger = _tool_logger(run_dir, out.stem, args.wandb_mode, {**config, "command": "benchmark-denoiser"},
-                              chosen=wandb_choice)
+        logger = _logger_beside(out, args.wandb_mode, {**config, "command": "benchmark-denoiser"}, wandb_choice)
         log_benchmark(results, examples, logger)
         logger.finish()
-        print(f"W&B run ({logger.wandb_mode}): table, figures and example images; local copy in {run_dir}")
+        print(f"W&B run ({logger.wandb_mode}): table, figures and example images; local copy in {logger.run_dir}")
 
 
 def command_compare_benchmarks(args) -> None:
@@ -269,7 +266,7 @@ def command_compare_benchmarks(args) -> None:
     config = {"base": str(paths[0]), "base_method": base_method, "method": args.method, "command": "compare-benchmarks"}
     write_json(out, {**config, "compared": compared})  # a level with no finite pair: null, not NaN
     print(f"written to {out}")
-    logger = _tool_logger(out.with_name(f"{out.stem}-wandb"), out.stem, args.wandb_mode, config)
+    logger = _logger_beside(out, args.wandb_mode, config)
     rows = [[name, level["sigma"], level["base"], level["other"], level["difference"]["mean"],
              level["difference"]["low"], level["difference"]["high"], level["better"], level["images"]]
             for name, result in compared.items() for level in result["levels"]]
@@ -354,6 +351,19 @@ def add_classifier_output_arguments(parser: argparse.ArgumentParser) -> None:
                         "with its own preprocessing, test-time flip, precision and temperature")
 
 
+def add_wandb_mode_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """--wandb_mode, as every command that logs to W&B takes it (auto: online with an API key and a reachable
+    server, else offline)."""
+    from toolkit.train.tracking import WANDB_MODES
+
+    parser.add_argument("--wandb_mode", default="auto", choices=WANDB_MODES, help=help)
+
+
+def _logger_beside(out: Path, wandb_mode: str, config: dict, chosen: tuple[str, str] | None = None):
+    """_tool_logger for a command whose output is the file `out`: the run's local files in OUT-wandb/ beside it."""
+    return _tool_logger(out.with_name(f"{out.stem}-wandb"), out.stem, wandb_mode, config, chosen)
+
+
 def add_denoiser_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """--self_ensemble, --mixed_precision, --device, --tile_size and --tile_margin, as denoise and benchmark-denoiser
     take them."""
@@ -419,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--val_fraction", type=float, default=0.1)
     explore.add_argument("--holdout_fraction", type=float, default=0.1)
     explore.add_argument("--seed", type=at_least(0), default=0)
-    explore.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"])
+    add_wandb_mode_argument(explore)
     explore.set_defaults(handler=command_explore)
     check = data.add_parser("check", help="find unreadable, mislabeled, duplicate, odd-sized or odd-mode images")
     check.add_argument("root", help="dataset root (Intel layout or <class>/<image>)")
@@ -444,9 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tiny", action="store_true", help="small widths, batch 4, 32 px: a check of the command "
                        "itself (seconds on any CPU), not a measurement")
     bench.add_argument("--out", default="bench-results.json", type=output_file, help="where the JSON goes")
-    bench.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                       help="also log the machine, the ceilings and the loader and step tables to a W&B run "
-                       "(its local files in OUT-wandb/)")
+    add_wandb_mode_argument(bench, help="also log the machine, the ceilings and the loader and step tables to a W&B "
+                            "run (its local files in OUT-wandb/)")
     bench.set_defaults(handler=command_benchmark)
 
     pred = commands.add_parser("predict", help="classify images, folders or @lists with a trained classifier")
@@ -457,9 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--top_k", type=at_least(1), default=1, help="also list the k most likely classes")
     add_classifier_loading_arguments(pred)
     add_classifier_output_arguments(pred)
-    pred.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                      help="also log every file's prediction and the class counts to a W&B run (its local files in "
-                      "OUT-wandb/, beside the CSV)")
+    add_wandb_mode_argument(pred, help="also log every file's prediction and the class counts to a W&B run (its "
+                            "local files in OUT-wandb/, beside the CSV)")
     pred.set_defaults(handler=command_predict)
 
     ev = commands.add_parser("evaluate", help="full evaluation of a classifier on a labeled folder")
@@ -471,8 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint), DATA being the data root the run trained on")
     add_classifier_loading_arguments(ev)
     add_classifier_output_arguments(ev)
-    ev.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                    help="the scores, the per-class table and the figures as a W&B run (job type evaluate)")
+    add_wandb_mode_argument(ev, help="the scores, the per-class table and the figures as a W&B run (job type evaluate)")
     ev.set_defaults(handler=command_evaluate)
 
     cal = commands.add_parser("calibrate", help="fit a classifier's calibration temperature after training")
@@ -487,8 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "or toolkit evaluate output folders")
     rep.add_argument("--out", default="", type=output_folder, help="output folder (default runs/report-<time>)")
     rep.add_argument("--title", default="", help="page title")
-    rep.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                     help="also log the figures to a W&B run")
+    add_wandb_mode_argument(rep, help="also log the figures to a W&B run")
     rep.set_defaults(handler=command_report)
 
     den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
@@ -526,9 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "filter first (2: a JPEG's half-resolution colour becomes full resolution); published rows are "
                     "for whole images, so none are shown")
     bd.add_argument("--out", default="denoiser-benchmark.json", type=output_file, help="where the JSON goes")
-    bd.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                    help="log the results, the published rows and example images to W&B (auto: online with an API "
-                    "key and a reachable server, else offline; the run's folder is OUT's name with -wandb)")
+    add_wandb_mode_argument(bd, help="log the results, the published rows and example images to W&B (auto: online "
+                            "with an API key and a reachable server, else offline; the run's folder is OUT's name "
+                            "with -wandb)")
     bd.set_defaults(handler=command_benchmark_denoiser)
     cb = commands.add_parser("compare-benchmarks", help="benchmark-denoiser results against one, image by image, "
                              "with intervals")
@@ -542,17 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only these noise levels, 0-255 scale (default: every level both files scored)")
     cb.add_argument("--out", default="benchmark-comparison.json", type=output_file,
                     help="where the differences and intervals go (JSON)")
-    cb.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                    help="log the table of differences to W&B (auto: online with an API key and a reachable server, "
-                    "else offline; the run's folder is OUT's name with -wandb)")
+    add_wandb_mode_argument(cb, help="log the table of differences to W&B (auto: online with an API key and a "
+                            "reachable server, else offline; the run's folder is OUT's name with -wandb)")
     cb.set_defaults(handler=command_compare_benchmarks)
     wr = commands.add_parser("wandb-report", help="a Weights & Biases Report of a comparison or a latent study")
     wr.add_argument("study", nargs="?", default="", help="the study's folder (compare_classifiers or latent_study)")
     wr.add_argument("--out", default="", type=output_folder,
                     help="where wandb_report.json goes (default: the study's folder)")
     wr.add_argument("--publish", default="", help="publish a definition written earlier (needs a key and network)")
-    wr.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"],
-                    help="auto: publish when an API key and the server are there; else write and say how")
+    add_wandb_mode_argument(wr, help="auto: publish when an API key and the server are there; else write and say how")
     wr.set_defaults(handler=command_wandb_report)
     return parser
 
