@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from toolkit.errors import UserError, report_failure
@@ -89,10 +90,9 @@ def command_predict(args) -> None:
                                mixed_precision=args.mixed_precision, calibrated=args.calibrated)
     out = Path(args.out)
     write_predictions_csv(predictions, out, args.top_k)
-    counts = {}
-    for row in predictions.probabilities[predictions.readable]:
-        name = predictions.classes[int(row.argmax())]
-        counts[name] = counts.get(name, 0) + 1
+    predicted = {int(index): predictions.classes[int(predictions.probabilities[index].argmax())]
+                 for index in predictions.readable}
+    counts = Counter(predicted.values())
     print(f"predicted {len(files) - len(predictions.errors)} images"
           + (f" with an ensemble of {len(predictions.members)} runs" if predictions.members else "")
           + (": " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""))
@@ -104,11 +104,8 @@ def command_predict(args) -> None:
     logger = _logger_beside(out, args.wandb_mode, {"command": "predict", "checkpoint": args.checkpoint,
                                                    "ensemble": args.ensemble, "inputs": args.inputs,
                                                    "calibrated": args.calibrated, "csv": str(out)})
-    rows = []
-    for index, file in enumerate(files):
-        row = predictions.probabilities[index]
-        rows.append([str(file), "", None, predictions.errors[index]] if index in predictions.errors else
-                    [str(file), predictions.classes[int(row.argmax())], float(row.max()), ""])
+    rows = [[str(file), predicted[index], float(predictions.probabilities[index].max()), ""] if index in predicted
+            else [str(file), "", None, predictions.errors[index]] for index, file in enumerate(files)]
     logger.log_table("predict/predictions", ["file", "predicted", "probability", "error"], rows, step=0)
     logger.log_table("predict/class_counts", ["class", "images"],
                      [[name, counts.get(name, 0)] for name in predictions.classes], step=0)
@@ -119,6 +116,7 @@ def command_predict(args) -> None:
 
 def command_evaluate(args) -> None:
     from toolkit.predict import evaluate_folder
+    from toolkit.train.precision import precision_name
 
     out = Path(args.out or f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     metrics = evaluate_folder(args.checkpoint, Path(args.data), out, args.batch_size, args.tta, args.device,
@@ -127,7 +125,7 @@ def command_evaluate(args) -> None:
     owner = "the runs'" if args.ensemble else "the run's"
     what = f"{owner} {metrics['n']} held-out images" if args.held_out else f"{metrics['n']} images"
     members = metrics["ensemble"]
-    precision = ", ".join("fp32" if name == "no" else name for name in metrics["mixed_precision"].split(", "))
+    precision = ", ".join(precision_name(name) for name in metrics["mixed_precision"].split(", "))
     temperature = (f"an ensemble of {len(members)} runs, temperatures "
                    + ", ".join(f"{m['temperature']:.3f}" for m in members) if members
                    else f"temperature {metrics['temperature']:.3f}")

@@ -11,6 +11,7 @@ from toolkit.errors import UserError
 from toolkit.plots import plot_bands, plot_grouped_bars, plot_interval_bars
 from toolkit.runs import read_metrics, series
 from toolkit.stats import compare_pairs, describe_pair, mean_interval
+from toolkit.train.precision import precision_name
 
 STUDY_RESULTS = {  # STUDY.md, on the official seg_test (3,000 images): for reference, not our data
     "cnn": {"buildings": 0.87, "forest": 0.95, "glacier": 0.73, "mountain": 0.81, "sea": 0.93, "street": 0.89,
@@ -109,9 +110,6 @@ def _loss_cell(model: dict) -> str:
                                             if calibrated["n"] else "")
 
 
-PRECISION_NAMES = {"no": "fp32"}  # Accelerate's name for "no mixed precision"
-
-
 def comparison_table(result: dict) -> str:
     """Markdown: one row per class, overall, loss, validation, time; one column per model, then the study's."""
     models, classes = list(result["models"]), result["classes"]
@@ -152,7 +150,7 @@ def comparison_table(result: dict) -> str:
                  *[STUDY_RESULTS[m]["validation"] for m in studied]])
     rows.append(["training time (s)", *[f"{result['models'][m]['train_seconds']['mean']:.0f}" for m in models],
                  *[""] * len(studied)])
-    rows.append(["precision", *[", ".join(PRECISION_NAMES.get(p, p) for p in result["models"][m]["mixed_precision"])
+    rows.append(["precision", *[", ".join(precision_name(p) for p in result["models"][m]["mixed_precision"])
                                 for m in models],
                  *["fp32"] * len(studied)])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -35,6 +35,14 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 BF16_MIN_FORWARD_GFLOP_PER_STEP = 1000.0
 _ISA_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
+PRECISION_NAMES = {"no": "fp32"}  # Accelerate's name for "no mixed precision", as people say it
+
+
+def precision_name(precision: str) -> str:
+    """A precision as people name it: fp32 for Accelerate's 'no', bf16 and fp16 as they are."""
+    return PRECISION_NAMES.get(precision, precision)
+
+
 
 def _cpuinfo_field(name: str) -> str:
     """The first `name : value` line's value in /proc/cpuinfo ('' where there is none, or no Linux)."""
