@@ -567,6 +567,8 @@ def test_floating_point_grey_is_denoised_and_written_as_floats_on_its_own_scale(
         assert 0.3 * white < values.mean() < 0.7 * white  # on the file's scale, not black, not saturated
     assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "unit.tif"), str(tmp_path / "x.png")]) == 2
     assert "Name it .tif, which holds floating-point images" in capsys.readouterr().err
+    assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "unit.tif"), str(tmp_path / "x.xyz")]) == 2
+    assert "names no image format Pillow writes. Name it .tif" in capsys.readouterr().err  # not .png, for floats
 
 
 def test_denoise_skip_existing_continues_a_stopped_run_and_leaves_written_images_alone(tmp_path, capsys):

@@ -155,6 +155,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
     from toolkit.data.images import (
         UnreadableImage,
         load_for_restoration,
+        naming_advice,
         restored_suffix,
         save_restored,
         writes_images,
@@ -195,7 +196,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
         pairs = [(source, target if target.suffix else target.with_suffix(restored_suffix(source)))]
         if not writes_images(pairs[0][1]):  # said now, not after the image is denoised
             raise UserError(f"cannot write {pairs[0][1]}: {pairs[0][1].suffix} names no image format Pillow writes. "
-                            "Name it .png, which holds grey, 16-bit and transparent images alike")
+                            + naming_advice(restored_suffix(source)))
     else:
         raise UserError(f"{source} does not exist")
     refuse_overwriting_inputs(pairs)

@@ -349,8 +349,7 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
         if stored.alpha is not None:
             image.putalpha(Image.fromarray(stored.alpha, mode="L"))
     metadata = {key: value for key, value in (("icc_profile", stored.icc_profile), ("exif", stored.exif)) if value}
-    fix = ("Name it .tif, which holds floating-point images" if stored.bits == 32 else
-           "Name it .png, which holds grey, 16-bit and transparent images alike")
+    fix = naming_advice(".tif" if stored.bits == 32 else ".png")
     try:
         with written_whole(path) as temporary:
             image.save(temporary, **metadata)
@@ -363,6 +362,13 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
     if metadata and Image.registered_extensions().get(path.suffix.lower()) not in _METADATA_FORMATS:
         return [metadata_left_out(metadata, f"a {path.suffix.lstrip('.').upper()} file cannot hold")]
     return []
+
+
+def naming_advice(suffix: str) -> str:
+    """What to name a restored image whose target format cannot hold it, for the suffix restored_suffix gives it."""
+    if suffix == ".tif":
+        return "Name it .tif, which holds floating-point images"
+    return "Name it .png, which holds grey, 16-bit and transparent images alike"
 
 
 def restored_suffix(path: Path | str) -> str:
@@ -404,7 +410,7 @@ def write_sixteen_bit_colour(rgb: np.ndarray, alpha: np.ndarray | None, path: Pa
     path = Path(path)
     if path.suffix.lower() not in (".png", ".tif", ".tiff"):
         raise UserError(f"cannot write {path}: a 16-bit colour image needs a format that holds 16 bits per channel. "
-                        "Name it .png, which holds grey, 16-bit and transparent images alike")
+                        + naming_advice(".png"))
     channels = [rgb[..., 2], rgb[..., 1], rgb[..., 0]] + ([alpha] if alpha is not None else [])  # OpenCV: BGR(A)
     encoded, data = cv2.imencode(path.suffix.lower(), np.dstack(channels))
     if not encoded:
