@@ -230,12 +230,24 @@ def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images
     fitted_by_the_run = state.temperature
     state.temperature = 1.0
     state.write(checkpoint)
-    assert toolkit_main(["calibrate", str(old), str(tiny_intel)]) == 0
+    out = tmp_path / "calibration"
+    assert toolkit_main(["calibrate", str(old), str(tiny_intel), "--out", str(out), "--wandb_mode=offline"]) == 0
     printed = capsys.readouterr().out
     state = TrainerState.read(checkpoint)
     assert state.temperature == pytest.approx(fitted_by_the_run, rel=1e-3)
     assert state.extra["calibration"]["images"] == 6 * 16 - len(state.split["train_pixels"])
     assert "temperature 1.000 -> " in printed and "trainer_state.json" in printed
+    # what it measured, before and after, as a JSON, two reliability diagrams and a W&B run (offline here)
+    import json
+
+    written = json.loads((out / "calibration.json").read_text())
+    logged = json.loads((out / "summary.json").read_text())
+    assert written["images"] == state.extra["calibration"]["images"] == logged["images"]
+    assert written["temperature"] == state.temperature == logged["temperature"] and logged["temperature_before"] == 1
+    assert written["loss_calibrated"] <= written["loss_as_trained"] and 0 <= written["accuracy"] <= 1
+    assert sum(written["reliability_as_trained"]["count"]) == written["images"]
+    assert (out / "reliability_as_trained.png").is_file() and (out / "reliability_calibrated.png").is_file()
+    assert list((out / "wandb").glob("offline-run-*"))
     # a folder the run trained on entirely leaves nothing to fit on; a checkpoint without a split record is refused
     seen = tmp_path / "seen"
     trained_pixels = set(state.split["train_pixels"])
@@ -243,8 +255,8 @@ def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images
         if pixel_hash(load_rgb(file))[:16] in trained_pixels:
             (seen / file.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(file, seen / file.parent.name / file.name)
-    assert toolkit_main(["calibrate", str(old), str(seen)]) == 2
-    assert "no images are left" in capsys.readouterr().err
+    assert toolkit_main(["calibrate", str(old), str(seen), "--out", str(tmp_path / "refused")]) == 2
+    assert "no images are left" in capsys.readouterr().err and not (tmp_path / "refused").exists()
     state.split = None
     state.write(checkpoint)
     assert toolkit_main(["calibrate", str(old), str(tiny_intel)]) == 2

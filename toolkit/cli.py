@@ -158,13 +158,25 @@ def command_evaluate(args) -> None:
 def command_calibrate(args) -> None:
     from toolkit.predict import calibrate_checkpoint
 
-    result = calibrate_checkpoint(args.checkpoint, args.data, args.batch_size, args.device, args.workers)
+    out = Path(args.out or f"runs/calibrate-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = calibrate_checkpoint(args.checkpoint, args.data, args.batch_size, args.device, args.workers, out)
     print(f"temperature {result['temperature_before']:.3f} -> {result['temperature']:.3f}, fitted on "
           f"{result['images']} images of {args.data} the run never trained on or held out; on them: expected "
           f"calibration error {result['ece_as_trained']:.4f} -> {result['ece_calibrated']:.4f}, loss "
           f"{result['loss_as_trained']:.4f} -> {result['loss_calibrated']:.4f}")
+    for file, error in result["skipped"].items():
+        print(f"skipped {file}: {error}", file=sys.stderr)
     print(f"written to {result['checkpoint']}/trainer_state.json: predict and evaluate apply it "
           "(--no-calibrated: as trained)")
+    config = {"command": "calibrate", "checkpoint": result["checkpoint"], "data": args.data}
+    logger = _tool_logger(out, out.name, args.wandb_mode, config)  # after the fit: a refusal leaves no run
+    scores = {key: result[key] for key in ("temperature_before", "temperature", "images", "accuracy", "ece_as_trained",
+                                           "ece_calibrated", "loss_as_trained", "loss_calibrated")}
+    logger.log({f"calibrate/{key}": value for key, value in scores.items()}, step=0)
+    logger.log_images({f"calibrate/{name}": Path(figure) for name, figure in result["figures"].items()}, step=0)
+    logger.summary(scores)
+    logger.finish()
+    print(f"reliability diagrams before and after, and calibration.json, in {out}")
 
 
 def command_report(args) -> None:
@@ -484,7 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("checkpoint", help="a run directory or one of its checkpoints (the newest is written)")
     cal.add_argument("data", help="the data root the run trained on: the temperature is fitted on its training "
                      "folder's images the run neither trained on nor held out (its validation images)")
+    cal.add_argument("--out", default="", type=output_folder, help="output folder for calibration.json and the "
+                     "reliability diagrams before and after (default runs/calibrate-<time>)")
     add_classifier_loading_arguments(cal)
+    add_wandb_mode_argument(cal, help="the temperature, the scores before and after and the diagrams as a W&B run "
+                            "(job type calibrate; its local files in the --out folder)")
     cal.set_defaults(handler=command_calibrate)
 
     rep = commands.add_parser("report", help="a self-contained HTML report from run directories")

@@ -144,7 +144,7 @@ def plot_image_rows(rows: dict[str, list[np.ndarray]], path: Path, title: str = 
     return _save(figure, path)
 
 
-def plot_reliability(table: dict, ece: float, path: Path) -> Path:
+def plot_reliability(table: dict, ece: float, path: Path, title: str = "reliability") -> Path:
     """Reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 5))
@@ -154,7 +154,7 @@ def plot_reliability(table: dict, ece: float, path: Path) -> Path:
     axis.bar(centers, accuracy, width=width * 0.95, edgecolor="black", label="accuracy in bin")
     axis.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-             title=f"reliability (ECE {ece:.3f})")
+             title=f"{title} (ECE {ece:.3f})")
     axis.legend(loc="upper left")
     return _save(figure, path)
 

@@ -301,11 +301,13 @@ def unseen_training_folder_images(data: str, state, workers: int = 2) -> tuple[l
 
 
 def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, device: str = "cpu",
-                         workers: int = 2) -> dict:
+                         workers: int = 2, out_dir: Path | None = None) -> dict:
     """Fit (or refit) a classifier's calibration temperature after training, as the recipes do at the end of a
     run, on the images of DATA's training folder the run never trained on or held out, and write it into the
-    checkpoint's trainer state (predict and evaluate then apply it). For runs trained before calibration."""
+    checkpoint's trainer state (predict and evaluate then apply it). For runs trained before calibration.
+    out_dir: also calibration.json and the reliability diagrams on those images before and after."""
     from toolkit.inference import resolve_checkpoint
+    from toolkit.plots import plot_reliability
     from toolkit.train.evaluate import fit_temperature, with_temperature
     from toolkit.train.state import TrainerState
 
@@ -318,15 +320,28 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
     probabilities, labels = predictions.probabilities[good].astype(np.float64), np.asarray(labels)[good]
     temperature = fit_temperature(probabilities, labels)
     calibrated = with_temperature(probabilities, temperature)
-    result = {"checkpoint": str(folder), "images": len(labels), "temperature_before": state.temperature,
-              "temperature": temperature,
-              "ece_as_trained": expected_calibration_error(probabilities, labels)[0],
-              "ece_calibrated": expected_calibration_error(calibrated, labels)[0],
+    (ece_before, reliability_before), (ece_after, reliability_after) = (
+        expected_calibration_error(probabilities, labels), expected_calibration_error(calibrated, labels))
+    result = {"checkpoint": str(folder), "data": str(data), "images": len(labels),
+              "temperature_before": state.temperature, "temperature": temperature,
+              "ece_as_trained": ece_before, "ece_calibrated": ece_after,
               "loss_as_trained": mean_negative_log_likelihood(probabilities, labels),
-              "loss_calibrated": mean_negative_log_likelihood(calibrated, labels)}
+              "loss_calibrated": mean_negative_log_likelihood(calibrated, labels),
+              "accuracy": float((probabilities.argmax(1) == labels).mean()) if len(labels) else float("nan"),
+              "skipped": {str(files[i]): error for i, error in predictions.errors.items()}}
     state.temperature = temperature
     state.extra["calibration"] = {"by": "toolkit calibrate", "data": str(data), "images": len(labels)}
     state.write(folder)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result["figures"] = {
+            "reliability_as_trained": str(plot_reliability(reliability_before, ece_before,
+                                                           out_dir / "reliability_as_trained.png", "as trained")),
+            "reliability_calibrated": str(plot_reliability(reliability_after, ece_after,
+                                                           out_dir / "reliability_calibrated.png",
+                                                           f"temperature {temperature:.3f}"))}
+        write_json(out_dir / "calibration.json", {**result, "reliability_as_trained": reliability_before,
+                                                  "reliability_calibrated": reliability_after})
     return result
 
 
