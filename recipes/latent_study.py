@@ -23,7 +23,6 @@ curves, the same held-out images through every model, and W&B (sub-runs grouped 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from toolkit.models import DENOISERS
 from toolkit.models.autoencoders import AUTOENCODER_FAMILY
 from toolkit.recipes import recipe_module
 from toolkit.run import RunSettings, run_recipe, start_run
-from toolkit.runs import write_text_whole
+from toolkit.runs import write_json, write_text_whole
 from toolkit.studies import options_of, parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
 from toolkit.train.denoise import (
     NoiseSpec,
@@ -154,7 +153,7 @@ def main(cfg: Config) -> dict:
         "*training* MSE only: " + "; ".join(f"{k} {v}" for k, v in STUDY_TRAINING_MSE.items()))
     run.say("\n" + table + "\n")
     write_text_whole(run.run_dir / "latent_study.md", table + "\n")
-    write_text_whole(run.run_dir / "latent_study.json", json.dumps(result, indent=2, default=float))
+    write_json(run.run_dir / "latent_study.json", result)  # standard JSON: a score of no values is null
     run_dirs = {key: sub.run_dir for key, sub in configs.items()}
     figures = latent_figures(run.run_dir / "plots", result, data, names, seeds, run_dirs, noise, cfg.image_size,
                              cfg.grid_images, h_factor if cfg.nlm else None)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import multiprocessing
+import re
 import shutil
 import subprocess
 import sys
@@ -378,6 +379,18 @@ def test_latent_study_compares_every_model_and_baseline(tiny_intel, tmp_path):
         assert column in table
     for figure in ("psnr_vs_latent.png", "validation_curves.png", "side_by_side.png"):
         assert (run_dir / "plots" / figure).is_file()
+    # standard JSON, which every reader takes: a score of no values is null, never NaN; the report shows a dash
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    written = json.loads((run_dir / "latent_study.json").read_text(), parse_constant=refuse)
+    assert written["models"]["AE71"]["psnr"]["mean"] == pytest.approx(result["models"]["AE71"]["psnr"]["mean"])
+    written["models"]["AE10"]["psnr"]["mean"] = None  # as a model none of whose seeds was scored would read
+    (run_dir / "latent_study.json").write_text(json.dumps(written))
+    from toolkit.report import build_report
+
+    page = build_report([run_dir], tmp_path / "report").read_text()
+    assert re.search(r"AE10 \([0-9.]+x\) —", page)
     # the noisy input's row is measured on the held-out images, not copied from a model's run
     noisy = result["baselines"]["noisy input"]["psnr"]
     assert noisy == pytest.approx(result["models"]["AE10"]["per_seed"]["0"]["test_noisy_psnr"], abs=1e-6)

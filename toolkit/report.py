@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 import shutil
 import tempfile
@@ -228,11 +229,16 @@ def _comparison_section(page: _Page, run_dir: Path) -> None:
             _classifier_section(page, first, f"{model} run (seed {seeds[0]})")
 
 
+def _decibels(value) -> str:
+    """A PSNR in dB to two decimals; a dash where there is none (null in the JSON: a mean of no values)."""
+    return "—" if value is None or value != value else f"{value:.2f} dB"
+
+
 def _latent_section(page: _Page, run_dir: Path) -> None:
     study = read_json(run_dir / "latent_study.json") or {}
     models, baselines = study.get("models", {}), study.get("baselines", {})
     page.heading("The latent-size study: denoising autoencoders against baselines", 2)
-    ranked = sorted(models.items(), key=lambda item: -item[1]["psnr"]["mean"])
+    ranked = sorted(models.items(), key=lambda item: -(item[1]["psnr"]["mean"] or -math.inf))  # null: last
     if ranked:
         best = ranked[0]
         family = {k: v for k, v in models.items() if v.get("family")}
@@ -241,10 +247,10 @@ def _latent_section(page: _Page, run_dir: Path) -> None:
                  f"scored on the same held-out noisy images, with {len(study.get('seeds', []))} seed(s) per model. ")
         if family:
             story += "Autoencoders (latent / input: PSNR): " + ", ".join(
-                f"{k} ({v['latent_ratio']:.2f}x) {v['psnr']['mean']:.2f} dB" for k, v in
+                f"{k} ({v['latent_ratio']:.2f}x) {_decibels(v['psnr']['mean'])}" for k, v in
                 sorted(family.items(), key=lambda item: item[1]["latent_ratio"])) + ". "
-        story += f"Best trained model: {best[0]} at {best[1]['psnr']['mean']:.2f} dB PSNR. "
-        story += "Baselines: " + ", ".join(f"{k} {v['psnr']:.2f} dB" for k, v in baselines.items()) + "."
+        story += f"Best trained model: {best[0]} at {_decibels(best[1]['psnr']['mean'])} PSNR. "
+        story += "Baselines: " + ", ".join(f"{k} {_decibels(v['psnr'])}" for k, v in baselines.items()) + "."
         page.paragraph(story)
     if (run_dir / "latent_study.md").is_file():
         page.markdown_table((run_dir / "latent_study.md").read_text())
