@@ -147,9 +147,15 @@ def test_bad_command_lines_get_one_line_errors(tmp_path, capsys):
                               ("--batch_size=0", "--batch_size must be greater than 0"),
                               ("--epohcs=3", "Did you mean --epochs?"),
                               ("--width=wide", "--width expects a whole number"),
-                              ("--data=/definitely/missing", "does not exist")):
+                              ("--data=/definitely/missing", "does not exist"),
+                              (f"--data={Path(__file__)}", "is a file: pass the folder")):
         status, _, err = run_command_line("cnn", [argument, f"--run_dir={tmp_path / 'x'}"], capsys)
         assert status == 2 and message in err and "Traceback" not in err, (argument, err)
+        assert not (tmp_path / "x").exists(), argument  # refused before the run's folder and W&B run are made
+    for recipe in ("autoencoder", "blind_denoiser"):  # the denoisers' data keys too
+        status, _, err = run_command_line(recipe, ["--data=/definitely/missing", f"--run_dir={tmp_path / 'x'}"],
+                                          capsys)
+        assert status == 2 and "data folder /definitely/missing does not exist" in err and not (tmp_path / "x").exists()
     # a key that applies to another mode or model is refused, not ignored
     for recipe, arguments, message in (
             ("efficientnet_lite0", ["--mode=finetune", "--train_from_block=8"], "--train_from_block applies to "

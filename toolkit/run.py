@@ -219,6 +219,9 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
     from accelerate.utils import broadcast_object_list, set_seed
 
     cfg.check_run_settings()
+    check_data = getattr(cfg, "check_data_settings", None)  # a recipe's data keys (toolkit.data.settings)
+    if check_data is not None:
+        check_data()  # a missing data folder stops the run before its folder and W&B run are made
     state = PartialState(cpu=training_device_type() == "cpu")
     set_seed(cfg.seed)  # the same on every process: identical model initialisation
     if cfg.num_workers == 0:  # recorded in the config as the number used

@@ -21,7 +21,7 @@ import numpy as np
 
 from toolkit.data.beton import StoredImages, cache_folder, cached_beton, conflicting_duplicates
 from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_split, scan_labeled_folder
-from toolkit.data.settings import DEFAULT_DATA, DEFAULT_TEST_SPLIT, ClassificationDataSettings
+from toolkit.data.settings import DEFAULT_DATA, DEFAULT_TEST_SPLIT, ClassificationDataSettings, check_data_folder
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.data.synthetic import is_synthetic, write_synthetic_scenes
 from toolkit.errors import DataError
@@ -46,14 +46,10 @@ def find_data_root(data: str, cache_dir: Path | None = None, log=print) -> tuple
     made-up images).
     """
     cache_dir = cache_folder(cache_dir)
-    if data != "synthetic" and Path(data).is_file():
-        raise DataError(f"--data={data} is a file: pass the folder holding the class folders (or seg_train/ and "
-                        "seg_test/)")
+    check_data_folder(data, INTEL_DOWNLOAD_HINT, falls_back=data == DEFAULT_DATA)
     if data != "synthetic" and Path(data).exists():
         root = Path(data)
         return root, is_synthetic(root)
-    if data not in ("synthetic", DEFAULT_DATA):
-        raise DataError(f"data folder {data} does not exist. {INTEL_DOWNLOAD_HINT}")
     root = write_synthetic_scenes(cache_dir / "synthetic-scenes")
     if data == DEFAULT_DATA:
         log(SYNTHETIC_BANNER.format(requested=data, root=root, hint=INTEL_DOWNLOAD_HINT))

@@ -90,10 +90,6 @@ def load_clean_images(settings: CleanImageSettings, cache_dir: Path | str | None
     cache_dir = cache_folder(cache_dir)
     synthetic = settings.data == "synthetic"
     root = write_synthetic_scenes(cache_dir / "synthetic-scenes") / "seg_pred" if synthetic else Path(settings.data)
-    if not root.is_dir():
-        what = "is a file" if root.is_file() else "does not exist"
-        raise DataError(f"image folder {root} {what}: pass --data=PATH to a folder of clean photographs "
-                        "(e.g. CBSD432: the 432 colour BSD images that DnCNN, FFDNet and DRUNet train on)")
     files = list_image_files(root)
     if not files:
         raise DataError(f"{root} holds no image files")

@@ -11,10 +11,12 @@ defined, documented and validated in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from toolkit.config import check_fraction, check_non_negative, check_positive
-from toolkit.errors import ConfigError
+from toolkit.data.folders import INTEL_DOWNLOAD_HINT
+from toolkit.errors import ConfigError, DataError
 
 DEFAULT_DATA = "data/intel"
 DEFAULT_TEST_SPLIT = "seg_test"  # scored when it is there; without it part of the training images is held out
@@ -34,6 +36,7 @@ class ClassificationDataSettings:
 
     def check_data_settings(self) -> None:
         check_split_settings(self)
+        check_data_folder(self.data, INTEL_DOWNLOAD_HINT, falls_back=self.data == DEFAULT_DATA)
 
 
 @dataclass
@@ -48,6 +51,18 @@ class DenoisingDataSettings:
 
     def check_data_settings(self) -> None:
         check_split_settings(self)
+        check_data_folder(self.data, INTEL_DOWNLOAD_HINT, falls_back=self.data == DEFAULT_DATA)
+
+
+def check_data_folder(data: str, hint: str, falls_back: bool = False) -> None:
+    """--data names a folder that is there, or 'synthetic' (the built-in set), or, with falls_back, the default
+    that falls back to it when absent. Checked before a run starts (start_run), so that a typo stops the run
+    before its folder and W&B run are made, and not after hours of a study's other runs."""
+    if data == "synthetic" or Path(data).is_dir() or (falls_back and not Path(data).exists()):
+        return
+    if Path(data).exists():
+        raise DataError(f"--data={data} is a file: pass the folder that holds the images")
+    raise DataError(f"data folder {data} does not exist. {hint}")
 
 
 def check_split_settings(settings) -> None:
@@ -71,6 +86,8 @@ class CleanImageSettings:
     reduced_tile_repeats: int = 1  # each reduced training tile's turns per epoch (with --reductions)
 
     def check_data_settings(self) -> None:
+        check_data_folder(self.data, "Pass --data=PATH to a folder of clean photographs (e.g. CBSD432: the 432 "
+                          "colour BSD images that DnCNN, FFDNet and DRUNet train on)")
         check_fraction(self, "val_fraction")
         check_non_negative(self, "max_train_images")
         check_positive(self, "reduced_tile_repeats")
