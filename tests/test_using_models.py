@@ -248,6 +248,9 @@ def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images
     assert sum(written["reliability_as_trained"]["count"]) == written["images"]
     assert (out / "reliability_as_trained.png").is_file() and (out / "reliability_calibrated.png").is_file()
     assert list((out / "wandb").glob("offline-run-*"))
+    assert toolkit_main(["report", str(out), "--out", str(tmp_path / "page"), "--wandb_mode=disabled"]) == 0
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert f"temperature 1.000 → {state.temperature:.3f}" in page and page.count("<img") == 2
     # a folder the run trained on entirely leaves nothing to fit on; a checkpoint without a split record is refused
     seen = tmp_path / "seen"
     trained_pixels = set(state.split["train_pixels"])
@@ -304,7 +307,7 @@ def test_report_shows_a_run_that_has_not_finished_as_it_stands(trained, tmp_path
         "01-classifier--learning-curves-so-far.png", "02-denoiser--learning-curves-so-far.png"]
     (tmp_path / "empty").mkdir()
     assert toolkit_main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
-    assert "not a run, a study or an evaluation" in capsys.readouterr().err
+    assert "not a run, a study, an evaluation or a calibration" in capsys.readouterr().err
 
 
 def test_report_is_self_contained(report):

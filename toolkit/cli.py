@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = commands.add_parser("report", help="a self-contained HTML report from run directories")
     rep.add_argument("runs", nargs="+", help="run directories: classifier, denoiser, comparison, latent study, "
-                     "or toolkit evaluate output folders")
+                     "or toolkit evaluate and calibrate output folders")
     rep.add_argument("--out", default="", type=output_folder, help="output folder (default runs/report-<time>)")
     rep.add_argument("--title", default="", help="page title")
     add_wandb_mode_argument(rep, help="also log the figures to a W&B run")

@@ -38,6 +38,8 @@ def run_kind(run_dir: Path) -> str:
     metrics = read_json(run_dir / "metrics.json") or {}
     if "ece" in metrics:
         return "evaluation"
+    if (run_dir / "calibration.json").is_file():
+        return "calibration"
     if (read_json(run_dir / "config.json") or {}).get("recipe") and read_metrics(run_dir):
         return "unfinished"  # training now, or stopped before its end
     return "unknown"
@@ -204,6 +206,19 @@ def _evaluation_section(page: _Page, folder: Path) -> None:
         page.figure(folder / name, caption)
 
 
+def _calibration_section(page: _Page, folder: Path) -> None:
+    result = read_json(folder / "calibration.json") or {}
+    page.heading(f"Calibration of {result.get('checkpoint', '?')}", 3)
+    page.paragraph(f"temperature {result.get('temperature_before', 1):.3f} → {result.get('temperature', 1):.3f}, "
+                   f"fitted on {result.get('images')} images of {result.get('data', '?')} the run neither trained on "
+                   f"nor held out (accuracy {_percent(result.get('accuracy'))}); on them, expected calibration error "
+                   f"{_score(result.get('ece_as_trained'))} → {_score(result.get('ece_calibrated'))}, loss "
+                   f"{_score(result.get('loss_as_trained'))} → {_score(result.get('loss_calibrated'))}")
+    for name, caption in (("reliability_as_trained.png", "as trained"),
+                          ("reliability_calibrated.png", "with the temperature")):
+        page.figure(folder / name, caption)
+
+
 def _comparison_section(page: _Page, run_dir: Path) -> None:
     result = read_json(run_dir / "comparison.json") or {}
     models = result.get("models", {})
@@ -287,8 +302,8 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "") -> Path:
     kinds = {run_dir: run_kind(run_dir) for run_dir in run_dirs}
     unknown = [str(d) for d, kind in kinds.items() if kind == "unknown"]
     if unknown:
-        raise UserError(f"not a run, a study or an evaluation (no summary.json, comparison.json, latent_study.json, "
-                        f"metrics.json, or config.json with metrics.jsonl): "
+        raise UserError(f"not a run, a study, an evaluation or a calibration (no summary.json, comparison.json, "
+                        f"latent_study.json, metrics.json, calibration.json, or config.json with metrics.jsonl): "
                         f"{', '.join(unknown)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     page = _Page(out_dir)
@@ -324,6 +339,9 @@ def build_report(run_dirs: list[Path], out_dir: Path, title: str = "") -> Path:
             _denoiser_section(page, run_dir)
         elif kind == "unfinished":
             _unfinished_section(page, run_dir)
+        elif kind == "calibration":
+            page.heading("Calibration", 2)
+            _calibration_section(page, run_dir)
         else:
             page.heading("Evaluation", 2)
             _evaluation_section(page, run_dir)
