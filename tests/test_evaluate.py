@@ -20,6 +20,7 @@ from toolkit.train.evaluate import (
     expected_calibration_error,
     fit_temperature,
     mean_negative_log_likelihood,
+    tempered_log_probabilities,
     with_temperature,
 )
 
@@ -64,17 +65,19 @@ def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_ranking(
     # under-confident (T = 0.5) by exactly T, which the fit must find and which must lower the ECE
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, size=(20000, 6))
-    reported = np.exp(logits - logits.max(1, keepdims=True))
-    reported /= reported.sum(1, keepdims=True)
+    reported_log = tempered_log_probabilities(logits, 1.0)  # log softmax
+    reported = np.exp(reported_log)
+    assert np.allclose(reported, torch.from_numpy(logits).softmax(1).numpy())
     truth = with_temperature(reported, true_temperature)
+    assert np.allclose(truth, np.exp(tempered_log_probabilities(reported_log, true_temperature)))
     labels = np.array([rng.choice(6, p=row) for row in truth])
-    fitted = fit_temperature(reported, labels)
+    fitted = fit_temperature(reported_log, labels)
     assert fitted == pytest.approx(true_temperature, rel=0.05)
-    assert fitted == pytest.approx(fit_temperature(reported, labels, prior_sd=None), rel=1e-3)  # the prior: moot
-    calibrated = with_temperature(reported, fitted)
+    assert fitted == pytest.approx(fit_temperature(reported_log, labels, prior_sd=None), rel=1e-3)  # prior: moot
+    calibrated = np.exp(tempered_log_probabilities(reported_log, fitted))
     assert np.allclose(calibrated.sum(1), 1) and (calibrated.argmax(1) == reported.argmax(1)).all()
     assert expected_calibration_error(calibrated, labels)[0] < expected_calibration_error(reported, labels)[0] / 3
-    assert fit_temperature(reported[:0], labels[:0]) == 1.0  # nothing to fit on: as trained
+    assert fit_temperature(reported_log[:0], labels[:0]) == 1.0  # nothing to fit on: as trained
     # the same rescaling in the model's output, in log space
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 6))
@@ -84,13 +87,29 @@ def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_ranking(
     assert np.allclose(scaled, with_temperature(plain, 2.0), atol=1e-5)
 
 
+def test_a_confident_models_loss_and_temperature_read_its_log_probabilities_not_underflowed_probabilities():
+    """A model sure by hundreds of nats (a short or overfitted run): its other classes' probabilities are 0 in
+    float32, their logarithms are not. The loss counts a confident mistake in full, and a temperature rescales
+    the logarithms, as the model's own output divided by T does (predict and evaluate), not 0s clipped to 1e-30."""
+    logits = torch.tensor([[300.0, 0.0, -100.0], [0.0, 250.0, 10.0]])
+    log_probabilities = torch.log_softmax(logits, 1).numpy()
+    assert (np.exp(log_probabilities.astype(np.float32))[:, 2] == 0).all()  # underflowed
+    labels = np.array([2, 0])  # both wrong
+    assert mean_negative_log_likelihood(log_probabilities, labels) == pytest.approx(
+        F.cross_entropy(logits, torch.from_numpy(labels)).item(), rel=1e-6)  # 325 nats, not 69 (log 1e-30)
+    tempered = np.exp(tempered_log_probabilities(log_probabilities, 20.0))
+    assert np.allclose(tempered, torch.softmax(logits / 20.0, 1).numpy(), atol=1e-6)
+    assert tempered[0, 1] == pytest.approx(np.exp(-15) / (1 + np.exp(-15) + np.exp(-20)), rel=1e-5)
+    # fitted on such predictions, the temperature softens them (20, its bound), as their likelihood asks
+    assert fit_temperature(log_probabilities, labels, prior_sd=None) == pytest.approx(20.0, rel=1e-3)
+
+
 def _predictions_and_labels(rng, count: int, true_temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities a model reports for `count` images of 6 classes, and labels drawn from those probabilities
+    """Log-probabilities a model reports for `count` images of 6 classes, and labels drawn from those probabilities
     at the true temperature (2: the model is over-confident, 0.5: under-confident, 1: calibrated)."""
     logits = rng.normal(0, 3, size=(count, 6))
-    reported = np.exp(logits - logits.max(1, keepdims=True))
-    reported /= reported.sum(1, keepdims=True)
-    truth = with_temperature(reported, true_temperature)
+    reported = tempered_log_probabilities(logits, 1.0)  # log softmax
+    truth = np.exp(tempered_log_probabilities(reported, true_temperature))
     labels = (truth.cumsum(1) < rng.random((count, 1))).sum(1).clip(0, 5)
     return reported, labels
 
@@ -103,7 +122,7 @@ def test_a_temperature_fitted_on_few_images_is_held_near_one_and_does_better_on_
     with_prior, plain = [], []
     for true_temperature in (0.5, 0.7, 1.0, 1.5, 2.0):
         fresh, fresh_labels = _predictions_and_labels(rng, 20000, true_temperature)
-        best = mean_negative_log_likelihood(with_temperature(fresh, true_temperature), fresh_labels)
+        best = mean_negative_log_likelihood(tempered_log_probabilities(fresh, true_temperature), fresh_labels)
         for count in (20, 50):
             excess = {"prior": [], "plain": []}
             for _ in range(60):
@@ -111,7 +130,8 @@ def test_a_temperature_fitted_on_few_images_is_held_near_one_and_does_better_on_
                 for name, prior_sd in (("prior", 0.5), ("plain", None)):
                     temperature = fit_temperature(few, few_labels, prior_sd=prior_sd)
                     excess[name].append(
-                        mean_negative_log_likelihood(with_temperature(fresh, temperature), fresh_labels) - best)
+                        mean_negative_log_likelihood(tempered_log_probabilities(fresh, temperature), fresh_labels)
+                        - best)
             with_prior.append(np.mean(excess["prior"]))
             plain.append(np.mean(excess["plain"]))
     with_prior, plain = np.array(with_prior), np.array(plain)
@@ -144,4 +164,5 @@ def test_evaluate_classifier_equals_a_direct_computation(tiny_intel, cache_dir):
     assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
     assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
     assert np.allclose(metrics["probabilities"], logits.softmax(1).numpy(), atol=1e-5)
+    assert np.allclose(metrics["log_probabilities"], logits.log_softmax(1).numpy(), atol=1e-5)
     assert metrics["labels"].tolist() == listing.labels

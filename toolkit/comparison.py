@@ -79,15 +79,15 @@ def seed_ensemble(probabilities: list[np.ndarray], labels: np.ndarray, classes: 
     calibrated probabilities (the `test loss` row is as trained). One number on the test images, not an interval:
     it uses every seed."""
     from toolkit.stats import mcnemar
-    from toolkit.train.evaluate import mean_negative_log_likelihood
+    from toolkit.train.evaluate import log_of, mean_negative_log_likelihood
 
     mean = np.mean(probabilities, axis=0)
     right = mean.argmax(1) == labels
     alone = [float((p.argmax(1) == labels).mean()) for p in probabilities]
     against_seeds = [mcnemar(right, p.argmax(1) == labels) for p in probabilities]
     return {"members": len(probabilities), "accuracy": float(right.mean()),
-            "loss": mean_negative_log_likelihood(mean, labels),
-            "mean_seed_loss": float(np.mean([mean_negative_log_likelihood(p, labels) for p in probabilities])),
+            "loss": mean_negative_log_likelihood(log_of(mean), labels),
+            "mean_seed_loss": float(np.mean([mean_negative_log_likelihood(log_of(p), labels) for p in probabilities])),
             "per_class": {name: float(right[labels == i].mean()) if (labels == i).any() else None
                           for i, name in enumerate(classes)},
             "ahead_of_seeds": sum(float(right.mean()) > accuracy for accuracy in alone),

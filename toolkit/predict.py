@@ -46,6 +46,8 @@ class Predictions:
     # of an ensemble (predict_runs): each run's checkpoint, temperature and precision; the fields above are then
     # the mean probabilities, the first run's temperature and every precision used
     members: list[dict] = field(default_factory=list)
+    # the probabilities' logarithms, kept where they underflow to 0 in float32 (the loss and a temperature need them)
+    log_probabilities: np.ndarray | None = None
 
     @property
     def readable(self) -> np.ndarray:
@@ -148,7 +150,7 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
     temperature = state.temperature if calibrated else 1.0
     precision = inference_precision(mixed_precision, state, device, log=lambda m: print(m, file=sys.stderr))
     dtype = autocast_dtype(precision)
-    probabilities = np.full((len(files), len(classes)), np.nan, dtype=np.float32)
+    log_probabilities = np.full((len(files), len(classes)), np.nan, dtype=np.float32)
     hashes = [""] * len(files)
     errors: dict[int, str] = {}
     jobs = [(str(file), state.image_size) for file in files]
@@ -170,13 +172,14 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
                 with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                     log_probs = classifier_outputs(model, images, pre["mean"], pre["std"], flip_tta,
                                                    temperature)
-                probabilities[positions] = log_probs.exp().float().cpu().numpy()
+                log_probabilities[positions] = log_probs.float().cpu().numpy()
                 bar.update(len(batch))
                 batch, positions = [], []
             if error is not None:
                 bar.update(1)
-    return Predictions(files=files, probabilities=probabilities, errors=errors, classes=classes,
-                       pixel_hashes=hashes, mixed_precision=precision, temperature=temperature)
+    return Predictions(files=files, probabilities=np.exp(log_probabilities), errors=errors, classes=classes,
+                       pixel_hashes=hashes, mixed_precision=precision, temperature=temperature,
+                       log_probabilities=log_probabilities)
 
 
 def classifier_states(checkpoints: list[str]) -> list:
@@ -211,7 +214,12 @@ def predict_runs(checkpoints: list[str], files: list[Path], batch_size: int = 64
         return members[0]
     errors = {index: error for member in reversed(members) for index, error in member.errors.items()}
     first = members[0]
+    # the log of the mean probability, from the members' log-probabilities (the mean of underflowed ones is not 0)
+    stacked = np.stack([m.log_probabilities.astype(np.float64) for m in members])
+    peak = np.nan_to_num(stacked.max(axis=0), nan=0.0)
+    log_mean = peak + np.log(np.exp(stacked - peak).mean(axis=0))
     return Predictions(files=files, probabilities=np.mean([m.probabilities for m in members], axis=0),
+                       log_probabilities=log_mean.astype(np.float32),
                        errors=errors, classes=first.classes, pixel_hashes=first.pixel_hashes,
                        mixed_precision=", ".join(sorted({m.mixed_precision for m in members})),
                        temperature=first.temperature,
@@ -308,7 +316,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
     out_dir: also calibration.json and the reliability diagrams on those images before and after."""
     from toolkit.inference import resolve_checkpoint
     from toolkit.plots import plot_reliability
-    from toolkit.train.evaluate import fit_temperature, with_temperature
+    from toolkit.train.evaluate import fit_temperature, tempered_log_probabilities
     from toolkit.train.state import TrainerState
 
     folder = resolve_checkpoint(checkpoint)
@@ -317,15 +325,16 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
     files, labels = unseen_training_folder_images(data, state, workers)
     predictions = predict_files(str(folder), files, batch_size, None, device, workers, calibrated=False)
     good = predictions.readable
-    probabilities, labels = predictions.probabilities[good].astype(np.float64), np.asarray(labels)[good]
-    temperature = fit_temperature(probabilities, labels)
-    calibrated = with_temperature(probabilities, temperature)
+    log_probabilities, labels = predictions.log_probabilities[good].astype(np.float64), np.asarray(labels)[good]
+    temperature = fit_temperature(log_probabilities, labels)
+    calibrated = tempered_log_probabilities(log_probabilities, temperature)
+    probabilities = np.exp(log_probabilities)
     (ece_before, reliability_before), (ece_after, reliability_after) = (
-        expected_calibration_error(probabilities, labels), expected_calibration_error(calibrated, labels))
+        expected_calibration_error(probabilities, labels), expected_calibration_error(np.exp(calibrated), labels))
     result = {"checkpoint": str(folder), "data": str(data), "images": len(labels),
               "temperature_before": state.temperature, "temperature": temperature,
               "ece_as_trained": ece_before, "ece_calibrated": ece_after,
-              "loss_as_trained": mean_negative_log_likelihood(probabilities, labels),
+              "loss_as_trained": mean_negative_log_likelihood(log_probabilities, labels),
               "loss_calibrated": mean_negative_log_likelihood(calibrated, labels),
               "accuracy": float((probabilities.argmax(1) == labels).mean()) if len(labels) else float("nan"),
               "skipped": {str(files[i]): error for i, error in predictions.errors.items()}}
@@ -380,7 +389,8 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     predicted = probabilities.argmax(1)
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    loss = mean_negative_log_likelihood(probabilities, labels) * len(labels) if len(labels) else 0.0  # summed
+    loss = mean_negative_log_likelihood(predictions.log_probabilities[good], labels) * len(labels) \
+        if len(labels) else 0.0  # summed
     metrics = classification_metrics(confusion, loss)
     ece, reliability = expected_calibration_error(probabilities, labels)
     metrics.update(ece=ece, reliability=reliability, skipped={str(files[i]): e for i, e in predictions.errors.items()},

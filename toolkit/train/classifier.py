@@ -15,7 +15,7 @@ from toolkit.train.evaluate import (
     expected_calibration_error,
     fit_temperature,
     mean_negative_log_likelihood,
-    with_temperature,
+    tempered_log_probabilities,
 )
 from toolkit.train.loop import TrainingLoop
 
@@ -64,7 +64,7 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
     loop.run.logger.log(evaluation_scalars("val", validation, classes), state.step)
     # calibration: the temperature that makes the validation probabilities honest, kept in the checkpoint for
     # predict and evaluate (every process fits the same one: each holds all the validation predictions)
-    state.temperature = fit_temperature(validation["probabilities"], validation["labels"])
+    state.temperature = fit_temperature(validation["log_probabilities"], validation["labels"])
     val_ece = expected_calibration_error(validation["probabilities"], validation["labels"])[0]
     run.say(f"[val] final: loss {validation['loss']:.4f} accuracy {validation['accuracy']:.4f}; "
             f"calibration: temperature {state.temperature:.3f} (expected calibration error as trained {val_ece:.3f})")
@@ -93,9 +93,10 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
                        test_per_class_correct=dict(zip(classes, test["per_class_correct"])),
                        test_per_class_total=dict(zip(classes, test["per_class_total"])),
                        test_macro_f1=test["macro_f1"], test_confusion=test["confusion"],
-                       **calibration_scores(test["probabilities"], test["labels"], state.temperature))
+                       **calibration_scores(test["log_probabilities"], test["labels"], state.temperature))
         # from here on (figures, test_probabilities.npy) the probabilities as predict and evaluate give them
-        test["probabilities"] = with_temperature(test["probabilities"], state.temperature).astype(np.float32)
+        test["probabilities"] = np.exp(tempered_log_probabilities(test["log_probabilities"], state.temperature)
+                                       ).astype(np.float32)
         run.say(f"[test] {data.test_name}: loss {test['loss']:.4f} accuracy {test['accuracy']:.4f} "
                 f"({test['n']} images); expected calibration error {summary['test_ece']:.3f} as trained, "
                 f"{summary['test_ece_calibrated']:.3f} with the temperature")
@@ -111,11 +112,11 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
     return summary
 
 
-def calibration_scores(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+def calibration_scores(log_probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """Expected calibration error and loss of held-out predictions as trained and with the fitted temperature."""
-    calibrated = with_temperature(probabilities, temperature)
-    return {"test_ece": expected_calibration_error(probabilities, labels)[0],
-            "test_ece_calibrated": expected_calibration_error(calibrated, labels)[0],
+    calibrated = tempered_log_probabilities(log_probabilities, temperature)
+    return {"test_ece": expected_calibration_error(np.exp(log_probabilities), labels)[0],
+            "test_ece_calibrated": expected_calibration_error(np.exp(calibrated), labels)[0],
             "test_loss_calibrated": mean_negative_log_likelihood(calibrated, labels)}
 
 

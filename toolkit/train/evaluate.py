@@ -41,17 +41,33 @@ def classifier_outputs(model, images: torch.Tensor, mean, std, flip_tta: bool = 
     return F.log_softmax(log_probs / temperature, dim=1) if temperature != 1.0 else log_probs
 
 
+def tempered_log_probabilities(log_probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Log-probabilities (N, C) rescaled as log softmax(log p / temperature), in float64. From log-probabilities,
+    not probabilities: a confident model's small probabilities underflow to 0 in float32 (below about e^-87), their
+    logarithms do not, and the temperature needs them (dividing a log-probability of -200 by 20 gives -10)."""
+    scaled = np.asarray(log_probabilities, dtype=np.float64) / temperature
+    peak = scaled.max(axis=1, keepdims=True)
+    return scaled - peak - np.log(np.exp(scaled - peak).sum(axis=1, keepdims=True))
+
+
+def log_of(probabilities: np.ndarray) -> np.ndarray:
+    """Log-probabilities from probabilities where only these are kept (saved files, the mean of an ensemble's): a
+    probability that underflowed to 0 reads as 1e-30."""
+    return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-30, 1))
+
+
 def with_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities (N, C) rescaled as softmax(log p / temperature)."""
-    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-30, 1)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    scaled = np.exp(logits)
-    return scaled / scaled.sum(axis=1, keepdims=True)
+    """Probabilities (N, C) rescaled as softmax(log p / temperature) (tempered_log_probabilities from the
+    log-probabilities where they are at hand: exact for probabilities that underflowed)."""
+    return np.exp(tempered_log_probabilities(log_of(probabilities), temperature))
 
 
-def mean_negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The mean cross-entropy of probabilities (N, C) against integer labels (N,)."""
-    return float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-30, 1)).mean())
+def mean_negative_log_likelihood(log_probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The mean cross-entropy of log-probabilities (N, C) against integer labels (N,): what the runs' loss is,
+    a confidently wrong prediction counted in full (log_of gives them from probabilities)."""
+    if len(labels) == 0:
+        return float("nan")
+    return float(-np.asarray(log_probabilities, dtype=np.float64)[np.arange(len(labels)), labels].mean())
 
 
 # the spread of log T believed before any image is seen (T in about [0.37, 2.7] at two standard deviations):
@@ -59,11 +75,12 @@ def mean_negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) 
 TEMPERATURE_PRIOR_SD = 0.5
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray,
+def fit_temperature(log_probabilities: np.ndarray, labels: np.ndarray,
                     prior_sd: float | None = TEMPERATURE_PRIOR_SD) -> float:
     """Temperature scaling (Guo et al., 2017): the T in [0.05, 20] that minimises the negative log-likelihood
-    of softmax(log p / T) on held-back images (a run's validation images). T > 1 softens over-confident
-    probabilities, T < 1 sharpens under-confident ones; the ranking of the classes never changes.
+    of softmax(log p / T) on held-back images (a run's validation images), given their log-probabilities. T > 1
+    softens over-confident probabilities, T < 1 sharpens under-confident ones; the ranking of the classes never
+    changes.
 
     The fit is the most probable T under a normal prior on log T (mean 0, `prior_sd`; None: no prior, the plain
     maximum likelihood). On a few dozen images the plain fit follows their noise, often to an extreme T that
@@ -77,7 +94,8 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray,
         return 1.0
 
     def negative_log_posterior(log_t: float) -> float:
-        fit = count * mean_negative_log_likelihood(with_temperature(probabilities, np.exp(log_t)), labels)
+        tempered = tempered_log_probabilities(log_probabilities, np.exp(log_t))
+        fit = count * mean_negative_log_likelihood(tempered, labels)
         return fit + (0.0 if prior_sd is None else log_t**2 / (2 * prior_sd**2))
 
     found = minimize_scalar(negative_log_posterior, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
@@ -91,8 +109,8 @@ def evaluate_classifier(model, shard: Shard, accelerator, num_classes: int, mean
     """Loss, accuracy, per-class metrics and confusion matrix over every image of the set `shard` is part of.
 
     Each process scores its own shard (possibly empty); counts and losses are added up over processes.
-    With keep_predictions, the result also holds 'probabilities' (N, C) and 'labels' (N,) for the whole
-    set in its own order (every process gathers the shards and puts each row back at its position).
+    With keep_predictions, the result also holds 'log_probabilities' and 'probabilities' (N, C) and 'labels' (N,)
+    for the whole set in its own order (every process gathers the shards and puts each row back at its position).
     """
     model = accelerator.unwrap_model(model)  # DDP's forward would sync buffers: shards of unequal length deadlock
     share_buffers(model, accelerator)
@@ -101,7 +119,7 @@ def evaluate_classifier(model, shard: Shard, accelerator, num_classes: int, mean
     device = accelerator.device
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    kept_probabilities, kept_labels = [], []
+    kept_log_probabilities, kept_labels = [], []
     for images, labels in shard.loader:
         with accelerator.autocast():
             log_probs = classifier_outputs(model, images, mean, std, flip_tta)
@@ -110,26 +128,28 @@ def evaluate_classifier(model, shard: Shard, accelerator, num_classes: int, mean
         predictions = log_probs.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2)
         if keep_predictions:
-            kept_probabilities.append(log_probs.exp().cpu())
+            kept_log_probabilities.append(log_probs.float().cpu())
             kept_labels.append(labels.cpu().clone())  # FFCV reuses its batch buffers
     confusion = accelerator.reduce(confusion, reduction="sum")
     loss_sum = accelerator.reduce(loss_sum, reduction="sum")
     model.train(was_training)
     metrics = classification_metrics(confusion.view(num_classes, num_classes).cpu().numpy(), float(loss_sum))
     if keep_predictions:
-        probabilities = torch.cat(kept_probabilities) if kept_probabilities else torch.zeros(0, num_classes)
+        log_probabilities = torch.cat(kept_log_probabilities) if kept_log_probabilities else \
+            torch.zeros(0, num_classes)
         labels = torch.cat(kept_labels) if kept_labels else torch.zeros(0, dtype=torch.int64)
-        parts = [(shard.positions, probabilities, labels)]
+        parts = [(shard.positions, log_probabilities, labels)]
         if accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
             parts = gather_object(parts)
-        ordered_probabilities = np.full((shard.total, num_classes), np.nan, dtype=np.float32)
+        ordered_log_probabilities = np.full((shard.total, num_classes), np.nan, dtype=np.float32)
         ordered_labels = np.full(shard.total, -1, dtype=np.int64)
-        for positions, part_probabilities, part_labels in parts:  # strided shards: back to the set's order
-            ordered_probabilities[positions] = part_probabilities.numpy()
+        for positions, part_log_probabilities, part_labels in parts:  # strided shards: back to the set's order
+            ordered_log_probabilities[positions] = part_log_probabilities.numpy()
             ordered_labels[positions] = part_labels.numpy()
-        metrics["probabilities"] = ordered_probabilities
+        metrics["log_probabilities"] = ordered_log_probabilities
+        metrics["probabilities"] = np.exp(ordered_log_probabilities)
         metrics["labels"] = ordered_labels
     return metrics
 
