@@ -143,6 +143,48 @@ def test_two_cpu_processes_train_together_survive_sigkill_resume_exactly_and_kee
     assert status == 2 and "2 process(es) and this run has 1" in err
 
 
+@pytest.mark.parametrize("recipe, args", [
+    ("fast_cnn", ["--train_image_sizes=24,32", "--image_size=40", "--widths=8,16,16,32", "--epochs=2"]),
+    ("efficientnet_lite0", ["--image_size=32", "--train_from_block=12", "--epochs=2"])])
+def test_the_other_classifiers_score_with_two_processes_what_their_checkpoint_scores_alone(recipe, args, odd_intel,
+                                                                                           tmp_path):
+    """fast_cnn (a second stored size for evaluation, BatchNorm, a weight average) and EfficientNet-Lite0's top mode
+    (the frozen blocks' features cached by one process, read by both): their saved test probabilities, calibrated,
+    equal what `toolkit evaluate` gives for the checkpoint in one process, image by image, and their metrics are
+    logged once per step."""
+    run_dir = tmp_path / recipe
+    result = torchrun([f"--data={odd_intel}", f"--run_dir={run_dir}", *args, "--batch_size=8", "--eval_batch_size=32",
+                       "--eval_every=3", "--checkpoint_every=2", "--num_workers=1", "--figures=false",
+                       "--mixed_precision=no"], recipe=recipe)
+    assert result.returncode == 0, ended(result)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["test_images"] == 35
+    steps = [step for step, _ in series(read_metrics(run_dir), "train/loss")]
+    assert steps == sorted(set(steps))
+    out = tmp_path / "evaluate"
+    assert toolkit_main(["evaluate", str(run_dir), str(odd_intel / "seg_test"), "--out", str(out)]) == 0
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    alone = np.array([[float(x) for x in row.split(",")[-len(summary["classes"]) - 1:-1]] for row in rows])
+    assert np.allclose(alone, np.load(run_dir / "test_probabilities.npy"), atol=1e-4)
+    scored = json.loads((out / "metrics.json").read_text())
+    assert scored["accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert scored["loss"] == pytest.approx(summary["test_loss_calibrated"], rel=1e-4)
+
+
+def test_the_blind_denoiser_trains_with_two_processes_and_scores_every_validation_tile_once(tmp_path):
+    run_dir = tmp_path / "blind"
+    result = torchrun(["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_every=5",
+                       "--num_workers=1", "--grid_images=2", "--epochs=1", "--reductions=1,2",
+                       "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={run_dir}"], recipe="blind_denoiser")
+    assert result.returncode == 0, ended(result)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["val_tiles"] == 18  # 2 held-out images x 9 tiles, not padded
+    steps = [step for step, _ in series(read_metrics(run_dir), "train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == summary["steps"]
+    assert {"val_psnr_15", "val_psnr_50", "val/x2/psnr_25"} <= set(summary) | {
+        key for record in read_metrics(run_dir) for key in record}
+
+
 def test_two_processes_time_a_budget_together_and_train_as_the_epochs_it_chose(tiny_intel, tmp_path):
     """--train_minutes with two processes: each times as many stand-in steps as the one that needs most (their
     steps synchronise the gradients, so unequal counts would hang), the slowest median plans, and the timing
