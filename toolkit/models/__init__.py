@@ -19,7 +19,7 @@ from toolkit.errors import CheckpointError, ConfigError
 from toolkit.models.autoencoders import AUTOENCODER_FAMILY, ConvAutoencoder, family_autoencoder
 from toolkit.models.cnn import SceneCNN
 from toolkit.models.denoisers import DnCNN, ResUNet, UNetDenoiser
-from toolkit.models.efficientnet_lite import efficientnet_lite0
+from toolkit.models.efficientnet_lite import efficientnet_lite0, efficientnet_lite2
 from toolkit.models.fast_resnet import FastResNet
 from toolkit.models.resnet import resnet18_classifier
 
@@ -28,6 +28,7 @@ CLASSIFIERS = {
     "resnet18_classifier": resnet18_classifier,  # torchvision ResNet18, new head
     "FastResNet": FastResNet,  # fast_cnn's residual network
     "efficientnet_lite0": efficientnet_lite0,  # EfficientNet-Lite0 (ImageNet weights offline)
+    "efficientnet_lite2": efficientnet_lite2,  # EfficientNet-Lite2 (ImageNet weights offline)
 }
 DENOISERS = {
     **{name: partial(family_autoencoder, name) for name in AUTOENCODER_FAMILY},  # AE5 ... AE146 (the study's three)

