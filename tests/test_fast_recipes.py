@@ -1,5 +1,5 @@
-"""Issue 4's pieces: the fast network, EfficientNet-Lite0 and its offline ImageNet weights, the
-schedule and weight averaging, and the two recipes on tiny data."""
+"""The fast network, EfficientNet-Lite0 and -Lite2 and their offline ImageNet weights, the schedule and weight
+averaging, and the two recipes on tiny data."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from conftest import run_command_line
 from PIL import Image
 from test_recipes import assert_same_final_weights, final_weights, run_in_process
 
@@ -15,10 +16,13 @@ from toolkit.inference import load_trained_model
 from toolkit.models.efficientnet_lite import (
     LITE_MEAN,
     LITE_STD,
+    NETWORK_NAMES,
     efficientnet_lite0,
-    load_lite0_imagenet,
+    efficientnet_lite2,
+    last_stages_start,
+    load_lite_imagenet,
     map_efficientnet_pytorch_keys,
-    packaged_lite0_weights,
+    packaged_weights,
 )
 from toolkit.models.fast_resnet import FastResNet
 from toolkit.train.ema import ModelEMA
@@ -29,7 +33,8 @@ CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
 
 @pytest.mark.parametrize("make, size", [(lambda: FastResNet(6), 48), (lambda: FastResNet(6), 61),
-                                        (lambda: efficientnet_lite0(num_classes=6), 64)])
+                                        (lambda: efficientnet_lite0(num_classes=6), 64),
+                                        (lambda: efficientnet_lite2(num_classes=6), 64)])
 def test_new_models_shape_gradients_finiteness(make, size):
     torch.manual_seed(0)
     model = make()
@@ -49,9 +54,11 @@ def _imagenet_top(model, image: np.ndarray) -> tuple[int, float]:
     return int(probabilities.argmax()), float(probabilities.max())
 
 
-def test_offline_imagenet_weights_recognise_real_photos():
-    model = efficientnet_lite0()
-    assert "ImageNet head" in load_lite0_imagenet(model)
+@pytest.mark.parametrize("network, make", [("efficientnet_lite0", efficientnet_lite0),
+                                           ("efficientnet_lite2", efficientnet_lite2)])
+def test_offline_imagenet_weights_recognise_real_photos(network, make):
+    model = make()
+    assert "ImageNet head" in load_lite_imagenet(model, network)
     model.eval()
     label, probability = _imagenet_top(model, skimage.data.coffee())
     assert label == ESPRESSO and probability > 0.8
@@ -59,12 +66,19 @@ def test_offline_imagenet_weights_recognise_real_photos():
 
 
 def test_key_mapping_covers_every_tensor_and_refuses_strangers():
-    state = torch.load(packaged_lite0_weights(), map_location="cpu", weights_only=True)
-    mapped = map_efficientnet_pytorch_keys(state)
-    own = {k for k in efficientnet_lite0().state_dict() if "num_batches_tracked" not in k}
-    assert set(mapped) == own
+    for network, make, blocks, top in (("efficientnet_lite0", efficientnet_lite0, 16, 11),
+                                       ("efficientnet_lite2", efficientnet_lite2, 21, 15)):
+        state = torch.load(packaged_weights(network), map_location="cpu", weights_only=True)
+        mapped = map_efficientnet_pytorch_keys(state)
+        model = make()
+        own = {k for k in model.state_dict() if "num_batches_tracked" not in k}
+        assert set(mapped) == own
+        assert len(model.blocks) == blocks and last_stages_start(model) == top
     with pytest.raises(UserError, match="unexpected key"):
         map_efficientnet_pytorch_keys({"layer1.weight": torch.zeros(1)})
+    # one network's weights given for the other: said, not loaded half-way
+    with pytest.raises(UserError, match="does not fit EfficientNet-Lite2"):
+        load_lite_imagenet(efficientnet_lite2(), "efficientnet_lite2", packaged_weights("efficientnet_lite0"))
 
 
 def test_one_cycle_schedule_shape():
@@ -137,13 +151,25 @@ def test_fast_cnn_runs_and_resumes_exactly_with_its_weight_average(tiny_intel, t
     assert resumed["test_accuracy"] == whole["test_accuracy"]
 
 
-@pytest.mark.parametrize("mode", ["top", "finetune", "linear_probe"])
-def test_efficientnet_recipe_modes(tiny_intel, tmp_path, mode):
+@pytest.mark.parametrize("network, mode", [("efficientnet_lite0", "top"), ("efficientnet_lite0", "finetune"),
+                                           ("efficientnet_lite0", "linear_probe"), ("efficientnet_lite2", "top")])
+def test_efficientnet_recipe_modes(tiny_intel, tmp_path, network, mode, capsys):
     summary = run_in_process("efficientnet_lite0", [
         f"--data={tiny_intel}", f"--run_dir={tmp_path / mode}", f"--mode={mode}", "--image_size=32",
-        "--batch_size=16", "--eval_batch_size=32", "--max_steps=3", "--num_workers=1"])
-    assert summary["recipe"] == f"efficientnet_lite0-{mode}" and "ImageNet" in summary["weights"]
+        "--batch_size=16", "--eval_batch_size=32", "--max_steps=3", "--num_workers=1", f"--model={network}"])
+    assert summary["recipe"] == f"{network}-{mode}" and f"ImageNet {NETWORK_NAMES[network]}" in summary["weights"]
     assert 0 <= summary["test_accuracy"] <= 1
+    if mode == "top":  # from the last two stages: the blocks below are cached
+        assert f"[top] blocks[:{ {'efficientnet_lite0': 11, 'efficientnet_lite2': 15}[network]}] features" in \
+            capsys.readouterr().out
+    model, _ = load_trained_model(tmp_path / mode)  # the checkpoint rebuilds its own network
+    assert len(model.blocks) == {"efficientnet_lite0": 16, "efficientnet_lite2": 21}[network]
+
+
+def test_efficientnet_recipe_refuses_a_block_its_network_lacks(capsys):
+    status, _, err = run_command_line("efficientnet_lite0", ["--model=efficientnet_lite2", "--train_from_block=22"],
+                                      capsys)
+    assert status == 2 and "--train_from_block must be 1..21 (EfficientNet-Lite2 has 21 blocks)" in err
 
 
 def test_efficientnet_top_mode_resumes_exactly_from_its_cached_features(tiny_intel, tmp_path):
@@ -155,10 +181,10 @@ def test_efficientnet_top_mode_resumes_exactly_from_its_cached_features(tiny_int
     assert_same_final_weights(tmp_path / "whole", tmp_path / "split")
     assert resumed["test_accuracy"] == whole["test_accuracy"]
     frozen = final_weights(tmp_path / "whole")
-    from toolkit.models.efficientnet_lite import efficientnet_lite0, load_lite0_imagenet
+    from toolkit.models.efficientnet_lite import efficientnet_lite0, load_lite_imagenet
 
     pretrained = efficientnet_lite0(num_classes=6)
-    load_lite0_imagenet(pretrained)
+    load_lite_imagenet(pretrained)
     assert torch.equal(frozen["blocks.3.depthwise.0.weight"], pretrained.state_dict()["blocks.3.depthwise.0.weight"])
     assert not torch.equal(frozen["blocks.14.depthwise.0.weight"],
                            pretrained.state_dict()["blocks.14.depthwise.0.weight"])
