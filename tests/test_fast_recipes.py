@@ -81,6 +81,13 @@ def test_key_mapping_covers_every_tensor_and_refuses_strangers():
         load_lite_imagenet(efficientnet_lite2(), "efficientnet_lite2", packaged_weights("efficientnet_lite0"))
 
 
+def test_the_benchmark_times_top_mode_from_the_block_the_recipe_trains_from():
+    from toolkit.benchmark import recipe_models
+
+    [entry] = [entry for name, entry in recipe_models().items() if name.endswith("(efficientnet_lite0)")]
+    assert entry["split"] == 11 and len(entry["build"]().blocks) == 16  # the default: Lite0's last two stages
+
+
 def test_one_cycle_schedule_shape():
     lrs = [one_cycle_lr(step, 100, 1.0, warmup_fraction=0.2, final_fraction=0.02) for step in range(100)]
     assert lrs[0] == pytest.approx(0.05) and max(lrs) == pytest.approx(1.0) and lrs.index(1.0) == 19

