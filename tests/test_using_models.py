@@ -263,7 +263,7 @@ def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images
     state.split = None
     state.write(checkpoint)
     assert toolkit_main(["calibrate", str(old), str(tiny_intel)]) == 2
-    assert "cannot be calibrated" in capsys.readouterr().err
+    assert "it cannot be calibrated" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_folder_with_other_classes(trained, tmp_path):
@@ -428,6 +428,35 @@ def test_an_ensemble_of_runs_predicts_and_is_evaluated_with_the_mean_of_their_pr
     assert metrics["accuracy"] == pytest.approx(np.mean([row["predicted"] == t for row, t in zip(rows, truth)]))
     assert toolkit_main(["report", str(out), "--out", str(tmp_path / "report"), "--wandb_mode=disabled"]) == 0
     assert f"in an ensemble with {runs[1]}" in (tmp_path / "report" / "index.html").read_text()
+
+    # --validation: the images a run neither trained on nor held out, what it validated on (the same accuracy as its
+    # own final validation); of an ensemble, those no run trained on or held out (seeds validate on other images)
+    from toolkit.data.classification import DIGEST_CHARS
+    from toolkit.data.images import load_rgb, pixel_hash
+
+    pixels = {file: pixel_hash(load_rgb(file))[:DIGEST_CHARS] for file in sorted((pool / "seg_train").rglob("*.jpg"))}
+    splits = [TrainerState.read(resolve_checkpoint(run_dir)).split for run_dir in runs]
+    unseen = [{f for f, h in pixels.items() if h not in {*split["train_pixels"], *(i["pixels"] for i in
+                                                                                     split["held_out"])}}
+              for split in splits]
+    assert toolkit_main(["evaluate", str(runs[0]), str(pool), "--validation", "--out", str(tmp_path / "val")]) == 0
+    said = capsys.readouterr()
+    validated = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert validated["n"] == len(unseen[0]) > 0 and f"on the run's {len(unseen[0])} validation images" in said.out
+    assert {row["file"] for row in _read_csv(tmp_path / "val" / "predictions.csv")} == {str(f) for f in unseen[0]}
+    assert validated["accuracy"] == pytest.approx(summary["val_accuracy"]) and "(validation images)" in \
+        validated["folder"] and "temperature was fitted on its validation images" in said.err
+    common = unseen[0] & unseen[1]
+    status = toolkit_main(["evaluate", str(runs[0]), str(pool), "--validation", "--out", str(tmp_path / "val2"),
+                           "--ensemble", str(runs[1])])
+    if common:
+        assert status == 0 and json.loads((tmp_path / "val2" / "metrics.json").read_text())["n"] == len(common)
+    else:
+        assert status == 2 and "trained on or held out by one of these runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one or the other, said by argparse
+        toolkit_main(["evaluate", str(runs[0]), str(pool), "--validation", "--held_out"])
+    assert "--held_out: not allowed with argument --validation" in capsys.readouterr().err
 
     def altered(name: str, change) -> str:
         copy = tmp_path / name

@@ -121,9 +121,10 @@ def command_evaluate(args) -> None:
     out = Path(args.out or f"runs/evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     metrics = evaluate_folder(args.checkpoint, Path(args.data), out, args.batch_size, args.tta, args.device,
                               args.workers, held_out=args.held_out, mixed_precision=args.mixed_precision,
-                              calibrated=args.calibrated, ensemble=args.ensemble)
+                              calibrated=args.calibrated, ensemble=args.ensemble, validation=args.validation)
     owner = "the runs'" if args.ensemble else "the run's"
-    what = f"{owner} {metrics['n']} held-out images" if args.held_out else f"{metrics['n']} images"
+    what = f"{owner} {metrics['n']} held-out images" if args.held_out else \
+        f"{owner} {metrics['n']} validation images" if args.validation else f"{metrics['n']} images"
     members = metrics["ensemble"]
     precision = ", ".join(precision_name(name) for name in metrics["mixed_precision"].split(", "))
     temperature = (f"an ensemble of {len(members)} runs, temperatures "
@@ -132,6 +133,10 @@ def command_evaluate(args) -> None:
     print(f"accuracy {metrics['accuracy']:.4f} on {what}, loss {metrics['loss']:.4f}, "
           f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} ({precision}; "
           f"{temperature})")
+    if args.validation and args.calibrated:
+        print("note: each run's temperature was fitted on its validation images, so the loss and calibration error "
+              "on them flatter it; their accuracy does not depend on it (--no-calibrated: as trained)",
+              file=sys.stderr)
     if metrics["training_images"]:
         print(f"WARNING: {metrics['training_images']} of these images were in the run's training set "
               f"(e.g. {metrics['training_image_examples'][0]}): this score is not a held-out one", file=sys.stderr)
@@ -142,7 +147,8 @@ def command_evaluate(args) -> None:
     for file, error in metrics["skipped"].items():
         print(f"skipped {file}: {error}", file=sys.stderr)
     config = {"command": "evaluate", "checkpoint": args.checkpoint, "ensemble": args.ensemble, "data": args.data,
-              "held_out": args.held_out, "calibrated": args.calibrated, "mixed_precision": metrics["mixed_precision"]}
+              "held_out": args.held_out, "validation": args.validation, "calibrated": args.calibrated,
+              "mixed_precision": metrics["mixed_precision"]}
     logger = _tool_logger(out, out.name, args.wandb_mode, config)  # after the evaluation: a refusal leaves no run
     scores = {key: metrics[key] for key in ("accuracy", "loss", "macro_f1", "ece", "n")}
     logger.log({f"evaluate/{key}": value for key, value in scores.items()}, step=0)
@@ -484,9 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     ev.add_argument("data", help="a folder of <class>/<image> with the checkpoint's classes")
     ev.add_argument("--out", default="", type=output_folder, help="output folder (default runs/evaluate-<time>)")
-    ev.add_argument("--held_out", action="store_true",
-                    help="score exactly the images the run held out of DATA's training folder (recorded in the "
-                    "checkpoint), DATA being the data root the run trained on")
+    split = ev.add_mutually_exclusive_group()
+    split.add_argument("--held_out", action="store_true",
+                       help="score exactly the images the run held out of DATA's training folder (recorded in the "
+                       "checkpoint), DATA being the data root the run trained on")
+    split.add_argument("--validation", action="store_true",
+                       help="score the images of DATA's training folder the run neither trained on nor held out (its "
+                       "validation images; with --ensemble, those no run trained on or held out), to choose options "
+                       "and ensembles on while the held-out images stay for reporting")
     add_classifier_loading_arguments(ev)
     add_classifier_output_arguments(ev)
     add_wandb_mode_argument(ev, help="the scores, the per-class table and the figures as a W&B run (job type evaluate)")

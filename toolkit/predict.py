@@ -284,27 +284,31 @@ def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
-def unseen_training_folder_images(data: str, state, workers: int = 2) -> tuple[list[Path], list[int]]:
-    """The images of DATA's training folder that the run neither trained on nor held out, told apart by their
-    pixels as the checkpoint recorded them: its validation images (and, for a run trained on a subset, the
-    training images it left out). What a temperature is fitted on after the fact."""
+def unseen_training_folder_images(data: str, states: list, workers: int = 2) -> tuple[list[Path], list[int]]:
+    """The images of DATA's training folder that no run of `states` trained on or held out, told apart by their
+    pixels as the checkpoints recorded them: a run's validation images (and, for a run trained on a subset, the
+    training images it left out); of several runs of one split, their common validation images. What a temperature
+    is fitted on after the fact, and what `toolkit evaluate --validation` scores to choose on."""
     from toolkit.data.classification import DIGEST_CHARS
 
-    split = state.split or {}
-    if not split.get("train_pixels"):
-        raise UserError("this checkpoint does not record which images it trained on (written by an older "
-                        "toolkit): its validation images cannot be told apart, so it cannot be calibrated")
+    for state in states:
+        if not (state.split or {}).get("train_pixels"):
+            raise UserError("this checkpoint does not record which images it trained on (written by an older "
+                            "toolkit): its validation images cannot be told apart, so it cannot be calibrated or "
+                            "scored on them")
     folder = training_folder(data)
-    listing = scan_labeled_folder(folder, classes=state.classes)
-    excluded = set(split["train_pixels"]) | {item["pixels"] for item in split.get("held_out", [])}
+    listing = scan_labeled_folder(folder, classes=states[0].classes)
+    excluded = {pixels for state in states for pixels in
+                [*state.split["train_pixels"], *(item["pixels"] for item in state.split.get("held_out", []))]}
     with forked_pool(workers) as pool:
         hashes = list(tqdm(pool.imap(_full_pixel_hash, [str(f) for f in listing.files], chunksize=32),
                            total=len(listing.files), unit="img", desc="hashing", disable=not bars_enabled(),
                            file=sys.stderr))
     unseen = [i for i, full in enumerate(hashes) if full and full[:DIGEST_CHARS] not in excluded]
     if not unseen:
-        raise UserError(f"every image under {folder} was trained on or held out by this run: no images are left "
-                        "to fit a temperature on (is this the data root the run trained on?)")
+        owner = "this run" if len(states) == 1 else "one of these runs (runs of other seeds validate on other images)"
+        raise UserError(f"every image under {folder} was trained on or held out by {owner}: no images are left "
+                        "(is this the data root the run trained on?)")
     return [listing.files[i] for i in unseen], [int(listing.labels[i]) for i in unseen]
 
 
@@ -322,7 +326,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
     folder = resolve_checkpoint(checkpoint)
     state = TrainerState.read(folder)  # the weights are loaded once, by predict_files
     require_classifier(state, checkpoint)
-    files, labels = unseen_training_folder_images(data, state, workers)
+    files, labels = unseen_training_folder_images(data, [state], workers)
     predictions = predict_files(str(folder), files, batch_size, None, device, workers, calibrated=False)
     good = predictions.readable
     log_probabilities, labels = predictions.log_probabilities[good].astype(np.float64), np.asarray(labels)[good]
@@ -356,13 +360,16 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
 
 def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: int = 64, flip_tta: bool | None = None,
                     device: str = "cpu", workers: int = 2, gallery: int = 24, held_out: bool = False,
-                    mixed_precision: str | None = None, calibrated: bool = True, ensemble: list[str] = ()) -> dict:
+                    mixed_precision: str | None = None, calibrated: bool = True, ensemble: list[str] = (),
+                    validation: bool = False) -> dict:
     """Accuracy, per-class precision/recall/F1, confusion matrix, calibration and the most confident
     mistakes of a checkpoint on a labeled folder (or, with held_out, on exactly the images its run held
     out of that data root's training folder, as the checkpoint recorded them); figures and metrics.json
     written to out_dir. Images the run trained on are counted and named: a score on them is not held-out.
     ensemble: more runs whose probabilities are averaged with the checkpoint's (predict_runs); with held_out,
-    every run must have held out the same images, and an image any of them trained on counts as trained on."""
+    every run must have held out the same images, and an image any of them trained on counts as trained on.
+    validation: instead, the data root's training images that no run trained on or held out (a run's validation
+    images), to choose options and ensembles on without touching the held-out ones."""
     from toolkit.data.classification import DIGEST_CHARS
     from toolkit.plots import image_grid, plot_confusion, plot_grouped_bars, plot_reliability
 
@@ -375,6 +382,8 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
                 raise UserError(f"{other} held out other images than {checkpoint}: an ensemble is scored with "
                                 "--held_out only on images every run held out; evaluate it on a labeled folder")
         files, all_labels = held_out_images(str(folder), state)
+    elif validation:
+        files, all_labels = unseen_training_folder_images(str(folder), states, workers)
     else:
         listing = scan_labeled_folder(folder, classes=state.classes)
         files, all_labels = listing.files, listing.labels
@@ -394,7 +403,9 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     metrics = classification_metrics(confusion, loss)
     ece, reliability = expected_calibration_error(probabilities, labels)
     metrics.update(ece=ece, reliability=reliability, skipped={str(files[i]): e for i, e in predictions.errors.items()},
-                   checkpoint=str(checkpoint), folder=str(folder) + (" (held-out split)" if held_out else ""),
+                   checkpoint=str(checkpoint),
+                   folder=str(folder) + (" (held-out split)" if held_out else " (validation images)" if validation
+                                         else ""),
                    mixed_precision=predictions.mixed_precision,
                    temperature=None if predictions.members else predictions.temperature,
                    ensemble=predictions.members, training_images=len(seen_in_training),
