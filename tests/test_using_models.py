@@ -246,6 +246,11 @@ def test_calibrate_fits_an_old_runs_temperature_on_exactly_its_validation_images
     assert written["temperature"] == state.temperature == logged["temperature"] and logged["temperature_before"] == 1
     assert written["loss_calibrated"] <= written["loss_as_trained"] and 0 <= written["accuracy"] <= 1
     assert sum(written["reliability_as_trained"]["count"]) == written["images"]
+    from toolkit.plots import plot_reliability  # the diagram drawn again from the JSON, whose empty bins are null
+
+    assert None in written["reliability_as_trained"]["accuracy"]
+    assert plot_reliability(written["reliability_as_trained"], written["ece_as_trained"], tmp_path / "again.png",
+                            "as trained").is_file()
     assert (out / "reliability_as_trained.png").is_file() and (out / "reliability_calibrated.png").is_file()
     assert list((out / "wandb").glob("offline-run-*"))
     assert toolkit_main(["report", str(out), "--out", str(tmp_path / "page"), "--wandb_mode=disabled"]) == 0

@@ -145,17 +145,23 @@ def plot_image_rows(rows: dict[str, list[np.ndarray]], path: Path, title: str = 
 
 
 def plot_reliability(table: dict, ece: float, path: Path, title: str = "reliability") -> Path:
-    """Reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    """Reliability diagram: accuracy against confidence per bin, each bar labelled with its number of images (a bin
+    of one image reads 0 or 1), with the diagonal of perfect calibration."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 5))
     centers = [(lo + hi) / 2 for lo, hi in zip(table["lower"], table["upper"])]
     width = table["upper"][0] - table["lower"][0]
-    accuracy = [a if a == a else 0 for a in table["accuracy"]]  # empty bins (NaN) drawn as 0 height
+    accuracy = [a if a is not None and a == a else 0 for a in table["accuracy"]]  # empty bins (NaN; null in JSON): 0
     axis.bar(centers, accuracy, width=width * 0.95, edgecolor="black", label="accuracy in bin")
+    for center, height, count in zip(centers, accuracy, table["count"]):  # how many images each bar stands on
+        if count:
+            axis.annotate(str(count), (center, height), xytext=(0, 2), textcoords="offset points", ha="center",
+                          va="bottom", fontsize=7, rotation=90 if count >= 1000 else 0)
     axis.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-             title=f"{title} (ECE {ece:.3f})")
-    axis.legend(loc="upper left")
+    axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.12), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1],
+             title=f"{title} (ECE {ece:.3f})\n")
+    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+    axis.text(0.01, 1.10, "images per bin on the bars", fontsize=7, color="gray", va="top")
     return _save(figure, path)
 
 
