@@ -511,3 +511,26 @@ def test_predict_and_evaluate_run_in_the_precision_the_model_was_trained_with(ti
     assert asked.mixed_precision == "bf16" and np.isfinite(asked.probabilities).all()
     assert inference_precision(None, SimpleNamespace(mixed_precision="fp16"), "cpu", log=messages.append) == "no"
     assert inference_precision(None, SimpleNamespace(mixed_precision="no"), "cpu", log=messages.append) == "no"
+
+
+def test_classifier_commands_score_in_small_batches_on_a_cpu_keeping_freed_memory():
+    """On a CPU predict, evaluate and calibrate score in batches of 8 and keep freed memory in the process, so that
+    the next batch's activations need no fresh pages from the system (scripts/inference_memory.py measures both)."""
+    import resource
+
+    import torch
+
+    from toolkit.cli import classifier_batch_size
+
+    assert classifier_batch_size(SimpleNamespace(batch_size=None, device="cpu")) == 8
+    assert classifier_batch_size(SimpleNamespace(batch_size=None, device="cuda:0")) == 64
+    assert classifier_batch_size(SimpleNamespace(batch_size=32, device="cpu")) == 32  # asked for: obeyed
+
+    def fresh_pages_for_an_8_mb_block() -> int:  # an activation of a batch of 8 at 75x75 px, 32 channels: 5.8 MB
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = torch.ones(2 * 2**20)  # 8 MB, written to
+        del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults = [fresh_pages_for_an_8_mb_block() for _ in range(5)]  # the first ones grow the heap
+    assert faults[-1] < 200, faults  # 2,048 pages of 4 KB at every block when it comes back from the system
