@@ -534,3 +534,14 @@ def test_classifier_commands_score_in_small_batches_on_a_cpu_keeping_freed_memor
 
     faults = [fresh_pages_for_an_8_mb_block() for _ in range(5)]  # the first ones grow the heap
     assert faults[-1] < 200, faults  # 2,048 pages of 4 KB at every block when it comes back from the system
+
+
+def test_the_inference_memory_script_prints_both_ways_against_the_old_default(trained):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "inference_memory.py"
+    result = run_script([sys.executable, str(script), str(trained), "--batches", "2", "4", "--images", "8"],
+                        env={"WANDB_MODE": "disabled"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert len(rows) == 4 and all(float(row[-1].rstrip("x")) > 0 for row in rows)
+    assert "as glibc does" in result.stdout and "kept freed" in result.stdout
+    assert result.stdout.splitlines()[2].endswith("1.00x")  # the largest batch as glibc does is the baseline
