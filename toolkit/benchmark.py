@@ -324,7 +324,11 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
     if "compile" in sections and unknown:
         raise UserError(f"--compile_recipes: unknown recipes {sorted(unknown)}; choose from {', '.join(recipes)}")
     torch.set_num_threads(os.cpu_count() or 1)
-    results = {"machine": machine_description(), "command": "toolkit benchmark", "sections": sections, "tiny": tiny}
+    from toolkit.memory import keep_freed_memory
+
+    kept = keep_freed_memory()  # as every training run keeps it (start_run): the steps timed as they train
+    results = {"machine": machine_description(), "command": "toolkit benchmark", "sections": sections, "tiny": tiny,
+               "freed_memory_kept": kept}
     native_bf16 = results["machine"]["native_bf16"]
     print(f"[benchmark] {results['machine']['description']}")
 

@@ -218,11 +218,16 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, set_seed
 
+    from toolkit.memory import keep_freed_memory
+
     cfg.check_run_settings()
     check_data = getattr(cfg, "check_data_settings", None)  # a recipe's data keys (toolkit.data.settings)
     if check_data is not None:
         check_data()  # a missing data folder stops the run before its folder and W&B run are made
     state = PartialState(cpu=training_device_type() == "cpu")
+    # a step's activations stay in the process for the next step instead of going back to the system and being
+    # faulted in again: the classifiers' training steps 1.12-1.19x faster on 2 AMD EPYC cores (toolkit.memory)
+    kept = keep_freed_memory()
     set_seed(cfg.seed)  # the same on every process: identical model initialisation
     if cfg.num_workers == 0:  # recorded in the config as the number used
         cfg.num_workers = default_num_workers()
@@ -262,7 +267,8 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
 
     if state.is_main_process:
         print_line(f"[run] {recipe}: run directory {run_dir}" + ("" if shared else " (local to each machine)"))
-        print_line(f"[run] CPU: {describe_cpu()}")
+        print_line(f"[run] CPU: {describe_cpu()}" + ("; freed memory kept in the process for the next step" if kept
+                                                      else ""))
         print_line(f"[run] config:\n{format_config(cfg)}")
     wandb_mode, wandb_reason = choose_wandb_mode(cfg.wandb_mode)
     resume_step = int(resume_from.name.split("-")[1]) if resume_from is not None else None
