@@ -8,6 +8,7 @@ exactly as the .beton files were written for training (toolkit.data.images.load_
 from __future__ import annotations
 
 import csv
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,17 +38,22 @@ from toolkit.worker_pool import forked_pool
 @dataclass
 class Predictions:
     files: list[Path]  # every input, in order
-    probabilities: np.ndarray  # (N, C); NaN rows for files that could not be read
+    # (N, C), NaN rows for files that could not be read: logarithms, which keep what float32 probabilities lose to
+    # underflow (a confident model's other classes), and the loss and a temperature need
+    log_probabilities: np.ndarray
     errors: dict[int, str]  # index -> why the file was skipped
     classes: list[str]
     pixel_hashes: list[str] | None = None  # hash of each file's decoded pixels ('' if unreadable)
     mixed_precision: str = "no"  # what the model ran in
     temperature: float = 1.0  # the calibration temperature the probabilities were divided by (1: as trained)
     # of an ensemble (predict_runs): each run's checkpoint, temperature and precision; the fields above are then
-    # the mean probabilities, the first run's temperature and every precision used
+    # the log of the mean probabilities, the first run's temperature and every precision used
     members: list[dict] = field(default_factory=list)
-    # the probabilities' logarithms, kept where they underflow to 0 in float32 (the loss and a temperature need them)
-    log_probabilities: np.ndarray | None = None
+
+    @functools.cached_property
+    def probabilities(self) -> np.ndarray:
+        """(N, C) probabilities, NaN rows for files that could not be read."""
+        return np.exp(self.log_probabilities)
 
     @property
     def readable(self) -> np.ndarray:
@@ -177,9 +183,8 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
                 batch, positions = [], []
             if error is not None:
                 bar.update(1)
-    return Predictions(files=files, probabilities=np.exp(log_probabilities), errors=errors, classes=classes,
-                       pixel_hashes=hashes, mixed_precision=precision, temperature=temperature,
-                       log_probabilities=log_probabilities)
+    return Predictions(files=files, log_probabilities=log_probabilities, errors=errors, classes=classes,
+                       pixel_hashes=hashes, mixed_precision=precision, temperature=temperature)
 
 
 def classifier_states(checkpoints: list[str]) -> list:
@@ -214,13 +219,13 @@ def predict_runs(checkpoints: list[str], files: list[Path], batch_size: int = 64
         return members[0]
     errors = {index: error for member in reversed(members) for index, error in member.errors.items()}
     first = members[0]
+    from scipy.special import logsumexp  # (here, not at import: 0.3 s of start-up for commands that never need it)
+
     # the log of the mean probability, from the members' log-probabilities (the mean of underflowed ones is not 0)
     stacked = np.stack([m.log_probabilities.astype(np.float64) for m in members])
-    peak = np.nan_to_num(stacked.max(axis=0), nan=0.0)
-    log_mean = peak + np.log(np.exp(stacked - peak).mean(axis=0))
-    return Predictions(files=files, probabilities=np.mean([m.probabilities for m in members], axis=0),
-                       log_probabilities=log_mean.astype(np.float32),
-                       errors=errors, classes=first.classes, pixel_hashes=first.pixel_hashes,
+    log_mean = logsumexp(stacked, axis=0) - np.log(len(members))
+    return Predictions(files=files, log_probabilities=log_mean.astype(np.float32), errors=errors,
+                       classes=first.classes, pixel_hashes=first.pixel_hashes,
                        mixed_precision=", ".join(sorted({m.mixed_precision for m in members})),
                        temperature=first.temperature,
                        members=[{"checkpoint": str(checkpoint), "temperature": m.temperature,
@@ -412,8 +417,7 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
                    training_image_examples=seen_in_training[:10],
                    classes=classes)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_predictions_csv(Predictions(files, predictions.probabilities, predictions.errors, classes),
-                          out_dir / "predictions.csv", top_k=2)
+    write_predictions_csv(predictions, out_dir / "predictions.csv", top_k=2)
     figures = {
         "confusion": plot_confusion(confusion, classes, out_dir / "confusion.png",
                                     f"confusion matrix ({metrics['n']} images)"),

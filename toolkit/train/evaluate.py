@@ -45,9 +45,10 @@ def tempered_log_probabilities(log_probabilities: np.ndarray, temperature: float
     """Log-probabilities (N, C) rescaled as log softmax(log p / temperature), in float64. From log-probabilities,
     not probabilities: a confident model's small probabilities underflow to 0 in float32 (below about e^-87), their
     logarithms do not, and the temperature needs them (dividing a log-probability of -200 by 20 gives -10)."""
+    from scipy.special import logsumexp
+
     scaled = np.asarray(log_probabilities, dtype=np.float64) / temperature
-    peak = scaled.max(axis=1, keepdims=True)
-    return scaled - peak - np.log(np.exp(scaled - peak).sum(axis=1, keepdims=True))
+    return scaled - logsumexp(scaled, axis=1, keepdims=True)
 
 
 def log_of(probabilities: np.ndarray) -> np.ndarray:
