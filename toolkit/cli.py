@@ -346,11 +346,7 @@ SELF_ENSEMBLE_HELP = ("average the model's outputs over the image's 8 rotations 
 
 def classifier_batch_size(args) -> int:
     """--batch_size, or its default for the device: 8 on a CPU (EfficientNet-Lite0 scored 8.1 ms per image in batches
-    of 8, 9.8 in 16, 16.0 in 64 on an AMD EPYC's 2 cores, with toolkit.memory.keep_freed_memory), 64 on a GPU. Also
-    keeps freed memory in the process for the batches to come (toolkit.memory)."""
-    from toolkit.memory import keep_freed_memory
-
-    keep_freed_memory()
+    of 8, 9.8 in 16, 16.0 in 64 on an AMD EPYC's 2 cores, freed memory kept: predict_files), 64 on a GPU."""
     return args.batch_size or (8 if args.device == "cpu" else 64)
 
 

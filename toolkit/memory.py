@@ -5,9 +5,9 @@ heap once 128 KB lie free at its top, so a batch's activations come back from th
 batch: on 2 cores of an AMD EPYC, `toolkit evaluate` of EfficientNet-Lite0 in batches of 64 spent 14 ms of system
 time per image beside 20 of its own (page faults). keep_freed_memory serves blocks up to 32 MB from the heap and
 keeps up to 512 MB of it free: the same scoring then took 8.1 ms per image in batches of 8 against 17.6 in batches
-of 64 as before (`python scripts/inference_memory.py RUN`). Every training run keeps it too (start_run): the
-classifiers' training steps ran 1.12-1.19x faster so (`toolkit benchmark`'s step table, 6 steps each, in two
-processes), the blind denoiser's, whose patches are small, level.
+of 64 as before (`python scripts/inference_memory.py RUN`; predict_files keeps it). Every training run keeps it
+too (start_run): the classifiers' training steps ran 1.12-1.19x faster so (`toolkit benchmark`'s step table, 6 steps
+each, in two processes), the blind denoiser's, whose patches are small, level.
 """
 
 from __future__ import annotations
