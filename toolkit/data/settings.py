@@ -36,7 +36,6 @@ class ClassificationDataSettings:
 
     def check_data_settings(self) -> None:
         check_split_settings(self)
-        check_data_folder(self.data, INTEL_DOWNLOAD_HINT, falls_back=self.data == DEFAULT_DATA)
 
 
 @dataclass
@@ -51,7 +50,6 @@ class DenoisingDataSettings:
 
     def check_data_settings(self) -> None:
         check_split_settings(self)
-        check_data_folder(self.data, INTEL_DOWNLOAD_HINT, falls_back=self.data == DEFAULT_DATA)
 
 
 def check_data_folder(data: str, hint: str, falls_back: bool = False) -> None:
@@ -66,7 +64,9 @@ def check_data_folder(data: str, hint: str, falls_back: bool = False) -> None:
 
 
 def check_split_settings(settings) -> None:
-    """The keys both image-folder settings share: fractions in [0, 1), a validation set, a positive size."""
+    """The keys both image-folder settings share: the data folder (or the default, which falls back to the built-in
+    set), fractions in [0, 1), a validation set, a positive size."""
+    check_data_folder(settings.data, INTEL_DOWNLOAD_HINT, falls_back=settings.data == DEFAULT_DATA)
     check_fraction(settings, "val_fraction", "holdout_fraction")
     check_non_negative(settings, "max_train_images")
     check_positive(settings, "image_size")

@@ -43,7 +43,6 @@ def precision_name(precision: str) -> str:
     return PRECISION_NAMES.get(precision, precision)
 
 
-
 def _cpuinfo_field(name: str) -> str:
     """The first `name : value` line's value in /proc/cpuinfo ('' where there is none, or no Linux)."""
     if platform.system() != "Linux":
