@@ -8,9 +8,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import RECIPES, ROOT, TINY_CLASSIFIER, load_recipe, run_command_line, run_script
+from PIL import Image
 from safetensors.torch import load_file
 
 from toolkit.config import parse_config
@@ -169,6 +171,42 @@ def test_bad_command_lines_get_one_line_errors(tmp_path, capsys):
         status, _, err = run_command_line(recipe, [argument, f"--run_dir={tmp_path / 'x'}"], capsys)
         key = argument[2:].split("=")[0]
         assert status == 2 and f"--{key} must be at least 0 and below 1" in err, (recipe, argument, err)
+
+
+def test_a_data_folder_a_run_cannot_use_is_refused_before_the_run_folder(tmp_path, tiny_intel, capsys):
+    """What is in the data folder is checked before the run's folder and W&B run are made, not only whether it is
+    there: no split, no class folders, one class, a test folder of other classes, a named test folder missing, a
+    denoiser's folder without images or with one."""
+    def image(path: Path, seed: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
+
+    for index in range(3):
+        image(tmp_path / "one_class" / "beach" / f"{index}.png", index)
+        image(tmp_path / "other_test" / "seg_train" / ["beach", "forest", "sea"][index] / "a.png", index)
+    image(tmp_path / "other_test" / "seg_test" / "desert" / "a.png", 9)
+    (tmp_path / "imageless" / "seg_train" / "beach").mkdir(parents=True)
+    (tmp_path / "imageless" / "seg_train" / "sea").mkdir()
+    (tmp_path / "one_image").mkdir()
+    image(tmp_path / "one_image" / "a.png", 5)
+    cases = [
+        ("cnn", tmp_path / "imageless" / "seg_train" / "beach", [], "no 'seg_train' split under"),
+        ("cnn", tmp_path / "one_class", [], "needs images of two classes or more; "
+                                            f"{tmp_path / 'one_class'} has images of 1 (beach)"),
+        ("resnet18", tmp_path / "imageless", [], "has images of 0 (none)"),
+        ("fast_cnn", tmp_path / "other_test", [], f"{tmp_path / 'other_test' / 'seg_test'} has classes ['desert'], "
+                                                  f"but the training folder {tmp_path / 'other_test' / 'seg_train'} "
+                                                  "has ['beach', 'forest', 'sea']"),
+        ("cnn", tiny_intel, ["--test_split=seg_tset"], "no test folder 'seg_tset' under"),
+        ("autoencoder", tmp_path / "imageless", ["--pool_split=seg_train"], "seg_train holds no image files"),
+        ("blind_denoiser", tmp_path / "one_image", [], "one_image holds one image file"),
+        ("blind_denoiser", tmp_path / "imageless", [], "imageless holds no image files"),
+    ]
+    for recipe, data, arguments, message in cases:
+        status, _, err = run_command_line(recipe, [f"--data={data}", *arguments, f"--run_dir={tmp_path / 'x'}"],
+                                          capsys)
+        assert status == 2 and message in err and "Traceback" not in err, (recipe, data, err)
+        assert not (tmp_path / "x").exists(), (recipe, data)
 
 
 def test_help_lists_every_key(capsys):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data.beton import StoredImages, cache_folder, cached_beton, conflicting_duplicates
-from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_split, scan_labeled_folder
+from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_classification_splits, scan_labeled_folder
 from toolkit.data.settings import DEFAULT_DATA, DEFAULT_TEST_SPLIT, ClassificationDataSettings, check_data_folder
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.data.synthetic import is_synthetic, write_synthetic_scenes
@@ -114,17 +114,11 @@ def load_classification_data(settings: ClassificationDataSettings, seed: int, im
     data, train_split, test_split = settings.data, settings.train_split, settings.test_split
     cache_dir = Path(cache_dir) if cache_dir else None
     root, synthetic = find_data_root(data, cache_dir, log)
-    train_folder = find_split(root, train_split)
-    if train_folder is None:
-        raise DataError(f"no '{train_split}' split under {root}: expected {root}/{train_split}/<class>/<image> "
-                        f"or {root}/<class>/<image>. {INTEL_DOWNLOAD_HINT}")
+    train_folder, test_folder = find_classification_splits(
+        root, train_split, test_split, test_required=test_split not in ("", "none", DEFAULT_TEST_SPLIT))
     listing = scan_labeled_folder(train_folder)
     for name in listing.empty_classes:
         log(f"[data] warning: class folder {train_folder / name} holds no images")
-    with_images = sorted({listing.classes[label] for label in listing.labels})
-    if len(with_images) < 2:
-        raise DataError(f"a classifier needs images of two classes or more; {train_folder} has images of "
-                        f"{len(with_images)} ({', '.join(with_images) or 'none'}): add a folder of images per class")
     common = dict(store_size=image_size or settings.image_size, storage=settings.storage, cache_dir=cache_dir,
                   num_workers=num_workers, log=log)
     train_set = cached_beton(f"{_slug(root)}-{train_split}", listing.root, listing.files, listing.labels,
@@ -137,10 +131,6 @@ def load_classification_data(settings: ClassificationDataSettings, seed: int, im
         usable = np.array([i for i in usable if i not in conflicting])
         log(f"[data] left out {len(conflicting)} identical images that carry different labels")
 
-    test_folder = find_split(root, test_split) if test_split else None
-    if test_folder is None and test_split not in ("", "none", DEFAULT_TEST_SPLIT):  # named, so meant to be there
-        raise DataError(f"no test folder '{test_split}' under {root}: name one that is there, or pass "
-                        "--test_split=none to hold out part of the training images as the test set")
     if test_folder is not None:
         test_listing = scan_labeled_folder(test_folder, classes=listing.classes)
         test_set = cached_beton(f"{_slug(root)}-{test_split}", test_listing.root, test_listing.files,

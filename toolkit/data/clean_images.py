@@ -90,9 +90,7 @@ def load_clean_images(settings: CleanImageSettings, cache_dir: Path | str | None
     cache_dir = cache_folder(cache_dir)
     synthetic = settings.data == "synthetic"
     root = write_synthetic_scenes(cache_dir / "synthetic-scenes") / "seg_pred" if synthetic else Path(settings.data)
-    files = list_image_files(root)
-    if not files:
-        raise DataError(f"{root} holds no image files")
+    files = list_image_files(root)  # two or more: settings.check_data_settings
     tile = settings.tile_size
     reductions = settings.reduction_factors()
     tiles, boxes = [], []

@@ -16,7 +16,7 @@ import numpy as np
 
 from toolkit.data.beton import StoredImages, cached_beton
 from toolkit.data.classification import HOLDOUT_SEED, _slug, find_data_root
-from toolkit.data.folders import find_split, scan_unlabeled_folder
+from toolkit.data.folders import find_pool_folder, scan_unlabeled_folder
 from toolkit.data.settings import DenoisingDataSettings
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.errors import DataError
@@ -52,15 +52,9 @@ def load_denoising_data(settings: DenoisingDataSettings, seed: int, cache_dir: P
     pool_split, image_size = settings.pool_split, settings.image_size
     cache_dir = Path(cache_dir) if cache_dir else None
     root, synthetic = find_data_root(settings.data, cache_dir, log)
-    pool = pool_split
-    folder = find_split(root, pool_split)
-    if folder is None and pool_split == "seg_pred":
-        folder, pool = find_split(root, "seg_train"), "seg_train"
-        if folder is not None:
-            log(f"[data] no seg_pred under {root}: using the seg_train images as the unlabeled pool")
-    if folder is None:
-        raise DataError(f"no '{pool_split}' folder under {root}: pass --pool_split=NAME of a folder of images "
-                        "(class subfolders are fine; their labels are ignored)")
+    folder, pool = find_pool_folder(root, pool_split)
+    if pool != pool_split:
+        log(f"[data] no {pool_split} under {root}: using the {pool} images as the unlabeled pool")
     files = scan_unlabeled_folder(folder)
     stored = cached_beton(f"{_slug(root)}-{pool}-unlabeled", folder, files, None, None, image_size,
                           settings.storage, cache_dir=cache_dir, num_workers=num_workers, log=log)

@@ -85,27 +85,47 @@ def _class_folders(root: Path) -> list[Path]:
     return sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
 
 
-def scan_labeled_folder(root: Path | str, classes: list[str] | None = None) -> LabeledImages:
-    """Scan <root>/<class>/**/<image>. With `classes` given, the folder must hold exactly those."""
+def first_images(folder: Path, count: int) -> list[Path]:
+    """Up to `count` images below a folder, the first met: whether a folder holds images, without listing them all."""
+    found = []
+    for path in folder.rglob("*"):
+        if is_image_file(path):
+            found.append(path)
+            if len(found) == count:
+                break
+    return found
+
+
+def check_labeled_folder(root: Path | str, classes: list[str] | None = None,
+                         classes_from: str = "the model was trained on") -> list[str]:
+    """The class folder names of <root>/<class>/**/<image>, after checking that the folder is there, holds class
+    folders and, with `classes` given, exactly those (`classes_from` says whose they are); quick (the images are
+    not listed)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data folder {root} does not exist. {INTEL_DOWNLOAD_HINT}")
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a folder of <class>/<image> files")
-    folders = _class_folders(root)
-    if not folders:
-        loose = list_image_files(root)
-        what = f"{len(loose)} images but no class folders" if loose else "no class folders"
+    found = [folder.name for folder in _class_folders(root)]
+    if not found:
+        loose = len(first_images(root, 2))
+        what = "images but no class folders" if loose else "no class folders"
         raise DataError(f"{root} holds {what}: a labeled dataset needs <root>/<class>/<image> files")
-    found = [folder.name for folder in folders]
     if classes is not None and sorted(classes) != found:
         missing = sorted(set(classes) - set(found))
         extra = sorted(set(found) - set(classes))
         raise DataError(
-            f"{root} has classes {found}, but the model was trained on {list(classes)} "
+            f"{root} has classes {found}, but {classes_from} {list(classes)} "
             f"(missing: {missing or 'none'}, unexpected: {extra or 'none'}); "
             "use a folder with the same class folders"
         )
+    return found
+
+
+def scan_labeled_folder(root: Path | str, classes: list[str] | None = None) -> LabeledImages:
+    """Scan <root>/<class>/**/<image>. With `classes` given, the folder must hold exactly those."""
+    root = Path(root)
+    found = check_labeled_folder(root, classes)
     class_list = list(classes) if classes is not None else found
     files: list[Path] = []
     labels: list[int] = []
@@ -119,6 +139,42 @@ def scan_labeled_folder(root: Path | str, classes: list[str] | None = None) -> L
     if not files:
         raise DataError(f"{root} has class folders {found} but no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return LabeledImages(root=root.resolve(), classes=class_list, files=files, labels=labels, empty_classes=empty)
+
+
+def find_classification_splits(root: Path, train_split: str, test_split: str,
+                               test_required: bool) -> tuple[Path, Path | None]:
+    """The training folder and the test folder (None when absent and not `test_required`) below a data root,
+    each checked to hold class folders, the same ones, with images of at least two classes for training."""
+    train_folder = find_split(root, train_split)
+    if train_folder is None:
+        raise DataError(f"no '{train_split}' split under {root}: expected {root}/{train_split}/<class>/<image> "
+                        f"or {root}/<class>/<image>. {INTEL_DOWNLOAD_HINT}")
+    classes = check_labeled_folder(train_folder)
+    with_images = [name for name in classes if first_images(train_folder / name, 1)]
+    if len(with_images) < 2:
+        raise DataError(f"a classifier needs images of two classes or more; {train_folder} has images of "
+                        f"{len(with_images)} ({', '.join(with_images) or 'none'}): add a folder of images per class")
+    test_folder = find_split(root, test_split) if test_split else None
+    if test_folder is None and test_required:
+        raise DataError(f"no test folder '{test_split}' under {root}: name one that is there, or pass "
+                        "--test_split=none to hold out part of the training images as the test set")
+    if test_folder is not None:
+        check_labeled_folder(test_folder, classes, classes_from=f"the training folder {train_folder} has")
+    return train_folder, test_folder
+
+
+def find_pool_folder(root: Path, pool_split: str) -> tuple[Path, str]:
+    """The folder of images to denoise below a data root and its split name: `pool_split`, or for the default
+    seg_pred, when absent, seg_train (its class folders' labels ignored); checked to hold images."""
+    pool, folder = pool_split, find_split(root, pool_split)
+    if folder is None and pool_split == "seg_pred":
+        pool, folder = "seg_train", find_split(root, "seg_train")
+    if folder is None:
+        raise DataError(f"no '{pool_split}' folder under {root}: pass --pool_split=NAME of a folder of images "
+                        "(class subfolders are fine; their labels are ignored)")
+    if not first_images(folder, 1):
+        raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return folder, pool
 
 
 def scan_unlabeled_folder(root: Path | str) -> list[Path]:

@@ -4,6 +4,8 @@
     class Config(ClassificationDataSettings, RunSettings):
         lr: float = 9e-4  # Adam learning rate
 
+Each checks its folder's layout too (splits, class folders, images there), quickly, without listing every
+image, so that `start_run` refuses a folder a run cannot use before the run's folder and W&B run are made.
 The loaders take the settings object itself (`load_classification_data(cfg, ...)`), so a key is
 defined, documented and validated in one place.
 """
@@ -15,7 +17,13 @@ from pathlib import Path
 from typing import Literal
 
 from toolkit.config import check_fraction, check_non_negative, check_positive
-from toolkit.data.folders import INTEL_DOWNLOAD_HINT
+from toolkit.data.folders import (
+    IMAGE_EXTENSIONS,
+    INTEL_DOWNLOAD_HINT,
+    find_classification_splits,
+    find_pool_folder,
+    first_images,
+)
 from toolkit.errors import ConfigError, DataError
 
 DEFAULT_DATA = "data/intel"
@@ -36,6 +44,9 @@ class ClassificationDataSettings:
 
     def check_data_settings(self) -> None:
         check_split_settings(self)
+        if has_folder_of_its_own(self.data):
+            find_classification_splits(Path(self.data), self.train_split, self.test_split,
+                                       test_required=self.test_split not in ("", "none", DEFAULT_TEST_SPLIT))
 
 
 @dataclass
@@ -50,6 +61,13 @@ class DenoisingDataSettings:
 
     def check_data_settings(self) -> None:
         check_split_settings(self)
+        if has_folder_of_its_own(self.data):
+            find_pool_folder(Path(self.data), self.pool_split)
+
+
+def has_folder_of_its_own(data: str) -> bool:
+    """Whether --data names a folder on disk, not the built-in set (asked for, or the default's fallback)."""
+    return data != "synthetic" and Path(data).is_dir()
 
 
 def check_data_folder(data: str, hint: str, falls_back: bool = False) -> None:
@@ -88,6 +106,10 @@ class CleanImageSettings:
     def check_data_settings(self) -> None:
         check_data_folder(self.data, "Pass --data=PATH to a folder of clean photographs (e.g. CBSD432: the 432 "
                           "colour BSD images that DnCNN, FFDNet and DRUNet train on)")
+        found = len(first_images(Path(self.data), 2)) if has_folder_of_its_own(self.data) else 2
+        if found < 2:
+            raise DataError(f"{self.data} holds {'one image file' if found else 'no image files'} "
+                            f"({', '.join(IMAGE_EXTENSIONS)}): a denoiser needs two or more, one to validate on")
         check_fraction(self, "val_fraction")
         check_non_negative(self, "max_train_images")
         check_positive(self, "reduced_tile_repeats")
