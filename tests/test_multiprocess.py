@@ -232,6 +232,14 @@ def test_more_processes_than_validation_or_test_images(tmp_path):
     assert summary["test_images"] == 1 and "validation 1," in summary["data"]  # one process scored nothing
 
 
+def test_a_user_error_every_process_finds_is_said_once(tiny_intel, tmp_path):
+    result = torchrun([f"--data={tiny_intel}", *COMMON, "--batch_size=4096", f"--run_dir={tmp_path / 'run'}"],
+                      timeout=300)
+    assert result.returncode != 0
+    said = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and "batch size 4096 x 2 process(es) is more than" in said[0], ended(result)
+
+
 def test_a_full_disk_on_another_process_stops_every_process_with_one_message(tiny_intel, tmp_path):
     hook = tmp_path / "hook"
     hook.mkdir()

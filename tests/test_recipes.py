@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -227,6 +228,25 @@ def test_a_run_shows_a_progress_bar_with_eta_in_a_terminal_and_keeps_logs_plain(
     assert "it/s" in final[-1] and "<00:00" in final[-1]  # rate and time left (the ETA)
     assert "epoch=2.00" in final[-1] and "loss=" in final[-1] and "img_s=" in final[-1]
     # (without a terminal there is no bar: tests/test_robustness.py's uninterrupted run checks that)
+
+
+def test_a_line_every_process_says_alike_is_said_once_per_launch(monkeypatch, capsys):
+    """With several processes, an error each finds alike is printed once per machine, a line of one process's own
+    by it; alone, every line is printed. (Two real processes: tests/test_multiprocess.py.)"""
+    from toolkit import errors
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", uuid.uuid4().hex)  # this launch's, whatever ran before
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for line in ("error: the same", "error: the same", "error: process 1: its own", "error: the same"):
+        errors.say_once_per_machine(line)
+    assert capsys.readouterr().err.splitlines() == ["error: the same", "error: process 1: its own"]
+    monkeypatch.setattr(errors, "MARKER_FRESH_S", -1)  # a marker from before a launch's moments: another launch's
+    errors.say_once_per_machine("error: the same")
+    assert capsys.readouterr().err == "error: the same\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    errors.say_once_per_machine("error: alone")
+    errors.say_once_per_machine("error: alone")
+    assert capsys.readouterr().err == "error: alone\nerror: alone\n"
 
 
 def launcher_env(**extra: str) -> dict:

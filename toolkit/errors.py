@@ -5,11 +5,16 @@ print it without a stack trace and exit with status 2, as they do a file system'
 (`file_system_refusal`). Everything else is a bug.
 """
 
+import contextlib
 import errno
+import hashlib
 import os
 import select
 import sys
+import tempfile
+import time
 import traceback
+from pathlib import Path
 
 # what a file system refuses (a full disk, no permission, a file where a folder must go, a vanished file)
 _FILE_SYSTEM_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
@@ -59,6 +64,40 @@ def report_failure(error: Exception) -> int:
         return 2
     traceback.print_exc()
     return 1
+
+
+def say_once_per_machine(line: str) -> None:
+    """Print a line to standard error; with several processes (WORLD_SIZE > 1), once per launch on this machine: a
+    user error every process finds alike (a batch larger than the data) is said once, not once per process, and a
+    line that one process alone has is said by it. A launch's processes on one machine share their parent (torchrun's
+    or accelerate's agent, SLURM's step daemon); the first to create the line's marker file in the temporary folder
+    says it, and the others, finding it made moments before, say nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _first_to_say(line):
+        return
+    print(line, file=sys.stderr, flush=True)
+
+
+# a launch's processes find the same error within moments of each other; a marker older than this is another
+# launch's (a rerun from the same parent, such as a shell that sets RANK itself), so its line is said again
+MARKER_FRESH_S = 120
+
+
+def _first_to_say(line: str) -> bool:
+    folder = Path(tempfile.gettempdir()) / f"scene-toolkit-said-{os.getuid()}"
+    launch = "-".join([str(os.getppid()), os.environ.get("MASTER_PORT", ""), os.environ.get("TORCHELASTIC_RUN_ID", "")])
+    marker = folder / f"{launch}-{hashlib.sha256(line.encode()).hexdigest()[:16]}"
+    try:
+        folder.mkdir(exist_ok=True)
+        for old in folder.iterdir():
+            with contextlib.suppress(OSError):  # another process may remove it first
+                if old.stat().st_mtime < time.time() - MARKER_FRESH_S:
+                    old.unlink()
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    except OSError:  # no temporary folder this user can write in: say it
+        return True
+    return True
 
 
 class UserError(Exception):

@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 
 from toolkit.config import check_non_negative, check_positive, config_to_dict, format_config, parse_config
-from toolkit.errors import CheckpointError, ConfigError, UserError, report_failure
+from toolkit.errors import CheckpointError, ConfigError, UserError, report_failure, say_once_per_machine
 from toolkit.progress import say as print_line
 from toolkit.runs import (
     CHANGEABLE_ON_RESUME,
@@ -325,14 +325,14 @@ def run_recipe(main, config_class, argv: list[str] | None = None) -> None:
         main(cfg)
         _end_processes()
     except Preempted as stop:
-        print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        say_once_per_machine(f"stopped: {stop}")
         code = 143
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        say_once_per_machine(f"error: {error}")
         code = 2
     except KeyboardInterrupt:
-        print("\ninterrupted: rerun with --resume (and the same --run_dir) to continue from the last checkpoint",
-              file=sys.stderr, flush=True)
+        say_once_per_machine("\ninterrupted: rerun with --resume (and the same --run_dir) to continue from the last "
+                             "checkpoint")
         code = 130
     except Exception as error:  # a closed output pipe, a file system's refusal, a bug
         code = report_failure(error)
