@@ -45,7 +45,7 @@ from toolkit.data.loaders import make_loader, stand_in_batch, stand_in_labels
 from toolkit.data.settings import ClassificationDataSettings
 from toolkit.errors import ConfigError
 from toolkit.models import build_model
-from toolkit.models.efficientnet_lite import LITE_MEAN, LITE_STD, NETWORK_NAMES, last_stages_start, load_lite_imagenet
+from toolkit.models.efficientnet_lite import LITE_MEAN, LITE_STD, NETWORK_NAMES, frozen_blocks, load_lite_imagenet
 from toolkit.models.weights import check_weights_option
 from toolkit.progress import tracked
 from toolkit.run import RunSettings, run_recipe, start_run
@@ -117,8 +117,7 @@ def main(cfg: Config) -> dict:
     weights = "random initialisation" if cfg.weights == "none" else \
         load_lite_imagenet(model, cfg.model, None if cfg.weights == "imagenet" else cfg.weights)
     run.say(f"[model] {NETWORK_NAMES[cfg.model]} weights: {weights}")
-    top_from = cfg.train_from_block or last_stages_start(model)
-    split = {"top": top_from, "finetune": 0, "linear_probe": len(model.blocks)}[cfg.mode]
+    split = frozen_blocks(model, cfg.mode, cfg.train_from_block)
     for module in (model.stem, *model.blocks[:split]):  # the frozen lower network: no gradients, ImageNet BN
         module.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]

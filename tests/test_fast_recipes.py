@@ -19,6 +19,7 @@ from toolkit.models.efficientnet_lite import (
     NETWORK_NAMES,
     efficientnet_lite0,
     efficientnet_lite2,
+    frozen_blocks,
     last_stages_start,
     load_lite_imagenet,
     map_efficientnet_pytorch_keys,
@@ -74,6 +75,8 @@ def test_key_mapping_covers_every_tensor_and_refuses_strangers():
         own = {k for k in model.state_dict() if "num_batches_tracked" not in k}
         assert set(mapped) == own
         assert len(model.blocks) == blocks and last_stages_start(model) == top
+        assert [frozen_blocks(model, "top"), frozen_blocks(model, "top", 8), frozen_blocks(model, "finetune", 8),
+                frozen_blocks(model, "linear_probe")] == [top, 8, 0, blocks]
     with pytest.raises(UserError, match="unexpected key"):
         map_efficientnet_pytorch_keys({"layer1.weight": torch.zeros(1)})
     # one network's weights given for the other: said, not loaded half-way

@@ -259,7 +259,7 @@ def recipe_models(tiny: bool = False) -> dict:
     recipes themselves. tiny=True: the same networks at small widths, batch 4 and 32 px (seconds on any CPU)."""
     from toolkit.config import parse_kwargs, parse_sizes
     from toolkit.models import build_model
-    from toolkit.models.efficientnet_lite import NETWORK_NAMES, last_stages_start
+    from toolkit.models.efficientnet_lite import NETWORK_NAMES, frozen_blocks
     from toolkit.recipes import recipe_defaults
 
     cnn, resnet, fast = recipe_defaults("cnn"), recipe_defaults("resnet18"), recipe_defaults("fast_cnn")
@@ -280,8 +280,7 @@ def recipe_models(tiny: bool = False) -> dict:
         f"{NETWORK_NAMES[lite.model]}, {lite.mode} mode (efficientnet_lite0)": {
             "build": lambda: build_model({"name": lite.model, "kwargs": {"num_classes": 6}}),
             "batch": lite.batch_size, "image_size": lite.image_size,  # top mode: from the recipe's block on
-            "split": (lite.train_from_block or last_stages_start(build_model({"name": lite.model, "kwargs": {}})))
-            if lite.mode == "top" else 0},
+            "split": frozen_blocks(build_model({"name": lite.model, "kwargs": {}}), lite.mode, lite.train_from_block)},
         f"{blind.model} (blind_denoiser)": {
             "build": lambda: build_model({"name": blind.model, "kwargs": blind_kwargs}),
             "batch": blind.batch_size, "image_size": blind.patch_size, "kind": "denoiser"},

@@ -102,6 +102,14 @@ def last_stages_start(model: EfficientNetLite) -> int:
     return starts[-1]
 
 
+def frozen_blocks(model: EfficientNetLite, mode: str, train_from_block: int = 0) -> int:
+    """How many of the network's blocks a mode keeps frozen (their output cacheable): top mode those below
+    `train_from_block` (0: below the last two stages, `last_stages_start`), finetune none, linear_probe all."""
+    modes = {"top": lambda: train_from_block or last_stages_start(model), "finetune": lambda: 0,
+             "linear_probe": lambda: len(model.blocks)}
+    return modes[mode]()
+
+
 def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """efficientnet-pytorch names -> this module's names (num_batches_tracked counters are dropped)."""
     layer = {"_expand_conv": "expand.0", "_bn0": "expand.1", "_depthwise_conv": "depthwise.0",
