@@ -91,13 +91,22 @@ class _Page:
                 self.paragraph(line.strip())
 
 
+def _or_dash(value, form: str) -> str:
+    """A number in `form`, or a dash where there is none (None or NaN: the precision of a class never predicted, a
+    mean of no values, null in a JSON)."""
+    return "—" if value is None or value != value else form.format(value)
+
+
 def _percent(value) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
+    return _or_dash(value, "{:.1%}")
 
 
 def _score(value) -> str:
-    """A score in [0, 1] to three decimals; a dash where there is none (the precision of a class never predicted)."""
-    return "—" if value is None or value != value else f"{value:.3f}"
+    return _or_dash(value, "{:.3f}")
+
+
+def _decibels(value) -> str:
+    return _or_dash(value, "{:.2f} dB")
 
 
 def _classifier_section(page: _Page, run_dir: Path, title: str | None = None) -> dict:
@@ -242,11 +251,6 @@ def _comparison_section(page: _Page, run_dir: Path) -> None:
         first = run_dir / model / f"seed-{seeds[0]}" if seeds else run_dir / model
         if (first / "summary.json").is_file():
             _classifier_section(page, first, f"{model} run (seed {seeds[0]})")
-
-
-def _decibels(value) -> str:
-    """A PSNR in dB to two decimals; a dash where there is none (null in the JSON: a mean of no values)."""
-    return "—" if value is None or value != value else f"{value:.2f} dB"
 
 
 def _latent_section(page: _Page, run_dir: Path) -> None:
