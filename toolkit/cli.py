@@ -149,15 +149,11 @@ def command_evaluate(args) -> None:
     config = {"command": "evaluate", "checkpoint": args.checkpoint, "ensemble": args.ensemble, "data": args.data,
               "held_out": args.held_out, "validation": args.validation, "calibrated": args.calibrated,
               "mixed_precision": metrics["mixed_precision"]}
-    logger = _tool_logger(out, out.name, args.wandb_mode, config)  # after the evaluation: a refusal leaves no run
+    per_class = ("per_class", ["class", "precision", "recall", "F1", "images"],
+                 [[name, metrics["precision"][i], metrics["recall"][i], metrics["f1"][i], metrics["per_class_total"][i]]
+                  for i, name in enumerate(metrics["classes"])])
     scores = {key: metrics[key] for key in ("accuracy", "loss", "macro_f1", "ece", "n")}
-    logger.log({f"evaluate/{key}": value for key, value in scores.items()}, step=0)
-    logger.log_table("evaluate/per_class", ["class", "precision", "recall", "F1", "images"],
-                     [[name, metrics["precision"][i], metrics["recall"][i], metrics["f1"][i],
-                       metrics["per_class_total"][i]] for i, name in enumerate(metrics["classes"])], step=0)
-    logger.log_images({f"evaluate/{name}": Path(figure) for name, figure in metrics["figures"].items()}, step=0)
-    logger.summary(scores)
-    logger.finish()
+    _log_scores(out, args.wandb_mode, config, scores, metrics["figures"], per_class)
     print(f"figures, predictions.csv and metrics.json in {out}")
 
 
@@ -176,14 +172,26 @@ def command_calibrate(args) -> None:
     print(f"written to {result['checkpoint']}/trainer_state.json: predict and evaluate apply it "
           "(--no-calibrated: as trained)")
     config = {"command": "calibrate", "checkpoint": result["checkpoint"], "data": args.data}
-    logger = _tool_logger(out, out.name, args.wandb_mode, config)  # after the fit: a refusal leaves no run
     scores = {key: result[key] for key in ("temperature_before", "temperature", "images", "accuracy", "ece_as_trained",
                                            "ece_calibrated", "loss_as_trained", "loss_calibrated")}
-    logger.log({f"calibrate/{key}": value for key, value in scores.items()}, step=0)
-    logger.log_images({f"calibrate/{name}": Path(figure) for name, figure in result["figures"].items()}, step=0)
+    _log_scores(out, args.wandb_mode, config, scores, result["figures"])
+    print(f"reliability diagrams before and after, and calibration.json, in {out}")
+
+
+def _log_scores(out: Path, wandb_mode: str, config: dict, scores: dict, figures: dict[str, str],
+                table: tuple[str, list[str], list[list]] | None = None) -> None:
+    """The W&B run of a command that scores a model once (evaluate, calibrate), in OUT: the scores under the
+    command's name and as the run's summary, a (name, columns, rows) table if given, and the figures. Made after the
+    work, so that a refusal leaves no run."""
+    command = config["command"]
+    logger = _tool_logger(out, out.name, wandb_mode, config)
+    logger.log({f"{command}/{key}": value for key, value in scores.items()}, step=0)
+    if table is not None:
+        name, columns, rows = table
+        logger.log_table(f"{command}/{name}", columns, rows, step=0)
+    logger.log_images({f"{command}/{name}": Path(figure) for name, figure in figures.items()}, step=0)
     logger.summary(scores)
     logger.finish()
-    print(f"reliability diagrams before and after, and calibration.json, in {out}")
 
 
 def command_report(args) -> None:
