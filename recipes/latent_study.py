@@ -45,7 +45,16 @@ from toolkit.models.autoencoders import AUTOENCODER_FAMILY
 from toolkit.recipes import recipe_module
 from toolkit.run import RunSettings, run_recipe, start_run
 from toolkit.runs import write_json, write_text_whole
-from toolkit.studies import options_of, parse_names, parse_recipe_args, parse_seeds, reusable, study_dir, sub_config
+from toolkit.studies import (
+    STUDY_KEYS,
+    options_of,
+    parse_names,
+    parse_recipe_args,
+    parse_seeds,
+    reusable,
+    study_dir,
+    sub_config,
+)
 from toolkit.train.denoise import (
     NoiseSpec,
     bm3d_available,
@@ -90,7 +99,7 @@ def main(cfg: Config) -> dict:
         load_denoiser(path)
     base = study_dir(cfg.run_dir, cfg.resume, "latent-study")
     group = cfg.wandb_group or base.name
-    shared = field_names(DenoisingDataSettings, RunSettings) - {"run_dir", "seed", "wandb_group", "wandb_tags"}
+    shared = field_names(DenoisingDataSettings, RunSettings) - STUDY_KEYS
     noise_keys = {"sigma": cfg.sigma, "sigma_max": 0.0, "clip_noise": cfg.clip_noise, "noise_seed": cfg.noise_seed}
     autoencoder = recipe_module("autoencoder")
     configs = {(name, s): sub_config(autoencoder.Config, cfg, shared,

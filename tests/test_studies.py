@@ -12,7 +12,7 @@ import pytest
 from test_recipes import run_in_process
 
 from toolkit.stats import compare_pairs, describe_pair, mcnemar, mean_interval, paired_difference
-from toolkit.studies import parse_recipe_args, parse_seeds
+from toolkit.studies import parse_recipe_args, parse_seeds, parse_variants
 
 # ---- statistics, by hand --------------------------------------------------------------------------------
 
@@ -78,6 +78,11 @@ def test_study_options_are_checked():
         "cnn": "--epochs=2", "resnet18": "--lr=1e-4"}
     with pytest.raises(ConfigError, match="could not read"):
         parse_recipe_args("vgg: --x=1", ["cnn"])
+    known = ["cnn", "efficientnet_lite0"]
+    assert parse_variants("cnn, lite2=efficientnet_lite0", known) == {"cnn": "cnn", "lite2": "efficientnet_lite0"}
+    for bad in ("cnn,cnn", "a=cnn,a=efficientnet_lite0", "x=vgg", "two words=cnn", "=cnn", "../up=cnn", ""):
+        with pytest.raises(ConfigError, match="--models="):
+            parse_variants(bad, known)
 
 
 # ---- the studies as a user runs them ----------------------------------------------------------------------
@@ -165,6 +170,30 @@ def test_a_comparison_with_seeds_resumes_the_newest_one_and_mixes_precisions(tin
     again = run_in_process("compare_classifiers", [*args, "--resume"])  # no --run_dir: the newest is read back
     assert again["models"]["cnn"]["accuracy"]["values"] == result["models"]["cnn"]["accuracy"]["values"]
     assert (study / "comparison.md").is_file() and len(list((tmp_path / "runs").glob("compare-*"))) == 1
+
+
+def test_a_comparison_sets_two_variants_of_one_recipe_side_by_side(tiny_intel, tmp_path, capsys):
+    """--models=cnn,narrow=cnn: the same recipe twice, each with its own options, folder, row and W&B group."""
+    from toolkit.wandb_report import report_spec
+
+    study = tmp_path / "variants"
+    result = run_in_process("compare_classifiers", [
+        "--models=cnn,narrow=cnn", "--seeds=0,1", f"--data={tiny_intel}", f"--run_dir={study}", "--image_size=32",
+        "--max_steps=2", "--num_workers=1", f"--recipe_args=cnn: {TINY} --width=4; narrow: {TINY} --width=2"])
+    assert result["recipes"] == {"cnn": "cnn", "narrow": "cnn"} and list(result["models"]) == ["cnn", "narrow"]
+    assert result["pairs"][0]["sentence"] and "narrow" in (study / "comparison.md").read_text()
+    configs = {m: json.loads((study / m / "seed-1" / "config.json").read_text()) for m in ("cnn", "narrow")}
+    assert [configs[m]["recipe"] for m in ("cnn", "narrow")] == ["cnn", "cnn"]
+    assert (configs["cnn"]["width"], configs["narrow"]["width"]) == (4, 2)
+    assert (configs["cnn"]["variant"], configs["narrow"]["variant"]) == ("", "narrow")  # W&B tells them apart
+    groups = [block["runset"]["groupby"] for block in report_spec(study)["blocks"] if block.get("runset")]
+    assert ["config.recipe", "config.variant"] in groups
+    capsys.readouterr()
+    again = run_in_process("compare_classifiers", [  # the finished variants are read back, not retrained
+        "--models=cnn,narrow=cnn", "--seeds=0,1", f"--data={tiny_intel}", f"--run_dir={study}", "--image_size=32",
+        "--max_steps=2", "--num_workers=1", f"--recipe_args=cnn: {TINY} --width=4; narrow: {TINY} --width=2"])
+    assert capsys.readouterr().out.count(": reading the finished run in") == 4
+    assert again["models"]["narrow"]["accuracy"] == result["models"]["narrow"]["accuracy"]
 
 
 def test_the_latent_study_resumes_the_newest_one_without_a_run_dir(tiny_intel, tmp_path):

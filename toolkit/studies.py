@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -36,6 +37,25 @@ def parse_names(key: str, text: str, known) -> list[str]:
     if not names or unknown or len(set(names)) != len(names):
         raise ConfigError(f"--{key}={text!r}: choose distinct names from {', '.join(known)}")
     return names
+
+
+def parse_variants(text: str, known) -> dict[str, str]:
+    """'cnn,lite2=efficientnet_lite0' -> {'cnn': 'cnn', 'lite2': 'efficientnet_lite0'}: each entry a recipe, or
+    NAME=RECIPE to train a recipe under a name of its own (its folder, its row, its options in --recipe_args), so that
+    one recipe can appear twice with other options."""
+    variants = {}
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        name, _, recipe = (item.strip() for item in part.rpartition("=")) if "=" in part else (part, "", part)
+        if recipe not in known or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in variants:
+            raise ConfigError(f"--models={text!r}: give distinct entries, each a recipe from {', '.join(known)} or "
+                              "NAME=RECIPE (NAME: letters, digits, '_', '-' or '.', a folder's name), e.g. "
+                              "efficientnet_lite0,lite2=efficientnet_lite0; could not read " + repr(part))
+        variants[name] = recipe
+    if not variants:
+        raise ConfigError(f"--models={text!r}: name at least one recipe from {', '.join(known)}")
+    return variants
 
 
 def parse_recipe_args(text: str, known) -> dict[str, str]:
@@ -71,6 +91,10 @@ def options_of(name: str):
         yield
     except UserError as error:
         raise type(error)(f"{name}: {error}") from None
+
+
+# a study sets these per sub-run; every other key the study and its sub-runs share is passed on
+STUDY_KEYS = frozenset({"run_dir", "seed", "wandb_group", "wandb_tags", "variant"})
 
 
 def sub_config(config_class: type, parent, shared: set[str], extra_args: str, **overrides):

@@ -82,7 +82,7 @@ def report_spec(study_dir: Path) -> dict:
             {"kind": "comparer", "title": "run comparer"},
         ]
         figures = ["comparison/accuracy", "comparison/learning_curves", "comparison/per_class"]
-        groupby = "config.recipe"
+        groupby = ["config.recipe", "config.variant"]  # two variants of one recipe: two groups
     else:
         models, seeds = list(latent["models"]), latent["seeds"]
         title = f"Latent-size study: {len(models)} denoisers x {len(seeds)} seed(s)"
@@ -101,12 +101,12 @@ def report_spec(study_dir: Path) -> dict:
             {"kind": "comparer", "title": "run comparer"},
         ]
         figures = ["latent_study/psnr_vs_latent", "latent_study/side_by_side", "latent_study/validation_curves"]
-        groupby = "config.model"
+        groupby = ["config.model"]
     blocks = [{"kind": "h1", "text": title}, {"kind": "p", "text": description},
               {"kind": "markdown", "text": table},
               *[{"kind": "p", "text": sentence} for sentence in sentences],
               {"kind": "h2", "text": "Runs grouped by model: W&B's mean and spread over seeds"},
-              {"kind": "panels", "runset": {"name": "sub-runs", "filters": members, "groupby": [groupby]},
+              {"kind": "panels", "runset": {"name": "sub-runs", "filters": members, "groupby": groupby},
                "panels": panels},
               {"kind": "h2", "text": "The study's own figures"},
               {"kind": "panels", "runset": {"name": "study", "filters": itself, "groupby": []},
