@@ -108,8 +108,7 @@ def check_labeled_folder(root: Path | str, classes: list[str] | None = None,
         raise DataError(f"{root} is a file, not a folder of <class>/<image> files")
     found = [folder.name for folder in _class_folders(root)]
     if not found:
-        loose = len(first_images(root, 2))
-        what = "images but no class folders" if loose else "no class folders"
+        what = "images but no class folders" if first_images(root, 1) else "no class folders"
         raise DataError(f"{root} holds {what}: a labeled dataset needs <root>/<class>/<image> files")
     if classes is not None and sorted(classes) != found:
         missing = sorted(set(classes) - set(found))
