@@ -307,6 +307,23 @@ def test_a_bad_model_setting_is_refused_before_any_run_directory_or_data(recipe,
     assert not run_dir.exists() and not cache.exists()
 
 
+def test_two_spellings_of_one_data_folder_are_one_setting(tmp_path, monkeypatch):
+    """A run resumed, or a study's finished sub-run read back, with --data spelled another way (relative or absolute,
+    through a link) is the same run; another folder, or a folder not there, is still another setting."""
+    from toolkit.runs import config_differences
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "here").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "here")
+    assert config_differences({"data": "../data"}, {"data": str(tmp_path / "data")}) == {}
+    assert config_differences({"data": str(tmp_path / "link")}, {"data": "../data"}) == {}
+    assert config_differences({"weights": "../data"}, {"weights": "../link"}) == {}
+    assert config_differences({"data": "../here"}, {"data": "../data"}) == {"data": ("../here", "../data")}
+    assert config_differences({"data": "gone"}, {"data": str(tmp_path / "here" / "gone")}) != {}  # not there
+    assert config_differences({"train_split": "../data"}, {"train_split": "../link"}) != {}  # not a path
+
+
 def test_a_run_started_before_an_option_existed_resumes_as_that_options_default(tmp_path, capsys):
     """A config.json without a key (written before the option was added) reads as the option's default, which does
     what the recipe did before it: the run resumes; asking for another value is still refused."""

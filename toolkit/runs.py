@@ -153,7 +153,20 @@ def config_differences(stored: dict, wanted: dict, ignore: frozenset[str] = NOT_
     defaults now: an option is added with a default that does what the recipe did before it."""
     stored = {**(defaults or {}), **stored}
     keys = set(wanted) - ignore
-    return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys) if stored.get(k) != wanted.get(k)}
+    return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys) if not _same_setting(k, stored.get(k),
+                                                                                        wanted.get(k))}
+
+
+# keys that name a file or folder: two spellings of one path (relative and absolute, through a link) are one setting
+PATH_KEYS = frozenset({"data", "weights", "resnet_weights", "init_from"})
+
+
+def _same_setting(key: str, stored, wanted) -> bool:
+    if stored == wanted:
+        return True
+    if key not in PATH_KEYS or not (isinstance(stored, str) and isinstance(wanted, str) and stored and wanted):
+        return False
+    return Path(wanted).exists() and os.path.realpath(stored) == os.path.realpath(wanted)
 
 
 def describe_differences(differences: dict[str, tuple], limit: int = 6) -> str:
