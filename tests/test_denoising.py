@@ -579,9 +579,45 @@ def test_floating_point_grey_is_denoised_and_written_as_floats_on_its_own_scale(
         assert written.mode == "F" and values.shape == (32, 40) and 0 <= values.min() and values.max() <= white
         assert 0.3 * white < values.mean() < 0.7 * white  # on the file's scale, not black, not saturated
     assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "unit.tif"), str(tmp_path / "x.png")]) == 2
-    assert "Name it .tif, which holds floating-point images" in capsys.readouterr().err
+    assert "Name it .tif, which holds floating-point and 32-bit integer images" in capsys.readouterr().err
     assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "unit.tif"), str(tmp_path / "x.xyz")]) == 2
     assert "names no image format Pillow writes. Name it .tif" in capsys.readouterr().err  # not .png, for floats
+
+
+def test_integer_grey_beyond_sixteen_bits_is_denoised_on_its_own_scale_and_written_as_integers(tmp_path, capsys):
+    """A 32-bit integer grey TIFF (mode I: counts from a sensor) whose levels pass 65535 or 0 is read on its own
+    scale (it was clipped at 65535, whitening everything above), its values below 0 kept, and written back as 32-bit
+    integers on that scale in a TIFF (a folder's output is named .tif for it); one within 16 bits stays 16-bit."""
+    from toolkit.data.images import load_for_restoration, save_restored
+
+    rng = np.random.default_rng(8)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    counts = (60000 + 40000 * np.sin(np.arange(40) / 5)[None, :] + rng.normal(0, 3000, (32, 40))).astype(np.int32)
+    counts[0, 0] = -20
+    Image.fromarray(counts).save(inputs / "counts.tif")
+    Image.fromarray(np.clip(counts // 4, 0, 65535).astype(np.int32)).save(inputs / "within.tif")
+
+    pixels, stored = load_for_restoration(inputs / "counts.tif")
+    assert (stored.mode, stored.bits, stored.full_scale, stored.grey) == ("I", 32, 2.0 ** 17 - 1, True)
+    assert np.allclose(pixels[..., 0] * stored.full_scale, counts, atol=0.02) and pixels.min() < 0  # not clipped
+    save_restored(np.clip(pixels, 0, 1), stored, tmp_path / "copy.tif")
+    copy = Image.open(tmp_path / "copy.tif")
+    assert copy.mode == "I" and np.array_equal(np.asarray(copy), np.clip(counts, 0, None))
+    assert load_for_restoration(inputs / "within.tif")[1].bits == 16
+
+    run_in_process("blind_denoiser", ["--data=synthetic", "--tile_size=48", "--patch_size=32", "--batch_size=4",
+                                      "--eval_every=0", "--num_workers=1", "--grid_images=0", "--max_steps=1",
+                                      "--model_kwargs=widths=(8,16,32),blocks=1", f"--run_dir={tmp_path / 'blind'}"])
+    capsys.readouterr()
+    assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs), str(tmp_path / "out")]) == 0
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["counts.tif", "within.tif"]
+    written = Image.open(tmp_path / "out" / "counts.tif")
+    values = np.asarray(written)
+    assert written.mode == "I" and values.shape == (32, 40) and 0 <= values.min() and values.max() <= 2 ** 17 - 1
+    assert 0.5 * counts.mean() < values.mean() < 1.5 * counts.mean()  # on the file's scale, not saturated at 65535
+    assert toolkit_main(["denoise", str(tmp_path / "blind"), str(inputs / "counts.tif"), str(tmp_path / "x.png")]) == 2
+    assert "Name it .tif, which holds floating-point and 32-bit integer images" in capsys.readouterr().err
 
 
 def test_denoise_skip_existing_continues_a_stopped_run_and_leaves_written_images_alone(tmp_path, capsys):

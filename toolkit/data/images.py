@@ -173,6 +173,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def integer_full_scale(pixels: np.ndarray) -> float:
+    """What white is in a 32-bit integer grey image whose levels leave 16 bits' (a TIFF of counts, say): the
+    smallest 2**k - 1 at or above its largest value, k at least 16, so that its levels keep their proportions."""
+    top = max(float(pixels.max()), 1.0) if pixels.size else 1.0
+    return float(2 ** max(16, int(np.ceil(np.log2(top + 1)))) - 1)
+
+
 def float_full_scale(pixels: np.ndarray) -> float:
     """What white is in a floating-point image's numbers, which no file format records: 1 when its values stay
     at or below 2 (floats in [0, 1], noise included), 255 when at or below 510 (8-bit levels kept as floats),
@@ -194,7 +201,8 @@ class StoredAs:
     through which the pixels were converted to sRGB (a CMYK file's), written with an sRGB profile, else "". exif:
     the file's EXIF data (capture time, camera, ...) without its orientation, since the pixels are read upright, or
     None. frames: the images the file holds (an animation's frames, a TIFF's pages); the first is restored.
-    full_scale: of a 32-bit floating-point grey file (mode F, bits 32), the value its white has (float_full_scale)."""
+    full_scale: of a 32-bit grey file (bits 32: floating-point, mode F, or integer levels beyond 16 bits, mode I), the
+    value its white has (float_full_scale, integer_full_scale)."""
     mode: str
     grey: bool = False
     bits: int = 8
@@ -271,7 +279,8 @@ def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
     """An image file's pixels as (H, W, 3) float32 in [0, 1], for a model that restores them, and how the file stored
     them (save_restored writes the result back alike). Unlike load_rgb, nothing is lost on the way in: grey is its one
     channel repeated three times; 16-bit grey and colour are read at 16 bits (32-bit integer grey, `I`, too when its
-    values pass 255); 32-bit floating-point grey (`F`, TIFF) as floats, divided by its white (float_full_scale), values
+    values pass 255; when they pass 16 bits' levels, or 0, divided by its own white, integer_full_scale, values below 0
+    kept); 32-bit floating-point grey (`F`, TIFF) as floats, divided by its white (float_full_scale), values
     below 0 or above white kept; alpha is set aside, not composited, and the colour under it restored as stored; the
     colour profile and EXIF data are kept for the output (photo_metadata), the pixels left in the colours it describes.
     Other modes (a palette without transparency, CMYK, YCbCr, ...) are converted to RGB: CMYK through its colour profile
@@ -298,6 +307,10 @@ def load_for_restoration(path: Path | str) -> tuple[np.ndarray, StoredAs]:
                 StoredAs(mode, grey=True, bits=32, full_scale=full_scale, **metadata))
     if mode in _SIXTEEN_BIT_GREY:
         pixels = np.asarray(image, dtype=np.float64)
+        if mode == "I" and pixels.size and (pixels.min() < 0 or pixels.max() > 65535):  # 32-bit integer levels
+            full_scale = integer_full_scale(pixels)
+            return (np.repeat((pixels / full_scale).astype(np.float32)[..., None], 3, axis=2),
+                    StoredAs(mode, grey=True, bits=32, full_scale=full_scale, **metadata))
         bits = 16 if mode != "I" or pixels.max() > 255 else 8
         grey_pixels = np.clip(pixels / (2**bits - 1), 0, 1)
         return (np.repeat(grey_pixels[..., None], 3, axis=2).astype(np.float32),
@@ -336,7 +349,9 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
                                         stored.icc_profile, stored.exif)
     if stored.grey:
         grey = pixels.mean(axis=2, dtype=np.float64)  # (exact for three equal channels, as float32 is not)
-        if stored.bits == 32:
+        if stored.bits == 32 and stored.mode == "I":
+            image = Image.fromarray(np.round(grey * stored.full_scale).astype(np.int32))  # mode I
+        elif stored.bits == 32:
             image = Image.fromarray((grey * np.float32(stored.full_scale)).astype(np.float32), mode="F")
         elif stored.bits == 16:
             image = Image.fromarray((grey * 65535 + 0.5).astype(np.uint16))  # mode I;16
@@ -367,16 +382,17 @@ def save_restored(pixels: np.ndarray, stored: StoredAs, path: Path | str) -> lis
 def naming_advice(suffix: str) -> str:
     """What to name a restored image whose target format cannot hold it, for the suffix restored_suffix gives it."""
     if suffix == ".tif":
-        return "Name it .tif, which holds floating-point images"
+        return "Name it .tif, which holds floating-point and 32-bit integer images"
     return "Name it .png, which holds grey, 16-bit and transparent images alike"
 
 
 def restored_suffix(path: Path | str) -> str:
-    """The extension a restored copy of an image file is given when the user names none: .tif for 32-bit
-    floating-point grey (which PNG cannot hold), .png for every other image (PNG holds the rest losslessly)."""
+    """The extension a restored copy of an image file is given when the user names none: .tif for 32-bit grey
+    (floating-point, or a TIFF's integers, which PNG cannot hold), .png for every other image (PNG holds the rest
+    losslessly)."""
     try:
         with Image.open(path) as header:  # the header only
-            return ".tif" if header.mode == "F" else ".png"
+            return ".tif" if header.mode == "F" or (header.mode == "I" and header.format == "TIFF") else ".png"
     except (OSError, SyntaxError, ValueError):  # said when the image is read
         return ".png"
 
