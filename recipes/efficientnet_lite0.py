@@ -138,8 +138,10 @@ def main(cfg: Config) -> dict:
             fit_linear_probe(run, model, data, cfg, state)
         return finish_classifier_run(loop, evaluation)
     if split:  # after the resume: the frozen blocks' weights are the checkpoint's
-        train_loader, seconds = cache_lower_features(run, model, data, cfg, split)
-        state.train_seconds += seconds if state.step == 0 else 0  # forward passes over the training set: training
+        train_loader, frozen_features = cache_lower_features(run, model, data, cfg, split)
+        if state.step == 0:  # forward passes over the training set: training (a resume's reading them is not)
+            state.train_seconds += frozen_features["seconds"]
+            state.extra["frozen_features"] = frozen_features  # in the summary: how much was computed, how much read
     else:
         train_loader = make_loader(data.train_set, data.train_indices, cfg.batch_size, train=True,
                                    image_size=cfg.image_size, device=device, seed=cfg.seed, num_processes=run.world,
@@ -180,11 +182,11 @@ def stand_in_features(loader: CachedFeatureLoader, batch_size: int) -> torch.Ten
 
 
 @torch.no_grad()
-def cache_lower_features(run, model, data, cfg: Config, split: int) -> tuple[CachedFeatureLoader, float]:
+def cache_lower_features(run, model, data, cfg: Config, split: int) -> tuple[CachedFeatureLoader, dict]:
     """The frozen lower network's output for every training image and its mirror, in the run's precision. With
     --keep_feature_cache they are kept per image in the cache folder, where other seeds (whose splits share
     most images) and resumes of the same images, weights and settings read them. A loader over them (this
-    process's share when several train together), and the seconds this took."""
+    process's share when several train together), and {"computed", "read": images, "seconds"}: what it took."""
     started = time.perf_counter()
     accelerator = run.accelerator
     network = accelerator.unwrap_model(model)
@@ -210,7 +212,7 @@ def cache_lower_features(run, model, data, cfg: Config, split: int) -> tuple[Cac
             + f" ({seconds:.0f}s)")
     labels = torch.from_numpy(data.train_set.labels[data.train_indices]).to(accelerator.device)
     loader = CachedFeatureLoader(features, labels, cfg.batch_size, cfg.seed, run.rank, run.world)
-    return loader, seconds
+    return loader, {"computed": computed, "read": read, "seconds": round(seconds, 1)}
 
 
 @torch.no_grad()

@@ -3,6 +3,8 @@ averaging, and the two recipes on tiny data."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import skimage.data
@@ -245,6 +247,15 @@ def test_efficientnet_top_mode_keeps_its_frozen_features_for_other_seeds_and_rec
     run_in_process("efficientnet_lite0", [*common, "--seed=1", f"--run_dir={tmp_path / 'seed-1-again'}"])
     assert f": 0 computed, 84 read from {kept} (" in capsys.readouterr().out
     assert_same_final_weights(tmp_path / "seed-1", tmp_path / "seed-1-again")
+    # the summaries say so, and a comparison's training time tells runs that read their features apart
+    from toolkit.comparison import training_time_cell
+
+    summaries = {name: json.loads((tmp_path / name / "summary.json").read_text())
+                 for name in ("seed-0", "seed-1-again")}
+    assert [summaries[name]["frozen_features"][key] for name in summaries for key in ("computed", "read")] == \
+        [84, 0, 0, 84]
+    model = {"per_seed": dict(enumerate(summaries.values())), "train_seconds": {"mean": 12.3}}
+    assert training_time_cell(model) == "12 (1 of 2 seeds read frozen features from the cache)"
     # what a seed reads is what it would have computed alone, to rounding (a convolution's result for one image
     # may depend on the size of the batch it came in)
     fresh = [*common[:-1], f"--cache_dir={tmp_path / 'fresh-cache'}", "--seed=1"]

@@ -71,9 +71,8 @@ class RunSettings:
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online given a key and network
     wandb_group: str = ""  # W&B group (studies group their runs; W&B then draws mean and spread)
     wandb_tags: str = ""  # comma-separated W&B tags
-    # a study's name for this run where it differs from the recipe's (compare_classifiers' --models=NAME=RECIPE):
     # W&B groups a study's runs by recipe and variant, so two variants of one recipe are two groups
-    variant: str = ""
+    variant: str = ""  # a study's name for this run where not its recipe's (compare_classifiers' --models=NAME=RECIPE)
     figures: bool = True  # the PNG figures a run draws at its end, also logged to W&B (false: scalars and tables only)
 
     def check_run_settings(self) -> None:

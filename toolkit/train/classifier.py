@@ -82,6 +82,8 @@ def finish_classifier_run(loop: TrainingLoop, evaluation: ClassifierEvaluation) 
                "weights": state.weights, "temperature": state.temperature, "val_ece": val_ece}
     if "budget" in state.extra:  # --train_minutes: what was measured and chosen
         summary["budget"] = state.extra["budget"]
+    if "frozen_features" in state.extra:  # top mode: the frozen blocks' features computed or read from the cache
+        summary["frozen_features"] = state.extra["frozen_features"]
     test = None
     if len(data.test_indices):
         shard = shard_loader(data.test_set, data.test_indices, run.rank, run.world, evaluation.batch_size,
