@@ -21,7 +21,7 @@ import numpy as np
 
 from toolkit.data.beton import StoredImages, cache_folder, cached_beton, conflicting_duplicates
 from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_classification_splits, scan_labeled_folder
-from toolkit.data.settings import DEFAULT_DATA, DEFAULT_TEST_SPLIT, ClassificationDataSettings, check_data_folder
+from toolkit.data.settings import DEFAULT_DATA, ClassificationDataSettings, check_data_folder
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.data.synthetic import is_synthetic, write_synthetic_scenes
 from toolkit.errors import DataError
@@ -114,8 +114,7 @@ def load_classification_data(settings: ClassificationDataSettings, seed: int, im
     data, train_split, test_split = settings.data, settings.train_split, settings.test_split
     cache_dir = Path(cache_dir) if cache_dir else None
     root, synthetic = find_data_root(data, cache_dir, log)
-    train_folder, test_folder = find_classification_splits(
-        root, train_split, test_split, test_required=test_split not in ("", "none", DEFAULT_TEST_SPLIT))
+    train_folder, test_folder = find_classification_splits(root, train_split, test_split, settings.test_split_named())
     listing = scan_labeled_folder(train_folder)
     for name in listing.empty_classes:
         log(f"[data] warning: class folder {train_folder / name} holds no images")

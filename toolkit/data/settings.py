@@ -45,8 +45,11 @@ class ClassificationDataSettings:
     def check_data_settings(self) -> None:
         check_split_settings(self)
         if has_folder_of_its_own(self.data):
-            find_classification_splits(Path(self.data), self.train_split, self.test_split,
-                                       test_required=self.test_split not in ("", "none", DEFAULT_TEST_SPLIT))
+            find_classification_splits(Path(self.data), self.train_split, self.test_split, self.test_split_named())
+
+    def test_split_named(self) -> bool:
+        """Whether --test_split names a folder that must be there (the default is scored only when present)."""
+        return self.test_split not in ("", "none", DEFAULT_TEST_SPLIT)
 
 
 @dataclass
