@@ -15,6 +15,8 @@ and any already trained denoiser (--pretrained) on the same seeded noisy held-ou
     accelerate launch recipes/latent_study.py --models=AE38,resunet \\
         --model_args="resunet: --init_from=runs/blind_denoiser-X --conditioned --model_kwargs=widths=(16,32,64,128)"
         # the same model fine-tuned on this noise
+    accelerate launch recipes/latent_study.py --models=AE38,AE38x8=AE38 --model_args="AE38x8: --epochs=8"
+        # NAME=MODEL: one model twice, with other options (a variant is a row of its own, off the family's curve)
 
 Writes latent_study.md / .json, PSNR against latent size (training cost on a second axis), validation
 curves, the same held-out images through every model, and W&B (sub-runs grouped by the study).
@@ -48,9 +50,9 @@ from toolkit.runs import write_json, write_text_whole
 from toolkit.studies import (
     STUDY_KEYS,
     options_of,
-    parse_names,
     parse_recipe_args,
     parse_seeds,
+    parse_variants,
     reusable,
     study_dir,
     sub_config,
@@ -65,7 +67,7 @@ from toolkit.train.denoiser import denoiser_facts
 
 @dataclass
 class Config(DenoisingDataSettings, RunSettings):
-    models: str = "AE5,AE10,AE19,AE38,AE75,AE71,AE146,unet"  # denoisers to train: family members and others
+    models: str = "AE5,AE10,AE19,AE38,AE75,AE71,AE146,unet"  # denoisers to train (family and others), or NAME=MODEL
     seeds: str = "0"  # one run per model and seed, e.g. 0,1 (intervals need two or more)
     # a 2-core CPU's budget (docs/results.md: the time it takes); the study's own 8 epochs: --ae_args=--epochs=8
     ae_args: str = "--epochs=2"  # options for every autoencoder of the family (recipes/autoencoder.py keys)
@@ -87,7 +89,8 @@ class Config(DenoisingDataSettings, RunSettings):
 def main(cfg: Config) -> dict:
     check_positive(cfg, "eval_batch_size")
     check_non_negative(cfg, "baseline_images", "grid_images")
-    names = parse_names("models", cfg.models, DENOISERS)
+    models = parse_variants(cfg.models, DENOISERS, kind="model")  # name: model
+    names = list(models)
     seeds = parse_seeds(cfg.seeds)
     if "seed" in chosen_keys(cfg):
         raise ConfigError("the study trains every model at each of --seeds (e.g. --seeds=0,1); --seed is unused")
@@ -103,11 +106,11 @@ def main(cfg: Config) -> dict:
     noise_keys = {"sigma": cfg.sigma, "sigma_max": 0.0, "clip_noise": cfg.clip_noise, "noise_seed": cfg.noise_seed}
     autoencoder = recipe_module("autoencoder")
     configs = {(name, s): sub_config(autoencoder.Config, cfg, shared,
-                                     f"{cfg.ae_args if name in AUTOENCODER_FAMILY else cfg.other_args} "
-                                     f"{per_model.get(name, '')}", model=name, run_dir=str(base / name / f"seed-{s}"),
+                                     f"{cfg.ae_args if model in AUTOENCODER_FAMILY else cfg.other_args} "
+                                     f"{per_model.get(name, '')}", model=model, run_dir=str(base / name / f"seed-{s}"),
                                      seed=s, wandb_group=group, wandb_tags=f"{name},seed-{s},latent-study",
-                                     **noise_keys)
-               for name in names for s in seeds}  # every option is read here, before any training
+                                     **({"variant": name} if name != model else {}), **noise_keys)
+               for name, model in models.items() for s in seeds}  # every option is read here, before any training
     for (name, _), sub in configs.items():  # and every value: a bad one is not found after hours of the others
         with options_of(name):
             autoencoder.check_config(sub)

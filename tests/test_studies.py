@@ -83,6 +83,8 @@ def test_study_options_are_checked():
     for bad in ("cnn,cnn", "a=cnn,a=efficientnet_lite0", "x=vgg", "two words=cnn", "=cnn", "../up=cnn", ""):
         with pytest.raises(ConfigError, match="--models="):
             parse_variants(bad, known)
+    with pytest.raises(ConfigError, match="each a model from AE38, unet or NAME=MODEL .* e.g. AE38,other=AE38"):
+        parse_variants("AE38,x=AE99", ["AE38", "unet"], kind="model")
 
 
 # ---- the studies as a user runs them ----------------------------------------------------------------------
@@ -197,8 +199,9 @@ def test_a_comparison_sets_two_variants_of_one_recipe_side_by_side(tiny_intel, t
 
 
 def test_the_latent_study_resumes_the_newest_one_without_a_run_dir(tiny_intel, tmp_path):
-    args = [f"--data={tiny_intel}", "--models=AE38", "--image_size=48", "--num_workers=1", "--max_steps=2",
-            "--grid_images=0", "--nlm=false", "--ae_args=--batch_size=8 --grid_images=0"]
+    args = [f"--data={tiny_intel}", "--models=AE38,fast=AE38", "--image_size=48", "--num_workers=1", "--max_steps=2",
+            "--grid_images=0", "--nlm=false", "--ae_args=--batch_size=8 --grid_images=0",
+            "--model_args=fast: --lr=3e-3"]
     (tmp_path / "runs").mkdir()
     from toolkit.errors import UserError
 
@@ -209,12 +212,20 @@ def test_the_latent_study_resumes_the_newest_one_without_a_run_dir(tiny_intel, t
     again = run_in_process("latent_study", [*args, "--resume"])
     assert again["models"]["AE38"]["psnr"]["mean"] == first["models"]["AE38"]["psnr"]["mean"]
     assert len(list((tmp_path / "runs").glob("latent-study-*"))) == 1
+    # NAME=MODEL: the same model again with other options, a row of its own off the family's curve
+    study = next((tmp_path / "runs").glob("latent-study-*"))
+    variant = json.loads((study / "fast" / "seed-0" / "config.json").read_text())
+    assert (variant["model"], variant["variant"], variant["lr"]) == ("AE38", "fast", 3e-3)
+    assert first["models"]["AE38"]["family"] and not first["models"]["fast"]["family"]
+    assert first["models"]["fast"]["latent_ratio"] == first["models"]["AE38"]["latent_ratio"]
     # its W&B report: PSNR against latent size from each run's summary, grouped by model
     import wandb_workspaces.reports.v2.interface as interface
 
     from toolkit.wandb_report import build_report, report_spec
 
-    spec = report_spec(next((tmp_path / "runs").glob("latent-study-*")))
+    spec = report_spec(study)
+    assert ["config.model", "config.variant"] in [block["runset"]["groupby"] for block in spec["blocks"]
+                                                  if block.get("runset")]
     interface_api = interface._get_api
     try:
         interface._get_api = lambda: _OfflineApi()

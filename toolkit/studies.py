@@ -31,30 +31,23 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def parse_names(key: str, text: str, known) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in known]
-    if not names or unknown or len(set(names)) != len(names):
-        raise ConfigError(f"--{key}={text!r}: choose distinct names from {', '.join(known)}")
-    return names
-
-
-def parse_variants(text: str, known) -> dict[str, str]:
-    """'cnn,lite2=efficientnet_lite0' -> {'cnn': 'cnn', 'lite2': 'efficientnet_lite0'}: each entry a recipe, or
-    NAME=RECIPE to train a recipe under a name of its own (its folder, its row, its options in --recipe_args), so that
-    one recipe can appear twice with other options."""
+def parse_variants(text: str, known, kind: str = "recipe") -> dict[str, str]:
+    """'cnn,lite2=efficientnet_lite0' -> {'cnn': 'cnn', 'lite2': 'efficientnet_lite0'}: each entry one of `known` (a
+    recipe, a model: `kind` says which), or NAME=ONE to train it under a name of its own (its folder, its row, its
+    options), so that one recipe or model can appear twice with other options."""
     variants = {}
     for part in (part.strip() for part in text.split(",")):
         if not part:
             continue
-        name, _, recipe = (item.strip() for item in part.rpartition("=")) if "=" in part else (part, "", part)
-        if recipe not in known or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in variants:
-            raise ConfigError(f"--models={text!r}: give distinct entries, each a recipe from {', '.join(known)} or "
-                              "NAME=RECIPE (NAME: letters, digits, '_', '-' or '.', a folder's name), e.g. "
-                              "efficientnet_lite0,lite2=efficientnet_lite0; could not read " + repr(part))
-        variants[name] = recipe
+        name, _, chosen = (item.strip() for item in part.rpartition("=")) if "=" in part else (part, "", part)
+        if chosen not in known or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in variants:
+            first = list(known)[0]
+            raise ConfigError(f"--models={text!r}: give distinct entries, each a {kind} from {', '.join(known)} or "
+                              f"NAME={kind.upper()} (NAME: letters, digits, '_', '-' or '.', a folder's name), e.g. "
+                              f"{first},other={first}; could not read {part!r}")
+        variants[name] = chosen
     if not variants:
-        raise ConfigError(f"--models={text!r}: name at least one recipe from {', '.join(known)}")
+        raise ConfigError(f"--models={text!r}: name at least one {kind} from {', '.join(known)}")
     return variants
 
 

@@ -101,7 +101,7 @@ def report_spec(study_dir: Path) -> dict:
             {"kind": "comparer", "title": "run comparer"},
         ]
         figures = ["latent_study/psnr_vs_latent", "latent_study/side_by_side", "latent_study/validation_curves"]
-        groupby = ["config.model"]
+        groupby = ["config.model", "config.variant"]
     blocks = [{"kind": "h1", "text": title}, {"kind": "p", "text": description},
               {"kind": "markdown", "text": table},
               *[{"kind": "p", "text": sentence} for sentence in sentences],
