@@ -6,8 +6,9 @@ batch: on 2 cores of an AMD EPYC, `toolkit evaluate` of EfficientNet-Lite0 in ba
 time per image beside 20 of its own (page faults). keep_freed_memory serves blocks up to 32 MB from the heap and
 keeps up to 512 MB of it free: the same scoring then took 8.1 ms per image in batches of 8 against 17.6 in batches
 of 64 as before (`python scripts/inference_memory.py RUN`; predict_files keeps it). Every training run keeps it
-too (start_run): the classifiers' training steps ran 1.12-1.19x faster so (`toolkit benchmark`'s step table, 6 steps
-each, in two processes), the blind denoiser's, whose patches are small, level.
+too (start_run): the classifiers' first training steps ran 1.12-1.19x faster so (`toolkit benchmark`'s step table, 6
+steps each, in two processes), the blind denoiser's, whose patches are small, level; whole runs were level
+(EfficientNet-Lite0 and -Lite2, top mode: glibc raises its own thresholds as a run frees large blocks).
 """
 
 from __future__ import annotations

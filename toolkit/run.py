@@ -228,7 +228,8 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
         check_data()  # a missing data folder stops the run before its folder and W&B run are made
     state = PartialState(cpu=training_device_type() == "cpu")
     # a step's activations stay in the process for the next step instead of going back to the system and being
-    # faulted in again: the classifiers' training steps 1.12-1.19x faster on 2 AMD EPYC cores (toolkit.memory)
+    # faulted in again: a run's first training steps 1.12-1.19x faster on 2 AMD EPYC cores, whole runs level
+    # (toolkit.memory)
     kept = keep_freed_memory()
     set_seed(cfg.seed)  # the same on every process: identical model initialisation
     if cfg.num_workers == 0:  # recorded in the config as the number used
