@@ -105,9 +105,11 @@ def last_stages_start(model: EfficientNetLite) -> int:
 def frozen_blocks(model: EfficientNetLite, mode: str, train_from_block: int = 0) -> int:
     """How many of the network's blocks a mode keeps frozen (their output cacheable): top mode those below
     `train_from_block` (0: below the last two stages, `last_stages_start`), finetune none, linear_probe all."""
-    modes = {"top": lambda: train_from_block or last_stages_start(model), "finetune": lambda: 0,
-             "linear_probe": lambda: len(model.blocks)}
-    return modes[mode]()
+    if mode == "finetune":
+        return 0
+    if mode == "linear_probe":
+        return len(model.blocks)
+    return train_from_block or last_stages_start(model)
 
 
 def map_efficientnet_pytorch_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
