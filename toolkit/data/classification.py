@@ -21,7 +21,7 @@ import numpy as np
 
 from toolkit.data.beton import StoredImages, cache_folder, cached_beton, conflicting_duplicates
 from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_classification_splits, scan_labeled_folder
-from toolkit.data.settings import DEFAULT_DATA, ClassificationDataSettings, check_data_folder
+from toolkit.data.settings import DEFAULT_DATA, ClassificationDataSettings, check_data_folder, check_split_settings
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.data.synthetic import is_synthetic, write_synthetic_scenes
 from toolkit.errors import DataError
@@ -110,7 +110,7 @@ def load_classification_data(settings: ClassificationDataSettings, seed: int, im
     settings.max_train_images > 0 keeps a stratified subset of that many training images (the study's
     tuning subset, quick experiments); validation and test are unaffected.
     """
-    settings.check_data_settings()
+    check_split_settings(settings)  # and the folders' layout as they are found: settings.check_data_settings, once
     data, train_split, test_split = settings.data, settings.train_split, settings.test_split
     cache_dir = Path(cache_dir) if cache_dir else None
     root, synthetic = find_data_root(data, cache_dir, log)

@@ -17,7 +17,7 @@ import numpy as np
 from toolkit.data.beton import StoredImages, cached_beton
 from toolkit.data.classification import HOLDOUT_SEED, _slug, find_data_root
 from toolkit.data.folders import find_pool_folder, scan_unlabeled_folder
-from toolkit.data.settings import DenoisingDataSettings
+from toolkit.data.settings import DenoisingDataSettings, check_split_settings
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.errors import DataError
 
@@ -48,7 +48,7 @@ class DenoisingData:
 def load_denoising_data(settings: DenoisingDataSettings, seed: int, cache_dir: Path | str | None = None,
                         num_workers: int = 2, log=print) -> DenoisingData:
     """Find, store once (squashed to settings.image_size) and split an unlabeled pool of images."""
-    settings.check_data_settings()
+    check_split_settings(settings)  # and the folder's layout as it is found: settings.check_data_settings, once
     pool_split, image_size = settings.pool_split, settings.image_size
     cache_dir = Path(cache_dir) if cache_dir else None
     root, synthetic = find_data_root(settings.data, cache_dir, log)
