@@ -39,6 +39,7 @@ from toolkit.studies import (
     reusable,
     study_dir,
     sub_config,
+    sub_run_keys,
 )
 
 
@@ -64,8 +65,7 @@ def main(cfg: Config) -> dict:
     group = cfg.wandb_group or base.name  # W&B groups every sub-run of this comparison
     shared = field_names(ClassificationDataSettings, RunSettings) - STUDY_KEYS
     configs = {(m, s): sub_config(recipe_module(recipe).Config, cfg, shared, options.get(m, ""),
-                                  run_dir=str(base / m / f"seed-{s}"), seed=s, wandb_group=group,
-                                  wandb_tags=f"{m},seed-{s},compare", **({"variant": m} if m != recipe else {}),
+                                  **sub_run_keys(base, m, recipe, s, group, "compare"),
                                   **({"weights": cfg.resnet_weights} if recipe == "resnet18" else {}))
                for m, recipe in models.items() for s in seeds}  # every option is read here, before any training
     for (model, _), sub in configs.items():  # and every value: a bad one is not found after hours of the others

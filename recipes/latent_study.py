@@ -56,6 +56,7 @@ from toolkit.studies import (
     reusable,
     study_dir,
     sub_config,
+    sub_run_keys,
 )
 from toolkit.train.denoise import (
     NoiseSpec,
@@ -107,9 +108,8 @@ def main(cfg: Config) -> dict:
     autoencoder = recipe_module("autoencoder")
     configs = {(name, s): sub_config(autoencoder.Config, cfg, shared,
                                      f"{cfg.ae_args if model in AUTOENCODER_FAMILY else cfg.other_args} "
-                                     f"{per_model.get(name, '')}", model=model, run_dir=str(base / name / f"seed-{s}"),
-                                     seed=s, wandb_group=group, wandb_tags=f"{name},seed-{s},latent-study",
-                                     **({"variant": name} if name != model else {}), **noise_keys)
+                                     f"{per_model.get(name, '')}", model=model,
+                                     **sub_run_keys(base, name, model, s, group, "latent-study"), **noise_keys)
                for name, model in models.items() for s in seeds}  # every option is read here, before any training
     for (name, _), sub in configs.items():  # and every value: a bad one is not found after hours of the others
         with options_of(name):

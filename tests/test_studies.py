@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from test_recipes import run_in_process
 
 from toolkit.stats import compare_pairs, describe_pair, mcnemar, mean_interval, paired_difference
-from toolkit.studies import parse_recipe_args, parse_seeds, parse_variants
+from toolkit.studies import STUDY_KEYS, parse_recipe_args, parse_seeds, parse_variants, sub_run_keys
 
 # ---- statistics, by hand --------------------------------------------------------------------------------
 
@@ -78,6 +79,10 @@ def test_study_options_are_checked():
         "cnn": "--epochs=2", "resnet18": "--lr=1e-4"}
     with pytest.raises(ConfigError, match="could not read"):
         parse_recipe_args("vgg: --x=1", ["cnn"])
+    keys = sub_run_keys(Path("study"), "lite2", "efficientnet_lite0", 1, "g", "compare")  # the keys a study sets
+    assert set(keys) == STUDY_KEYS and keys["variant"] == "lite2"
+    assert keys["run_dir"] == str(Path("study") / "lite2" / "seed-1") and keys["wandb_tags"] == "lite2,seed-1,compare"
+    assert sub_run_keys(Path("study"), "cnn", "cnn", 0, "g", "compare")["variant"] == ""  # not a variant
     known = ["cnn", "efficientnet_lite0"]
     assert parse_variants("cnn, lite2=efficientnet_lite0", known) == {"cnn": "cnn", "lite2": "efficientnet_lite0"}
     for bad in ("cnn,cnn", "a=cnn,a=efficientnet_lite0", "x=vgg", "two words=cnn", "=cnn", "../up=cnn", ""):

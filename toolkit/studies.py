@@ -86,8 +86,15 @@ def options_of(name: str):
         raise type(error)(f"{name}: {error}") from None
 
 
-# a study sets these per sub-run; every other key the study and its sub-runs share is passed on
+# a study sets these per sub-run (sub_run_keys); every other key the study and its sub-runs share is passed on
 STUDY_KEYS = frozenset({"run_dir", "seed", "wandb_group", "wandb_tags", "variant"})
+
+
+def sub_run_keys(study: Path, name: str, chosen: str, seed: int, group: str, tag: str) -> dict:
+    """The STUDY_KEYS of one sub-run: its folder <study>/<name>/seed-<s>, its seed, the study's W&B group, tags naming
+    it, the seed and the study, and its variant where its name is not its recipe's or model's (`chosen`)."""
+    return {"run_dir": str(study / name / f"seed-{seed}"), "seed": seed, "wandb_group": group,
+            "wandb_tags": f"{name},seed-{seed},{tag}", "variant": name if name != chosen else ""}
 
 
 def sub_config(config_class: type, parent, shared: set[str], extra_args: str, **overrides):
