@@ -1,6 +1,7 @@
 """Peak memory and time of `toolkit denoise` on large images, whole against in tiles (--tile_size): each command
 runs in a fresh process on a synthetic noisy photograph of the given size, and its peak resident memory is read from
-the operating system (wait4). The README's figures come from
+the operating system (wait4). The figures in docs/commands.md
+(`toolkit denoise`, "Large images") come from
 
     python scripts/denoise_memory.py RUN --megapixels 1 4 12
 

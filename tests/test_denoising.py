@@ -1371,7 +1371,7 @@ def test_blind_denoiser_recipe_trains_resumes_exactly_and_is_served_blind(tmp_pa
     assert toolkit_main(["denoise", str(tmp_path / "whole"), str(big), str(tmp_path / "bad.png"), "--sigma=-1"]) == 2
     assert "--sigma takes the noise std on the 0-255 scale, 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
-    # the README's memory figures: each command in its own process, its peak memory read from the system
+    # the memory figures of docs/commands.md: each command in its own process, its peak memory read from the system
     script = Path(__file__).resolve().parents[1] / "scripts" / "denoise_memory.py"
     done = run_script([sys.executable, str(script), str(tmp_path / "whole"), "--megapixels", "0.1", "--tile_sizes",
                        "0", "96", "--out", str(tmp_path / "memory.json")])
