@@ -212,7 +212,7 @@ if wanted latent; then
 fi
 
 if wanted use; then  # needs the compare step's runs only, so it comes before the long cnn_gap step
-    step "using the models: evaluate the held-out images, predict a folder, reports"
+    step "using the models: evaluate the held-out images, predict a folder, export to ONNX, reports"
     FAST="$OUT/compare/fast_cnn/seed-0"
     # runs trained before calibration hold temperature 1; for a newer run this refits the same temperature
     $BIN/toolkit calibrate "$FAST" "$DATA"
@@ -227,6 +227,9 @@ if wanted use; then  # needs the compare step's runs only, so it comes before th
             --ensemble "${OTHER_SEEDS[@]}"
         EVALUATIONS+=("$OUT/evaluate_efficientnet_seeds")
     fi
+    # served without PyTorch: seed 0 as an ONNX file, its predictions and speed against PyTorch's on 400 images
+    $BIN/toolkit export "$EFFICIENTNET/seed-0" "$OUT/efficientnet_lite0.onnx"
+    $BIN/python scripts/onnx_check.py "$EFFICIENTNET/seed-0" "$DATA/seg_train" --onnx "$OUT/efficientnet_lite0.onnx"
     $BIN/toolkit report "$OUT/compare" "${EVALUATIONS[@]}" --out "$OUT/report_classifiers" \
         --title "Intel scenes: classifiers" --wandb_mode=disabled
     $BIN/toolkit report "$OUT/latent_study" "$OUT/blind_denoiser" --out "$OUT/report_denoising" \

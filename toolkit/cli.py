@@ -7,6 +7,7 @@
     toolkit evaluate CHECKPOINT FOLDER          accuracy, P/R/F1, confusion, calibration, confident mistakes
     toolkit calibrate CHECKPOINT DATA           fit a run's temperature after the fact (runs trained before it)
     toolkit report RUN_DIR...                   one self-contained HTML report (and PNGs) from runs
+    toolkit export CHECKPOINT OUT.onnx          the model as an ONNX file, checked against PyTorch with onnxruntime
     toolkit denoise CHECKPOINT INPUT OUTPUT     denoise an image or a folder with a trained denoiser
     toolkit benchmark-denoiser CHECKPOINT       PSNR/SSIM on clean references (McMaster) at sigma 15/25/50
     toolkit wandb-report STUDY_DIR              a W&B Report of a comparison or latent study (or its definition)
@@ -205,6 +206,24 @@ def command_report(args) -> None:
         logger.log_images({f"report/{path.stem}": path for path in figures}, step=0)
         logger.finish()
     print(f"report: {page} ({len(figures)} figures, also as PNG in {out / 'figures'})")
+
+
+def command_export(args) -> None:
+    from toolkit.export import export_onnx
+
+    record = export_onnx(args.checkpoint, args.out, args.opset)
+    check = record["check"]
+    print(f"[export] wrote {record['onnx']} ({record['bytes'] / 1e6:.1f} MB, ONNX opset {record['opset']}), "
+          f"a {record['kind']}")
+    for role in ("inputs", "outputs"):
+        for name, meaning in record[role].items():
+            print(f"[export] {role[:-1]} {name}: {meaning}")
+    if record["kind"] == "classifier":
+        print(f"[export] classes, in output order: {', '.join(record['classes'])} (temperature "
+              f"{record['temperature']:.3f} applied{', with the mirror image' if record['flip_tta'] else ''})")
+    shapes = " and ".join(" + ".join("x".join(map(str, shape)) for shape in trial) for trial in check["input_shapes"])
+    print(f"[export] checked with onnxruntime {check['onnxruntime']} on stand-in inputs of {shapes}: largest "
+          f"difference from the PyTorch model {check['largest_difference']:.1e}")
 
 
 def command_denoise(args) -> None:
@@ -538,6 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--title", default="", help="page title")
     add_wandb_mode_argument(rep, help="also log the figures to a W&B run")
     rep.set_defaults(handler=command_report)
+
+    exp = commands.add_parser("export", help="a trained model as an ONNX file (preprocessing included), checked "
+                              "against PyTorch with onnxruntime")
+    exp.add_argument("checkpoint", help="a run directory or one of its checkpoints (a classifier or a denoiser)")
+    exp.add_argument("out", type=output_file, help="the .onnx file to write (replaced whole if it exists)")
+    exp.add_argument("--opset", type=at_least(18), default=None, help="the ONNX opset (default: torch's exporter's)")
+    exp.set_defaults(handler=command_export)
 
     den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
     den.add_argument("checkpoint",

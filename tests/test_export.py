@@ -1,0 +1,160 @@
+"""toolkit export: trained models as ONNX files that onnxruntime runs to the same outputs as toolkit predict and
+toolkit denoise, their metadata, the sizes they take, and refusals that leave nothing (or the old file) behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from conftest import TINY_CLASSIFIER, run_script
+from PIL import Image
+from test_recipes import run_in_process
+
+import toolkit.export
+from toolkit.cli import main as toolkit_main
+from toolkit.data.images import load_for_restoration, load_rgb
+from toolkit.predict import predict_files
+
+BLIND = ["--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8", "--epochs=1", "--max_steps=3",
+         "--num_workers=1", "--model_kwargs=widths=(8,16,32),blocks=1", "--figures=false"]
+
+
+def metadata(path: Path) -> dict:
+    """The scene_toolkit.* entries of an ONNX file's metadata, JSON read back."""
+    entries = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    read = {}
+    for key, value in entries.items():
+        if key.startswith("scene_toolkit."):
+            try:
+                read[key.removeprefix("scene_toolkit.")] = json.loads(value)
+            except json.JSONDecodeError:
+                read[key.removeprefix("scene_toolkit.")] = value
+    return read
+
+
+def session(path: Path):
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tiny_intel, tmp_path_factory) -> Path:
+    """A tiny CNN run (module-wide)."""
+    from conftest import _reset_accelerate
+
+    run = tmp_path_factory.mktemp("export") / "cnn"
+    run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run}", "--width=4", "--max_steps=3",
+                           *TINY_CLASSIFIER])
+    _reset_accelerate()
+    return run
+
+
+def test_an_exported_classifier_gives_what_toolkit_predict_gives(classifier_run, tiny_intel, tmp_path, capsys):
+    run = classifier_run
+    out = tmp_path / "served" / "cnn.onnx"  # its folder made
+    assert toolkit_main(["export", str(run), str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"[export] wrote {out}" in said and "largest difference from the PyTorch model" in said
+    onnx.checker.check_model(str(out))
+    meta = metadata(out)
+    state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    assert meta["kind"] == "classifier" and meta["classes"] == state["classes"] and meta["image_size"] == 32
+    assert meta["temperature"] == pytest.approx(state["temperature"]) and state["temperature"] != 1.0
+    assert meta["check"]["largest_difference"] < 1e-4 and meta["check"]["input_shapes"][1] == [[3, 3, 32, 32]]
+    assert [entry.name for entry in session(out).get_outputs()] == ["log_probabilities", "probabilities"]
+    # images decoded and resized as its metadata says, any batch size: predict's calibrated log-probabilities
+    files = sorted((tiny_intel / "seg_test").rglob("*.jpg"))[:5]
+    pixels = np.stack([load_rgb(file, meta["image_size"]) for file in files]).transpose(0, 3, 1, 2)
+    log_probabilities, probabilities = session(out).run(None, {"images": pixels})
+    # (in fp32: a run trained in bf16 is scored in bf16 by default where the CPU computes it; the graph is fp32)
+    expected = predict_files(str(run), files, progress=False, mixed_precision="no").log_probabilities
+    assert np.abs(log_probabilities - expected).max() < 1e-4
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert (probabilities.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert not list(out.parent.glob(".*partial*"))
+
+
+def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoise(tmp_path, capsys):
+    run = tmp_path / "blind"
+    run_in_process("blind_denoiser", ["--data=synthetic", f"--run_dir={run}", *BLIND])
+    out = tmp_path / "blind.onnx"
+    assert toolkit_main(["export", str(run), str(out)]) == 0
+    meta = metadata(out)
+    assert meta["kind"] == "denoiser" and meta["conditioned"] is True
+    assert list(meta["inputs"]) == ["noisy", "sigma"] and "0-255" in meta["inputs"]["sigma"]
+    assert not any(isinstance(dim, int) for dim in session(out).get_inputs()[0].shape[2:])  # any height and width
+    # an image of an odd size (the network pads to its multiple inside), told sigma 25: toolkit denoise's output
+    rng = np.random.default_rng(0)
+    clean = rng.integers(40, 215, (37, 91, 3)).astype(np.float64)
+    noisy_file = tmp_path / "noisy.png"
+    Image.fromarray(np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).round().astype(np.uint8)).save(noisy_file)
+    assert toolkit_main(["denoise", str(run), str(noisy_file), str(tmp_path / "denoised.png"), "--sigma=25"]) == 0
+    noisy, _ = load_for_restoration(noisy_file)
+    (denoised,) = session(out).run(None, {"noisy": noisy.transpose(2, 0, 1)[None],
+                                          "sigma": np.array([25.0], np.float32)})
+    assert denoised.shape == (1, 3, 37, 91) and 0 <= denoised.min() and denoised.max() <= 1
+    written = np.asarray(Image.open(tmp_path / "denoised.png")).astype(int)
+    assert np.abs(np.round(denoised[0].transpose(1, 2, 0) * 255) - written).max() <= 1  # to an 8-bit level
+    # two images of another size in one batch, each with its own noise level
+    batch = rng.random((2, 3, 64, 40), dtype=np.float32)
+    assert session(out).run(None, {"noisy": batch, "sigma": np.array([5.0, 50.0], np.float32)})[0].shape == batch.shape
+
+
+def test_an_autoencoder_sized_by_its_input_is_exported_at_the_runs_size(tiny_intel, tmp_path, capsys):
+    run = tmp_path / "ae"
+    run_in_process("autoencoder", [f"--data={tiny_intel}", "--model=AE10", f"--run_dir={run}", "--max_steps=1",
+                                   "--image_size=48", "--batch_size=8", "--num_workers=1", "--figures=false"])
+    out = tmp_path / "ae.onnx"
+    assert toolkit_main(["export", str(run), str(out)]) == 0
+    assert "exporting it for 48x48 images, the run's size" in capsys.readouterr().out
+    meta = metadata(out)
+    assert meta["conditioned"] is False and list(meta["inputs"]) == ["noisy"] and "48, 48" in meta["inputs"]["noisy"]
+    assert session(out).get_inputs()[0].shape[1:] == [3, 48, 48]
+    image = np.random.default_rng(1).random((3, 3, 48, 48), dtype=np.float32)
+    assert session(out).run(None, {"noisy": image})[0].shape == (3, 3, 48, 48)
+
+
+def test_export_refusals_say_why_and_leave_the_old_file(classifier_run, tmp_path, capsys, monkeypatch):
+    run = classifier_run
+    assert toolkit_main(["export", str(run), str(tmp_path / "model.onx")]) == 2
+    assert "name the ONNX file with .onnx (e.g. model.onnx)" in capsys.readouterr().err
+    assert toolkit_main(["export", str(tmp_path / "nowhere"), str(tmp_path / "model.onnx")]) == 2
+    assert "does not exist: pass a run directory" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit):  # argparse: an output under a file
+        toolkit_main(["export", str(run), str(tmp_path / "a-file" / "model.onnx")])
+    assert not list(tmp_path.rglob("*.onnx"))
+    capsys.readouterr()
+    # --opset: another ONNX opset, recorded; one torch's exporter does not write is refused as the line is read
+    assert toolkit_main(["export", str(run), str(tmp_path / "opset18.onnx"), "--opset", "18"]) == 0
+    assert metadata(tmp_path / "opset18.onnx")["opset"] == 18
+    with pytest.raises(SystemExit):
+        toolkit_main(["export", str(run), str(tmp_path / "opset16.onnx"), "--opset", "16"])
+    assert "--opset: takes a whole number of 18 or more" in capsys.readouterr().err
+    # a graph that disagrees with PyTorch is not written, and the file there before stays as it was
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    monkeypatch.setattr(toolkit.export, "EXPORT_TOLERANCE", -1.0)
+    assert toolkit_main(["export", str(run), str(out)]) == 2
+    assert "the ONNX graph disagrees with the PyTorch model" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier export" and not list(tmp_path.glob(".*partial*"))
+
+
+def test_the_onnx_check_script_compares_predictions_and_speed_on_a_folder(classifier_run, tiny_intel):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "onnx_check.py"
+    done = run_script([sys.executable, str(script), str(classifier_run), str(tiny_intel / "seg_test"), "--images",
+                       "20", "--batch_size", "4"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    agreed = re.search(r"predicted class: the same for (\d+) of 20; largest difference of any probability (\S+)",
+                       done.stdout)
+    assert agreed and int(agreed[1]) == 20 and float(agreed[2]) < 1e-4
+    speeds = re.search(r"images per second: PyTorch ([\d.]+), onnxruntime ([\d.]+) \(([\d.]+)x PyTorch\)",
+                       done.stdout)
+    assert speeds and float(speeds[1]) > 0 and float(speeds[3]) == pytest.approx(float(speeds[2]) / float(speeds[1]),
+                                                                                  abs=0.01)
+    assert "cores" in done.stdout  # the machine named beside its figures

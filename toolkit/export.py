@@ -1,0 +1,233 @@
+"""A trained model as an ONNX file, to serve it without PyTorch or this toolkit (onnxruntime, TensorRT, OpenVINO, a
+browser): `toolkit export RUN model.onnx`.
+
+The graph holds what `toolkit predict` and `toolkit denoise` do around the network, so that a caller only decodes
+images:
+- a classifier takes uint8 RGB pixels (N, 3, S, S), S the run's image size, each image resized (squashed) to S x S
+  as `toolkit predict` does (PIL's antialiased bilinear: Image.resize((S, S), Image.BILINEAR)), and gives the
+  log-probabilities and the probabilities (N, classes): normalised with the run's mean and std, averaged with the
+  mirror image where the run evaluates that way, divided by its calibration temperature (as predict does by default).
+- a denoiser takes float32 RGB (N, 3, H, W) in [0, 1], of any size whose sides are at least SMALLEST_SIDE (padded to
+  the network's multiple and cropped back inside, as in PyTorch), and a noise-conditioned one also the noise level of
+  each image on the 0-255 scale (N,); it gives the denoised images, clamped to [0, 1].
+The classes, sizes, inputs and the run it came from are in the file's metadata (metadata_props). Before the file is
+written the graph is run with onnxruntime on stand-in inputs, at a second size too where its sizes are free, and
+compared with the PyTorch model; a graph that disagrees is not written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from toolkit.errors import UserError
+from toolkit.inference import load_trained_model, resolve_checkpoint
+from toolkit.models import is_denoiser
+from toolkit.progress import progress_bar
+from toolkit.runs import written_whole
+from toolkit.train.denoise import SMALLEST_SIDE
+from toolkit.train.evaluate import classifier_outputs
+
+# the largest difference from the PyTorch model an exported graph may show on the stand-in inputs: probabilities,
+# and pixel values on the [0, 1] scale (a fortieth of an 8-bit level); fp32 graphs differ by about 1e-6
+EXPORT_TOLERANCE = 1e-4
+STAND_IN_SEED = 0
+
+
+class ClassifierForExport(nn.Module):
+    """uint8 (N, 3, S, S) RGB pixels -> (log-probabilities, probabilities) (N, classes), as `toolkit predict`."""
+
+    def __init__(self, model: nn.Module, mean, std, flip_tta: bool, temperature: float):
+        super().__init__()
+        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
+        self.flip_tta, self.temperature = flip_tta, float(temperature)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probabilities = classifier_outputs(self.model, images, self.mean, self.std, self.flip_tta,
+                                               self.temperature)
+        return log_probabilities, log_probabilities.exp()
+
+
+class DenoiserForExport(nn.Module):
+    """float32 (N, 3, H, W) in [0, 1] -> denoised (N, 3, H, W) in [0, 1], as `toolkit denoise` without tiles."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, noisy: torch.Tensor) -> torch.Tensor:
+        return self.model(noisy).clamp(0, 1)
+
+
+class ConditionedDenoiserForExport(nn.Module):
+    """DenoiserForExport for a model told the noise level: sigma (N,) on the 0-255 scale, as `toolkit denoise
+    --sigma` takes it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.model(noisy, sigma / 255.0).clamp(0, 1)
+
+
+def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = None, log=print) -> dict:
+    """Write the model of a run directory or checkpoint to `out` (.onnx), checked with onnxruntime first; returns
+    what was written and checked (also in the file's metadata)."""
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise UserError(f"{out}: name the ONNX file with .onnx (e.g. {out.with_suffix('.onnx').name})")
+    onnx, onnxruntime = _onnx_modules()
+    checkpoint = resolve_checkpoint(checkpoint)
+    model, state = load_trained_model(checkpoint, "cpu")
+    model = model.float().eval()
+    generator = torch.Generator().manual_seed(STAND_IN_SEED)
+    log(f"[export] {state.label or state.model} from {checkpoint}: tracing, converting and checking")
+    with progress_bar(3, "exporting", "stage") as bar:
+        wrapper, inputs, record, graph = _traced_and_converted(model, state, generator, opset, log)
+        record |= {"checkpoint": str(checkpoint), "model": state.model, "model_spec": state.model_spec}
+        bar.update(1)
+        session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        height, width = session.get_inputs()[0].shape[2:]
+        if record["kind"] == "denoiser" and isinstance(height, int):
+            record["inputs"]["noisy"] = f"float32 (batch, 3, {height}, {width}): RGB in [0, 1], this network's size"
+        record["check"] = _check_against_pytorch(session, wrapper, inputs, list(record["inputs"]),
+                                                 _second_inputs(inputs, generator, isinstance(height, int)))
+        record["check"]["onnxruntime"] = onnxruntime.__version__
+        record["opset"] = max(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
+        bar.update(1)
+        for key, value in record.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = f"scene_toolkit.{key}", value if isinstance(value, str) else json.dumps(value)
+        with written_whole(out) as temporary:
+            onnx.save(graph, temporary)
+        bar.update(1)
+    record |= {"bytes": out.stat().st_size, "onnx": str(out)}
+    return record
+
+
+def _onnx_modules():
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as error:
+        raise UserError(f"exporting needs the onnx, onnxscript and onnxruntime packages ({error.name} is missing): "
+                        "pip install onnx onnxscript onnxruntime, or bash scripts/setup.sh") from None
+    return onnx, onnxruntime
+
+
+def _traced_and_converted(model, state, generator, opset: int | None, log):
+    """(wrapper, stand-in inputs, record, ONNX graph): a denoiser with its height and width free, or, where the
+    network cannot be converted so (an autoencoder's transposed convolutions sized by their input), at the run's
+    image size."""
+    if not is_denoiser(state.model):
+        wrapper, inputs, free_axes, record = _classifier_export(model, state, generator)
+        return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
+    try:
+        wrapper, inputs, free_axes, record = _denoiser_export(model, state, generator, free_size=True)
+        return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
+    except UserError as error:
+        log(f"[export] cannot be converted for every image size ({error}); exporting it for {state.image_size}x"
+            f"{state.image_size} images, the run's size")
+    wrapper, inputs, free_axes, record = _denoiser_export(model, state, generator, free_size=False)
+    return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
+
+
+def _classifier_export(model, state, generator):
+    size, pre = state.image_size, state.preprocessing
+    images = torch.randint(0, 256, (2, 3, size, size), generator=generator, dtype=torch.uint8)
+    wrapper = ClassifierForExport(model, pre["mean"], pre["std"], state.flip_tta, state.temperature).eval()
+    record = {
+        "kind": "classifier",
+        "inputs": {"images": f"uint8 (batch, 3, {size}, {size}): RGB pixels, each image resized (squashed) to "
+                             f"{size}x{size} with antialiased bilinear (PIL Image.resize((S, S), Image.BILINEAR))"},
+        "outputs": {"log_probabilities": f"float32 (batch, {len(state.classes)})",
+                    "probabilities": f"float32 (batch, {len(state.classes)}): the classes in metadata order"},
+        "classes": list(state.classes), "image_size": size, "mean": list(pre["mean"]), "std": list(pre["std"]),
+        "temperature": float(state.temperature), "flip_tta": bool(state.flip_tta),
+    }
+    return wrapper, (images,), ({0: "batch"},), record
+
+
+def _denoiser_export(model, state, generator, free_size: bool):
+    """free_size: traced at a size the network must pad (odd, not its multiple), so that the padding is in the
+    graph, with height and width left free; else at the run's image size, the only one the graph takes."""
+    size = max(SMALLEST_SIDE, state.image_size or 48)
+    height, width = (size + 5, size + 11) if free_size else (size, size)
+    noisy = torch.rand(2, 3, height, width, generator=generator)
+    inputs = {"noisy": f"float32 (batch, 3, height, width): RGB in [0, 1], sides of at least {SMALLEST_SIDE}"}
+    free_axes = ({0: "batch", 2: "height", 3: "width"} if free_size else {0: "batch"},)
+    if state.conditioned:
+        wrapper, example = ConditionedDenoiserForExport(model).eval(), (noisy, torch.tensor([15.0, 40.0]))
+        inputs["sigma"] = "float32 (batch,): each image's noise level on the 0-255 scale"
+        free_axes += ({0: "batch"},)
+    else:
+        wrapper, example = DenoiserForExport(model).eval(), (noisy,)
+    record = {"kind": "denoiser", "inputs": inputs,
+              "outputs": {"denoised": "float32 (batch, 3, height, width): RGB in [0, 1]"},
+              "conditioned": bool(state.conditioned), "smallest_side": SMALLEST_SIDE}
+    return wrapper, example, free_axes, record
+
+
+def _converted(wrapper: nn.Module, inputs: tuple, free_axes: tuple[dict, ...], record: dict, opset: int | None):
+    """The ONNX ModelProto of wrapper(*inputs) by torch's exporter (torch.export), each input's free_axes left free
+    where the network allows (torch.export.Dim.AUTO); the exporter's own chatter kept back. A model it cannot convert is
+    a UserError with the exporter's first line."""
+    dynamic = tuple({axis: torch.export.Dim.AUTO for axis in axes} for axes in free_axes)
+    said = io.StringIO()
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            program = torch.onnx.export(wrapper, inputs, dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
+                                        input_names=list(record["inputs"]), output_names=list(record["outputs"]),
+                                        verbose=False, report=False)
+    except Exception as error:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # the exporter colours its messages
+        first_line = text.splitlines()[0].split(" Next steps")[0] if text else type(error).__name__
+        raise UserError(f"torch's ONNX exporter could not convert this model: {first_line}") from None
+    return program.model_proto
+
+
+def _second_inputs(inputs: tuple, generator: torch.Generator, fixed_size: bool) -> tuple:
+    """Stand-in inputs of another batch size, and for a denoiser of free sizes another height and width."""
+    first = inputs[0]
+    if first.dtype == torch.uint8:  # a classifier's pixels: three images
+        return (torch.randint(0, 256, (3, *first.shape[1:]), generator=generator, dtype=torch.uint8),)
+    height, width = (first.shape[2], first.shape[3]) if fixed_size else (first.shape[2] + 6, first.shape[3] - 3)
+    return (torch.rand(1, 3, height, width, generator=generator), *(tensor[:1] for tensor in inputs[1:]))
+
+
+def _check_against_pytorch(session, wrapper: nn.Module, inputs: tuple, names: list[str], second: tuple) -> dict:
+    """Run the graph with onnxruntime on the stand-in inputs and on a second set (another batch size, and size for a
+    denoiser) against the PyTorch wrapper: the largest difference of any output; over EXPORT_TOLERANCE, or a size
+    the graph does not take, refuses."""
+    largest = 0.0
+    for trial in (inputs, second):
+        with torch.no_grad():
+            expected = wrapper(*trial)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        try:
+            got = session.run(None, {name: tensor.numpy() for name, tensor in zip(names, trial)})
+        except Exception as error:  # onnxruntime's own error types: a size the graph fixed
+            shapes = ", ".join(f"{name} {tuple(tensor.shape)}" for name, tensor in zip(names, trial))
+            raise UserError(f"the ONNX graph does not take {shapes} ({str(error).strip().splitlines()[0][:300]}); "
+                            "not written") from None
+        for want, have in zip(expected, got):
+            want = want.numpy()
+            finite = np.isfinite(want)  # log-probabilities of -inf compare as equal when both are
+            difference = float(np.abs(have[finite] - want[finite]).max(initial=0.0)) if have.shape == want.shape \
+                else float("inf")
+            if difference > EXPORT_TOLERANCE or np.any(np.isfinite(have) != finite):
+                raise UserError(f"the ONNX graph disagrees with the PyTorch model on stand-in inputs (shape "
+                                f"{have.shape} against {want.shape}, largest difference {difference:.2g}, allowed "
+                                f"{EXPORT_TOLERANCE:g}); not written. Try another --opset")
+            largest = max(largest, difference)
+    return {"largest_difference": largest,
+            "input_shapes": [[list(tensor.shape) for tensor in trial] for trial in (inputs, second)]}
