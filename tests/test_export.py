@@ -77,6 +77,13 @@ def test_an_exported_classifier_gives_what_toolkit_predict_gives(classifier_run,
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert (probabilities.argmax(axis=1) == expected.argmax(axis=1)).all()
     assert not list(out.parent.glob(".*partial*"))
+    # --no-calibrated: the probabilities as trained, as predict --no-calibrated gives them
+    raw = tmp_path / "raw.onnx"
+    assert toolkit_main(["export", str(run), str(raw), "--no-calibrated"]) == 0
+    assert "as trained, no temperature (--no-calibrated)" in capsys.readouterr().out
+    assert metadata(raw)["temperature"] == 1.0 and metadata(raw)["calibrated"] is False
+    as_trained = predict_files(str(run), files, progress=False, mixed_precision="no", calibrated=False)
+    assert np.abs(session(raw).run(None, {"images": pixels})[0] - as_trained.log_probabilities).max() < 1e-4
 
 
 def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoise(tmp_path, capsys):
@@ -100,6 +107,8 @@ def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoi
     assert denoised.shape == (1, 3, 37, 91) and 0 <= denoised.min() and denoised.max() <= 1
     written = np.asarray(Image.open(tmp_path / "denoised.png")).astype(int)
     assert np.abs(np.round(denoised[0].transpose(1, 2, 0) * 255) - written).max() <= 1  # to an 8-bit level
+    assert toolkit_main(["export", str(run), str(tmp_path / "no.onnx"), "--no-calibrated"]) == 2
+    assert "holds a denoiser: --no-calibrated is for classifiers" in capsys.readouterr().err
     # two images of another size in one batch, each with its own noise level
     batch = rng.random((2, 3, 64, 40), dtype=np.float32)
     assert session(out).run(None, {"noisy": batch, "sigma": np.array([5.0, 50.0], np.float32)})[0].shape == batch.shape

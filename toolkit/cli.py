@@ -211,7 +211,7 @@ def command_report(args) -> None:
 def command_export(args) -> None:
     from toolkit.export import export_onnx
 
-    record = export_onnx(args.checkpoint, args.out, args.opset)
+    record = export_onnx(args.checkpoint, args.out, args.opset, args.calibrated)
     check = record["check"]
     print(f"[export] wrote {record['onnx']} ({record['bytes'] / 1e6:.1f} MB, ONNX opset {record['opset']}), "
           f"a {record['kind']}")
@@ -219,8 +219,10 @@ def command_export(args) -> None:
         for name, meaning in record[role].items():
             print(f"[export] {role[:-1]} {name}: {meaning}")
     if record["kind"] == "classifier":
-        print(f"[export] classes, in output order: {', '.join(record['classes'])} (temperature "
-              f"{record['temperature']:.3f} applied{', with the mirror image' if record['flip_tta'] else ''})")
+        calibration = (f"temperature {record['temperature']:.3f} applied" if record["calibrated"]
+                       else "as trained, no temperature (--no-calibrated)")
+        print(f"[export] classes, in output order: {', '.join(record['classes'])} ({calibration}"
+              f"{', with the mirror image' if record['flip_tta'] else ''})")
     shapes = " and ".join(" + ".join("x".join(map(str, shape)) for shape in trial) for trial in check["input_shapes"])
     print(f"[export] checked with onnxruntime {check['onnxruntime']} on stand-in inputs of {shapes}: largest "
           f"difference from the PyTorch model {check['largest_difference']:.1e}")
@@ -377,6 +379,10 @@ def classifier_batch_size(args) -> int:
     return args.batch_size or (8 if args.device == "cpu" else 64)
 
 
+CALIBRATED_HELP = ("probabilities divided by the temperature the run fitted on its validation images (--no-calibrated: "
+                   "as trained; older runs hold 1 until `toolkit calibrate` fits one)")
+
+
 def add_classifier_loading_arguments(parser: argparse.ArgumentParser) -> None:
     """--batch_size, --workers and --device, as predict, evaluate and calibrate take them."""
     parser.add_argument("--batch_size", type=at_least(1), default=None,
@@ -394,9 +400,7 @@ def add_classifier_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed_precision", choices=["auto", "no", "bf16", "fp16"], default=None,
                         help="default: the precision the run was trained with (stored in the checkpoint), "
                              "or fp32 where this device would emulate it or run it slower")
-    parser.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
-                        help="probabilities divided by the temperature the run fitted on its validation images "
-                        "(--no-calibrated: as trained; older runs hold 1 until `toolkit calibrate` fits one)")
+    parser.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True, help=CALIBRATED_HELP)
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="RUN",
                         help="more runs trained on the same classes (other seeds of the recipe, other recipes), "
                         "given after the inputs: the probabilities are the mean of every run's, each predicting "
@@ -563,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("checkpoint", help="a run directory or one of its checkpoints (a classifier or a denoiser)")
     exp.add_argument("out", type=output_file, help="the .onnx file to write (replaced whole if it exists)")
     exp.add_argument("--opset", type=at_least(18), default=None, help="the ONNX opset (default: torch's exporter's)")
+    exp.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
+                     help=f"a classifier's {CALIBRATED_HELP}")
     exp.set_defaults(handler=command_export)
 
     den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")

@@ -78,20 +78,24 @@ class ConditionedDenoiserForExport(nn.Module):
         return self.model(noisy, sigma / 255.0).clamp(0, 1)
 
 
-def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = None, log=print) -> dict:
+def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = None, calibrated: bool = True,
+                log=print) -> dict:
     """Write the model of a run directory or checkpoint to `out` (.onnx), checked with onnxruntime first; returns
-    what was written and checked (also in the file's metadata)."""
+    what was written and checked (also in the file's metadata). calibrated: a classifier's probabilities divided by
+    its calibration temperature, as `toolkit predict` gives them by default; False: as trained."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise UserError(f"{out}: name the ONNX file with .onnx (e.g. {out.with_suffix('.onnx').name})")
     onnx, onnxruntime = _onnx_modules()
     checkpoint = resolve_checkpoint(checkpoint)
     model, state = load_trained_model(checkpoint, "cpu")
+    if not calibrated and is_denoiser(state.model):
+        raise UserError(f"{checkpoint} holds a denoiser: --no-calibrated is for classifiers (their temperature)")
     model = model.float().eval()
     generator = torch.Generator().manual_seed(STAND_IN_SEED)
     log(f"[export] {state.label or state.model} from {checkpoint}: tracing, converting and checking")
     with progress_bar(3, "exporting", "stage") as bar:
-        wrapper, inputs, record, graph = _traced_and_converted(model, state, generator, opset, log)
+        wrapper, inputs, record, graph = _traced_and_converted(model, state, generator, opset, calibrated, log)
         record |= {"checkpoint": str(checkpoint), "model": state.model, "model_spec": state.model_spec}
         bar.update(1)
         session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -124,12 +128,12 @@ def _onnx_modules():
     return onnx, onnxruntime
 
 
-def _traced_and_converted(model, state, generator, opset: int | None, log):
+def _traced_and_converted(model, state, generator, opset: int | None, calibrated: bool, log):
     """(wrapper, stand-in inputs, record, ONNX graph): a denoiser with its height and width free, or, where the
     network cannot be converted so (an autoencoder's transposed convolutions sized by their input), at the run's
     image size."""
     if not is_denoiser(state.model):
-        wrapper, inputs, free_axes, record = _classifier_export(model, state, generator)
+        wrapper, inputs, free_axes, record = _classifier_export(model, state, generator, calibrated)
         return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
     try:
         wrapper, inputs, free_axes, record = _denoiser_export(model, state, generator, free_size=True)
@@ -141,10 +145,11 @@ def _traced_and_converted(model, state, generator, opset: int | None, log):
     return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
 
 
-def _classifier_export(model, state, generator):
+def _classifier_export(model, state, generator, calibrated: bool):
     size, pre = state.image_size, state.preprocessing
+    temperature = float(state.temperature) if calibrated else 1.0
     images = torch.randint(0, 256, (2, 3, size, size), generator=generator, dtype=torch.uint8)
-    wrapper = ClassifierForExport(model, pre["mean"], pre["std"], state.flip_tta, state.temperature).eval()
+    wrapper = ClassifierForExport(model, pre["mean"], pre["std"], state.flip_tta, temperature).eval()
     record = {
         "kind": "classifier",
         "inputs": {"images": f"uint8 (batch, 3, {size}, {size}): RGB pixels, each image resized (squashed) to "
@@ -152,7 +157,7 @@ def _classifier_export(model, state, generator):
         "outputs": {"log_probabilities": f"float32 (batch, {len(state.classes)})",
                     "probabilities": f"float32 (batch, {len(state.classes)}): the classes in metadata order"},
         "classes": list(state.classes), "image_size": size, "mean": list(pre["mean"]), "std": list(pre["std"]),
-        "temperature": float(state.temperature), "flip_tta": bool(state.flip_tta),
+        "temperature": temperature, "calibrated": calibrated, "flip_tta": bool(state.flip_tta),
     }
     return wrapper, (images,), ({0: "batch"},), record
 
