@@ -19,7 +19,7 @@ from test_recipes import run_in_process
 import toolkit.export
 from toolkit.cli import main as toolkit_main
 from toolkit.data.images import load_for_restoration, load_rgb
-from toolkit.predict import predict_files
+from toolkit.predict import predict_files, predict_runs
 
 BLIND = ["--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8", "--epochs=1", "--max_steps=3",
          "--num_workers=1", "--model_kwargs=widths=(8,16,32),blocks=1", "--figures=false"]
@@ -86,6 +86,34 @@ def test_an_exported_classifier_gives_what_toolkit_predict_gives(classifier_run,
     assert np.abs(session(raw).run(None, {"images": pixels})[0] - as_trained.log_probabilities).max() < 1e-4
 
 
+def test_an_exported_ensemble_gives_what_predict_ensemble_gives(classifier_run, tiny_intel, tmp_path, capsys):
+    other = tmp_path / "cnn-seed1"
+    run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={other}", "--width=4", "--max_steps=3", "--seed=1",
+                           *TINY_CLASSIFIER])
+    out = tmp_path / "ensemble.onnx"
+    capsys.readouterr()
+    assert toolkit_main(["export", str(classifier_run), str(out), "--ensemble", str(other)]) == 0
+    assert "the mean of 2 runs' probabilities" in capsys.readouterr().out
+    meta = metadata(out)
+    assert [Path(member["checkpoint"]).parents[1] for member in meta["ensemble"]] == [classifier_run, other]
+    assert all(member["temperature"] != 1.0 for member in meta["ensemble"]) and "temperature" not in meta
+    files = sorted((tiny_intel / "seg_test").rglob("*.jpg"))[:6]
+    pixels = np.stack([load_rgb(file, meta["image_size"]) for file in files]).transpose(0, 3, 1, 2)
+    log_mean, mean = session(out).run(None, {"images": pixels})
+    expected = predict_runs([str(classifier_run), str(other)], files, progress=False, mixed_precision="no")
+    assert np.abs(log_mean - expected.log_probabilities).max() < 1e-4 and np.allclose(mean.sum(axis=1), 1, atol=1e-5)
+    alone = predict_files(str(other), files, progress=False, mixed_precision="no").log_probabilities
+    assert np.abs(log_mean - alone).max() > 1e-3  # not one of the runs alone
+    # runs of another image size cannot share the graph's one input; a denoiser is not a classifier
+    smaller = tmp_path / "cnn-24px"
+    run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={smaller}", "--width=4", "--max_steps=1",
+                           *TINY_CLASSIFIER, "--image_size=24"])
+    capsys.readouterr()
+    assert toolkit_main(["export", str(classifier_run), str(tmp_path / "mixed.onnx"), "--ensemble", str(smaller)]) == 2
+    assert "the runs take images of different sizes (24, 32 px)" in capsys.readouterr().err
+    assert not (tmp_path / "mixed.onnx").exists()
+
+
 def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoise(tmp_path, capsys):
     run = tmp_path / "blind"
     run_in_process("blind_denoiser", ["--data=synthetic", f"--run_dir={run}", *BLIND])
@@ -109,6 +137,8 @@ def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoi
     assert np.abs(np.round(denoised[0].transpose(1, 2, 0) * 255) - written).max() <= 1  # to an 8-bit level
     assert toolkit_main(["export", str(run), str(tmp_path / "no.onnx"), "--no-calibrated"]) == 2
     assert "holds a denoiser: --no-calibrated is for classifiers" in capsys.readouterr().err
+    assert toolkit_main(["export", str(run), str(tmp_path / "no.onnx"), "--ensemble", str(run)]) == 2
+    assert "holds a denoiser: --ensemble is for classifiers" in capsys.readouterr().err
     # two images of another size in one batch, each with its own noise level
     batch = rng.random((2, 3, 64, 40), dtype=np.float32)
     assert session(out).run(None, {"noisy": batch, "sigma": np.array([5.0, 50.0], np.float32)})[0].shape == batch.shape
@@ -122,7 +152,8 @@ def test_an_autoencoder_sized_by_its_input_is_exported_at_the_runs_size(tiny_int
     assert toolkit_main(["export", str(run), str(out)]) == 0
     assert "exporting it for 48x48 images, the run's size" in capsys.readouterr().out
     meta = metadata(out)
-    assert meta["conditioned"] is False and list(meta["inputs"]) == ["noisy"] and "48, 48" in meta["inputs"]["noisy"]
+    assert meta["conditioned"] is False and list(meta["inputs"]) == ["noisy"]
+    assert "3, 48, 48)" in meta["inputs"]["noisy"] and "3, 48, 48)" in meta["outputs"]["denoised"]
     assert session(out).get_inputs()[0].shape[1:] == [3, 48, 48]
     image = np.random.default_rng(1).random((3, 3, 48, 48), dtype=np.float32)
     assert session(out).run(None, {"noisy": image})[0].shape == (3, 3, 48, 48)

@@ -211,7 +211,7 @@ def command_report(args) -> None:
 def command_export(args) -> None:
     from toolkit.export import export_onnx
 
-    record = export_onnx(args.checkpoint, args.out, args.opset, args.calibrated)
+    record = export_onnx(args.checkpoint, args.out, args.opset, args.calibrated, args.ensemble)
     check = record["check"]
     print(f"[export] wrote {record['onnx']} ({record['bytes'] / 1e6:.1f} MB, ONNX opset {record['opset']}), "
           f"a {record['kind']}")
@@ -219,10 +219,16 @@ def command_export(args) -> None:
         for name, meaning in record[role].items():
             print(f"[export] {role[:-1]} {name}: {meaning}")
     if record["kind"] == "classifier":
-        calibration = (f"temperature {record['temperature']:.3f} applied" if record["calibrated"]
+        runs = record.get("ensemble", [record])
+        temperatures = ", ".join(f"{run['temperature']:.3f}" for run in runs)
+        calibration = (f"temperature{'s' if len(runs) > 1 else ''} {temperatures} applied" if record["calibrated"]
                        else "as trained, no temperature (--no-calibrated)")
+        mirrored = sum(run["flip_tta"] for run in runs)
         print(f"[export] classes, in output order: {', '.join(record['classes'])} ({calibration}"
-              f"{', with the mirror image' if record['flip_tta'] else ''})")
+              f"{', with the mirror image' if mirrored else ''})")
+        if len(runs) > 1:
+            names = ", ".join(run["checkpoint"] for run in runs)
+            print(f"[export] the mean of {len(runs)} runs' probabilities: {names}")
     shapes = " and ".join(" + ".join("x".join(map(str, shape)) for shape in trial) for trial in check["input_shapes"])
     print(f"[export] checked with onnxruntime {check['onnxruntime']} on stand-in inputs of {shapes}: largest "
           f"difference from the PyTorch model {check['largest_difference']:.1e}")
@@ -569,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--opset", type=at_least(18), default=None, help="the ONNX opset (default: torch's exporter's)")
     exp.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=True,
                      help=f"a classifier's {CALIBRATED_HELP}")
+    exp.add_argument("--ensemble", nargs="+", default=[], metavar="RUN",
+                     help="more classifier runs of the same classes and image size (such as a comparison's other "
+                     "seeds): one graph giving the mean of their probabilities, as predict --ensemble")
     exp.set_defaults(handler=command_export)
 
     den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")

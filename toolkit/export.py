@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -55,6 +56,20 @@ class ClassifierForExport(nn.Module):
         return log_probabilities, log_probabilities.exp()
 
 
+class EnsembleForExport(nn.Module):
+    """Several classifiers (ClassifierForExport each, with its own normalisation, mirror and temperature): the log of
+    the mean of their probabilities and that mean, as `toolkit predict --ensemble` gives them."""
+
+    def __init__(self, members: list[ClassifierForExport]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stacked = torch.stack([member(images)[0] for member in self.members])  # (members, N, classes)
+        log_mean = torch.logsumexp(stacked, dim=0) - math.log(len(self.members))
+        return log_mean, log_mean.exp()
+
+
 class DenoiserForExport(nn.Module):
     """float32 (N, 3, H, W) in [0, 1] -> denoised (N, 3, H, W) in [0, 1], as `toolkit denoise` without tiles."""
 
@@ -79,29 +94,37 @@ class ConditionedDenoiserForExport(nn.Module):
 
 
 def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = None, calibrated: bool = True,
-                log=print) -> dict:
+                ensemble: list[str] | tuple = (), log=print) -> dict:
     """Write the model of a run directory or checkpoint to `out` (.onnx), checked with onnxruntime first; returns
     what was written and checked (also in the file's metadata). calibrated: a classifier's probabilities divided by
-    its calibration temperature, as `toolkit predict` gives them by default; False: as trained."""
+    its calibration temperature, as `toolkit predict` gives them by default; False: as trained. ensemble: more
+    classifier runs of the same classes and image size, whose probabilities the graph averages with the first's."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise UserError(f"{out}: name the ONNX file with .onnx (e.g. {out.with_suffix('.onnx').name})")
     onnx, onnxruntime = _onnx_modules()
     checkpoint = resolve_checkpoint(checkpoint)
     model, state = load_trained_model(checkpoint, "cpu")
-    if not calibrated and is_denoiser(state.model):
-        raise UserError(f"{checkpoint} holds a denoiser: --no-calibrated is for classifiers (their temperature)")
-    model = model.float().eval()
+    if is_denoiser(state.model) and (not calibrated or ensemble):
+        option = "--ensemble" if ensemble else "--no-calibrated"
+        raise UserError(f"{checkpoint} holds a denoiser: {option} is for classifiers")
+    others = _ensemble_members(checkpoint, ensemble)
     generator = torch.Generator().manual_seed(STAND_IN_SEED)
-    log(f"[export] {state.label or state.model} from {checkpoint}: tracing, converting and checking")
+    members = f" and {len(others)} more run(s), their probabilities averaged" if others else ""
+    log(f"[export] {state.label or state.model} from {checkpoint}{members}: tracing, converting and checking")
     with progress_bar(3, "exporting", "stage") as bar:
-        wrapper, inputs, record, graph = _traced_and_converted(model, state, generator, opset, calibrated, log)
+        wrapper, inputs, record, graph = _traced_and_converted(
+            [(model, state), *((other_model, other_state) for _, other_model, other_state in others)], generator,
+            opset, calibrated, log)
         record |= {"checkpoint": str(checkpoint), "model": state.model, "model_spec": state.model_spec}
+        for entry, run in zip(record.get("ensemble", []), [checkpoint, *(run for run, _, _ in others)]):
+            entry["checkpoint"] = str(run)
         bar.update(1)
         session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         height, width = session.get_inputs()[0].shape[2:]
         if record["kind"] == "denoiser" and isinstance(height, int):
             record["inputs"]["noisy"] = f"float32 (batch, 3, {height}, {width}): RGB in [0, 1], this network's size"
+            record["outputs"]["denoised"] = f"float32 (batch, 3, {height}, {width}): RGB in [0, 1]"
         record["check"] = _check_against_pytorch(session, wrapper, inputs, list(record["inputs"]),
                                                  _second_inputs(inputs, generator, isinstance(height, int)))
         record["check"]["onnxruntime"] = onnxruntime.__version__
@@ -128,12 +151,31 @@ def _onnx_modules():
     return onnx, onnxruntime
 
 
-def _traced_and_converted(model, state, generator, opset: int | None, calibrated: bool, log):
-    """(wrapper, stand-in inputs, record, ONNX graph): a denoiser with its height and width free, or, where the
-    network cannot be converted so (an autoencoder's transposed convolutions sized by their input), at the run's
-    image size."""
+def _ensemble_members(checkpoint: Path, ensemble) -> list[tuple[Path, nn.Module, object]]:
+    """The (checkpoint, model, state) of each further run of an ensemble, after checking that every run is a
+    classifier of the same classes in the same order (as predict --ensemble does) and of the same image size (the
+    graph has one input)."""
+    if not ensemble:
+        return []
+    from toolkit.predict import classifier_states
+
+    states = classifier_states([str(checkpoint), *map(str, ensemble)])
+    sizes = sorted({member.image_size for member in states})
+    if len(sizes) > 1:
+        raise UserError(f"the runs take images of different sizes ({', '.join(map(str, sizes))} px): one ONNX graph "
+                        "takes one size; export them apart, or ensemble runs of one size")
+    return [(resolve_checkpoint(run), *load_trained_model(resolve_checkpoint(run), "cpu")) for run in ensemble]
+
+
+def _traced_and_converted(loaded: list[tuple[nn.Module, object]], generator, opset: int | None, calibrated: bool,
+                          log):
+    """(wrapper, stand-in inputs, record, ONNX graph) of loaded [(model, state), ...] (several: an ensemble of
+    classifiers): a denoiser with its height and width free, or, where the network cannot be converted so (an
+    autoencoder's transposed convolutions sized by their input), at the run's image size."""
+    model, state = loaded[0]
+    model = model.float().eval()
     if not is_denoiser(state.model):
-        wrapper, inputs, free_axes, record = _classifier_export(model, state, generator, calibrated)
+        wrapper, inputs, free_axes, record = _classifier_export(loaded, generator, calibrated)
         return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
     try:
         wrapper, inputs, free_axes, record = _denoiser_export(model, state, generator, free_size=True)
@@ -145,20 +187,30 @@ def _traced_and_converted(model, state, generator, opset: int | None, calibrated
     return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
 
 
-def _classifier_export(model, state, generator, calibrated: bool):
-    size, pre = state.image_size, state.preprocessing
-    temperature = float(state.temperature) if calibrated else 1.0
+def _classifier_export(loaded: list[tuple[nn.Module, object]], generator, calibrated: bool):
+    members = []
+    for model, member_state in loaded:
+        pre = member_state.preprocessing
+        members.append(ClassifierForExport(model.float().eval(), pre["mean"], pre["std"], member_state.flip_tta,
+                                           float(member_state.temperature) if calibrated else 1.0).eval())
+    wrapper = members[0] if len(members) == 1 else EnsembleForExport(members).eval()
+    state = loaded[0][1]
+    size = state.image_size
     images = torch.randint(0, 256, (2, 3, size, size), generator=generator, dtype=torch.uint8)
-    wrapper = ClassifierForExport(model, pre["mean"], pre["std"], state.flip_tta, temperature).eval()
+    each = [{"mean": list(member.mean), "std": list(member.std), "temperature": member.temperature,
+             "flip_tta": bool(member.flip_tta)} for member in members]
     record = {
         "kind": "classifier",
         "inputs": {"images": f"uint8 (batch, 3, {size}, {size}): RGB pixels, each image resized (squashed) to "
                              f"{size}x{size} with antialiased bilinear (PIL Image.resize((S, S), Image.BILINEAR))"},
         "outputs": {"log_probabilities": f"float32 (batch, {len(state.classes)})",
                     "probabilities": f"float32 (batch, {len(state.classes)}): the classes in metadata order"},
-        "classes": list(state.classes), "image_size": size, "mean": list(pre["mean"]), "std": list(pre["std"]),
-        "temperature": temperature, "calibrated": calibrated, "flip_tta": bool(state.flip_tta),
+        "classes": list(state.classes), "image_size": size, "calibrated": calibrated,
     }
+    if len(members) == 1:
+        record |= each[0]
+    else:  # the runs' own normalisation, mirror and temperature, each
+        record["ensemble"] = [{"model": member_state.model} | one for (_, member_state), one in zip(loaded, each)]
     return wrapper, (images,), ({0: "batch"},), record
 
 
