@@ -1,11 +1,12 @@
 """A classifier exported with `toolkit export`, on real images: does onnxruntime predict what PyTorch predicts, and how
-fast does each score them on this machine? Exports RUN to a temporary .onnx file (or reads --onnx), decodes N images of
-FOLDER once as toolkit predict does, and scores them with the PyTorch model (fp32, batches of --batch_size, freed memory
-kept, as predict scores on a CPU) and with onnxruntime (its default threads), alternating twice, the faster of each
-kept. Prints the agreement of the predicted classes, the largest difference of any probability, and each one's images
-per second with onnxruntime's as a ratio to PyTorch's.
+fast does each score them on this machine? Exports RUN (with --ensemble: RUN and those runs, the mean of their
+probabilities) to a temporary .onnx file (or reads --onnx), decodes N images of FOLDER once as toolkit predict does, and
+scores them with the PyTorch models (fp32, batches of --batch_size, freed memory kept, as predict scores on a CPU) and
+with onnxruntime (its default threads), alternating twice, the faster of each kept. Prints the agreement of the
+predicted classes, the largest difference of any probability, and each one's images per second with onnxruntime's as a
+ratio to PyTorch's.
 
-    python scripts/onnx_check.py RUN FOLDER [--images 400] [--batch_size 8] [--onnx model.onnx]
+    python scripts/onnx_check.py RUN FOLDER [--images 400] [--batch_size 8] [--onnx model.onnx] [--ensemble RUN...]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=400, help="how many, spread evenly over the sorted files")
     parser.add_argument("--batch_size", type=int, default=8, help="images per call, both ways (predict's CPU default)")
     parser.add_argument("--onnx", default="", help="an exported file of this run; default: export it now")
+    parser.add_argument("--ensemble", nargs="+", default=[], metavar="RUN", help="more runs, as toolkit export takes")
     args = parser.parse_args()
 
     import numpy as np
@@ -45,19 +47,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(args.onnx) if args.onnx else Path(scratch) / "model.onnx"
         if not args.onnx:
-            export_onnx(args.run, path, log=lambda message: print(message, file=sys.stderr))
+            export_onnx(args.run, path, ensemble=args.ensemble, log=lambda message: print(message, file=sys.stderr))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         keep_freed_memory()
-        model, state = load_classifier(args.run, "cpu")
+        runs = [load_classifier(run, "cpu") for run in (args.run, *args.ensemble)]
+        state = runs[0][1]
         pixels = np.stack([load_rgb(file, state.image_size) for file in files]).transpose(0, 3, 1, 2).copy()
         batches = [pixels[start:start + args.batch_size] for start in range(0, len(pixels), args.batch_size)]
-        pre = state.preprocessing
+
+        def scored(batch: np.ndarray) -> torch.Tensor:
+            """The mean of the runs' calibrated probabilities, as predict (--ensemble) gives it."""
+            images = torch.from_numpy(batch)
+            stacked = torch.stack([classifier_outputs(model, images, run.preprocessing["mean"],
+                                                      run.preprocessing["std"], run.flip_tta, run.temperature)
+                                   for model, run in runs])
+            return (torch.logsumexp(stacked, dim=0) - np.log(len(runs))).exp()
 
         def with_pytorch() -> np.ndarray:
             with torch.no_grad():
-                return np.concatenate([classifier_outputs(model, torch.from_numpy(batch), pre["mean"], pre["std"],
-                                                          state.flip_tta, state.temperature).exp().numpy()
-                                       for batch in batches])
+                return np.concatenate([scored(batch).numpy() for batch in batches])
 
         def with_onnxruntime() -> np.ndarray:
             return np.concatenate([session.run(["probabilities"], {"images": batch})[0] for batch in batches])
@@ -72,7 +80,8 @@ def main() -> None:
     torch_probabilities, onnx_probabilities = outputs["pytorch"], outputs["onnxruntime"]
     agree = int((torch_probabilities.argmax(1) == onnx_probabilities.argmax(1)).sum())
     rate = {name: len(files) / min(times) for name, times in seconds.items()}
-    print(f"{len(files)} images of {args.folder} at {state.image_size}px, {state.model}, batches of {args.batch_size}, "
+    models = state.model if len(runs) == 1 else f"the mean of {len(runs)} runs of {state.model}"
+    print(f"{len(files)} images of {args.folder} at {state.image_size}px, {models}, batches of {args.batch_size}, "
           f"fp32; {describe_cpu()}; torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
           f"{onnxruntime.__version__}")
     print(f"predicted class: the same for {agree} of {len(files)}; largest difference of any probability "

@@ -188,8 +188,9 @@ def test_export_refusals_say_why_and_leave_the_old_file(classifier_run, tmp_path
 def test_the_onnx_check_script_compares_predictions_and_speed_on_a_folder(classifier_run, tiny_intel):
     script = Path(__file__).resolve().parents[1] / "scripts" / "onnx_check.py"
     done = run_script([sys.executable, str(script), str(classifier_run), str(tiny_intel / "seg_test"), "--images",
-                       "20", "--batch_size", "4"])
+                       "20", "--batch_size", "4", "--ensemble", str(classifier_run)])  # the same run twice: its mean
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "20 images of" in done.stdout and "the mean of 2 runs of SceneCNN, batches of 4" in done.stdout
     agreed = re.search(r"predicted class: the same for (\d+) of 20; largest difference of any probability (\S+)",
                        done.stdout)
     assert agreed and int(agreed[1]) == 20 and float(agreed[2]) < 1e-4
