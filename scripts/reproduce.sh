@@ -227,9 +227,15 @@ if wanted use; then  # needs the compare step's runs only, so it comes before th
             --ensemble "${OTHER_SEEDS[@]}"
         EVALUATIONS+=("$OUT/evaluate_efficientnet_seeds")
     fi
-    # served without PyTorch: seed 0 as an ONNX file, its predictions and speed against PyTorch's on 400 images
+    # served without PyTorch: seed 0 as an ONNX file, and all seeds as one (the mean of their probabilities); their
+    # predictions and speed against PyTorch's on 400 images
     $BIN/toolkit export "$EFFICIENTNET/seed-0" "$OUT/efficientnet_lite0.onnx"
     $BIN/python scripts/onnx_check.py "$EFFICIENTNET/seed-0" "$DATA/seg_train" --onnx "$OUT/efficientnet_lite0.onnx"
+    if [[ ${#OTHER_SEEDS[@]} -gt 0 ]]; then
+        $BIN/toolkit export "$EFFICIENTNET/seed-0" "$OUT/efficientnet_lite0_seeds.onnx" --ensemble "${OTHER_SEEDS[@]}"
+        $BIN/python scripts/onnx_check.py "$EFFICIENTNET/seed-0" "$DATA/seg_train" \
+            --onnx "$OUT/efficientnet_lite0_seeds.onnx" --ensemble "${OTHER_SEEDS[@]}"
+    fi
     $BIN/toolkit report "$OUT/compare" "${EVALUATIONS[@]}" --out "$OUT/report_classifiers" \
         --title "Intel scenes: classifiers" --wandb_mode=disabled
     $BIN/toolkit report "$OUT/latent_study" "$OUT/blind_denoiser" --out "$OUT/report_denoising" \
