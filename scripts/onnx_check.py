@@ -1,12 +1,16 @@
-"""A classifier exported with `toolkit export`, on real images: does onnxruntime predict what PyTorch predicts, and how
-fast does each score them on this machine? Exports RUN (with --ensemble: RUN and those runs, the mean of their
-probabilities) to a temporary .onnx file (or reads --onnx), decodes N images of FOLDER once as toolkit predict does, and
-scores them with the PyTorch models (fp32, batches of --batch_size, freed memory kept, as predict scores on a CPU) and
-with onnxruntime (its default threads), alternating twice, the faster of each kept. Prints the agreement of the
-predicted classes, the largest difference of any probability, and each one's images per second with onnxruntime's as a
-ratio to PyTorch's.
+"""A model exported with `toolkit export`, on real images: does onnxruntime give what PyTorch gives, and how fast does
+each run it on this machine? Exports RUN (with --ensemble: RUN and those classifier runs, the mean of their
+probabilities) to a temporary .onnx file (or reads --onnx), decodes N images of FOLDER once, runs the PyTorch models in
+fp32 as the toolkit's commands do on a CPU and the graph with onnxruntime (its default threads), alternating twice, the
+faster of each kept, and prints each one's images per second with onnxruntime's as a ratio to PyTorch's.
+
+- A classifier: the images as toolkit predict decodes them, in batches of --batch_size (predict's CPU default, 8);
+  prints the agreement of the predicted classes and the largest difference of any probability.
+- A denoiser: each clean image with Gaussian noise of --sigma (0-255, seeded, not clipped), denoised whole, one image at
+  a time, as toolkit denoise does; prints the largest difference of any pixel value and the mean PSNR of each.
 
     python scripts/onnx_check.py RUN FOLDER [--images 400] [--batch_size 8] [--onnx model.onnx] [--ensemble RUN...]
+    python scripts/onnx_check.py DENOISER_RUN data/denoise/McMaster --sigma 25
 """
 
 from __future__ import annotations
@@ -18,12 +22,91 @@ import time
 from pathlib import Path
 
 
+def alternately(ways: dict, rounds: int = 2) -> tuple[dict, dict]:
+    """({name: output}, {name: fastest seconds}) of each way run `rounds` times, the ways alternating."""
+    outputs, seconds = {}, {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, run in ways.items():
+            started = time.perf_counter()
+            outputs[name] = run()
+            seconds[name].append(time.perf_counter() - started)
+    return outputs, {name: min(times) for name, times in seconds.items()}
+
+
+def check_classifier(session, runs: list, files: list[Path], batch_size: int) -> list[str]:
+    import numpy as np
+    import torch
+
+    from toolkit.data.images import load_rgb
+    from toolkit.train.evaluate import classifier_outputs
+
+    state = runs[0][1]
+    pixels = np.stack([load_rgb(file, state.image_size) for file in files]).transpose(0, 3, 1, 2).copy()
+    batches = [pixels[start:start + batch_size] for start in range(0, len(pixels), batch_size)]
+
+    def scored(batch: np.ndarray) -> torch.Tensor:
+        """The mean of the runs' calibrated probabilities, as predict (--ensemble) gives it."""
+        images = torch.from_numpy(batch)
+        stacked = torch.stack([classifier_outputs(model, images, run.preprocessing["mean"], run.preprocessing["std"],
+                                                  run.flip_tta, run.temperature) for model, run in runs])
+        return (torch.logsumexp(stacked, dim=0) - np.log(len(runs))).exp()
+
+    def with_pytorch() -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([scored(batch).numpy() for batch in batches])
+
+    def with_onnxruntime() -> np.ndarray:
+        return np.concatenate([session.run(["probabilities"], {"images": batch})[0] for batch in batches])
+
+    outputs, seconds = alternately({"PyTorch": with_pytorch, "onnxruntime": with_onnxruntime})
+    agree = int((outputs["PyTorch"].argmax(1) == outputs["onnxruntime"].argmax(1)).sum())
+    models = state.model if len(runs) == 1 else f"the mean of {len(runs)} runs of {state.model}"
+    return [f"{models} at {state.image_size}px, batches of {batch_size}",
+            f"predicted class: the same for {agree} of {len(files)}; largest difference of any probability "
+            f"{np.abs(outputs['PyTorch'] - outputs['onnxruntime']).max():.1e}", seconds]
+
+
+def check_denoiser(session, model, state, files: list[Path], sigma: float) -> list[str]:
+    import numpy as np
+    import torch
+
+    from toolkit.data.images import load_for_restoration
+    from toolkit.train.denoise import denoise
+
+    rng = np.random.default_rng(0)
+    cleans = [load_for_restoration(file)[0].transpose(2, 0, 1)[None] for file in files]  # (1, 3, H, W) in [0, 1]
+    noisy = [(clean + rng.normal(0, sigma / 255, clean.shape)).astype(np.float32) for clean in cleans]
+    level = np.array([sigma], np.float32)
+
+    def with_pytorch() -> list:
+        with torch.no_grad():
+            return [denoise(model, torch.from_numpy(image), torch.from_numpy(level) / 255, state.conditioned)
+                    .clamp(0, 1).numpy() for image in noisy]
+
+    def with_onnxruntime() -> list:
+        return [session.run(["denoised"], {"noisy": image, **({"sigma": level} if state.conditioned else {})})[0]
+                for image in noisy]
+
+    outputs, seconds = alternately({"PyTorch": with_pytorch, "onnxruntime": with_onnxruntime})
+
+    def mean_psnr(denoised: list) -> float:
+        return float(np.mean([10 * np.log10(1 / np.mean((out.astype(np.float64) - clean) ** 2))
+                              for out, clean in zip(denoised, cleans)]))
+
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(outputs["PyTorch"], outputs["onnxruntime"]))
+    return [f"{state.model}, sigma {sigma:g} (not clipped, seed 0), whole images one at a time",
+            f"mean PSNR: PyTorch {mean_psnr(outputs['PyTorch']):.4f} dB, onnxruntime "
+            f"{mean_psnr(outputs['onnxruntime']):.4f} dB; largest difference of any pixel value {difference:.1e} "
+            f"(of 1)", seconds]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a classifier's run directory or checkpoint")
+    parser.add_argument("run", help="a classifier's or denoiser's run directory or checkpoint")
     parser.add_argument("folder", help="a folder of images (searched recursively), e.g. data/intel/seg_train")
     parser.add_argument("--images", type=int, default=400, help="how many, spread evenly over the sorted files")
-    parser.add_argument("--batch_size", type=int, default=8, help="images per call, both ways (predict's CPU default)")
+    parser.add_argument("--batch_size", type=int, default=8, help="a classifier's images per call, both ways")
+    parser.add_argument("--sigma", type=float, default=25.0, help="a denoiser's noise level, 0-255")
     parser.add_argument("--onnx", default="", help="an exported file of this run; default: export it now")
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="RUN", help="more runs, as toolkit export takes")
     args = parser.parse_args()
@@ -33,11 +116,10 @@ def main() -> None:
     import torch
 
     from toolkit.data.folders import list_image_files
-    from toolkit.data.images import load_rgb
     from toolkit.export import export_onnx
+    from toolkit.inference import load_trained_model
     from toolkit.memory import keep_freed_memory
-    from toolkit.predict import load_classifier
-    from toolkit.train.evaluate import classifier_outputs
+    from toolkit.models import is_denoiser
     from toolkit.train.precision import describe_cpu
 
     files = list_image_files(Path(args.folder))
@@ -49,45 +131,18 @@ def main() -> None:
         if not args.onnx:
             export_onnx(args.run, path, ensemble=args.ensemble, log=lambda message: print(message, file=sys.stderr))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        keep_freed_memory()
-        runs = [load_classifier(run, "cpu") for run in (args.run, *args.ensemble)]
-        state = runs[0][1]
-        pixels = np.stack([load_rgb(file, state.image_size) for file in files]).transpose(0, 3, 1, 2).copy()
-        batches = [pixels[start:start + args.batch_size] for start in range(0, len(pixels), args.batch_size)]
-
-        def scored(batch: np.ndarray) -> torch.Tensor:
-            """The mean of the runs' calibrated probabilities, as predict (--ensemble) gives it."""
-            images = torch.from_numpy(batch)
-            stacked = torch.stack([classifier_outputs(model, images, run.preprocessing["mean"],
-                                                      run.preprocessing["std"], run.flip_tta, run.temperature)
-                                   for model, run in runs])
-            return (torch.logsumexp(stacked, dim=0) - np.log(len(runs))).exp()
-
-        def with_pytorch() -> np.ndarray:
-            with torch.no_grad():
-                return np.concatenate([scored(batch).numpy() for batch in batches])
-
-        def with_onnxruntime() -> np.ndarray:
-            return np.concatenate([session.run(["probabilities"], {"images": batch})[0] for batch in batches])
-
-        seconds = {"pytorch": [], "onnxruntime": []}
-        outputs = {}
-        for _ in range(2):
-            for name, score in (("pytorch", with_pytorch), ("onnxruntime", with_onnxruntime)):
-                started = time.perf_counter()
-                outputs[name] = score()
-                seconds[name].append(time.perf_counter() - started)
-    torch_probabilities, onnx_probabilities = outputs["pytorch"], outputs["onnxruntime"]
-    agree = int((torch_probabilities.argmax(1) == onnx_probabilities.argmax(1)).sum())
-    rate = {name: len(files) / min(times) for name, times in seconds.items()}
-    models = state.model if len(runs) == 1 else f"the mean of {len(runs)} runs of {state.model}"
-    print(f"{len(files)} images of {args.folder} at {state.image_size}px, {models}, batches of {args.batch_size}, "
-          f"fp32; {describe_cpu()}; torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
-          f"{onnxruntime.__version__}")
-    print(f"predicted class: the same for {agree} of {len(files)}; largest difference of any probability "
-          f"{np.abs(torch_probabilities - onnx_probabilities).max():.1e}")
-    print(f"images per second: PyTorch {rate['pytorch']:.1f}, onnxruntime {rate['onnxruntime']:.1f} "
-          f"({rate['onnxruntime'] / rate['pytorch']:.2f}x PyTorch)")
+    keep_freed_memory()
+    runs = [load_trained_model(run, "cpu") for run in (args.run, *args.ensemble)]
+    if is_denoiser(runs[0][1].model):
+        what, verdict, seconds = check_denoiser(session, *runs[0], files, args.sigma)
+    else:
+        what, verdict, seconds = check_classifier(session, runs, files, args.batch_size)
+    rate = {name: len(files) / value for name, value in seconds.items()}
+    print(f"{len(files)} images of {args.folder}, {what}, fp32; {describe_cpu()}; torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")
+    print(verdict)
+    print(f"images per second: PyTorch {rate['PyTorch']:.1f}, onnxruntime {rate['onnxruntime']:.1f} "
+          f"({rate['onnxruntime'] / rate['PyTorch']:.2f}x PyTorch)")
 
 
 if __name__ == "__main__":

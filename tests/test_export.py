@@ -139,6 +139,19 @@ def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoi
     assert "holds a denoiser: --no-calibrated is for classifiers" in capsys.readouterr().err
     assert toolkit_main(["export", str(run), str(tmp_path / "no.onnx"), "--ensemble", str(run)]) == 2
     assert "holds a denoiser: --ensemble is for classifiers" in capsys.readouterr().err
+    # scripts/onnx_check.py on a folder of clean images: the same PSNR both ways, each one's speed
+    clean_folder = tmp_path / "clean"
+    clean_folder.mkdir()
+    for index in range(2):
+        Image.fromarray(rng.integers(0, 256, (40 + index, 56, 3), dtype=np.uint8)).save(clean_folder / f"{index}.png")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "onnx_check.py"
+    done = run_script([sys.executable, str(script), str(run), str(clean_folder), "--onnx", str(out), "--sigma", "15"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    psnr = re.search(r"mean PSNR: PyTorch ([\d.]+) dB, onnxruntime ([\d.]+) dB; largest difference of any pixel "
+                     r"value (\S+)", done.stdout)
+    assert psnr and abs(float(psnr[1]) - float(psnr[2])) < 1e-3 and float(psnr[3]) < 1e-4
+    assert "2 images of" in done.stdout and "sigma 15 (not clipped, seed 0)" in done.stdout
+    assert re.search(r"images per second: PyTorch [\d.]+, onnxruntime [\d.]+ \([\d.]+x PyTorch\)", done.stdout)
     # two images of another size in one batch, each with its own noise level
     batch = rng.random((2, 3, 64, 40), dtype=np.float32)
     assert session(out).run(None, {"noisy": batch, "sigma": np.array([5.0, 50.0], np.float32)})[0].shape == batch.shape
@@ -190,7 +203,7 @@ def test_the_onnx_check_script_compares_predictions_and_speed_on_a_folder(classi
     done = run_script([sys.executable, str(script), str(classifier_run), str(tiny_intel / "seg_test"), "--images",
                        "20", "--batch_size", "4", "--ensemble", str(classifier_run)])  # the same run twice: its mean
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "20 images of" in done.stdout and "the mean of 2 runs of SceneCNN, batches of 4" in done.stdout
+    assert "20 images of" in done.stdout and "the mean of 2 runs of SceneCNN at 32px, batches of 4" in done.stdout
     agreed = re.search(r"predicted class: the same for (\d+) of 20; largest difference of any probability (\S+)",
                        done.stdout)
     assert agreed and int(agreed[1]) == 20 and float(agreed[2]) < 1e-4
