@@ -151,6 +151,11 @@ if wanted mcmaster; then
             --clean "$BENCH" --sigmas 15 25 50 --self_ensemble --mixed_precision=bf16 \
             --out "$OUT/mcmaster-60min-x8-bf16.json" | tee "$OUT/mcmaster-60min-x8-bf16.txt"
     fi
+    # served without PyTorch: the hour as an ONNX file, the same noisy McMaster images denoised both ways, and speed
+    [[ -f "$OUT/blind_denoiser-60min.onnx" ]] || $BIN/toolkit export "$OUT/blind_denoiser-60min" \
+        "$OUT/blind_denoiser-60min.onnx"
+    $BIN/python scripts/onnx_check.py "$OUT/blind_denoiser-60min" "$BENCH" --onnx "$OUT/blind_denoiser-60min.onnx" \
+        --sigma 25 | tee "$OUT/onnx-check-mcmaster.txt"
     [[ -f "$OUT/noise-estimates.json" ]] || $BIN/python scripts/noise_estimates.py "$BENCH" \
         --out "$OUT/noise-estimates.json" | tee "$OUT/noise-estimates.txt"
 fi
