@@ -224,8 +224,9 @@ def command_export(args) -> None:
         calibration = (f"temperature{'s' if len(runs) > 1 else ''} {temperatures} applied" if record["calibrated"]
                        else "as trained, no temperature (--no-calibrated)")
         mirrored = sum(run["flip_tta"] for run in runs)
-        print(f"[export] classes, in output order: {', '.join(record['classes'])} ({calibration}"
-              f"{', with the mirror image' if mirrored else ''})")
+        mirror = "" if not mirrored else (", with the mirror image" if mirrored == len(runs)
+                                          else f", {mirrored} of the runs with the mirror image")
+        print(f"[export] classes, in output order: {', '.join(record['classes'])} ({calibration}{mirror})")
         if len(runs) > 1:
             names = ", ".join(run["checkpoint"] for run in runs)
             print(f"[export] the mean of {len(runs)} runs' probabilities: {names}")
