@@ -1,5 +1,5 @@
-"""A trained model as an ONNX file, to serve it without PyTorch or this toolkit (onnxruntime, TensorRT, OpenVINO, a
-browser): `toolkit export RUN model.onnx`.
+"""A trained model as an ONNX file, to serve it without PyTorch or this toolkit (in onnxruntime, which checks it here,
+or another ONNX runtime): `toolkit export RUN model.onnx`.
 
 The graph holds what `toolkit predict` and `toolkit denoise` do around the network, so that a caller only decodes
 images:
