@@ -189,6 +189,11 @@ def test_export_refusals_say_why_and_leave_the_old_file(classifier_run, tmp_path
     with pytest.raises(SystemExit):
         toolkit_main(["export", str(run), str(tmp_path / "opset16.onnx"), "--opset", "16"])
     assert "--opset: takes a whole number of 18 or more" in capsys.readouterr().err
+    # a torch older than its exporter needs is said, with the fix
+    with monkeypatch.context() as patched:
+        patched.setattr(toolkit.export.torch, "__version__", "2.5.1+cpu")
+        assert toolkit_main(["export", str(run), str(tmp_path / "old.onnx")]) == 2
+    assert "exporting needs torch 2.6 or newer" in capsys.readouterr().err and not (tmp_path / "old.onnx").exists()
     # a graph that disagrees with PyTorch is not written, and the file there before stays as it was
     out = tmp_path / "model.onnx"
     out.write_bytes(b"an earlier export")

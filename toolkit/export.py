@@ -141,6 +141,10 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
 
 
 def _onnx_modules():
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 6):  # torch.export's Dim.AUTO and the exporter's model_proto came in 2.6
+        raise UserError(f"exporting needs torch 2.6 or newer (its torch.export-based ONNX exporter); this is torch "
+                        f"{torch.__version__}: bash scripts/setup.sh installs the tested pair")
     try:
         import onnx
         import onnxruntime
