@@ -57,9 +57,13 @@ def classifier_run(tiny_intel, tmp_path_factory) -> Path:
 def test_an_exported_classifier_gives_what_toolkit_predict_gives(classifier_run, tiny_intel, tmp_path, capsys):
     run = classifier_run
     out = tmp_path / "served" / "cnn.onnx"  # its folder made
-    assert toolkit_main(["export", str(run), str(out)]) == 0
+    assert toolkit_main(["export", str(run), str(out), "--wandb_mode=offline"]) == 0
     said = capsys.readouterr().out
     assert f"[export] wrote {out}" in said and "largest difference from the PyTorch model" in said
+    # a W&B run beside it (offline here): the file as a model artifact, the check in its summary
+    assert f"W&B run (offline): the ONNX file as a model artifact; local copy in {out.parent / 'cnn-wandb'}" in said
+    (logged,) = (out.parent / "cnn-wandb" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"cnn.onnx" in logged.read_bytes() and b"export/largest_difference" in logged.read_bytes()
     onnx.checker.check_model(str(out))
     meta = metadata(out)
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections import Counter
@@ -233,6 +234,19 @@ def command_export(args) -> None:
     shapes = " and ".join(" + ".join("x".join(map(str, shape)) for shape in trial) for trial in check["input_shapes"])
     print(f"[export] checked with onnxruntime {check['onnxruntime']} on stand-in inputs of {shapes}: largest "
           f"difference from the PyTorch model {check['largest_difference']:.1e}")
+    # as a W&B run too (files in OUT-wandb/ beside the .onnx): the file as a model artifact, what it takes in the config
+    out = Path(record["onnx"])
+    config = {"command": "export"} | {key: record[key] for key in ("kind", "checkpoint", "model", "inputs", "outputs",
+                                                                    "opset", "classes", "calibrated", "ensemble")
+                                      if key in record}
+    logger = _logger_beside(out, args.wandb_mode, config)
+    logger.log_artifact(re.sub(r"[^\w.-]", "-", out.stem), "model", out)
+    logger.summary({"export/largest_difference": check["largest_difference"],
+                    "export/megabytes": record["bytes"] / 1e6})
+    logger.finish()
+    if logger.wandb_mode != "disabled":
+        print(f"[export] W&B run ({logger.wandb_mode}): the ONNX file as a model artifact; local copy in "
+              f"{logger.run_dir}")
 
 
 def command_denoise(args) -> None:
@@ -579,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--ensemble", nargs="+", default=[], metavar="RUN",
                      help="more classifier runs of the same classes and image size (such as a comparison's other "
                      "seeds): one graph giving the mean of their probabilities, as predict --ensemble")
+    add_wandb_mode_argument(exp, help="the ONNX file as a W&B model artifact, in a run of job type export (its local "
+                            "files in OUT-wandb/ beside the file)")
     exp.set_defaults(handler=command_export)
 
     den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
