@@ -49,7 +49,7 @@ def classifier_run(tiny_intel, tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("export") / "cnn"
     run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run}", "--width=4", "--max_steps=3",
-                           *TINY_CLASSIFIER])
+                           *TINY_CLASSIFIER, "--wandb_mode=disabled"])  # (set up before the tests' own W&B mode)
     _reset_accelerate()
     return run
 

@@ -180,6 +180,28 @@ def test_a_wandb_failure_mid_run_never_stops_logging(tmp_path):
     assert len(lines) == 2
 
 
+def test_a_run_after_one_whose_wandb_logging_failed_gets_a_wandb_run_of_its_own(tmp_path):
+    """A study trains its sub-runs in one process: a W&B run dropped after a failure is not handed to the next
+    logger (wandb.init returns an unfinished run unless told otherwise), so the next run logs into its own."""
+    first = _logger(tmp_path / "first")
+    broken_run = first.wandb_run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("wandb service crashed (test)")
+
+    broken_run.log = broken
+    first.log({"train/loss": 1.0}, step=1)
+    assert first.wandb_run is None
+    first.finish()
+    second = _logger(tmp_path / "second")
+    assert second.wandb_run is not None and second.wandb_run is not broken_run
+    assert second.wandb_run.id != broken_run.id
+    second.log({"train/loss": 0.5}, step=1)
+    assert second.wandb_run is not None  # its logging works
+    second.finish()
+    assert list((tmp_path / "second" / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
 def test_wandb_that_cannot_start_falls_back_to_local_logs(tmp_path, monkeypatch):
     import wandb
 

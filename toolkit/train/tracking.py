@@ -153,9 +153,13 @@ class RunLogger:
         id_file.write_text(run_id)
         for attempt_mode in ([mode, "offline"] if mode == "online" else [mode]):
             try:
+                # finish_previous: a W&B run left unfinished earlier in this process (one whose logging failed and
+                # was dropped) is finished, not handed back: wandb.init would otherwise return it, and a study's next
+                # sub-run (or the next command) would log into the run before
                 self.wandb_run = wandb.init(
                     project=project, name=run_name, id=run_id, resume="allow", dir=str(self.run_dir),
                     mode=attempt_mode, config=_jsonable(self.config), group=group, job_type=job_type, tags=tags,
+                    reinit="finish_previous",
                     settings=wandb.Settings(init_timeout=90, console="off", x_disable_stats=True, quiet=True))
                 self.wandb_mode = attempt_mode
                 if attempt_mode == "offline":
