@@ -177,7 +177,7 @@ def test_bad_command_lines_get_one_line_errors(tmp_path, capsys):
 def test_a_data_folder_a_run_cannot_use_is_refused_before_the_run_folder(tmp_path, tiny_intel, capsys):
     """What is in the data folder is checked before the run's folder and W&B run are made, not only whether it is
     there: no split, no class folders, one class, a test folder of other classes, a named test folder missing, a
-    denoiser's folder without images or with one."""
+    denoiser's folder without images or with one, a class or a pool of files that do not decode."""
     def image(path: Path, seed: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
@@ -190,6 +190,14 @@ def test_a_data_folder_a_run_cannot_use_is_refused_before_the_run_folder(tmp_pat
     (tmp_path / "imageless" / "seg_train" / "sea").mkdir()
     (tmp_path / "one_image").mkdir()
     image(tmp_path / "one_image" / "a.png", 5)
+    # files no decoder reads: a class of them, a pool of them, clean photographs of which one decodes
+    for index in range(2):
+        image(tmp_path / "broken_class" / "seg_train" / "beach" / f"{index}.png", index)
+        for folder in ("broken_class/seg_train/sea", "broken_pool/seg_pred", "one_decodes"):
+            (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+            (tmp_path / folder / f"{index}.jpg").write_bytes(b"not an image")
+    image(tmp_path / "one_decodes" / "fine.png", 7)
+    broken_train, broken_pool = tmp_path / "broken_class" / "seg_train", tmp_path / "broken_pool" / "seg_pred"
     cases = [
         ("cnn", tmp_path / "imageless" / "seg_train" / "beach", [], "no 'seg_train' split under"),
         ("cnn", tmp_path / "one_class", [], "needs images of two classes or more; "
@@ -202,6 +210,10 @@ def test_a_data_folder_a_run_cannot_use_is_refused_before_the_run_folder(tmp_pat
         ("autoencoder", tmp_path / "imageless", ["--pool_split=seg_train"], "seg_train holds no image files"),
         ("blind_denoiser", tmp_path / "one_image", [], "one_image holds one image file"),
         ("blind_denoiser", tmp_path / "imageless", [], "imageless holds no image files"),
+        ("cnn", tmp_path / "broken_class", [], f"none of the 2 image files of class 'sea' in {broken_train} can be "
+                                               "decoded (the first: "),
+        ("autoencoder", tmp_path / "broken_pool", [], f"none of the 2 image files in {broken_pool} can be decoded"),
+        ("blind_denoiser", tmp_path / "one_decodes", [], "one_decodes: 1 of its image files can be decoded"),
     ]
     for recipe, data, arguments, message in cases:
         status, _, err = run_command_line(recipe, [f"--data={data}", *arguments, f"--run_dir={tmp_path / 'x'}"],

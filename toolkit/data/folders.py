@@ -96,6 +96,28 @@ def first_images(folder: Path, count: int) -> list[Path]:
     return found
 
 
+def decodable_images(folder: Path, count: int) -> tuple[list[Path], int, str]:
+    """Up to `count` images below a folder that decode, the first met; how many image files were tried; and the first
+    failure's reason ('' if none failed). A folder whose files no decoder reads is refused before a run starts, at the
+    cost of `count` decodes where its first images are fine (every file, in the order met, where none is)."""
+    from toolkit.data.images import UnreadableImage, open_image
+
+    found, tried, failure = [], 0, ""
+    for path in folder.rglob("*"):
+        if not is_image_file(path):
+            continue
+        tried += 1
+        try:
+            open_image(path).close()
+        except UnreadableImage as error:
+            failure = failure or str(error)
+            continue
+        found.append(path)
+        if len(found) == count:
+            break
+    return found, tried, failure
+
+
 def check_labeled_folder(root: Path | str, classes: list[str] | None = None,
                          classes_from: str = "the model was trained on") -> list[str]:
     """The class folder names of <root>/<class>/**/<image>, after checking that the folder is there, holds class
@@ -153,6 +175,12 @@ def find_classification_splits(root: Path, train_split: str, test_split: str,
     if len(with_images) < 2:
         raise DataError(f"a classifier needs images of two classes or more; {train_folder} has images of "
                         f"{len(with_images)} ({', '.join(with_images) or 'none'}): add a folder of images per class")
+    for name in with_images:
+        decodable, tried, failure = decodable_images(train_folder / name, 1)
+        if not decodable:
+            raise DataError(f"none of the {tried} image files of class '{name}' in {train_folder} can be decoded "
+                            f"(the first: {failure}): replace them, or remove the class folder; `toolkit data check "
+                            f"{train_folder}` lists every unreadable file")
     test_folder = find_split(root, test_split) if test_split else None
     if test_folder is None and test_required:
         raise DataError(f"no test folder '{test_split}' under {root}: name one that is there, or pass "
@@ -171,8 +199,12 @@ def find_pool_folder(root: Path, pool_split: str) -> tuple[Path, str]:
     if folder is None:
         raise DataError(f"no '{pool_split}' folder under {root}: pass --pool_split=NAME of a folder of images "
                         "(class subfolders are fine; their labels are ignored)")
-    if not first_images(folder, 1):
+    decodable, tried, failure = decodable_images(folder, 1)
+    if not tried:
         raise DataError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    if not decodable:
+        raise DataError(f"none of the {tried} image files in {folder} can be decoded (the first: {failure}): replace "
+                        f"them; `toolkit data check {folder}` lists every unreadable file")
     return folder, pool
 
 

@@ -20,9 +20,9 @@ from toolkit.config import check_fraction, check_non_negative, check_positive
 from toolkit.data.folders import (
     IMAGE_EXTENSIONS,
     INTEL_DOWNLOAD_HINT,
+    decodable_images,
     find_classification_splits,
     find_pool_folder,
-    first_images,
 )
 from toolkit.errors import ConfigError, DataError
 
@@ -109,10 +109,15 @@ class CleanImageSettings:
     def check_data_settings(self) -> None:
         check_data_folder(self.data, "Pass --data=PATH to a folder of clean photographs (e.g. CBSD432: the 432 "
                           "colour BSD images that DnCNN, FFDNet and DRUNet train on)")
-        found = len(first_images(Path(self.data), 2)) if has_folder_of_its_own(self.data) else 2
-        if found < 2:
-            raise DataError(f"{self.data} holds {'one image file' if found else 'no image files'} "
-                            f"({', '.join(IMAGE_EXTENSIONS)}): a denoiser needs two or more, one to validate on")
+        if has_folder_of_its_own(self.data):
+            decodable, tried, failure = decodable_images(Path(self.data), 2)
+            if tried < 2:
+                raise DataError(f"{self.data} holds {'one image file' if tried else 'no image files'} "
+                                f"({', '.join(IMAGE_EXTENSIONS)}): a denoiser needs two or more, one to validate on")
+            if len(decodable) < 2:
+                raise DataError(f"{self.data}: {len(decodable) or 'none'} of its image files can be decoded (the "
+                                f"first that cannot: {failure}); a denoiser needs two or more, one to validate on: "
+                                f"replace them (`toolkit data check {self.data}` lists every unreadable file)")
         check_fraction(self, "val_fraction")
         check_non_negative(self, "max_train_images")
         check_positive(self, "reduced_tile_repeats")
