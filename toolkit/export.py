@@ -7,9 +7,12 @@ images:
   as `toolkit predict` does (PIL's antialiased bilinear: Image.resize((S, S), Image.BILINEAR)), and gives the
   log-probabilities and the probabilities (N, classes): normalised with the run's mean and std, averaged with the
   mirror image where the run evaluates that way, divided by its calibration temperature (as predict does by default).
+  Several classifier runs of one image size (an ensemble) go in one graph that gives the mean of their probabilities.
 - a denoiser takes float32 RGB (N, 3, H, W) in [0, 1], of any size whose sides are at least SMALLEST_SIDE (padded to
   the network's multiple and cropped back inside, as in PyTorch), and a noise-conditioned one also the noise level of
-  each image on the 0-255 scale (N,); it gives the denoised images, clamped to [0, 1].
+  each image on the 0-255 scale (N,); it gives the denoised images, clamped to [0, 1]. A network that sizes a layer
+  by its input in a way ONNX cannot leave free (the study's autoencoders: transposed convolutions) is exported for the
+  run's image size only.
 The classes, sizes, inputs and the run it came from are in the file's metadata (metadata_props). Before the file is
 written the graph is run with onnxruntime on stand-in inputs, at a second size too where its sizes are free, and
 compared with the PyTorch model; a graph that disagrees is not written.
