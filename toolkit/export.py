@@ -106,8 +106,8 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
     if out.suffix != ".onnx":
         raise UserError(f"{out}: name the ONNX file with .onnx (e.g. {out.with_suffix('.onnx').name})")
     onnx, onnxruntime = _onnx_modules()
-    checkpoint = resolve_checkpoint(checkpoint)
-    model, state = load_trained_model(checkpoint, "cpu")
+    first = _loaded(checkpoint)
+    checkpoint, _, state = first
     if is_denoiser(state.model) and (not calibrated or ensemble):
         option = "--ensemble" if ensemble else "--no-calibrated"
         raise UserError(f"{checkpoint} holds a denoiser: {option} is for classifiers")
@@ -116,12 +116,8 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
     members = f" and {len(others)} more run(s), their probabilities averaged" if others else ""
     log(f"[export] {state.label or state.model} from {checkpoint}{members}: tracing, converting and checking")
     with progress_bar(3, "exporting", "stage") as bar:
-        wrapper, inputs, record, graph = _traced_and_converted(
-            [(model, state), *((other_model, other_state) for _, other_model, other_state in others)], generator,
-            opset, calibrated, log)
+        wrapper, inputs, record, graph = _traced_and_converted([first, *others], generator, opset, calibrated, log)
         record |= {"checkpoint": str(checkpoint), "model": state.model, "model_spec": state.model_spec}
-        for entry, run in zip(record.get("ensemble", []), [checkpoint, *(run for run, _, _ in others)]):
-            entry["checkpoint"] = str(run)
         bar.update(1)
         session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
         height, width = session.get_inputs()[0].shape[2:]
@@ -158,6 +154,13 @@ def _onnx_modules():
     return onnx, onnxruntime
 
 
+def _loaded(run: Path | str) -> tuple[Path, nn.Module, object]:
+    """(checkpoint, model in fp32 and eval mode on the CPU, trainer state) of a run directory or checkpoint."""
+    checkpoint = resolve_checkpoint(run)
+    model, state = load_trained_model(checkpoint, "cpu")
+    return checkpoint, model.float().eval(), state
+
+
 def _ensemble_members(checkpoint: Path, ensemble) -> list[tuple[Path, nn.Module, object]]:
     """The (checkpoint, model, state) of each further run of an ensemble, after checking that every run is a
     classifier of the same classes in the same order (as predict --ensemble does) and of the same image size (the
@@ -171,16 +174,15 @@ def _ensemble_members(checkpoint: Path, ensemble) -> list[tuple[Path, nn.Module,
     if len(sizes) > 1:
         raise UserError(f"the runs take images of different sizes ({', '.join(map(str, sizes))} px): one ONNX graph "
                         "takes one size; export them apart, or ensemble runs of one size")
-    return [(resolve_checkpoint(run), *load_trained_model(resolve_checkpoint(run), "cpu")) for run in ensemble]
+    return [_loaded(run) for run in ensemble]
 
 
-def _traced_and_converted(loaded: list[tuple[nn.Module, object]], generator, opset: int | None, calibrated: bool,
-                          log):
-    """(wrapper, stand-in inputs, record, ONNX graph) of loaded [(model, state), ...] (several: an ensemble of
-    classifiers): a denoiser with its height and width free, or, where the network cannot be converted so (an
-    autoencoder's transposed convolutions sized by their input), at the run's image size."""
-    model, state = loaded[0]
-    model = model.float().eval()
+def _traced_and_converted(loaded: list[tuple[Path, nn.Module, object]], generator, opset: int | None,
+                          calibrated: bool, log):
+    """(wrapper, stand-in inputs, record, ONNX graph) of loaded [(checkpoint, model, state), ...] (several: an
+    ensemble of classifiers): a denoiser with its height and width free, or, where the network cannot be converted
+    so (an autoencoder's transposed convolutions sized by their input), at the run's image size."""
+    _, model, state = loaded[0]
     if not is_denoiser(state.model):
         wrapper, inputs, free_axes, record = _classifier_export(loaded, generator, calibrated)
         return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
@@ -194,14 +196,14 @@ def _traced_and_converted(loaded: list[tuple[nn.Module, object]], generator, ops
     return wrapper, inputs, record, _converted(wrapper, inputs, free_axes, record, opset)
 
 
-def _classifier_export(loaded: list[tuple[nn.Module, object]], generator, calibrated: bool):
+def _classifier_export(loaded: list[tuple[Path, nn.Module, object]], generator, calibrated: bool):
     members = []
-    for model, member_state in loaded:
+    for _, model, member_state in loaded:
         pre = member_state.preprocessing
-        members.append(ClassifierForExport(model.float().eval(), pre["mean"], pre["std"], member_state.flip_tta,
+        members.append(ClassifierForExport(model, pre["mean"], pre["std"], member_state.flip_tta,
                                            float(member_state.temperature) if calibrated else 1.0).eval())
     wrapper = members[0] if len(members) == 1 else EnsembleForExport(members).eval()
-    state = loaded[0][1]
+    state = loaded[0][2]
     size = state.image_size
     images = torch.randint(0, 256, (2, 3, size, size), generator=generator, dtype=torch.uint8)
     each = [{"mean": list(member.mean), "std": list(member.std), "temperature": member.temperature,
@@ -217,7 +219,8 @@ def _classifier_export(loaded: list[tuple[nn.Module, object]], generator, calibr
     if len(members) == 1:
         record |= each[0]
     else:  # the runs' own normalisation, mirror and temperature, each
-        record["ensemble"] = [{"model": member_state.model} | one for (_, member_state), one in zip(loaded, each)]
+        record["ensemble"] = [{"checkpoint": str(member_checkpoint), "model": member_state.model} | one
+                              for (member_checkpoint, _, member_state), one in zip(loaded, each)]
     return wrapper, (images,), ({0: "batch"},), record
 
 
