@@ -171,12 +171,13 @@ def find_classification_splits(root: Path, train_split: str, test_split: str,
         raise DataError(f"no '{train_split}' split under {root}: expected {root}/{train_split}/<class>/<image> "
                         f"or {root}/<class>/<image>. {INTEL_DOWNLOAD_HINT}")
     classes = check_labeled_folder(train_folder)
-    with_images = [name for name in classes if first_images(train_folder / name, 1)]
+    first_decodable = {name: decodable_images(train_folder / name, 1) for name in classes}  # each folder walked once
+    with_images = [name for name in classes if first_decodable[name][1]]  # image files tried: there are some
     if len(with_images) < 2:
         raise DataError(f"a classifier needs images of two classes or more; {train_folder} has images of "
                         f"{len(with_images)} ({', '.join(with_images) or 'none'}): add a folder of images per class")
     for name in with_images:
-        decodable, tried, failure = decodable_images(train_folder / name, 1)
+        decodable, tried, failure = first_decodable[name]
         if not decodable:
             raise DataError(f"none of the {tried} image files of class '{name}' in {train_folder} can be decoded "
                             f"(the first: {failure}): replace them, or remove the class folder; `toolkit data check "
