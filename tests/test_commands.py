@@ -110,6 +110,7 @@ def test_benchmark_runs_on_tiny_data_and_writes_json(tiny_intel, tmp_path):
         assert step["share_of_ceiling"] == pytest.approx(
             step["gflop_per_s"] / results["ceiling"][f"{precision}_matmul_gflop_per_s"])
     assert "x study" in result.stdout and "GFLOP/s" in result.stdout
+    assert "(the arithmetic ceiling; one short timing, --tiny)" in result.stdout  # a check, not a measurement
 
 
 def test_benchmark_rejects_unknown_sections(tmp_path, capsys):

@@ -57,9 +57,9 @@ def _timed(action, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
 
 
 def measure_matmul(size: int = 2048, dtype=torch.float32, device: torch.device | str = "cpu",
-                   trials: int = 3) -> float:
+                   trials: int = 3, min_seconds: float = 1.0) -> float:
     """GFLOP/s of a size x size matmul on `device` (the CPU by default): the best of `trials` timings of at
-    least a second each, since a ceiling is the best the cores sustain (one timing on a shared virtual
+    least `min_seconds` each, since a ceiling is the best the cores sustain (one timing on a shared virtual
     machine read 116 GFLOP/s where the best was 139, and training steps then showed above 100% of it)."""
     device = torch.device(device)
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
@@ -69,7 +69,7 @@ def measure_matmul(size: int = 2048, dtype=torch.float32, device: torch.device |
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    return 2 * size**3 / min(_timed(product) for _ in range(trials)) / 1e9
+    return 2 * size**3 / min(_timed(product, min_seconds) for _ in range(trials)) / 1e9
 
 
 def measure_study_loader(folder: Path, image_size: int, batch_size: int, num_workers: int, images: int) -> dict:
@@ -333,13 +333,15 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
 
     # the ceiling of each precision a training step below is timed in (bf16's where it is native or asked for)
     ceilings = {}
+    timing = {"trials": 1, "min_seconds": 0.1} if tiny else {}  # --tiny checks the command: one short timing
     if {"ceiling", "steps"} & set(sections):
-        ceilings["fp32"] = measure_matmul()
+        ceilings["fp32"] = measure_matmul(**timing)
         if native_bf16 or "bf16" in (precisions or []):
-            ceilings["bf16"] = measure_matmul(dtype=torch.bfloat16)
+            ceilings["bf16"] = measure_matmul(dtype=torch.bfloat16, **timing)
         results["ceiling"] = {f"{dtype}_matmul_gflop_per_s": rate for dtype, rate in ceilings.items()}
     if "ceiling" in sections:
-        _print_table("matmul 2048x2048 (the arithmetic ceiling; best of 3)", ["dtype", "GFLOP/s"],
+        timed = "one short timing, --tiny" if tiny else "best of 3"
+        _print_table(f"matmul 2048x2048 (the arithmetic ceiling; {timed})", ["dtype", "GFLOP/s"],
                      [[dtype, rate] for dtype, rate in ceilings.items()])
 
     study_cnn = recipe_defaults("cnn")  # the loaders and the real loop at the study CNN's settings
