@@ -120,11 +120,12 @@ def main() -> int:
         out.write_text(json.dumps(results, indent=2))
 
     print(f"[gpu-check] {results['machine']}", flush=True)
+    timing = {"trials": 1, "min_seconds": 0.1} if args.tiny else {}  # --tiny checks the script: one short timing
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        results["ceiling"] = {"bf16_matmul_tflop_per_s": measure_matmul(8192, torch.bfloat16, device) / 1e3}
+        results["ceiling"] = {"bf16_matmul_tflop_per_s": measure_matmul(8192, torch.bfloat16, device, **timing) / 1e3}
     else:
-        results["ceiling"] = {"fp32_matmul_tflop_per_s": measure_matmul(1024, torch.float32, device) / 1e3}
+        results["ceiling"] = {"fp32_matmul_tflop_per_s": measure_matmul(1024, torch.float32, device, **timing) / 1e3}
     print(f"[gpu-check] matmul ceiling: {results['ceiling']}", flush=True)
     save()
     if args.model_steps:
