@@ -81,6 +81,22 @@ def test_loader_threads_default_to_this_machines_cores_shared_by_its_processes(m
     assert default_num_workers() == max(1, cores // 2)
 
 
+def test_more_loader_threads_than_numba_allows_are_refused_with_the_limit(monkeypatch):
+    """FFCV decodes on numba's threads, at most NUMBA_NUM_THREADS (the machine's cores by default): more was a numba
+    traceback from inside the first loader, after the run folder was made."""
+    import os
+
+    from toolkit.run import RunSettings
+
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    cores = os.cpu_count()
+    RunSettings(num_workers=cores).check_run_settings()
+    with pytest.raises(ConfigError, match=f"--num_workers={cores + 1}: FFCV decodes with at most {cores} threads"):
+        RunSettings(num_workers=cores + 1).check_run_settings()
+    monkeypatch.setenv("NUMBA_NUM_THREADS", str(cores + 2))
+    RunSettings(num_workers=cores + 1).check_run_settings()
+
+
 @dataclass
 class Parent(Base):
     eval_every: int = 25  # validation interval

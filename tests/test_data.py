@@ -258,6 +258,28 @@ def test_shards_cover_the_set_exactly_once():
     assert sorted(np.concatenate(shards).tolist()) == list(range(11))
 
 
+def test_ffcv_leaves_pytorch_threads_as_they_were_on_import_and_in_its_loaders(tmp_path, cache_dir):
+    """FFCV's compiler set PyTorch's threads to 1 on import and to a loader's workers when it is made or iterated:
+    a command that imported FFCV scored on one core. PyTorch's threads now stay what they were."""
+    import sys
+
+    probe = "import torch; torch.set_num_threads(3); import toolkit.data.ffcv_parts; print(torch.get_num_threads())"
+    result = run_script([sys.executable, "-c", probe])
+    assert result.returncode == 0 and result.stdout.split()[-1] == "3", result.stderr[-2000:]
+    root = make_folder(tmp_path / "set", {"a": 2, "b": 2}, size=(20, 20))
+    listing = scan_labeled_folder(root)
+    stored = cached_beton("threads", listing.root, listing.files, listing.labels, listing.classes, store_size=16,
+                          storage="raw", cache_dir=cache_dir, num_workers=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        loader = make_loader(stored, np.arange(4), batch_size=2, train=True, image_size=16,
+                             device=torch.device("cpu"), num_workers=1)
+        assert len(list(loader)) == 2 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_ffcv_import_compiles_numba_typed_dicts_once_per_machine_not_per_process(tmp_path):
     """Importing FFCV compiles numba's typed-dict functions; the toolkit turns numba's disk cache on for them
     first, so the second process loads them instead of compiling (seconds per training process)."""

@@ -293,14 +293,20 @@ def test_accelerate_launch_precision_explicit_no_means_fp32(tiny_intel, tmp_path
              "flag": ["--config_file", str(ROOT / "accelerate_config.yaml"), "--mixed_precision", "no"],
              "config": ["--config_file", str(config)]}
     used = {}
+    workers = {"unset": 2, "flag": 1, "config": 1}
     with ThreadPoolExecutor(len(cases)) as pool:  # three launches at once: their start-up is most of their time
         launched = {name: pool.submit(run_script, ["accelerate", "launch", *launch, *recipe,
-                                                   f"--run_dir={tmp_path / name}"], env=env)
+                                                   f"--run_dir={tmp_path / name}", f"--num_workers={workers[name]}"],
+                                      env=env)
                     for name, launch in cases.items()}
     for name, future in launched.items():
         result = future.result()
         assert result.returncode == 0, result.stderr[-3000:]
-        used[name] = json.loads((tmp_path / name / "config.json").read_text())["mixed_precision_used"]
+        recorded = json.loads((tmp_path / name / "config.json").read_text())
+        used[name] = recorded["mixed_precision_used"]
+        # accelerate launch starts each process at one PyTorch thread (OMP_NUM_THREADS=1): the run trains with as
+        # many as FFCV's decoding threads
+        assert recorded["torch_threads"] == recorded["num_workers"] == workers[name]
         assert (tmp_path / name / "summary.json").is_file()
     assert used == {"unset": "bf16", "flag": "no", "config": "no"}
 

@@ -65,7 +65,7 @@ class RunSettings:
     grad_accumulation: int = 1  # batches whose gradients are summed before each optimizer step
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale --lr with the global batch's growth over one process
     max_steps: int = 0  # >0: stop after this many iterations (smoke tests, benchmarks); --resume continues
-    num_workers: int = 0  # FFCV decoding threads per process (0 = this machine's cores, shared by its processes)
+    num_workers: int = 0  # FFCV decoding threads per process, and PyTorch's (0 = the cores, shared by the processes)
     cache_dir: str = ""  # where .beton files are cached; default $SCENE_TOOLKIT_CACHE or ~/.cache/scene-toolkit
     wandb_project: str = "scene-toolkit"  # W&B project name
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online given a key and network
@@ -79,6 +79,11 @@ class RunSettings:
         check_non_negative(self, "seed", "eval_every", "checkpoint_every", "max_steps", "keep_checkpoints",
                            "num_workers")
         check_positive(self, "log_every", "grad_accumulation")
+        most = int(os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count() or 1)  # numba's threads, FFCV's limit
+        if self.num_workers > most:
+            raise ConfigError(f"--num_workers={self.num_workers}: FFCV decodes with at most {most} threads on this "
+                              f"machine (its cores, or NUMBA_NUM_THREADS): give {most} or fewer, or 0 for the "
+                              "cores shared by the processes")
 
 
 def default_num_workers(local_processes: int | None = None) -> int:
@@ -234,6 +239,10 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
     set_seed(cfg.seed)  # the same on every process: identical model initialisation
     if cfg.num_workers == 0:  # recorded in the config as the number used
         cfg.num_workers = default_num_workers()
+    # PyTorch's threads: as many as FFCV's (each process's share of the cores by default). FFCV's loaders used to set
+    # this themselves, which toolkit.data.ffcv_parts stopped; accelerate launch starts every process at one thread
+    # (OMP_NUM_THREADS=1)
+    torch.set_num_threads(cfg.num_workers)
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     if cfg.resume and run_dir is None:
@@ -250,7 +259,7 @@ def start_run(cfg: RunSettings, recipe: str) -> Run:
     if not cfg.resume:
         resume_from = None
     config = {**config_to_dict(cfg), "recipe": recipe, "num_processes": state.num_processes,
-              "device": str(state.device), "cpu": describe_cpu()}
+              "device": str(state.device), "cpu": describe_cpu(), "torch_threads": torch.get_num_threads()}
     if resume_from is not None:
         stored = read_config(run_dir)
         if stored and stored.get("recipe") not in (None, recipe):

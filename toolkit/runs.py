@@ -23,7 +23,7 @@ from pathlib import Path
 NOT_RESULT_KEYS = frozenset({
     "run_dir", "resume", "wandb_project", "wandb_mode", "num_workers", "cache_dir", "log_every", "keep_checkpoints",
     "checkpoint_every", "eval_every", "recipe", "device", "cpu", "mixed_precision_used", "num_processes",
-    "global_batch", "wandb_group", "wandb_tags", "max_steps", "variant",
+    "global_batch", "wandb_group", "wandb_tags", "max_steps", "variant", "torch_threads",
 })
 
 

@@ -10,14 +10,42 @@ cache folder is writable, numba compiles as before.
 Every FFCV loader also compiles its own copy of the same small function that reads a sample's bytes from
 the page cache (0.11-0.17 s for each loader after a process's first, on 2 AMD EPYC cores; a classifier run
 makes four loaders): the first copy now serves them all.
+
+FFCV's compiler also sets PyTorch's threads to its own decoding threads: to 1 when FFCV is imported, to a
+loader's workers whenever a loader is made or iterated. Any process that imported FFCV then ran its PyTorch work
+on one core (`toolkit evaluate --held_out` scored at about half speed on 2 cores), and a run given fewer
+--num_workers than cores trained on as few. Here FFCV sets numba's threads only; PyTorch's threads are PyTorch's
+own default, or what the training run sets (toolkit.run.start_run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
+import numba
 import numba.typed.typeddict
 from numba.core.dispatcher import Dispatcher
+
+
+def leave_pytorch_threads_alone() -> None:
+    """Import FFCV's compiler with PyTorch's thread count kept, and make its set_num_threads set numba's only."""
+    import torch
+
+    threads = torch.get_num_threads()
+    from ffcv.pipeline.compiler import Compiler  # its import sets PyTorch's threads to 1
+
+    torch.set_num_threads(threads)
+    if getattr(Compiler.set_num_threads, "leaves_pytorch_alone", False):
+        return
+
+    def set_num_threads(cls, count: int) -> None:
+        count = count if count >= 1 else (os.cpu_count() or 1)  # FFCV's own rule: 0 means every core
+        cls.num_threads = count
+        numba.set_num_threads(count)
+
+    set_num_threads.leaves_pytorch_alone = True
+    Compiler.set_num_threads = classmethod(set_num_threads)
 
 
 def keep_numba_typed_dict_compilations() -> None:
@@ -56,6 +84,7 @@ def share_the_page_cache_reader() -> None:
 
 
 keep_numba_typed_dict_compilations()
+leave_pytorch_threads_alone()
 
 from ffcv.fields import IntField, RGBImageField  # noqa: E402  (after the cache is on: this import compiles)
 from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, SimpleRGBImageDecoder  # noqa: E402
@@ -68,4 +97,5 @@ share_the_page_cache_reader()
 
 __all__ = ["CenterCropRGBImageDecoder", "DatasetWriter", "IntDecoder", "IntField", "Loader", "MemoryAllocator",
            "OrderOption", "RGBImageField", "SimpleRGBImageDecoder", "Squeeze", "ToDevice", "ToTensor",
-           "ToTorchImage", "keep_numba_typed_dict_compilations", "share_the_page_cache_reader"]
+           "ToTorchImage", "keep_numba_typed_dict_compilations", "leave_pytorch_threads_alone",
+           "share_the_page_cache_reader"]
