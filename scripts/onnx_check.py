@@ -5,17 +5,21 @@ fp32 as the toolkit's commands do on a CPU and the graph with onnxruntime (its d
 faster of each kept, and prints each one's images per second with onnxruntime's as a ratio to PyTorch's.
 
 - A classifier: the images as toolkit predict decodes them, in batches of --batch_size (predict's CPU default, 8);
-  prints the agreement of the predicted classes and the largest difference of any probability.
+  prints the agreement of the predicted classes and the largest difference of any probability. --int8 FOLDER: also
+  the graph in 8-bit integers (toolkit export --int8 FOLDER), as a third way. --held_out: FOLDER is the data root
+  the run trained on, the images those it held out, and each way's accuracy on them is printed too.
 - A denoiser: each clean image with Gaussian noise of --sigma (0-255, seeded, not clipped), denoised whole, one image at
   a time, as toolkit denoise does; prints the largest difference of any pixel value and the mean PSNR of each.
 
     python scripts/onnx_check.py RUN FOLDER [--images 400] [--batch_size 8] [--onnx model.onnx] [--ensemble RUN...]
+    python scripts/onnx_check.py RUN data/intel --held_out --images 2000 --int8 data/intel/seg_train
     python scripts/onnx_check.py DENOISER_RUN data/denoise/McMaster --sigma 25
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -33,8 +37,10 @@ def alternately(ways: dict, rounds: int = 2) -> tuple[dict, dict]:
     return outputs, {name: min(times) for name, times in seconds.items()}
 
 
-def check_classifier(session, runs: list, files: list[Path], batch_size: int) -> tuple[str, str, dict]:
-    """(what was run, the verdict, {way: fastest seconds}) for a classifier or an ensemble of them."""
+def check_classifier(sessions: dict, runs: list, files: list[Path], labels: list[int] | None,
+                     batch_size: int) -> tuple[str, str, dict]:
+    """(what was run, the verdict, {way: fastest seconds}) for a classifier or an ensemble of them, run by PyTorch and
+    by each onnxruntime session of `sessions` ({way: session}); with labels, each way's accuracy too."""
     import numpy as np
     import torch
 
@@ -56,15 +62,22 @@ def check_classifier(session, runs: list, files: list[Path], batch_size: int) ->
         with torch.no_grad():
             return np.concatenate([scored(batch).numpy() for batch in batches])
 
-    def with_onnxruntime() -> np.ndarray:
+    def with_onnxruntime(session) -> np.ndarray:
         return np.concatenate([session.run(["probabilities"], {"images": batch})[0] for batch in batches])
 
-    outputs, seconds = alternately({"PyTorch": with_pytorch, "onnxruntime": with_onnxruntime})
-    agree = int((outputs["PyTorch"].argmax(1) == outputs["onnxruntime"].argmax(1)).sum())
+    ways = {"PyTorch": with_pytorch} | {way: functools.partial(with_onnxruntime, session)
+                                        for way, session in sessions.items()}
+    outputs, seconds = alternately(ways)
+    verdict = []
+    for way in sessions:
+        agree = int((outputs["PyTorch"].argmax(1) == outputs[way].argmax(1)).sum())
+        verdict.append(f"{way}: predicted class the same as PyTorch's for {agree} of {len(files)}; largest "
+                       f"difference of any probability {np.abs(outputs['PyTorch'] - outputs[way]).max():.1e}")
+    if labels is not None:
+        verdict.append("accuracy: " + ", ".join(f"{way} {np.mean(outputs[way].argmax(1) == np.array(labels)):.2%}"
+                                                for way in ways))
     models = state.model if len(runs) == 1 else f"the mean of {len(runs)} runs of {state.model}"
-    return (f"{models} at {state.image_size}px, batches of {batch_size}",
-            f"predicted class: the same for {agree} of {len(files)}; largest difference of any probability "
-            f"{np.abs(outputs['PyTorch'] - outputs['onnxruntime']).max():.1e}", seconds)
+    return f"{models} at {state.image_size}px, batches of {batch_size}", "\n".join(verdict), seconds
 
 
 def check_denoiser(session, model, state, files: list[Path], sigma: float) -> tuple[str, str, dict]:
@@ -111,6 +124,12 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=25.0, help="a denoiser's noise level, 0-255")
     parser.add_argument("--onnx", default="", help="an exported file of this run; default: export it now")
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="RUN", help="more runs, as toolkit export takes")
+    parser.add_argument("--int8", default="", metavar="CALIBRATION_FOLDER",
+                        help="a classifier: also export it in int8 (toolkit export --int8) and run that graph too")
+    parser.add_argument("--int8_images", type=int, default=128, help="with --int8: the images that set its ranges")
+    parser.add_argument("--held_out", action="store_true", help="a classifier: FOLDER is the data root the run "
+                        "trained on, and the images are the ones it held out (--images of them), with their labels: "
+                        "each way's accuracy too")
     args = parser.parse_args()
 
     import numpy as np
@@ -122,29 +141,47 @@ def main() -> None:
     from toolkit.inference import load_trained_model
     from toolkit.memory import keep_freed_memory
     from toolkit.models import is_denoiser
+    from toolkit.predict import held_out_images
     from toolkit.train.precision import describe_cpu
 
-    files = list_image_files(Path(args.folder))
-    if not files:
-        raise SystemExit(f"{args.folder} holds no images")
-    files = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(args.images, len(files)))]
+    runs = [load_trained_model(run, "cpu") for run in (args.run, *args.ensemble)]
+    denoiser = is_denoiser(runs[0][1].model)
+    if denoiser and (args.int8 or args.held_out):
+        raise SystemExit("--int8 and --held_out are for classifiers")
+    labels = None
+    if args.held_out:
+        files, labels = held_out_images(args.folder, runs[0][1])
+        chosen = np.linspace(0, len(files) - 1, min(args.images, len(files))).astype(int)
+        files, labels = [files[i] for i in chosen], [labels[i] for i in chosen]
+    else:
+        files = list_image_files(Path(args.folder))
+        if not files:
+            raise SystemExit(f"{args.folder} holds no images")
+        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(args.images, len(files)))]
+    sessions = {}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(args.onnx) if args.onnx else Path(scratch) / "model.onnx"
         if not args.onnx:
             export_onnx(args.run, path, ensemble=args.ensemble, log=lambda message: print(message, file=sys.stderr))
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sessions["onnxruntime"] = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if args.int8:
+            quantized = Path(scratch) / "int8.onnx"
+            export_onnx(args.run, quantized, ensemble=args.ensemble, int8_folder=args.int8,
+                        int8_images=args.int8_images, log=lambda message: print(message, file=sys.stderr))
+            sessions["onnxruntime int8"] = onnxruntime.InferenceSession(str(quantized),
+                                                                        providers=["CPUExecutionProvider"])
     keep_freed_memory()
-    runs = [load_trained_model(run, "cpu") for run in (args.run, *args.ensemble)]
-    if is_denoiser(runs[0][1].model):
-        what, verdict, seconds = check_denoiser(session, *runs[0], files, args.sigma)
+    if denoiser:
+        what, verdict, seconds = check_denoiser(sessions["onnxruntime"], *runs[0], files, args.sigma)
     else:
-        what, verdict, seconds = check_classifier(session, runs, files, args.batch_size)
+        what, verdict, seconds = check_classifier(sessions, runs, files, labels, args.batch_size)
     rate = {name: len(files) / value for name, value in seconds.items()}
-    print(f"{len(files)} images of {args.folder}, {what}, fp32; {describe_cpu()}; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")
+    source = f"the run's held-out images of {args.folder}" if args.held_out else f"images of {args.folder}"
+    print(f"{len(files)} {source}, {what}, fp32{' and int8' if args.int8 else ''}; {describe_cpu()}; torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")
     print(verdict)
-    print(f"images per second: PyTorch {rate['PyTorch']:.1f}, onnxruntime {rate['onnxruntime']:.1f} "
-          f"({rate['onnxruntime'] / rate['PyTorch']:.2f}x PyTorch)")
+    print("images per second: PyTorch " + f"{rate['PyTorch']:.1f}, " + ", ".join(
+        f"{way} {rate[way]:.1f} ({rate[way] / rate['PyTorch']:.2f}x PyTorch)" for way in sessions))
 
 
 if __name__ == "__main__":

@@ -44,12 +44,13 @@ def session(path: Path):
 
 @pytest.fixture(scope="module")
 def classifier_run(tiny_intel, tmp_path_factory) -> Path:
-    """A tiny CNN run (module-wide)."""
+    """A tiny CNN run (module-wide), holding out a tenth of the training folder for its test scores."""
     from conftest import _reset_accelerate
 
     run = tmp_path_factory.mktemp("export") / "cnn"
     run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run}", "--width=4", "--max_steps=3",
-                           *TINY_CLASSIFIER, "--wandb_mode=disabled"])  # (set up before the tests' own W&B mode)
+                           "--test_split=none", *TINY_CLASSIFIER,
+                           "--wandb_mode=disabled"])  # (set up before the tests' own W&B mode)
     _reset_accelerate()
     return run
 
@@ -213,11 +214,82 @@ def test_the_onnx_check_script_compares_predictions_and_speed_on_a_folder(classi
                        "20", "--batch_size", "4", "--ensemble", str(classifier_run)])  # the same run twice: its mean
     assert done.returncode == 0, done.stderr[-2000:]
     assert "20 images of" in done.stdout and "the mean of 2 runs of SceneCNN at 32px, batches of 4" in done.stdout
-    agreed = re.search(r"predicted class: the same for (\d+) of 20; largest difference of any probability (\S+)",
-                       done.stdout)
+    agreed = re.search(r"onnxruntime: predicted class the same as PyTorch's for (\d+) of 20; largest difference of "
+                       r"any probability (\S+)", done.stdout)
     assert agreed and int(agreed[1]) == 20 and float(agreed[2]) < 1e-4
     speeds = re.search(r"images per second: PyTorch ([\d.]+), onnxruntime ([\d.]+) \(([\d.]+)x PyTorch\)",
                        done.stdout)
     assert speeds and float(speeds[1]) > 0 and float(speeds[3]) == pytest.approx(float(speeds[2]) / float(speeds[1]),
                                                                                   abs=0.01)
     assert "cores" in done.stdout  # the machine named beside its figures
+    # the run's held-out images with their labels, and the graph in int8 as a third way
+    done = run_script([sys.executable, str(script), str(classifier_run), str(tiny_intel), "--held_out", "--int8",
+                       str(tiny_intel / "seg_train"), "--int8_images", "8", "--batch_size", "4"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    held = len(json.loads(sorted((classifier_run / "checkpoints").glob("step-*"))[-1].joinpath(
+        "trainer_state.json").read_text())["split"]["held_out"])
+    assert f"{held} the run's held-out images of {tiny_intel}" in done.stdout and "fp32 and int8" in done.stdout
+    assert re.search(rf"onnxruntime int8: predicted class the same as PyTorch's for \d+ of {held}", done.stdout)
+    assert re.search(r"accuracy: PyTorch [\d.]+%, onnxruntime [\d.]+%, onnxruntime int8 [\d.]+%", done.stdout)
+    assert re.search(r"onnxruntime int8 [\d.]+ \([\d.]+x PyTorch\)", done.stdout)
+
+
+def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and_checked(classifier_run, tiny_intel,
+                                                                                         tmp_path, capsys,
+                                                                                         monkeypatch):
+    run = classifier_run
+    out = tmp_path / "int8.onnx"
+    assert toolkit_main(["export", str(run), str(out), "--int8", str(tiny_intel / "seg_train"), "--int8_images", "16",
+                         "--wandb_mode=offline"]) == 0
+    said = capsys.readouterr().out
+    assert f"[export] wrote {out}" in said and ", int8), a classifier" in said
+    meta = metadata(out)
+    int8 = meta["int8"]
+    assert meta["precision"] == "int8" and int8["calibration_images"] == 16 and int8["check_images"] == 64
+    assert int8["agreement"] >= toolkit.export.INT8_MIN_AGREEMENT and int8["held_out_skipped"] > 0
+    assert (f"[export] int8: ranges from 16 images of {tiny_intel / 'seg_train'}, {int8['held_out_skipped']} held "
+            f"out by the run skipped; on 64 other images of it the int8 graph picks the fp32 graph's class for "
+            f"{int8['agreement']:.1%}") in said
+    graph = onnx.load(str(out))
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= {node.op_type for node in graph.graph.node}
+    assert any(weights.data_type == onnx.TensorProto.INT8 for weights in graph.graph.initializer)
+    (logged,) = (tmp_path / "int8-wandb" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"export/int8_agreement" in logged.read_bytes()
+    # the same inputs and outputs as the fp32 graph, probabilities near its own
+    files = sorted((tiny_intel / "seg_test").rglob("*.jpg"))[:8]
+    pixels = np.stack([load_rgb(file, 32) for file in files]).transpose(0, 3, 1, 2)
+    fp32 = tmp_path / "fp32.onnx"
+    assert toolkit_main(["export", str(run), str(fp32)]) == 0 and metadata(fp32)["precision"] == "fp32"
+    quantized, plain = (session(path).run(["probabilities"], {"images": pixels})[0] for path in (out, fp32))
+    assert quantized.shape == plain.shape and np.allclose(quantized.sum(1), 1, atol=1e-3)
+    assert np.abs(quantized - plain).max() < 0.2
+    capsys.readouterr()
+
+    # images the run held out never set the ranges: a folder of nothing else is refused, saying so
+    from toolkit.inference import load_trained_model
+    from toolkit.predict import held_out_images
+
+    held = tmp_path / "held-out-only"
+    held.mkdir()
+    files, _ = held_out_images(str(tiny_intel), load_trained_model(run)[1])
+    for index, file in enumerate(files):
+        (held / f"{index}-{file.name}").write_bytes(file.read_bytes())
+    assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(held)]) == 2
+    assert (f"0 usable image(s) ({len(files)} image files, 0 that do not decode, {len(files)} held out by the run "
+            "for reporting)") in capsys.readouterr().err
+    # refusals: no such folder, --int8_images alone, a denoiser; an int8 graph that strays from the fp32 graph is
+    # not written and the earlier file stays
+    assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(tmp_path / "none")]) == 2
+    assert "--int8 " in capsys.readouterr().err
+    assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8_images", "16"]) == 2
+    assert "give --int8 too" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(held), "--int8_images", "4"])
+    assert "--int8_images: takes a whole number of 8 or more" in capsys.readouterr().err
+    monkeypatch.setattr(toolkit.export, "INT8_MIN_AGREEMENT", 1.01)
+    earlier = out.read_bytes()
+    assert toolkit_main(["export", str(run), str(out), "--int8", str(tiny_intel / "seg_train"), "--int8_images",
+                         "16"]) == 2
+    assert "the int8 graph picks the fp32 graph's class for only" in capsys.readouterr().err
+    assert out.read_bytes() == earlier and not list(tmp_path.glob(".*partial*"))
+    assert not (tmp_path / "x.onnx").exists()

@@ -210,12 +210,15 @@ def command_report(args) -> None:
 
 
 def command_export(args) -> None:
-    from toolkit.export import export_onnx
+    from toolkit.export import INT8_CALIBRATION_IMAGES, export_onnx
 
-    record = export_onnx(args.checkpoint, args.out, args.opset, args.calibrated, args.ensemble)
+    if args.int8_images and not args.int8:
+        raise UserError("--int8_images is the number of images that calibrate --int8 FOLDER: give --int8 too")
+    record = export_onnx(args.checkpoint, args.out, args.opset, args.calibrated, args.ensemble, int8_folder=args.int8,
+                         int8_images=args.int8_images or INT8_CALIBRATION_IMAGES)
     check = record["check"]
-    print(f"[export] wrote {record['onnx']} ({record['bytes'] / 1e6:.1f} MB, ONNX opset {record['opset']}), "
-          f"a {record['kind']}")
+    print(f"[export] wrote {record['onnx']} ({record['bytes'] / 1e6:.1f} MB, ONNX opset {record['opset']}, "
+          f"{record['precision']}), a {record['kind']}")
     for role in ("inputs", "outputs"):
         for name, meaning in record[role].items():
             print(f"[export] {role[:-1]} {name}: {meaning}")
@@ -232,17 +235,25 @@ def command_export(args) -> None:
             names = ", ".join(run["checkpoint"] for run in runs)
             print(f"[export] the mean of {len(runs)} runs' probabilities: {names}")
     shapes = " and ".join(" + ".join("x".join(map(str, shape)) for shape in trial) for trial in check["input_shapes"])
-    print(f"[export] checked with onnxruntime {check['onnxruntime']} on stand-in inputs of {shapes}: largest "
+    graph = "the fp32 graph" if "int8" in record else "the graph"
+    print(f"[export] {graph} checked with onnxruntime {check['onnxruntime']} on stand-in inputs of {shapes}: largest "
           f"difference from the PyTorch model {check['largest_difference']:.1e}")
+    if "int8" in record:
+        int8 = record["int8"]
+        skipped = f", {int8['held_out_skipped']} held out by the run skipped" if int8["held_out_skipped"] else ""
+        print(f"[export] int8: ranges from {int8['calibration_images']} images of {int8['folder']}{skipped}; on "
+              f"{int8['check_images']} other images of it the int8 graph picks the fp32 graph's class for "
+              f"{int8['agreement']:.1%}, largest difference of any probability {int8['largest_difference']:.2f}")
     # as a W&B run too (files in OUT-wandb/ beside the .onnx): the file as a model artifact, what it takes in the config
     out = Path(record["onnx"])
     config = {"command": "export"} | {key: record[key] for key in ("kind", "checkpoint", "model", "inputs", "outputs",
-                                                                    "opset", "classes", "calibrated", "ensemble")
+                                                                    "opset", "classes", "calibrated", "ensemble",
+                                                                    "precision", "int8")
                                       if key in record}
     logger = _logger_beside(out, args.wandb_mode, config)
     logger.log_artifact(re.sub(r"[^\w.-]", "-", out.stem), "model", out)
-    logger.summary({"export/largest_difference": check["largest_difference"],
-                    "export/megabytes": record["bytes"] / 1e6})
+    logger.summary({"export/largest_difference": check["largest_difference"], "export/megabytes": record["bytes"] / 1e6}
+                   | ({"export/int8_agreement": record["int8"]["agreement"]} if "int8" in record else {}))
     logger.finish()
     if logger.wandb_mode != "disabled":
         print(f"[export] W&B run ({logger.wandb_mode}): the ONNX file as a model artifact; local copy in "
@@ -593,6 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--ensemble", nargs="+", default=[], metavar="RUN",
                      help="more classifier runs of the same classes and image size (such as a comparison's other "
                      "seeds): one graph giving the mean of their probabilities, as predict --ensemble")
+    exp.add_argument("--int8", default=None, metavar="FOLDER",
+                     help="a classifier in 8-bit integers (about twice onnxruntime's fp32 speed on a CPU; "
+                     "docs/commands.md): its activation ranges read from images of FOLDER, like those it will see "
+                     "(e.g. data/intel/seg_train; images the run held out are skipped), then checked against the fp32 "
+                     "graph on other images of FOLDER")
+    exp.add_argument("--int8_images", type=at_least(8), default=None,
+                     help="with --int8: how many images set the ranges (default 128)")
     add_wandb_mode_argument(exp, help="the ONNX file as a W&B model artifact, in a run of job type export (its local "
                             "files in OUT-wandb/ beside the file)")
     exp.set_defaults(handler=command_export)

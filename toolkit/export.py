@@ -16,6 +16,10 @@ images:
 The classes, sizes, inputs and the run it came from are in the file's metadata (metadata_props). Before the file is
 written the graph is run with onnxruntime on stand-in inputs, at a second size too where its sizes are free, and
 compared with the PyTorch model; a graph that disagrees is not written.
+
+A classifier can also be written in 8-bit integers (`--int8 FOLDER`): onnxruntime's static quantization (QDQ; weights
+int8 per output channel, activations uint8 with ranges read from INT8_CALIBRATION_IMAGES images of FOLDER, never one
+the runs held out for reporting), checked against the fp32 graph on INT8_CHECK_IMAGES other images of FOLDER.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from toolkit.errors import UserError
@@ -43,6 +48,14 @@ from toolkit.train.evaluate import classifier_outputs
 # and pixel values on the [0, 1] scale (a fortieth of an 8-bit level); fp32 graphs differ by about 1e-6
 EXPORT_TOLERANCE = 1e-4
 STAND_IN_SEED = 0
+# int8: the images whose activations set the 8-bit ranges, and the other images the int8 graph must classify as the
+# fp32 graph does (at least INT8_MIN_AGREEMENT of them: a graph that changes more predictions is refused)
+INT8_CALIBRATION_IMAGES = 128
+INT8_CHECK_IMAGES = 64
+INT8_MIN_AGREEMENT = 0.9
+# what is quantized: the layers that hold the arithmetic, and the ops between them that keep values in 8 bits; the
+# normalisation of the pixels, the softmax and the temperature stay in float
+INT8_OP_TYPES = ["Conv", "Gemm", "MatMul", "Add", "Relu", "Clip", "GlobalAveragePool", "AveragePool"]
 
 
 class ClassifierForExport(nn.Module):
@@ -97,25 +110,31 @@ class ConditionedDenoiserForExport(nn.Module):
 
 
 def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = None, calibrated: bool = True,
-                ensemble: list[str] | tuple = (), log=print) -> dict:
+                ensemble: list[str] | tuple = (), int8_folder: Path | str | None = None,
+                int8_images: int = INT8_CALIBRATION_IMAGES, log=print) -> dict:
     """Write the model of a run directory or checkpoint to `out` (.onnx), checked with onnxruntime first; returns
     what was written and checked (also in the file's metadata). calibrated: a classifier's probabilities divided by
     its calibration temperature, as `toolkit predict` gives them by default; False: as trained. ensemble: more
-    classifier runs of the same classes and image size, whose probabilities the graph averages with the first's."""
+    classifier runs of the same classes and image size, whose probabilities the graph averages with the first's.
+    int8_folder: a classifier's graph quantized to 8-bit integers, its activation ranges read from `int8_images`
+    images of this folder (see the module's docstring)."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise UserError(f"{out}: name the ONNX file with .onnx (e.g. {out.with_suffix('.onnx').name})")
     onnx, onnxruntime = _onnx_modules()
     first = _loaded(checkpoint)
     checkpoint, _, state = first
-    if is_denoiser(state.model) and (not calibrated or ensemble):
-        option = "--ensemble" if ensemble else "--no-calibrated"
+    if is_denoiser(state.model) and (not calibrated or ensemble or int8_folder):
+        option = "--ensemble" if ensemble else "--int8" if int8_folder else "--no-calibrated"
         raise UserError(f"{checkpoint} holds a denoiser: {option} is for classifiers")
+    if int8_folder and not Path(int8_folder).is_dir():
+        raise UserError(f"--int8 {int8_folder}: no such folder; give a folder of images like those the model will "
+                        "see, e.g. the training folder (data/intel/seg_train)")
     others = _ensemble_members(checkpoint, ensemble)
     generator = torch.Generator().manual_seed(STAND_IN_SEED)
     members = f" and {len(others)} more run(s), their probabilities averaged" if others else ""
     log(f"[export] {state.label or state.model} from {checkpoint}{members}: tracing, converting and checking")
-    with progress_bar(3, "exporting", "stage") as bar:
+    with progress_bar(5 if int8_folder else 3, "exporting", "stage") as bar:
         wrapper, inputs, record, graph = _traced_and_converted([first, *others], generator, opset, calibrated, log)
         record |= {"checkpoint": str(checkpoint), "model": state.model, "model_spec": state.model_spec}
         bar.update(1)
@@ -128,7 +147,16 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
                                                  _second_inputs(inputs, generator, isinstance(height, int)))
         record["check"]["onnxruntime"] = onnxruntime.__version__
         record["opset"] = max(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
+        record["precision"] = "fp32"
         bar.update(1)
+        if int8_folder:
+            images, sample = int8_sample_images(int8_folder, [state, *(member for _, _, member in others)],
+                                                state.image_size, int8_images)
+            bar.update(1)
+            graph, record["int8"] = quantized_int8(graph, images, int8_images, onnx, onnxruntime)
+            record["int8"] |= sample
+            record["precision"] = "int8"
+            bar.update(1)
         for key, value in record.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = f"scene_toolkit.{key}", value if isinstance(value, str) else json.dumps(value)
@@ -137,6 +165,93 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
         bar.update(1)
     record |= {"bytes": out.stat().st_size, "onnx": str(out)}
     return record
+
+
+def int8_sample_images(folder: Path | str, states: list, size: int, calibration: int) -> tuple[np.ndarray, dict]:
+    """(uint8 (calibration + INT8_CHECK_IMAGES, 3, size, size) pixels as predict decodes them, what was taken) from
+    the image files below `folder` in a seeded random order, skipping files that do not decode and any image a run of
+    `states` held out of its training folder (its pixels as the checkpoint recorded them): the images a run is
+    reported on never set the int8 ranges."""
+    from toolkit.data.classification import DIGEST_CHARS
+    from toolkit.data.folders import list_image_files
+    from toolkit.data.images import UnreadableImage, load_rgb, pixel_hash, rgb_pixels
+
+    files = list_image_files(Path(folder))
+    wanted = calibration + INT8_CHECK_IMAGES
+    held_out = {item["pixels"] for state in states for item in (state.split or {}).get("held_out", [])}
+    taken, skipped_held_out, unreadable = [], 0, 0
+    for index in np.random.default_rng(STAND_IN_SEED).permutation(len(files)):
+        if len(taken) == wanted:
+            break
+        try:
+            full = load_rgb(files[index])
+        except (UnreadableImage, OSError):
+            unreadable += 1
+            continue
+        if held_out and pixel_hash(full)[:DIGEST_CHARS] in held_out:
+            skipped_held_out += 1
+            continue
+        taken.append(rgb_pixels(Image.fromarray(full), size).transpose(2, 0, 1))
+    if len(taken) < wanted:
+        raise UserError(f"--int8 {folder}: {len(taken)} usable image(s) ({len(files)} image files, {unreadable} that "
+                        f"do not decode, {skipped_held_out} held out by the run for reporting); it needs {wanted}: "
+                        f"{calibration} to calibrate (--int8_images) and {INT8_CHECK_IMAGES} to check. Give a larger "
+                        "folder, e.g. the training folder")
+    return np.stack(taken), {"folder": str(folder), "held_out_skipped": skipped_held_out, "unreadable": unreadable}
+
+
+def quantized_int8(graph, images: np.ndarray, calibration: int, onnx, onnxruntime) -> tuple[object, dict]:
+    """(the int8 ModelProto, its check) of a classifier's fp32 graph: onnxruntime's static quantization in QDQ form,
+    INT8_OP_TYPES, weights int8 per output channel, activations uint8 with the min-max ranges of the first
+    `calibration` images (uint8, (N, 3, S, S)); then both graphs classify the other images, and an int8 graph that
+    picks the fp32 graph's class for less than INT8_MIN_AGREEMENT of them is refused."""
+    import logging
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([images[start:start + 8] for start in range(0, calibration, 8)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    said = io.StringIO()
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs its advice at WARNING on the root logger
+    try:
+        with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(said), \
+                contextlib.redirect_stderr(said):
+            plain, prepared, quantized = (Path(scratch) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+            onnx.save(graph, plain)
+            quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)  # fold constants, infer shapes
+            quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=INT8_OP_TYPES)
+            result = onnx.load(str(quantized))
+    finally:
+        logging.getLogger().setLevel(quiet)
+    check = images[calibration:]
+    probabilities = [onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+                     .run(["probabilities"], {"images": check})[0] for model in (graph, result)]
+    agreement = float(np.mean(probabilities[0].argmax(1) == probabilities[1].argmax(1)))
+    largest = float(np.abs(probabilities[0] - probabilities[1]).max())
+    if agreement < INT8_MIN_AGREEMENT:
+        raise UserError(f"the int8 graph picks the fp32 graph's class for only {agreement:.0%} of {len(check)} "
+                        f"check images (at least {INT8_MIN_AGREEMENT:.0%} needed); not written. Export in fp32 "
+                        "(without --int8), or calibrate on more images (--int8_images)")
+    return result, {"calibration_images": calibration, "check_images": len(check), "agreement": agreement,
+                    "largest_difference": largest, "method": "onnxruntime static quantization, QDQ, weights int8 per "
+                    "output channel, activations uint8 (min-max ranges)", "op_types": INT8_OP_TYPES}
 
 
 def _onnx_modules():
