@@ -236,6 +236,11 @@ if wanted use; then  # needs the compare step's runs only, so it comes before th
     # predictions and speed against PyTorch's on 400 images
     $BIN/toolkit export "$EFFICIENTNET/seed-0" "$OUT/efficientnet_lite0.onnx"
     $BIN/python scripts/onnx_check.py "$EFFICIENTNET/seed-0" "$DATA/seg_train" --onnx "$OUT/efficientnet_lite0.onnx"
+    # the same in 8-bit integers (calibrated on training images, the held-out ones skipped), scored on the held-out
+    # images beside PyTorch and the fp32 graph: accuracy and speed
+    $BIN/toolkit export "$EFFICIENTNET/seed-0" "$OUT/efficientnet_lite0_int8.onnx" --int8 "$DATA/seg_train"
+    $BIN/python scripts/onnx_check.py "$EFFICIENTNET/seed-0" "$DATA" --held_out --images 2000 \
+        --onnx "$OUT/efficientnet_lite0.onnx" --int8 "$DATA/seg_train"
     if [[ ${#OTHER_SEEDS[@]} -gt 0 ]]; then
         $BIN/toolkit export "$EFFICIENTNET/seed-0" "$OUT/efficientnet_lite0_seeds.onnx" --ensemble "${OTHER_SEEDS[@]}"
         $BIN/python scripts/onnx_check.py "$EFFICIENTNET/seed-0" "$DATA/seg_train" \

@@ -236,6 +236,10 @@ def test_reproduce_script_use_step_evaluates_the_efficientnet_seeds_together(tmp
 
     alone = lines()
     assert not [line for line in alone if "--ensemble" in line]
+    # seed 0 in int8 too, scored on its held-out images beside PyTorch and the fp32 graph
+    exported = [line for line in alone if line.startswith("toolkit export")]
+    assert any(line.endswith("--int8 data/intel/seg_train") for line in exported)
+    assert any("onnx_check.py" in line and "data/intel --held_out" in line and "--int8" in line for line in alone)
     report = next(line for line in alone if line.startswith("toolkit report") and "report_classifiers" in line)
     assert "evaluate_efficientnet_seeds" not in report
     for seed in (2, 1):
