@@ -250,6 +250,10 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
     assert (f"[export] int8: ranges from 16 images of {tiny_intel / 'seg_train'}, {int8['held_out_skipped']} held "
             f"out by the run skipped; on 64 other images of it the int8 graph picks the fp32 graph's class for "
             f"{int8['agreement']:.1%}") in said
+    from toolkit.train.precision import cpu_has_int8_dot_products
+
+    assert int8["weight_bits"] == 8 and int8["checked_with_vnni"] == cpu_has_int8_dot_products() and int8["checked_on"]
+    assert ("export with --int8_reduce_range" if int8["checked_with_vnni"] else "this CPU has no VNNI") in said
     graph = onnx.load(str(out))
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= {node.op_type for node in graph.graph.node}
     assert any(weights.data_type == onnx.TensorProto.INT8 for weights in graph.graph.initializer)
@@ -282,7 +286,22 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
     assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(tmp_path / "none")]) == 2
     assert "--int8 " in capsys.readouterr().err
     assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8_images", "16"]) == 2
-    assert "give --int8 too" in capsys.readouterr().err
+    assert "--int8_images is an option of --int8 FOLDER: give --int8 too" in capsys.readouterr().err
+    assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8_reduce_range"]) == 2
+    assert "--int8_reduce_range is an option of --int8 FOLDER" in capsys.readouterr().err
+    # weights in 7 bits for CPUs without VNNI (symmetric: -64..64, where 8 bits reach 127), said and recorded
+    seven = tmp_path / "int8-7bit.onnx"
+    assert toolkit_main(["export", str(run), str(seven), "--int8", str(tiny_intel / "seg_train"), "--int8_images",
+                         "16", "--int8_reduce_range"]) == 0
+    assert "weights in 7 bits (--int8_reduce_range)" in capsys.readouterr().out
+    assert metadata(seven)["int8"]["weight_bits"] == 7
+
+    def largest_weight(path: Path) -> int:
+        return max(int(np.abs(onnx.numpy_helper.to_array(tensor).astype(int)).max())
+                   for tensor in onnx.load(str(path)).graph.initializer
+                   if tensor.data_type == onnx.TensorProto.INT8 and tensor.dims)
+
+    assert largest_weight(seven) == 64 and largest_weight(out) == 127
     with pytest.raises(SystemExit):
         toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(held), "--int8_images", "4"])
     assert "--int8_images: takes a whole number of 8 or more" in capsys.readouterr().err

@@ -43,6 +43,7 @@ from toolkit.progress import progress_bar
 from toolkit.runs import written_whole
 from toolkit.train.denoise import SMALLEST_SIDE
 from toolkit.train.evaluate import classifier_outputs
+from toolkit.train.precision import cpu_has_int8_dot_products, describe_cpu
 
 # the largest difference from the PyTorch model an exported graph may show on the stand-in inputs: probabilities,
 # and pixel values on the [0, 1] scale (a fortieth of an 8-bit level); fp32 graphs differ by about 1e-6
@@ -111,13 +112,14 @@ class ConditionedDenoiserForExport(nn.Module):
 
 def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = None, calibrated: bool = True,
                 ensemble: list[str] | tuple = (), int8_folder: Path | str | None = None,
-                int8_images: int = INT8_CALIBRATION_IMAGES, log=print) -> dict:
+                int8_images: int = INT8_CALIBRATION_IMAGES, int8_reduce_range: bool = False, log=print) -> dict:
     """Write the model of a run directory or checkpoint to `out` (.onnx), checked with onnxruntime first; returns
     what was written and checked (also in the file's metadata). calibrated: a classifier's probabilities divided by
     its calibration temperature, as `toolkit predict` gives them by default; False: as trained. ensemble: more
     classifier runs of the same classes and image size, whose probabilities the graph averages with the first's.
     int8_folder: a classifier's graph quantized to 8-bit integers, its activation ranges read from `int8_images`
-    images of this folder (see the module's docstring)."""
+    images of this folder (see the module's docstring); int8_reduce_range: its weights in 7 bits, for CPUs without
+    VNNI (toolkit.train.precision.cpu_has_int8_dot_products)."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise UserError(f"{out}: name the ONNX file with .onnx (e.g. {out.with_suffix('.onnx').name})")
@@ -153,7 +155,7 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
             images, sample = int8_sample_images(int8_folder, [state, *(member for _, _, member in others)],
                                                 state.image_size, int8_images)
             bar.update(1)
-            graph, record["int8"] = quantized_int8(graph, images, int8_images, onnx, onnxruntime)
+            graph, record["int8"] = quantized_int8(graph, images, int8_images, int8_reduce_range, onnx, onnxruntime)
             record["int8"] |= sample
             record["precision"] = "int8"
             bar.update(1)
@@ -200,11 +202,13 @@ def int8_sample_images(folder: Path | str, states: list, size: int, calibration:
     return np.stack(taken), {"folder": str(folder), "held_out_skipped": skipped_held_out, "unreadable": unreadable}
 
 
-def quantized_int8(graph, images: np.ndarray, calibration: int, onnx, onnxruntime) -> tuple[object, dict]:
+def quantized_int8(graph, images: np.ndarray, calibration: int, reduce_range: bool, onnx,
+                   onnxruntime) -> tuple[object, dict]:
     """(the int8 ModelProto, its check) of a classifier's fp32 graph: onnxruntime's static quantization in QDQ form,
-    INT8_OP_TYPES, weights int8 per output channel, activations uint8 with the min-max ranges of the first
-    `calibration` images (uint8, (N, 3, S, S)); then both graphs classify the other images, and an int8 graph that
-    picks the fp32 graph's class for less than INT8_MIN_AGREEMENT of them is refused."""
+    INT8_OP_TYPES, weights int8 per output channel (in 7 bits with reduce_range), activations uint8 with the min-max
+    ranges of the first `calibration` images (uint8, (N, 3, S, S)); then both graphs classify the other images on
+    this CPU, and an int8 graph that picks the fp32 graph's class for less than INT8_MIN_AGREEMENT of them is
+    refused."""
     import logging
     import tempfile
 
@@ -236,7 +240,8 @@ def quantized_int8(graph, images: np.ndarray, calibration: int, onnx, onnxruntim
             quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)  # fold constants, infer shapes
             quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=INT8_OP_TYPES)
+                            reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
+                            op_types_to_quantize=INT8_OP_TYPES)
             result = onnx.load(str(quantized))
     finally:
         logging.getLogger().setLevel(quiet)
@@ -250,8 +255,10 @@ def quantized_int8(graph, images: np.ndarray, calibration: int, onnx, onnxruntim
                         f"check images (at least {INT8_MIN_AGREEMENT:.0%} needed); not written. Export in fp32 "
                         "(without --int8), or calibrate on more images (--int8_images)")
     return result, {"calibration_images": calibration, "check_images": len(check), "agreement": agreement,
-                    "largest_difference": largest, "method": "onnxruntime static quantization, QDQ, weights int8 per "
-                    "output channel, activations uint8 (min-max ranges)", "op_types": INT8_OP_TYPES}
+                    "largest_difference": largest, "weight_bits": 7 if reduce_range else 8,
+                    "checked_on": describe_cpu(), "checked_with_vnni": cpu_has_int8_dot_products(),
+                    "method": "onnxruntime static quantization, QDQ, weights int8 per output channel, activations "
+                    "uint8 (min-max ranges)", "op_types": INT8_OP_TYPES}
 
 
 def _onnx_modules():

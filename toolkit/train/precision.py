@@ -83,6 +83,13 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_int8_dot_products() -> bool:
+    """True where the CPU sums int8 products in 32 bits (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without it (AVX2 only,
+    AVX512 without VNNI) onnxruntime's uint8 x int8 kernels add pairs of products in 16 bits, which can saturate:
+    an int8 graph whose weights use all 8 bits may then score lower there than where it was checked."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpuinfo_flags())
+
+
 def cpu_bf16_is_faster() -> bool:
     """True where bf16 autocast trains faster than fp32 on this CPU: native bf16 with AMX, or AVX512-BF16 on AMD.
 
