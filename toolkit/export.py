@@ -130,7 +130,7 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
         option = "--ensemble" if ensemble else "--int8" if int8_folder else "--no-calibrated"
         raise UserError(f"{checkpoint} holds a denoiser: {option} is for classifiers")
     if int8_folder and not Path(int8_folder).is_dir():
-        raise UserError(f"--int8 {int8_folder}: no such folder; give a folder of images like those the model will "
+        raise UserError(f"--int8 {int8_folder}: not a folder; give a folder of images like those the model will "
                         "see, e.g. the training folder (data/intel/seg_train)")
     others = _ensemble_members(checkpoint, ensemble)
     generator = torch.Generator().manual_seed(STAND_IN_SEED)
