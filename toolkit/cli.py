@@ -615,10 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="more classifier runs of the same classes and image size (such as a comparison's other "
                      "seeds): one graph giving the mean of their probabilities, as predict --ensemble")
     exp.add_argument("--int8", default=None, metavar="FOLDER",
-                     help="a classifier in 8-bit integers (about twice onnxruntime's fp32 speed on a CPU; "
-                     "docs/commands.md): its activation ranges read from images of FOLDER, like those it will see "
-                     "(e.g. data/intel/seg_train; images the run held out are skipped), then checked against the fp32 "
-                     "graph on other images of FOLDER")
+                     help="a classifier in 8-bit integers (about twice onnxruntime's fp32 speed on a CPU with "
+                     "VNNI; docs/commands.md): its activation ranges read from images of FOLDER, like those it will "
+                     "see (e.g. data/intel/seg_train; images the run held out are skipped), then checked against the "
+                     "fp32 graph on other images of FOLDER")
     exp.add_argument("--int8_images", type=at_least(8), default=None,
                      help="with --int8: how many images set the ranges (default 128)")
     exp.add_argument("--int8_reduce_range", action="store_true",
