@@ -174,9 +174,8 @@ def int8_sample_images(folder: Path | str, states: list, size: int, calibration:
     the image files below `folder` in a seeded random order, skipping files that do not decode and any image a run of
     `states` held out of its training folder (its pixels as the checkpoint recorded them): the images a run is
     reported on never set the int8 ranges."""
-    from toolkit.data.classification import DIGEST_CHARS
     from toolkit.data.folders import list_image_files
-    from toolkit.data.images import UnreadableImage, load_rgb, pixel_hash, rgb_pixels
+    from toolkit.data.images import DIGEST_CHARS, UnreadableImage, load_rgb, pixel_hash, rgb_pixels
 
     files = list_image_files(Path(folder))
     wanted = calibration + INT8_CHECK_IMAGES

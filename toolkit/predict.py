@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from toolkit.data.folders import list_image_files, scan_labeled_folder
-from toolkit.data.images import UnreadableImage, load_rgb, pixel_hash, rgb_pixels
+from toolkit.data.images import DIGEST_CHARS, UnreadableImage, load_rgb, pixel_hash, rgb_pixels
 from toolkit.errors import UserError
 from toolkit.inference import inference_device, load_trained_model, resolve_checkpoint
 from toolkit.models import is_denoiser
@@ -272,8 +272,6 @@ def training_folder(data: str) -> Path:
 def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
     """The images the run held out of DATA's training folder, as its checkpoint recorded them, after checking
     that each file still holds the same pixels (so the score is the held-out one, not a lookalike)."""
-    from toolkit.data.classification import DIGEST_CHARS
-
     split = state.split or {}
     if not split.get("held_out"):
         raise UserError("this checkpoint records no held-out images (it was scored on a test folder, or written "
@@ -297,8 +295,6 @@ def unseen_training_folder_images(data: str, states: list, workers: int = 2) -> 
     pixels as the checkpoints recorded them: a run's validation images (and, for a run trained on a subset, the
     training images it left out); of several runs of one split, their common validation images. What a temperature
     is fitted on after the fact, and what `toolkit evaluate --validation` scores to choose on."""
-    from toolkit.data.classification import DIGEST_CHARS
-
     for state in states:
         if not (state.split or {}).get("train_pixels"):
             raise UserError("this checkpoint does not record which images it trained on (written by an older "
@@ -378,7 +374,6 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     every run must have held out the same images, and an image any of them trained on counts as trained on.
     validation: instead, the data root's training images that no run trained on or held out (a run's validation
     images), to choose options and ensembles on without touching the held-out ones."""
-    from toolkit.data.classification import DIGEST_CHARS
     from toolkit.plots import image_grid, plot_confusion, plot_grouped_bars, plot_reliability
 
     checkpoints = [checkpoint, *ensemble]

@@ -21,13 +21,13 @@ import numpy as np
 
 from toolkit.data.beton import StoredImages, cache_folder, cached_beton, conflicting_duplicates
 from toolkit.data.folders import INTEL_DOWNLOAD_HINT, find_classification_splits, scan_labeled_folder
+from toolkit.data.images import DIGEST_CHARS
 from toolkit.data.settings import DEFAULT_DATA, ClassificationDataSettings, check_data_folder, check_split_settings
 from toolkit.data.split import duplicate_groups, stratified_split
 from toolkit.data.synthetic import is_synthetic, write_synthetic_scenes
 from toolkit.errors import DataError
 
 HOLDOUT_SEED = 20_240_601  # fixed: the held-out images never depend on a run's seed
-DIGEST_CHARS = 16  # pixel-hash prefix kept per image in a checkpoint's split record (64 bits: no collisions here)
 
 SYNTHETIC_BANNER = """
 ################################################################################

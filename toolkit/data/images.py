@@ -468,6 +468,9 @@ def reduce_image(image: Image.Image, reduction: int) -> Image.Image:
     return to_rgb(image).reduce(reduction) if reduction > 1 else image
 
 
+DIGEST_CHARS = 16  # pixel-hash prefix kept per image in a checkpoint's split record (64 bits: no collisions here)
+
+
 def pixel_hash(pixels: np.ndarray) -> str:
     """A hash of decoded (H, W, 3) pixels: equal for copies of an image whatever their file bytes."""
     return hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest()
