@@ -38,19 +38,32 @@ def metadata(path: Path) -> dict:
     return read
 
 
+def offline_wandb_bytes(folder: Path, *expected: bytes, timeout_s: float = 30.0) -> bytes:
+    """The bytes of the one offline W&B run file below `folder`, once they hold every `expected` string: W&B's
+    service may still be flushing the file for a moment after the run has finished (a file of its header alone was
+    once read here under load)."""
+    import time
+
+    (logged,) = folder.glob("offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout_s
+    while not all(part in logged.read_bytes() for part in expected) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return logged.read_bytes()
+
+
 def session(path: Path):
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
-def classifier_run(tiny_intel, tmp_path_factory) -> Path:
+def classifier_run(tiny_intel, cache_dir, tmp_path_factory) -> Path:
     """A tiny CNN run (module-wide), holding out a tenth of the training folder for its test scores."""
     from conftest import _reset_accelerate
 
     run = tmp_path_factory.mktemp("export") / "cnn"
     run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run}", "--width=4", "--max_steps=3",
-                           "--test_split=none", *TINY_CLASSIFIER,
-                           "--wandb_mode=disabled"])  # (set up before the tests' own W&B mode)
+                           "--test_split=none", *TINY_CLASSIFIER, f"--cache_dir={cache_dir}",
+                           "--wandb_mode=disabled"])  # (set up before the tests' own environment and W&B mode)
     _reset_accelerate()
     return run
 
@@ -63,8 +76,8 @@ def test_an_exported_classifier_gives_what_toolkit_predict_gives(classifier_run,
     assert f"[export] wrote {out}" in said and "largest difference from the PyTorch model" in said
     # a W&B run beside it (offline here): the file as a model artifact, the check in its summary
     assert f"W&B run (offline): the ONNX file as a model artifact; local copy in {out.parent / 'cnn-wandb'}" in said
-    (logged,) = (out.parent / "cnn-wandb" / "wandb").glob("offline-run-*/run-*.wandb")
-    assert b"cnn.onnx" in logged.read_bytes() and b"export/largest_difference" in logged.read_bytes()
+    logged = offline_wandb_bytes(out.parent / "cnn-wandb" / "wandb", b"cnn.onnx", b"export/largest_difference")
+    assert b"cnn.onnx" in logged and b"export/largest_difference" in logged
     onnx.checker.check_model(str(out))
     meta = metadata(out)
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
@@ -257,8 +270,7 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
     graph = onnx.load(str(out))
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= {node.op_type for node in graph.graph.node}
     assert any(weights.data_type == onnx.TensorProto.INT8 for weights in graph.graph.initializer)
-    (logged,) = (tmp_path / "int8-wandb" / "wandb").glob("offline-run-*/run-*.wandb")
-    assert b"export/int8_agreement" in logged.read_bytes()
+    assert b"export/int8_agreement" in offline_wandb_bytes(tmp_path / "int8-wandb" / "wandb", b"export/int8_agreement")
     # the same inputs and outputs as the fp32 graph, probabilities near its own
     files = sorted((tiny_intel / "seg_test").rglob("*.jpg"))[:8]
     pixels = np.stack([load_rgb(file, 32) for file in files]).transpose(0, 3, 1, 2)

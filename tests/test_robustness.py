@@ -407,12 +407,12 @@ KILL_RUN = ["--width=4", "--image_size=32", "--batch_size=8", "--eval_batch_size
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_intel, tmp_path_factory) -> Path:
+def uninterrupted(tiny_intel, cache_dir, tmp_path_factory) -> Path:
     """The run every kill and stop below must reproduce exactly, once for the module (a script, not a terminal:
     it also shows that logs without a terminal carry no progress bar)."""
     whole = tmp_path_factory.mktemp("uninterrupted") / "whole"
     result = run_script([sys.executable, str(RECIPES / "cnn.py"), f"--data={tiny_intel}", *KILL_RUN,
-                         f"--run_dir={whole}"], env={"WANDB_MODE": "disabled"})
+                         f"--run_dir={whole}"], env={"WANDB_MODE": "disabled", "SCENE_TOOLKIT_CACHE": str(cache_dir)})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "it/s" not in result.stderr and "[val] iteration 3" in result.stdout
     return whole

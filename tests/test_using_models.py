@@ -24,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_intel, tmp_path_factory) -> Path:
+def trained(tiny_intel, cache_dir, tmp_path_factory) -> Path:
     """A tiny CNN run on the synthetic scenes (module-wide: several tests use it)."""
     import os
 
@@ -33,7 +33,8 @@ def trained(tiny_intel, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("trained") / "cnn"
     os.environ.setdefault("WANDB_MODE", "disabled")
     run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={run_dir}", "--width=4", "--epochs=3",
-                           *TINY_CLASSIFIER[1:], "--figures=true"])  # the report shows its figures
+                           *TINY_CLASSIFIER[1:], "--figures=true",  # the report shows its figures
+                           f"--cache_dir={cache_dir}"])  # (set up before the tests' own environment)
     _reset_accelerate()
     return run_dir
 
