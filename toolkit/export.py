@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from toolkit.errors import UserError
@@ -175,7 +174,8 @@ def int8_sample_images(folder: Path | str, states: list, size: int, calibration:
     `states` held out of its training folder (its pixels as the checkpoint recorded them): the images a run is
     reported on never set the int8 ranges."""
     from toolkit.data.folders import list_image_files
-    from toolkit.data.images import DIGEST_CHARS, UnreadableImage, load_rgb, pixel_hash, rgb_pixels
+    from toolkit.data.images import DIGEST_CHARS
+    from toolkit.predict import decode_for_prediction
 
     files = list_image_files(Path(folder))
     wanted = calibration + INT8_CHECK_IMAGES
@@ -184,15 +184,13 @@ def int8_sample_images(folder: Path | str, states: list, size: int, calibration:
     for index in np.random.default_rng(STAND_IN_SEED).permutation(len(files)):
         if len(taken) == wanted:
             break
-        try:
-            full = load_rgb(files[index])
-        except (UnreadableImage, OSError):
+        pixels, digest, error = decode_for_prediction((str(files[index]), size))
+        if error is not None:
             unreadable += 1
-            continue
-        if held_out and pixel_hash(full)[:DIGEST_CHARS] in held_out:
+        elif digest[:DIGEST_CHARS] in held_out:
             skipped_held_out += 1
-            continue
-        taken.append(rgb_pixels(Image.fromarray(full), size).transpose(2, 0, 1))
+        else:
+            taken.append(pixels.transpose(2, 0, 1))
     if len(taken) < wanted:
         raise UserError(f"--int8 {folder}: {len(taken)} usable image(s) ({len(files)} image files, {unreadable} that "
                         f"do not decode, {skipped_held_out} held out by the run for reporting); it needs {wanted}: "

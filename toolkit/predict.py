@@ -92,8 +92,8 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _decode(job: tuple[str, int]):
-    """(pixels at the model's size, hash of the full decoded pixels, error) for one file."""
+def decode_for_prediction(job: tuple[str, int]):
+    """(pixels at the model's size, hash of the full decoded pixels, error) for one file (path, size)."""
     path, size = job
     try:
         full = load_rgb(path)
@@ -166,7 +166,7 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
     with forked_pool(workers) as pool, \
             tqdm(total=len(files), desc=progress_label, unit="img", disable=not (progress and bars_enabled()),
                  file=sys.stderr) as bar:
-        decoded = pool.imap(_decode, jobs, chunksize=16)
+        decoded = pool.imap(decode_for_prediction, jobs, chunksize=16)
         batch, positions = [], []
         for index, (pixels, full_hash, error) in enumerate(decoded):
             hashes[index] = full_hash
