@@ -154,7 +154,8 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
             images, sample = int8_sample_images(int8_folder, [state, *(member for _, _, member in others)],
                                                 state.image_size, int8_images)
             bar.update(1)
-            graph, record["int8"] = quantized_int8(graph, images, int8_images, int8_reduce_range, onnx, onnxruntime)
+            graph, record["int8"] = quantized_int8(graph, session, images, int8_images, int8_reduce_range, onnx,
+                                                   onnxruntime)
             record["int8"] |= sample
             record["precision"] = "int8"
             bar.update(1)
@@ -199,13 +200,13 @@ def int8_sample_images(folder: Path | str, states: list, size: int, calibration:
     return np.stack(taken), {"folder": str(folder), "held_out_skipped": skipped_held_out, "unreadable": unreadable}
 
 
-def quantized_int8(graph, images: np.ndarray, calibration: int, reduce_range: bool, onnx,
+def quantized_int8(graph, session, images: np.ndarray, calibration: int, reduce_range: bool, onnx,
                    onnxruntime) -> tuple[object, dict]:
-    """(the int8 ModelProto, its check) of a classifier's fp32 graph: onnxruntime's static quantization in QDQ form,
-    INT8_OP_TYPES, weights int8 per output channel (in 7 bits with reduce_range), activations uint8 with the min-max
-    ranges of the first `calibration` images (uint8, (N, 3, S, S)); then both graphs classify the other images on
-    this CPU, and an int8 graph that picks the fp32 graph's class for less than INT8_MIN_AGREEMENT of them is
-    refused."""
+    """(the int8 ModelProto, its check) of a classifier's fp32 graph, whose onnxruntime session (already checked
+    against PyTorch) is `session`: onnxruntime's static quantization in QDQ form, INT8_OP_TYPES, weights int8 per
+    output channel (in 7 bits with reduce_range), activations uint8 with the min-max ranges of the first
+    `calibration` images (uint8, (N, 3, S, S)); then both graphs classify the other images on this CPU, and an int8
+    graph that picks the fp32 graph's class for less than INT8_MIN_AGREEMENT of them is refused."""
     import logging
     import tempfile
 
@@ -243,8 +244,8 @@ def quantized_int8(graph, images: np.ndarray, calibration: int, reduce_range: bo
     finally:
         logging.getLogger().setLevel(quiet)
     check = images[calibration:]
-    probabilities = [onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-                     .run(["probabilities"], {"images": check})[0] for model in (graph, result)]
+    quantized = onnxruntime.InferenceSession(result.SerializeToString(), providers=["CPUExecutionProvider"])
+    probabilities = [way.run(["probabilities"], {"images": check})[0] for way in (session, quantized)]
     agreement = float(np.mean(probabilities[0].argmax(1) == probabilities[1].argmax(1)))
     largest = float(np.abs(probabilities[0] - probabilities[1]).max())
     if agreement < INT8_MIN_AGREEMENT:
