@@ -109,7 +109,7 @@ def main() -> int:
 
     import torch
 
-    from toolkit.benchmark import machine_description, measure_matmul
+    from toolkit.benchmark import TINY_CEILING_TIMING, machine_description, measure_matmul
     from toolkit.data.synthetic import write_synthetic_scenes
 
     out = Path(args.out)
@@ -120,7 +120,7 @@ def main() -> int:
         out.write_text(json.dumps(results, indent=2))
 
     print(f"[gpu-check] {results['machine']}", flush=True)
-    timing = {"trials": 1, "min_seconds": 0.1} if args.tiny else {}  # --tiny checks the script: one short timing
+    timing = TINY_CEILING_TIMING if args.tiny else {}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         results["ceiling"] = {"bf16_matmul_tflop_per_s": measure_matmul(8192, torch.bfloat16, device, **timing) / 1e3}

@@ -56,6 +56,10 @@ def _timed(action, min_seconds: float = 1.0, min_repeats: int = 3) -> float:
     return (time.perf_counter() - started) / repeats
 
 
+# --tiny checks a command rather than measuring: its matmul ceiling timed once, briefly
+TINY_CEILING_TIMING = {"trials": 1, "min_seconds": 0.1}
+
+
 def measure_matmul(size: int = 2048, dtype=torch.float32, device: torch.device | str = "cpu",
                    trials: int = 3, min_seconds: float = 1.0) -> float:
     """GFLOP/s of a size x size matmul on `device` (the CPU by default): the best of `trials` timings of at
@@ -333,7 +337,7 @@ def run_benchmark(data: str, images: int, out: Path, sections: list[str], steps:
 
     # the ceiling of each precision a training step below is timed in (bf16's where it is native or asked for)
     ceilings = {}
-    timing = {"trials": 1, "min_seconds": 0.1} if tiny else {}  # --tiny checks the command: one short timing
+    timing = TINY_CEILING_TIMING if tiny else {}
     if {"ceiling", "steps"} & set(sections):
         ceilings["fp32"] = measure_matmul(**timing)
         if native_bf16 or "bf16" in (precisions or []):
