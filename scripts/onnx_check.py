@@ -10,10 +10,13 @@ faster of each kept, and prints each one's images per second with onnxruntime's 
   the run trained on, the images those it held out, and each way's accuracy on them is printed too.
 - A denoiser: each clean image with Gaussian noise of --sigma (0-255, seeded, not clipped), denoised whole, one image at
   a time, as toolkit denoise does; prints the largest difference of any pixel value and the mean PSNR of each.
+  --int8 FOLDER (a folder of clean images, e.g. the training folder) and --held_out (FOLDER is the folder of clean
+  images the run trained on, the images those it held out for validation) as for a classifier.
 
     python scripts/onnx_check.py RUN FOLDER [--images 400] [--batch_size 8] [--onnx model.onnx] [--ensemble RUN...]
     python scripts/onnx_check.py RUN data/intel --held_out --images 2000 --int8 data/intel/seg_train
     python scripts/onnx_check.py DENOISER_RUN data/denoise/McMaster --sigma 25
+    python scripts/onnx_check.py DENOISER_RUN data/denoise/CBSD432 --held_out --int8 data/denoise/CBSD432 --sigma 25
 """
 
 from __future__ import annotations
@@ -80,8 +83,9 @@ def check_classifier(sessions: dict, runs: list, files: list[Path], labels: list
     return f"{models} at {state.image_size}px, batches of {batch_size}", "\n".join(verdict), seconds
 
 
-def check_denoiser(session, model, state, files: list[Path], sigma: float) -> tuple[str, str, dict]:
-    """(what was run, the verdict, {way: fastest seconds}) for a denoiser."""
+def check_denoiser(sessions: dict, model, state, files: list[Path], sigma: float) -> tuple[str, str, dict]:
+    """(what was run, the verdict, {way: fastest seconds}) for a denoiser, run by PyTorch and by each onnxruntime
+    session of `sessions` ({way: session})."""
     import numpy as np
     import torch
 
@@ -98,21 +102,25 @@ def check_denoiser(session, model, state, files: list[Path], sigma: float) -> tu
             return [denoise(model, torch.from_numpy(image), torch.from_numpy(level) / 255, state.conditioned)
                     .clamp(0, 1).numpy() for image in noisy]
 
-    def with_onnxruntime() -> list:
+    def with_onnxruntime(session) -> list:
         return [session.run(["denoised"], {"noisy": image, **({"sigma": level} if state.conditioned else {})})[0]
                 for image in noisy]
 
-    outputs, seconds = alternately({"PyTorch": with_pytorch, "onnxruntime": with_onnxruntime})
+    ways = {"PyTorch": with_pytorch} | {way: functools.partial(with_onnxruntime, session)
+                                        for way, session in sessions.items()}
+    outputs, seconds = alternately(ways)
 
     def mean_psnr(denoised: list) -> float:
         return float(np.mean([10 * np.log10(1 / np.mean((out.astype(np.float64) - clean) ** 2))
                               for out, clean in zip(denoised, cleans)]))
 
-    difference = max(float(np.abs(a - b).max()) for a, b in zip(outputs["PyTorch"], outputs["onnxruntime"]))
+    psnr = {way: mean_psnr(outputs[way]) for way in ways}
+    differences = "; ".join(
+        f"{way} {max(float(np.abs(a - b).max()) for a, b in zip(outputs['PyTorch'], outputs[way])):.1e}"
+        for way in sessions)
     return (f"{state.model}, sigma {sigma:g} (not clipped, seed 0), whole images one at a time",
-            f"mean PSNR: PyTorch {mean_psnr(outputs['PyTorch']):.4f} dB, onnxruntime "
-            f"{mean_psnr(outputs['onnxruntime']):.4f} dB; largest difference of any pixel value {difference:.1e} "
-            f"(of 1)", seconds)
+            "mean PSNR: " + ", ".join(f"{way} {value:.4f} dB" for way, value in psnr.items())
+            + f"; largest difference of any pixel value from PyTorch's (of 1): {differences}", seconds)
 
 
 def main() -> None:
@@ -125,11 +133,13 @@ def main() -> None:
     parser.add_argument("--onnx", default="", help="an exported file of this run; default: export it now")
     parser.add_argument("--ensemble", nargs="+", default=[], metavar="RUN", help="more runs, as toolkit export takes")
     parser.add_argument("--int8", default="", metavar="CALIBRATION_FOLDER",
-                        help="a classifier: also export it in int8 (toolkit export --int8) and run that graph too")
-    parser.add_argument("--int8_images", type=int, default=128, help="with --int8: the images that set its ranges")
+                        help="also export it in int8 (toolkit export --int8) and run that graph too")
+    parser.add_argument("--int8_images", type=int, default=None,
+                        help="with --int8: the images that set its ranges (toolkit export's default)")
     parser.add_argument("--held_out", action="store_true", help="a classifier: FOLDER is the data root the run "
                         "trained on, and the images are the ones it held out (--images of them), with their labels: "
-                        "each way's accuracy too")
+                        "each way's accuracy too; a denoiser: FOLDER is the folder of clean images it trained on, and "
+                        "the images are the ones it held out for validation")
     args = parser.parse_args()
 
     import numpy as np
@@ -146,10 +156,13 @@ def main() -> None:
 
     runs = [load_trained_model(run, "cpu") for run in (args.run, *args.ensemble)]
     denoiser = is_denoiser(runs[0][1].model)
-    if denoiser and (args.int8 or args.held_out):
-        raise SystemExit("--int8 and --held_out are for classifiers")
     labels = None
-    if args.held_out:
+    if args.held_out and denoiser:
+        from toolkit.denoising_benchmark import validation_images_of
+
+        files = validation_images_of(args.run, args.folder, log=lambda message: print(message, file=sys.stderr))
+        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(args.images, len(files)))]
+    elif args.held_out:
         files, labels = held_out_images(args.folder, runs[0][1])
         chosen = np.linspace(0, len(files) - 1, min(args.images, len(files))).astype(int)
         files, labels = [files[i] for i in chosen], [labels[i] for i in chosen]
@@ -172,7 +185,7 @@ def main() -> None:
                                                                         providers=["CPUExecutionProvider"])
     keep_freed_memory()
     if denoiser:
-        what, verdict, seconds = check_denoiser(sessions["onnxruntime"], *runs[0], files, args.sigma)
+        what, verdict, seconds = check_denoiser(sessions, *runs[0], files, args.sigma)
     else:
         what, verdict, seconds = check_classifier(sessions, runs, files, labels, args.batch_size)
     rate = {name: len(files) / value for name, value in seconds.items()}

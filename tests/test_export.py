@@ -166,7 +166,7 @@ def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoi
     done = run_script([sys.executable, str(script), str(run), str(clean_folder), "--onnx", str(out), "--sigma", "15"])
     assert done.returncode == 0, done.stderr[-2000:]
     psnr = re.search(r"mean PSNR: PyTorch ([\d.]+) dB, onnxruntime ([\d.]+) dB; largest difference of any pixel "
-                     r"value (\S+)", done.stdout)
+                     r"value from PyTorch's \(of 1\): onnxruntime (\S+)", done.stdout)
     assert psnr and abs(float(psnr[1]) - float(psnr[2])) < 1e-3 and float(psnr[3]) < 1e-4
     assert "2 images of" in done.stdout and "sigma 15 (not clipped, seed 0)" in done.stdout
     assert re.search(r"images per second: PyTorch [\d.]+, onnxruntime [\d.]+ \([\d.]+x PyTorch\)", done.stdout)
@@ -188,6 +188,10 @@ def test_an_autoencoder_sized_by_its_input_is_exported_at_the_runs_size(tiny_int
     assert session(out).get_inputs()[0].shape[1:] == [3, 48, 48]
     image = np.random.default_rng(1).random((3, 3, 48, 48), dtype=np.float32)
     assert session(out).run(None, {"noisy": image})[0].shape == (3, 3, 48, 48)
+    # not told the noise level: no int8 (its check is per noise level), said before any image is read
+    assert toolkit_main(["export", str(run), str(tmp_path / "int8.onnx"), "--int8", str(tmp_path / "none")]) == 2
+    assert "a denoiser that is not told the noise level (AE10): --int8 takes classifiers and noise-conditioned " \
+        "denoisers" in capsys.readouterr().err
 
 
 def test_export_refusals_say_why_and_leave_the_old_file(classifier_run, tmp_path, capsys, monkeypatch):
@@ -324,3 +328,96 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
     assert "the int8 graph picks the fp32 graph's class for only" in capsys.readouterr().err
     assert out.read_bytes() == earlier and not list(tmp_path.glob(".*partial*"))
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_out_and_checked_per_noise_level(
+        tmp_path, capsys, monkeypatch):
+    from toolkit.denoising_benchmark import validation_images_of
+
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(30):  # smooth colour ramps with a block: something for the network to keep
+        ramp = np.linspace(0, 1, 72)[None, :, None] * rng.uniform(60, 200, 3) + rng.uniform(20, 50, 3)
+        pixels = np.repeat(ramp, 64, axis=0)
+        pixels[10:30, 20:50] = rng.uniform(0, 255, 3)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(photos / f"{index:02d}.png")
+    run = tmp_path / "blind"
+    run_in_process("blind_denoiser", [f"--data={photos}", f"--run_dir={run}", *BLIND])
+    held = validation_images_of(str(run), photos, log=lambda _: None)
+    assert held
+    out = tmp_path / "blind-int8.onnx"
+    assert toolkit_main(["export", str(run), str(out), "--int8", str(photos), "--int8_images", "8",
+                         "--wandb_mode=offline"]) == 0
+    said = capsys.readouterr().out
+    assert f"[export] wrote {out}" in said and ", int8), a denoiser" in said
+    meta = metadata(out)
+    int8 = meta["int8"]
+    assert meta["precision"] == "int8" and int8["calibration_images"] == 8 and int8["check_images"] == 16
+    assert int8["calibration_noise"] == {"sigma_min": 0.0, "sigma_max": pytest.approx(50.0), "clip": False}
+    assert list(int8["psnr_loss"]) == ["15", "25", "50"] and int8["held_out_skipped"] <= len(held)
+    assert all(loss <= toolkit.export.INT8_MAX_PSNR_LOSS for loss in int8["psnr_loss"].values())
+    assert all(int8["psnr_fp32"][level] - int8["psnr_int8"][level] == pytest.approx(loss)
+               for level, loss in int8["psnr_loss"].items())
+    assert re.search(rf"\[export\] int8: ranges from crops of 8 images of {re.escape(str(photos))}.*, noisy at sigma "
+                     r"0-50; on crops of 16 other images of it, mean PSNR at sigma 15 / 25 / 50: int8 [\d.]+ / [\d.]+ "
+                     r"/ [\d.]+ dB, fp32 [\d.]+ / [\d.]+ / [\d.]+ dB \(int8 [-+][\d.]+ / [-+][\d.]+ / [-+][\d.]+ dB\)",
+                     said)
+    assert b"export/int8_psnr_loss_sigma_15" in offline_wandb_bytes(tmp_path / "blind-int8-wandb" / "wandb",
+                                                                    b"export/int8_psnr_loss_sigma_15")
+    # in int8: the convolutions but the first (noisy pixels and noise level in: 4 channels) and the last (the noise
+    # estimate out: 3 channels), whose weights stay float
+    graph = onnx.load(str(out)).graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    produced_by = {output: node for node in graph.node for output in node.output}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+
+    def weight_of(conv) -> tuple[int, np.ndarray]:
+        source = conv.input[1]
+        if source in produced_by:  # DequantizeLinear(int8 weights)
+            quantized = weights[produced_by[source].input[0]]
+            return quantized.data_type, onnx.numpy_helper.to_array(quantized)
+        return weights[source].data_type, onnx.numpy_helper.to_array(weights[source])
+
+    (first_type, first), (last_type, last) = weight_of(convolutions[0]), weight_of(convolutions[-1])
+    assert first.shape[1] == 4 and last.shape[0] == 3 and first_type == last_type == onnx.TensorProto.FLOAT
+    assert all(weight_of(conv)[0] == onnx.TensorProto.INT8 for conv in convolutions[1:-1])
+    # any size, as the fp32 graph takes it, and near its output
+    fp32 = tmp_path / "blind.onnx"
+    assert toolkit_main(["export", str(run), str(fp32)]) == 0
+    noisy = np.clip(rng.random((1, 3, 37, 53)), 0, 1).astype(np.float32)
+    feed = {"noisy": noisy, "sigma": np.array([25.0], np.float32)}
+    quantized, plain = (session(path).run(None, feed)[0] for path in (out, fp32))
+    assert quantized.shape == plain.shape == noisy.shape and np.abs(quantized - plain).max() < 0.1
+    capsys.readouterr()
+
+    # the images the run held out never set the ranges: asked for one image more than the rest, it is refused, and
+    # every held-out image is counted
+    too_many = 30 - len(held) - toolkit.export.INT8_DENOISER_CHECK_IMAGES + 1
+    assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(photos), "--int8_images",
+                         str(too_many)]) == 2
+    assert (f"{30 - len(held)} usable image(s) (30 image files, 0 that do not decode, 0 with a side under 16 px, "
+            f"{len(held)} held out by the run for validation); it needs {too_many + 16}") in capsys.readouterr().err
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(np.zeros((12, 40, 3), np.uint8)).save(small / "strip.png")
+    (small / "broken.png").write_bytes(b"not an image")
+    assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(small)]) == 2
+    assert ("0 usable image(s) (2 image files, 1 that do not decode, 1 with a side under 16 px, 0 held out by the run "
+            "for validation); it needs 48: 32 to calibrate (--int8_images) and 16 to check") in capsys.readouterr().err
+    # an int8 graph that loses more than the allowed PSNR is not written, and the earlier file stays
+    monkeypatch.setattr(toolkit.export, "INT8_MAX_PSNR_LOSS", -1.0)
+    earlier = out.read_bytes()
+    assert toolkit_main(["export", str(run), str(out), "--int8", str(photos), "--int8_images", "8"]) == 2
+    assert re.search(r"the int8 graph's mean PSNR is -?[\d.]+ dB below the fp32 graph's at sigma \d+ on 16 check "
+                     r"images \(at most -1 dB allowed\); not written", capsys.readouterr().err)
+    assert out.read_bytes() == earlier and not (tmp_path / "x.onnx").exists()
+    monkeypatch.undo()
+    # scripts/onnx_check.py: the run's held-out images, PyTorch, fp32 and int8 graphs
+    script = Path(__file__).resolve().parents[1] / "scripts" / "onnx_check.py"
+    done = run_script([sys.executable, str(script), str(run), str(photos), "--held_out", "--onnx", str(fp32),
+                       "--int8", str(photos), "--int8_images", "8", "--sigma", "25"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(held)} the run's held-out images of {photos}" in done.stdout and "fp32 and int8" in done.stdout
+    assert re.search(r"mean PSNR: PyTorch [\d.]+ dB, onnxruntime [\d.]+ dB, onnxruntime int8 [\d.]+ dB", done.stdout)
+    assert re.search(r"onnxruntime int8 [\d.]+ \([\d.]+x PyTorch\)", done.stdout)

@@ -210,14 +210,13 @@ def command_report(args) -> None:
 
 
 def command_export(args) -> None:
-    from toolkit.export import INT8_CALIBRATION_IMAGES, export_onnx
+    from toolkit.export import export_onnx
 
     if (args.int8_images or args.int8_reduce_range) and not args.int8:
         option = "--int8_images" if args.int8_images else "--int8_reduce_range"
         raise UserError(f"{option} is an option of --int8 FOLDER: give --int8 too")
     record = export_onnx(args.checkpoint, args.out, args.opset, args.calibrated, args.ensemble, int8_folder=args.int8,
-                         int8_images=args.int8_images or INT8_CALIBRATION_IMAGES,
-                         int8_reduce_range=args.int8_reduce_range)
+                         int8_images=args.int8_images, int8_reduce_range=args.int8_reduce_range)
     check = record["check"]
     print(f"[export] wrote {record['onnx']} ({record['bytes'] / 1e6:.1f} MB, ONNX opset {record['opset']}, "
           f"{record['precision']}), a {record['kind']}")
@@ -243,9 +242,19 @@ def command_export(args) -> None:
     if "int8" in record:
         int8 = record["int8"]
         skipped = f", {int8['held_out_skipped']} held out by the run skipped" if int8["held_out_skipped"] else ""
-        print(f"[export] int8: ranges from {int8['calibration_images']} images of {int8['folder']}{skipped}; on "
-              f"{int8['check_images']} other images of it the int8 graph picks the fp32 graph's class for "
-              f"{int8['agreement']:.1%}, largest difference of any probability {int8['largest_difference']:.2f}")
+        if record["kind"] == "classifier":
+            print(f"[export] int8: ranges from {int8['calibration_images']} images of {int8['folder']}{skipped}; on "
+                  f"{int8['check_images']} other images of it the int8 graph picks the fp32 graph's class for "
+                  f"{int8['agreement']:.1%}, largest difference of any probability {int8['largest_difference']:.2f}")
+        else:
+            noise = int8["calibration_noise"]
+            levels = " / ".join(int8["psnr_loss"])
+            print(f"[export] int8: ranges from crops of {int8['calibration_images']} images of {int8['folder']}"
+                  f"{skipped}, noisy at sigma {noise['sigma_min']:g}-{noise['sigma_max']:g}"
+                  f"{' clipped' if noise['clip'] else ''}; on crops of {int8['check_images']} other images of it, "
+                  f"mean PSNR at sigma {levels}: int8 " + " / ".join(f"{v:.2f}" for v in int8["psnr_int8"].values())
+                  + " dB, fp32 " + " / ".join(f"{v:.2f}" for v in int8["psnr_fp32"].values()) + " dB (int8 "
+                  + " / ".join(f"{-v:+.2f}" for v in int8["psnr_loss"].values()) + " dB)")
         if int8["weight_bits"] == 7:
             print("[export] int8: weights in 7 bits (--int8_reduce_range), safe from saturation on any CPU")
         elif int8["checked_with_vnni"]:
@@ -263,7 +272,10 @@ def command_export(args) -> None:
     logger = _logger_beside(out, args.wandb_mode, config)
     logger.log_artifact(re.sub(r"[^\w.-]", "-", out.stem), "model", out)
     logger.summary({"export/largest_difference": check["largest_difference"], "export/megabytes": record["bytes"] / 1e6}
-                   | ({"export/int8_agreement": record["int8"]["agreement"]} if "int8" in record else {}))
+                   | ({"export/int8_agreement": record["int8"]["agreement"]} if "agreement" in record.get("int8", {})
+                      else {})
+                   | {f"export/int8_psnr_loss_sigma_{level}": loss
+                      for level, loss in record.get("int8", {}).get("psnr_loss", {}).items()})
     logger.finish()
     if logger.wandb_mode != "disabled":
         print(f"[export] W&B run ({logger.wandb_mode}): the ONNX file as a model artifact; local copy in "
@@ -615,12 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="more classifier runs of the same classes and image size (such as a comparison's other "
                      "seeds): one graph giving the mean of their probabilities, as predict --ensemble")
     exp.add_argument("--int8", default=None, metavar="FOLDER",
-                     help="a classifier in 8-bit integers (about twice onnxruntime's fp32 speed on a CPU with "
-                     "VNNI; docs/commands.md): its activation ranges read from images of FOLDER, like those it will "
-                     "see (e.g. data/intel/seg_train; images the run held out are skipped), then checked against the "
-                     "fp32 graph on other images of FOLDER")
+                     help="a classifier or a noise-conditioned denoiser in 8-bit integers (about twice onnxruntime's "
+                     "fp32 speed on a CPU with VNNI; docs/commands.md): its activation ranges read from images of "
+                     "FOLDER, like those it will see (e.g. data/intel/seg_train, or a denoiser's folder of clean "
+                     "training images; images the run held out are skipped), then checked against the fp32 graph on "
+                     "other images of FOLDER")
     exp.add_argument("--int8_images", type=at_least(8), default=None,
-                     help="with --int8: how many images set the ranges (default 128)")
+                     help="with --int8: how many images set the ranges (default 128 for a classifier, 32 for a "
+                     "denoiser, a crop of each)")
     exp.add_argument("--int8_reduce_range", action="store_true",
                      help="with --int8: weights in 7 bits, for serving on CPUs without VNNI (AVX2 only, AVX512 without "
                      "VNNI), where 8-bit weights' products can saturate (0.4 points lower on Lite0's validation images "
