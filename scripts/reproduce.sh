@@ -116,6 +116,13 @@ if wanted denoiser; then
         --out "$OUT/$name.json" | tee "$OUT/$name.txt"
     [[ -f "$OUT/denoise-memory.json" ]] || $BIN/python scripts/denoise_memory.py "$OUT/blind_denoiser-60min" \
         --megapixels 1 4 12 24 --out "$OUT/denoise-memory.json" | tee "$OUT/denoise-memory.txt"
+    # served in 8-bit integers (toolkit export --int8, calibrated on CBSD432's training images): the hour three ways
+    # (PyTorch, its fp32 graph, its int8 graph) on the held-out images at each level, with each one's speed
+    for sigma in 15 25 50; do
+        name="onnx-int8-cbsd432-held-out-$sigma"
+        [[ -f "$OUT/$name.txt" ]] || $BIN/python scripts/onnx_check.py "$OUT/blind_denoiser-60min" "$CLEAN" --held_out \
+            --int8 "$CLEAN" --sigma $sigma | tee "$OUT/$name.txt"
+    done
 fi
 
 if wanted mcmaster; then
@@ -156,6 +163,15 @@ if wanted mcmaster; then
         "$OUT/blind_denoiser-60min.onnx"
     [[ -f "$OUT/onnx-check-mcmaster.txt" ]] || $BIN/python scripts/onnx_check.py "$OUT/blind_denoiser-60min" "$BENCH" \
         --onnx "$OUT/blind_denoiser-60min.onnx" --sigma 25 | tee "$OUT/onnx-check-mcmaster.txt"
+    # and in 8-bit integers, calibrated on CBSD432's training images: the file, then McMaster three ways (PyTorch, the
+    # fp32 graph, the int8 graph) at each level, after the same check on CBSD432's held-out images (step denoiser)
+    [[ -f "$OUT/blind_denoiser-60min-int8.onnx" ]] || $BIN/toolkit export "$OUT/blind_denoiser-60min" \
+        "$OUT/blind_denoiser-60min-int8.onnx" --int8 "$CLEAN"
+    for sigma in 15 25 50; do
+        [[ -f "$OUT/onnx-int8-mcmaster-$sigma.txt" ]] || $BIN/python scripts/onnx_check.py "$OUT/blind_denoiser-60min" \
+            "$BENCH" --onnx "$OUT/blind_denoiser-60min.onnx" --int8 "$CLEAN" --sigma $sigma \
+            | tee "$OUT/onnx-int8-mcmaster-$sigma.txt"
+    done
     [[ -f "$OUT/noise-estimates.json" ]] || $BIN/python scripts/noise_estimates.py "$BENCH" \
         --out "$OUT/noise-estimates.json" | tee "$OUT/noise-estimates.txt"
 fi

@@ -275,6 +275,25 @@ def test_reproduce_script_mcmaster_step_compares_the_hour_with_cbm3d_image_by_im
     default = next(line for line in lines if line.startswith("toolkit benchmark-denoiser")
                    and f"--out {out / 'mcmaster.json'}" in line)
     assert "--baselines bm3d nlm" in default  # CBM3D's rows are where the comparison reads them
+    # the hour in int8, calibrated on CBSD432 (never McMaster), checked on McMaster three ways at each level
+    (exported,) = [line for line in lines if line.startswith("toolkit export") and "--int8" in line]
+    assert exported.endswith("--int8 data/denoise/CBSD432")
+    checked = [line for line in lines if "onnx_check.py" in line and "--int8" in line]
+    assert [line.split("--sigma ")[1] for line in checked] == ["15", "25", "50"]
+    assert all("McMaster" in line and "--int8 data/denoise/CBSD432" in line for line in checked)
+
+
+def test_reproduce_script_denoiser_step_checks_the_hour_in_int8_on_held_out_images(tmp_path):
+    """The denoiser step checks the hour's int8 graph on CBSD432's held-out images at each level (before the mcmaster
+    step reads McMaster), calibrated on CBSD432. Read from stand-ins that print their arguments."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reproduce.sh"
+    stand_ins = argument_printing_stand_ins(tmp_path / "bin")
+    result = run_script(["bash", str(script)], env={"OUT": str(tmp_path / "out"), "STEPS": "denoiser",
+                                                    "BIN": str(stand_ins)}, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checked = [line for line in result.stdout.splitlines() if "onnx_check.py" in line and "--int8" in line]
+    assert [line.split("--sigma ")[1] for line in checked] == ["15", "25", "50"]
+    assert all("CBSD432 --held_out --int8 data/denoise/CBSD432" in line for line in checked)
 
 
 AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "SCENE_TOOLKIT_CPU_BF16": ""}
