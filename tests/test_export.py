@@ -173,6 +173,38 @@ def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoi
     # two images of another size in one batch, each with its own noise level
     batch = rng.random((2, 3, 64, 40), dtype=np.float32)
     assert session(out).run(None, {"noisy": batch, "sigma": np.array([5.0, 50.0], np.float32)})[0].shape == batch.shape
+    # toolkit denoise and benchmark-denoiser take the file itself (onnxruntime on the CPU): the run's outputs, told the
+    # level or estimating it, whole or in tiles
+    capsys.readouterr()
+    assert toolkit_main(["denoise", str(out), str(noisy_file), str(tmp_path / "onnx.png"), "--sigma=25"]) == 0
+    assert np.abs(np.asarray(Image.open(tmp_path / "onnx.png")).astype(int) - written).max() <= 1
+    for model, name in ((run, "blind-run.png"), (out, "blind-onnx.png")):
+        assert toolkit_main(["denoise", str(model), str(noisy_file), str(tmp_path / name), "--tile_size=32",
+                             "--tile_margin=8"]) == 0
+    said = capsys.readouterr().out
+    estimates = re.findall(r"estimated noise sigma ([\d.]+)/255", said)
+    assert len(estimates) == 2 and estimates[0] == estimates[1] and said.count("denoised in 6 tiles") == 2
+    pair = [np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("blind-run.png", "blind-onnx.png")]
+    assert np.abs(pair[0] - pair[1]).max() <= 1
+    assert toolkit_main(["denoise", str(out), str(noisy_file), str(tmp_path / "high.png"), "--sigma=80"]) == 0
+    assert "--sigma=80 is above the noise levels this model trained on (0-50/255)" in capsys.readouterr().out
+    scores = {}
+    for model, name in ((run, "run.json"), (out, "onnx.json")):
+        assert toolkit_main(["benchmark-denoiser", str(model), "--clean", str(clean_folder), "--sigmas", "25",
+                             "--out", str(tmp_path / name), "--wandb_mode=disabled"]) == 0
+        scores[name] = json.loads((tmp_path / name).read_text())
+    assert scores["onnx.json"]["sigmas"]["25.0"]["model"]["psnr"] == pytest.approx(
+        scores["run.json"]["sigmas"]["25.0"]["model"]["psnr"], abs=1e-3)
+    assert scores["onnx.json"]["exported_precision"] == "fp32" and scores["run.json"]["exported_precision"] is None
+    assert "this toolkit (fp32 ONNX graph)" in scores["onnx.json"]["table"]
+    # what an exported file cannot do is refused, saying why
+    for option, why in (("--mixed_precision=bf16", "runs in the precision it was exported in"),
+                        ("--device=cuda", "which onnxruntime runs on the CPU here")):
+        assert toolkit_main(["denoise", str(out), str(noisy_file), str(tmp_path / "x.png"), option]) == 2
+        assert why in capsys.readouterr().err
+    (tmp_path / "broken.onnx").write_bytes(b"not a graph")
+    assert toolkit_main(["denoise", str(tmp_path / "broken.onnx"), str(noisy_file), str(tmp_path / "x.png")]) == 2
+    assert "cannot be read as an ONNX file" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
 
 
 def test_an_autoencoder_sized_by_its_input_is_exported_at_the_runs_size(tiny_intel, tmp_path, capsys):
@@ -182,6 +214,8 @@ def test_an_autoencoder_sized_by_its_input_is_exported_at_the_runs_size(tiny_int
     out = tmp_path / "ae.onnx"
     assert toolkit_main(["export", str(run), str(out)]) == 0
     assert "exporting it for 48x48 images, the run's size" in capsys.readouterr().out
+    assert toolkit_main(["denoise", str(out), str(tmp_path), str(tmp_path / "out")]) == 2  # one size only: the run
+    assert f"{out} was exported for 48x48 images only" in capsys.readouterr().err
     meta = metadata(out)
     assert meta["conditioned"] is False and list(meta["inputs"]) == ["noisy"]
     assert "3, 48, 48)" in meta["inputs"]["noisy"] and "3, 48, 48)" in meta["outputs"]["denoised"]
@@ -331,7 +365,7 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
 
 
 def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_out_and_checked_per_noise_level(
-        tmp_path, capsys, monkeypatch):
+        classifier_run, tmp_path, capsys, monkeypatch):
     from toolkit.denoising_benchmark import validation_images_of
 
     rng = np.random.default_rng(3)
@@ -413,6 +447,18 @@ def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_ou
                      r"images \(at most -1 dB allowed\); not written", capsys.readouterr().err)
     assert out.read_bytes() == earlier and not (tmp_path / "x.onnx").exists()
     monkeypatch.undo()
+    # the int8 file scored by the benchmark on the run's own held-out images, found through the run it came from
+    assert toolkit_main(["benchmark-denoiser", str(out), "--clean", str(photos), "--validation_images", "--sigmas",
+                         "25", "--out", str(tmp_path / "int8.json"), "--wandb_mode=disabled"]) == 0
+    scored = json.loads((tmp_path / "int8.json").read_text())
+    assert scored["images"] == len(held) and scored["exported_precision"] == "int8"
+    assert "this toolkit (int8 ONNX graph)" in scored["table"]
+    # a classifier's file is not a denoiser
+    classifier_file = tmp_path / "classifier.onnx"
+    assert toolkit_main(["export", str(classifier_run), str(classifier_file)]) == 0
+    capsys.readouterr()
+    assert toolkit_main(["denoise", str(classifier_file), str(photos), str(tmp_path / "out")]) == 2
+    assert "holds a classifier, not a denoiser" in capsys.readouterr().err
     # scripts/onnx_check.py: the run's held-out images, PyTorch, fp32 and int8 graphs
     script = Path(__file__).resolve().parents[1] / "scripts" / "onnx_check.py"
     done = run_script([sys.executable, str(script), str(run), str(photos), "--held_out", "--onnx", str(fp32),

@@ -285,7 +285,7 @@ def command_export(args) -> None:
 def command_denoise(args) -> None:
     from toolkit.inference import denoise_files
 
-    precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
+    precision, device = denoiser_precision_and_device(args.mixed_precision, args.device, args.checkpoint)
     denoise_files(args.checkpoint, args.input, args.output, args.sigma, self_ensemble=args.self_ensemble,
                   precision=precision, device=device, tile_size=args.tile_size,
                   tile_margin=args.tile_margin, skip_existing=args.skip_existing)
@@ -314,7 +314,7 @@ def command_benchmark_denoiser(args) -> None:
               "scores the noisy input and the baselines only")
     name, published = published_rows(Path(args.clean), "none" if args.reduce > 1 else args.published)
     baselines = tuple(args.baselines) + (("nlm",) if args.nlm and "nlm" not in args.baselines else ())
-    precision, device = denoiser_precision_and_device(args.mixed_precision, args.device)
+    precision, device = denoiser_precision_and_device(args.mixed_precision, args.device, checkpoint)
     wandb_choice = choose_wandb_mode(args.wandb_mode)  # (mode, reason), its network check made once
     examples = None if wandb_choice[0] == "disabled" else {}
     out = Path(args.out)
@@ -386,12 +386,25 @@ def command_wandb_report(args) -> None:
                  Path(args.publish) if args.publish else None, args.wandb_mode)
 
 
-def denoiser_precision_and_device(requested_precision: str, requested_device: str):
+def denoiser_precision_and_device(requested_precision: str, requested_device: str, checkpoint: str | None):
     """(precision, torch.device) of denoise / benchmark-denoiser: --device defaults to a CUDA GPU when there is one;
     --mixed_precision auto is bf16 where the CPU computes it natively and faster than fp32, fp32 on a GPU (one image
-    at a time is a small step); an explicit bf16 where it is slow runs, with a warning."""
-    from toolkit.inference import inference_device, keep_fp32_exact
+    at a time is a small step); an explicit bf16 where it is slow runs, with a warning. A file `toolkit export` wrote
+    runs as it was written (fp32 or int8), in onnxruntime on the CPU."""
+    from toolkit.inference import inference_device, is_exported_file, keep_fp32_exact
     from toolkit.train.precision import choose_mixed_precision
+
+    if is_exported_file(checkpoint):
+        if requested_precision != "no":
+            raise UserError(f"--mixed_precision={requested_precision}: {checkpoint} is an exported file, which runs in "
+                            "the precision it was exported in (fp32, or int8 with toolkit export --int8); leave "
+                            "--mixed_precision out")
+        if requested_device not in (None, "cpu"):
+            raise UserError(f"--device={requested_device}: {checkpoint} is an exported file, which onnxruntime runs on "
+                            "the CPU here; leave --device out, or pass the run directory to denoise on a GPU")
+        return "no", inference_device("cpu")
+    if requested_device is None:
+        requested_device = "cuda" if _cuda() else "cpu"
 
     device = inference_device(requested_device)
     precision = choose_mixed_precision(requested_precision, device.type,
@@ -404,7 +417,8 @@ DENOISER_PRECISION_HELP = ("what the model runs in: no (fp32, the default and th
                            "(bf16 where the CPU computes it faster than fp32 (AMX, or AVX512-BF16 on AMD): about 2x "
                            "faster, ~0.005 dB lower PSNR measured)")
 DENOISER_DEVICE_HELP = ("where the model runs (default: the CUDA GPU when torch sees one, else the CPU); fp32 on a GPU "
-                        "is exact (no TF32). The noise and the scores are computed on the CPU either way")
+                        "is exact (no TF32); an exported .onnx file runs on the CPU. The noise and the scores are "
+                        "computed on the CPU either way")
 
 TILE_SIZE_HELP = ("an image larger than a tile of this side (plus {margin} px of context each way) is denoised one "
                   "tile at a time: the blind denoiser takes 1.8 GB for 12 megapixels in fp32 instead of 8.2, at the "
@@ -482,7 +496,7 @@ def add_denoiser_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self_ensemble", action="store_true", help=SELF_ENSEMBLE_HELP)
     parser.add_argument("--mixed_precision", choices=["no", "auto", "bf16"], default="no",
                         help=DENOISER_PRECISION_HELP)
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help=DENOISER_DEVICE_HELP)
+    parser.add_argument("--device", default=None, help=DENOISER_DEVICE_HELP)  # None: the GPU when there is one
     parser.add_argument("--tile_size", type=int, default=TILE_SIZE, help=TILE_SIZE_HELP.format(margin=TILE_MARGIN))
     parser.add_argument("--tile_margin", type=int, default=TILE_MARGIN, help=TILE_MARGIN_HELP)
 
@@ -645,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     den = commands.add_parser("denoise", help="denoise an image or a folder with a trained denoiser")
     den.add_argument("checkpoint",
-                     help="a run directory or checkpoint of recipes/blind_denoiser.py or recipes/autoencoder.py")
+                     help="a run directory or checkpoint of recipes/blind_denoiser.py or recipes/autoencoder.py, or "
+                     "a denoiser's .onnx file from toolkit export (fp32 or int8; onnxruntime runs it on the CPU)")
     den.add_argument("input", help="an image file or a folder of images")
     den.add_argument("output", help="output file or folder (PNG, same size as the input)")
     den.add_argument("--sigma", type=float, default=None,
@@ -658,7 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     den.set_defaults(handler=command_denoise)
 
     bd = commands.add_parser("benchmark-denoiser", help="PSNR/SSIM on clean reference images at AWGN levels")
-    bd.add_argument("checkpoint", help="a denoiser run directory or checkpoint ('none': baselines only)")
+    bd.add_argument("checkpoint", help="a denoiser run directory or checkpoint, or its .onnx file from toolkit export "
+                    "(fp32 or int8, run by onnxruntime on the CPU; 'none': baselines only)")
     bd.add_argument("--clean", required=True, help="folder of clean reference images, e.g. McMaster")
     bd.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50], help="noise std on the 0-255 scale")
     bd.add_argument("--baselines", nargs="*", default=[], choices=["nlm", "bm3d"],

@@ -30,6 +30,8 @@ from toolkit.errors import DataError, UserError
 from toolkit.inference import (
     describe_device,
     estimate_noise_sigma,
+    exported_metadata,
+    is_exported_file,
     load_denoiser,
     resolve_checkpoint,
     training_noise,
@@ -127,6 +129,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
                      "self_ensemble": self_ensemble, "validation_images": validation_images,
                      "reduction": reduction, "tile_size": tile_size, "tile_margin": tile_margin, "tiled_images": tiled,
                      "mixed_precision": precision if model is not None else None,
+                     "exported_precision": (state.extra.get("exported_precision") if state else None),
                      "device": describe_device(torch.device(device)) if model is not None else None,
                      "noise_seed": noise_seed, "protocol": protocol, "sigmas": {},
                      "seconds": {}}
@@ -250,7 +253,10 @@ def scoring_identity(checkpoint: str | None, files: list[Path], cleans: list[tor
     the model's checkpoint (its folder, and its files' sizes and times), the images (names and each one's pixel_hash,
     as scored) and the settings (methods, noise seed, blind, x8, reduction, tiles, precision, device)."""
     weights = None
-    if checkpoint:
+    if is_exported_file(checkpoint):
+        file = Path(checkpoint).resolve()
+        weights = [str(file), f"{file.stat().st_size}:{file.stat().st_mtime_ns}"]
+    elif checkpoint:
         folder = resolve_checkpoint(checkpoint).resolve()
         weights = [str(folder)] + [f"{file.name}:{file.stat().st_size}:{file.stat().st_mtime_ns}"
                                    for file in sorted(folder.iterdir()) if file.is_file()]
@@ -321,6 +327,8 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
     from toolkit.data.clean_images import load_clean_images
     from toolkit.data.settings import CleanImageSettings
 
+    if is_exported_file(checkpoint):  # the run the file was exported from, where it still is
+        checkpoint = exported_from(checkpoint)
     run_dir = resolve_checkpoint(checkpoint).parent.parent
     config = read_config(run_dir) or {}
     if "val_fraction" not in config or "tile_size" not in config:
@@ -340,6 +348,20 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
         log(f"[benchmark] note: {run_dir} has not finished (no summary.json); the split is rebuilt from its "
             "config but cannot be checked against the data it trained on")
     return sorted({data.root / data.stored.files[index] for index in data.val_indices})  # files: relative
+
+
+def exported_from(file: Path | str) -> str:
+    """The checkpoint an exported file (toolkit export) was made from, as its metadata records it, where it still is:
+    its run's split and settings are there."""
+    import onnxruntime
+
+    recorded = exported_metadata(onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])).get(
+        "checkpoint")
+    if not recorded or not Path(recorded).exists():
+        raise UserError(f"{file} was exported from {recorded or 'a checkpoint it does not record'}, which is not here: "
+                        "its held-out images are unknown. Pass that run's directory, or drop --validation_images to "
+                        "score the whole folder")
+    return recorded
 
 
 def benchmark_table(results: dict, label: str = "this toolkit", published: dict | None = None) -> str:
@@ -373,6 +395,8 @@ def model_label(label: str, results: dict) -> str:
     """The model's row name, saying how it was run: blind (sigma estimated), x8 self-ensemble."""
     how = [words for flag, words in (("blind", "blind: sigma estimated"), ("self_ensemble", "x8 self-ensemble"))
            if results.get(flag)]
+    if results.get("exported_precision"):
+        how.insert(0, f"{results['exported_precision']} ONNX graph")
     if results.get("mixed_precision") not in (None, "no"):
         how.append(f"{results['mixed_precision']} inference")
     return label + (f" ({', '.join(how)})" if how else "")

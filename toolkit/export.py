@@ -512,7 +512,8 @@ def _denoiser_export(model, state, generator, free_size: bool):
         wrapper, example = DenoiserForExport(model).eval(), (noisy,)
     record = {"kind": "denoiser", "inputs": inputs,
               "outputs": {"denoised": "float32 (batch, 3, height, width): RGB in [0, 1]"},
-              "conditioned": bool(state.conditioned), "smallest_side": SMALLEST_SIDE}
+              "conditioned": bool(state.conditioned), "smallest_side": SMALLEST_SIDE,
+              "noise": state.noise, "multiple": int(getattr(model, "multiple", 1))}
     return wrapper, example, free_axes, record
 
 

@@ -79,9 +79,13 @@ def resolve_checkpoint(path: Path | str) -> Path:
     return newest
 
 
-def trained_sigma_max(checkpoint: Path | str) -> float | None:
-    """The strongest noise (0-255) the run behind a checkpoint drew in training (its config.json's sigma_max); None
-    when no config.json beside its checkpoints says (a checkpoint folder copied on its own, another recipe)."""
+def trained_sigma_max(checkpoint: Path | str, state: TrainerState) -> float | None:
+    """The strongest noise (0-255) the run behind a checkpoint drew in training (its config.json's sigma_max; of an
+    exported file, the training noise its metadata records); None when nothing says (a checkpoint folder copied on
+    its own, another recipe, a file exported before the noise was recorded)."""
+    if is_exported_file(checkpoint):
+        highest = (state.noise or {}).get("sigma_max")
+        return None if highest is None else round(255 * highest, 4)
     sigma_max = (read_config(resolve_checkpoint(checkpoint).parent.parent) or {}).get("sigma_max")
     return float(sigma_max) if isinstance(sigma_max, (int, float)) else None
 
@@ -95,9 +99,77 @@ def training_noise(state: TrainerState) -> str:
     return f"sigma {levels} on the [0, 1] scale{', clipped' if trained.get('clip') else ''}"
 
 
+def is_exported_file(path: Path | str | None) -> bool:
+    """Whether a model argument names a file `toolkit export` wrote (.onnx) rather than a run or checkpoint."""
+    return path is not None and Path(path).suffix == ".onnx"
+
+
+class ExportedDenoiser:
+    """A denoiser exported by `toolkit export` (an .onnx file, fp32 or int8), run by onnxruntime on the CPU and called
+    as its PyTorch model is: noisy (B, 3, H, W) in [0, 1] and, told the noise level, sigmas (B,) on the [0, 1] scale
+    -> the denoised images (B, 3, H, W) in [0, 1], on the input's device. `multiple`: its network's down-sampling
+    multiple, which sets the grid of denoise's tiles (model_tiles)."""
+
+    def __init__(self, session, conditioned: bool, multiple: int):
+        self.session, self.conditioned, self.multiple = session, conditioned, multiple
+
+    def __call__(self, noisy: torch.Tensor, sigmas: torch.Tensor | None = None) -> torch.Tensor:
+        feed = {"noisy": noisy.detach().float().cpu().numpy()}
+        if self.conditioned:
+            feed["sigma"] = (sigmas.detach().float().cpu() * 255).numpy()  # the graph takes the 0-255 scale
+        return torch.from_numpy(self.session.run(["denoised"], feed)[0]).to(noisy.device)
+
+
+def exported_metadata(session) -> dict:
+    """The scene_toolkit.* entries of an exported file's metadata (toolkit export), their JSON read back."""
+    import json
+
+    read = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        if key.startswith("scene_toolkit."):
+            try:
+                read[key.removeprefix("scene_toolkit.")] = json.loads(value)
+            except json.JSONDecodeError:
+                read[key.removeprefix("scene_toolkit.")] = value
+    return read
+
+
+def load_exported_denoiser(path: Path | str) -> tuple[ExportedDenoiser, TrainerState]:
+    """(model, a trainer state rebuilt from the file's metadata) of a denoiser that `toolkit export` wrote, fp32 or
+    int8, for `toolkit denoise` and `toolkit benchmark-denoiser`: onnxruntime runs it on the CPU."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(f"{path} is an ONNX file: running it needs onnxruntime (pip install onnxruntime, or bash "
+                        "scripts/setup.sh)") from None
+    if not Path(path).is_file():
+        raise UserError(f"{path} does not exist: pass a file `toolkit export` wrote, or a run directory")
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own error types: not an ONNX file, or a damaged one
+        raise UserError(f"{path} cannot be read as an ONNX file ({str(error).strip().splitlines()[0][:200]}): pass "
+                        "a file `toolkit export` wrote") from None
+    meta = exported_metadata(session)
+    if meta.get("kind") != "denoiser":
+        what = f"a {meta['kind']}" if meta.get("kind") else "no model toolkit export wrote (no scene_toolkit metadata)"
+        raise UserError(f"{path} holds {what}, not a denoiser; denoise with a denoiser's file or run directory")
+    height, width = session.get_inputs()[0].shape[2:]
+    if isinstance(height, int):
+        raise UserError(f"{path} was exported for {height}x{width} images only (its network sizes its layers by its "
+                        f"input); denoise with its run directory ({meta.get('checkpoint')}) instead")
+    spec = meta.get("model_spec") or {"name": meta.get("model", "denoiser"), "kwargs": {}}
+    state = TrainerState(recipe="exported", model_spec=spec, preprocessing={},
+                         conditioned=bool(meta.get("conditioned")), noise=meta.get("noise"),
+                         label=f"{meta.get('model', 'denoiser')} ({meta.get('precision', 'fp32')} ONNX graph)",
+                         extra={"exported_precision": meta.get("precision", "fp32")})
+    return ExportedDenoiser(session, state.conditioned, int(meta.get("multiple", 1))), state
+
+
 def load_denoiser(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, TrainerState]:
     """load_trained_model for the commands that denoise: a classifier's run is a UserError naming the commands
-    that serve it."""
+    that serve it. A file `toolkit export` wrote (.onnx) is run by onnxruntime on the CPU (load_exported_denoiser)."""
+    if is_exported_file(path):
+        return load_exported_denoiser(path)
     model, state = load_trained_model(path, device)
     if not is_denoiser(state.model):
         raise UserError(f"{path} holds a {state.model}, not a denoiser; classify images with `toolkit predict` or "
@@ -171,7 +243,7 @@ def denoise_files(checkpoint: Path | str, source: Path | str, destination: Path 
                         "to have each image's noise level estimated)")
     model, state = load_denoiser(checkpoint, device)
     conditioned = state.conditioned
-    trained_max = trained_sigma_max(checkpoint) if conditioned else None
+    trained_max = trained_sigma_max(checkpoint, state) if conditioned else None
     if sigma_255 is not None and trained_max is not None and sigma_255 > trained_max:
         log(f"[denoise] note: --sigma={sigma_255:g} is above the noise levels this model trained on (0-{trained_max:g}"
             f"/255): expect less than its benchmark; a run with --sigma_max={sigma_255:g} or more covers it")
