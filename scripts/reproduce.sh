@@ -167,6 +167,16 @@ if wanted mcmaster; then
     # fp32 graph, the int8 graph) at each level, after the same check on CBSD432's held-out images (step denoiser)
     [[ -f "$OUT/blind_denoiser-60min-int8.onnx" ]] || $BIN/toolkit export "$OUT/blind_denoiser-60min" \
         "$OUT/blind_denoiser-60min-int8.onnx" --int8 "$CLEAN"
+    # the int8 file scored as its run is (PSNR and SSIM on the same noisy images), then against the fp32 hour image by
+    # image and against CBM3D's rows of the default's file
+    [[ -f "$OUT/mcmaster-60min-int8.json" ]] || $BIN/toolkit benchmark-denoiser "$OUT/blind_denoiser-60min-int8.onnx" \
+        --clean "$BENCH" --sigmas 15 25 50 --out "$OUT/mcmaster-60min-int8.json" | tee "$OUT/mcmaster-60min-int8.txt"
+    [[ -f "$OUT/mcmaster-60min-int8-against-fp32.json" ]] || $BIN/toolkit compare-benchmarks \
+        "$OUT/mcmaster-60min.json" "$OUT/mcmaster-60min-int8.json" --out "$OUT/mcmaster-60min-int8-against-fp32.json" \
+        | tee "$OUT/mcmaster-60min-int8-against-fp32.txt"
+    [[ -f "$OUT/mcmaster-60min-int8-against-bm3d.json" ]] || $BIN/toolkit compare-benchmarks "$OUT/mcmaster.json" \
+        "$OUT/mcmaster-60min-int8.json" --base_method bm3d --out "$OUT/mcmaster-60min-int8-against-bm3d.json" \
+        | tee "$OUT/mcmaster-60min-int8-against-bm3d.txt"
     for sigma in 15 25 50; do
         [[ -f "$OUT/onnx-int8-mcmaster-$sigma.txt" ]] || $BIN/python scripts/onnx_check.py "$OUT/blind_denoiser-60min" \
             "$BENCH" --onnx "$OUT/blind_denoiser-60min.onnx" --int8 "$CLEAN" --sigma $sigma \

@@ -265,7 +265,7 @@ def test_reproduce_script_mcmaster_step_compares_the_hour_with_cbm3d_image_by_im
     lines = result.stdout.splitlines()
     scored = [line.split("--out ")[1].split()[0] for line in lines if line.startswith("toolkit benchmark-denoiser")]
     compared = [line for line in lines if line.startswith("toolkit compare-benchmarks")]
-    assert len(compared) == 1
+    assert len(compared) == 3  # the hour against CBM3D, then its int8 file against the hour and against CBM3D
     files = compared[0].split()[2:6]
     assert files[0] == str(out / "mcmaster.json") and set(files) <= set(scored)  # files the step itself writes
     assert files[1:] == [str(out / f"mcmaster-60min{suffix}.json") for suffix in ("", "-blind", "-x8")]
@@ -281,6 +281,12 @@ def test_reproduce_script_mcmaster_step_compares_the_hour_with_cbm3d_image_by_im
     checked = [line for line in lines if "onnx_check.py" in line and "--int8" in line]
     assert [line.split("--sigma ")[1] for line in checked] == ["15", "25", "50"]
     assert all("McMaster" in line and "--int8 data/denoise/CBSD432" in line for line in checked)
+    int8_file = str(out / "blind_denoiser-60min-int8.onnx")
+    (benchmarked,) = [line for line in lines if line.startswith(f"toolkit benchmark-denoiser {int8_file} ")]
+    assert lines.index(benchmarked) > lines.index(exported) and "--sigmas 15 25 50" in benchmarked
+    int8_json = str(out / "mcmaster-60min-int8.json")
+    against = [line.split()[2:4] for line in compared if int8_json in line]
+    assert against == [[str(out / "mcmaster-60min.json"), int8_json], [str(out / "mcmaster.json"), int8_json]]
 
 
 def test_reproduce_script_denoiser_step_checks_the_hour_in_int8_on_held_out_images(tmp_path):
