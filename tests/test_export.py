@@ -19,6 +19,7 @@ from test_recipes import run_in_process
 import toolkit.export
 from toolkit.cli import main as toolkit_main
 from toolkit.data.images import load_for_restoration, load_rgb
+from toolkit.inference import exported_metadata
 from toolkit.predict import predict_files, predict_runs
 
 BLIND = ["--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8", "--epochs=1", "--max_steps=3",
@@ -26,16 +27,8 @@ BLIND = ["--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_si
 
 
 def metadata(path: Path) -> dict:
-    """The scene_toolkit.* entries of an ONNX file's metadata, JSON read back."""
-    entries = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
-    read = {}
-    for key, value in entries.items():
-        if key.startswith("scene_toolkit."):
-            try:
-                read[key.removeprefix("scene_toolkit.")] = json.loads(value)
-            except json.JSONDecodeError:
-                read[key.removeprefix("scene_toolkit.")] = value
-    return read
+    """The scene_toolkit.* entries of an ONNX file's metadata, JSON read back (as toolkit denoise reads them)."""
+    return exported_metadata(session(path))
 
 
 def offline_wandb_bytes(folder: Path, *expected: bytes, timeout_s: float = 30.0) -> bytes:

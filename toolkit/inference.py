@@ -1,7 +1,8 @@
 """Loading a trained model from a checkpoint (or a run directory) on its own, for inference.
 
 A checkpoint written by the recipes is self-contained: model.safetensors holds the weights and
-trainer_state.json the constructor call, the class list and the preprocessing.
+trainer_state.json the constructor call, the class list and the preprocessing. The commands that
+denoise also take a denoiser's file from `toolkit export` (fp32 or int8), run by onnxruntime.
 """
 
 from __future__ import annotations
