@@ -68,13 +68,13 @@ INT8_MAX_PSNR_LOSS = 0.3
 # what is quantized: the layers that hold the arithmetic, and the ops between them that keep values in 8 bits; the
 # normalisation of the pixels, the softmax and the temperature stay in float
 INT8_OP_TYPES = ["Conv", "Gemm", "MatMul", "Add", "Relu", "Clip", "GlobalAveragePool", "AveragePool"]
-# a denoiser's: its convolutions, in int8 but for the first (it reads the noisy pixels and the noise level, whose 8-bit
-# steps would be as coarse as the noise at sigma 15) and the last (the noise estimate subtracted from the input); the
-# skip connections' additions and the subtraction stay in float. Its ranges are read as the 99.999th percentile of
+# a denoiser's: its convolutions, in int8 but for the first (it reads the noisy pixels, whose range, below 0 to above
+# 1, in 256 steps is coarser than their own 8-bit levels) and the last (the noise estimate subtracted from the input);
+# the skip connections' additions and the subtraction stay in float. Its ranges are read as the 99.999th percentile of
 # each activation, not min-max. On the default run's held-out CBSD432 images at sigma 15 / 25 / 50, against the
 # fp32 graph: every convolution and addition in int8 with min-max ranges -0.30 / -0.17 / -0.11 dB, the first and last
 # convolutions in float -0.22 / -0.13 / -0.06, percentile ranges -0.15 / -0.09 / -0.05, the additions in float too
-# -0.11 / -0.06 / -0.04 at 2.2x the fp32 graph's speed (docs/results.md)
+# -0.11 / -0.06 / -0.04, at 2.2-2.8x the fp32 graph's speed (docs/results.md)
 INT8_DENOISER_OP_TYPES = ["Conv", "ConvTranspose", "Relu"]
 
 
