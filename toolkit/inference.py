@@ -80,12 +80,13 @@ def resolve_checkpoint(path: Path | str) -> Path:
     return newest
 
 
-def trained_sigma_max(checkpoint: Path | str, state: TrainerState) -> float | None:
+def trained_sigma_max(checkpoint: Path | str, state: TrainerState | None = None) -> float | None:
     """The strongest noise (0-255) the run behind a checkpoint drew in training (its config.json's sigma_max; of an
-    exported file, the training noise its metadata records); None when nothing says (a checkpoint folder copied on
-    its own, another recipe, a file exported before the noise was recorded)."""
+    exported file, the training noise its metadata records, read into `state` by load_exported_denoiser); None when
+    nothing says (a checkpoint folder copied on its own, another recipe, a file exported before the noise was
+    recorded)."""
     if is_exported_file(checkpoint):
-        highest = (state.noise or {}).get("sigma_max")
+        highest = ((state.noise if state else None) or {}).get("sigma_max")
         return None if highest is None else round(255 * highest, 4)
     sigma_max = (read_config(resolve_checkpoint(checkpoint).parent.parent) or {}).get("sigma_max")
     return float(sigma_max) if isinstance(sigma_max, (int, float)) else None
