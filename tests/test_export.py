@@ -95,6 +95,40 @@ def test_an_exported_classifier_gives_what_toolkit_predict_gives(classifier_run,
     assert metadata(raw)["temperature"] == 1.0 and metadata(raw)["calibrated"] is False
     as_trained = predict_files(str(run), files, progress=False, mixed_precision="no", calibrated=False)
     assert np.abs(session(raw).run(None, {"images": pixels})[0] - as_trained.log_probabilities).max() < 1e-4
+    # toolkit predict and evaluate take the file itself (onnxruntime on the CPU): the run's log-probabilities,
+    # calibrated or, the file's temperature undone, as trained; the run's scores on its held-out images, found through
+    # the run the file came from
+    from_file = predict_files(str(out), files, progress=False)
+    assert np.abs(from_file.log_probabilities - expected).max() < 1e-4
+    assert from_file.mixed_precision == "fp32 ONNX graph"
+    undone = predict_files(str(out), files, progress=False, calibrated=False)
+    assert np.abs(undone.log_probabilities - as_trained.log_probabilities).max() < 1e-4 and undone.temperature == 1.0
+    capsys.readouterr()
+    for model, name in ((out, "from-file"), (run, "from-run")):
+        options = ["--mixed_precision=no"] if model == run else []
+        assert toolkit_main(["evaluate", str(model), str(tiny_intel), "--held_out", "--out", str(tmp_path / name),
+                             "--wandb_mode=disabled", *options]) == 0
+    said = capsys.readouterr().out
+    assert "(fp32 ONNX graph; temperature" in said
+    scores = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("from-file", "from-run")]
+    assert scores[0]["n"] == scores[1]["n"] > 0 and scores[0]["accuracy"] == scores[1]["accuracy"]
+    assert scores[0]["loss"] == pytest.approx(scores[1]["loss"], abs=1e-4)
+    assert scores[0]["training_images"] == scores[1]["training_images"] == 0
+    assert toolkit_main(["predict", str(out), str(tiny_intel / "seg_test"), "--out", str(tmp_path / "file.csv"),
+                         "--wandb_mode=disabled"]) == 0
+    rows = (tmp_path / "file.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(list((tiny_intel / "seg_test").rglob("*.jpg")))
+    # what a file cannot be asked for is refused, saying why
+    predict = ["predict", str(out), str(files[0]), "--out", str(tmp_path / "refused.csv"), "--wandb_mode=disabled"]
+    for command, why in ((predict + ["--tta"], "was exported without the mirror image inside"),
+                         (predict + ["--mixed_precision=bf16"], "runs in the precision it was exported in"),
+                         (predict + ["--ensemble", str(run)], "is an exported file, which is scored alone"),
+                         (["calibrate", str(out), str(tiny_intel), "--out", str(tmp_path / "refused")],
+                          "calibrate the run it was exported from, then export it again")):
+        assert toolkit_main(command) == 2, command
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "refused.csv").exists()
+    assert not (tmp_path / "refused").exists()
 
 
 def test_an_exported_ensemble_gives_what_predict_ensemble_gives(classifier_run, tiny_intel, tmp_path, capsys):
@@ -108,6 +142,14 @@ def test_an_exported_ensemble_gives_what_predict_ensemble_gives(classifier_run, 
     meta = metadata(out)
     assert [Path(member["checkpoint"]).parents[1] for member in meta["ensemble"]] == [classifier_run, other]
     assert all(member["temperature"] != 1.0 for member in meta["ensemble"]) and "temperature" not in meta
+    # predict takes the file as the runs' ensemble; their probabilities as trained are not in it, which is said
+    files = sorted((tiny_intel / "seg_test").rglob("*.jpg"))[:4]
+    together = predict_runs([str(classifier_run), str(other)], files, progress=False, mixed_precision="no")
+    assert np.abs(predict_files(str(out), files, progress=False).log_probabilities
+                  - together.log_probabilities).max() < 1e-4
+    assert toolkit_main(["predict", str(out), str(files[0]), "--no-calibrated", "--out", str(tmp_path / "x.csv"),
+                         "--wandb_mode=disabled"]) == 2
+    assert "averages 2 runs' calibrated probabilities; export them with --no-calibrated" in capsys.readouterr().err
     files = sorted((tiny_intel / "seg_test").rglob("*.jpg"))[:6]
     pixels = np.stack([load_rgb(file, meta["image_size"]) for file in files]).transpose(0, 3, 1, 2)
     log_mean, mean = session(out).run(None, {"images": pixels})
@@ -446,12 +488,15 @@ def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_ou
     scored = json.loads((tmp_path / "int8.json").read_text())
     assert scored["images"] == len(held) and scored["exported_precision"] == "int8"
     assert "this toolkit (int8 ONNX graph)" in scored["table"]
-    # a classifier's file is not a denoiser
+    # a classifier's file is not a denoiser, nor a denoiser's a classifier
     classifier_file = tmp_path / "classifier.onnx"
     assert toolkit_main(["export", str(classifier_run), str(classifier_file)]) == 0
     capsys.readouterr()
     assert toolkit_main(["denoise", str(classifier_file), str(photos), str(tmp_path / "out")]) == 2
     assert "holds a classifier, not a denoiser" in capsys.readouterr().err
+    assert toolkit_main(["predict", str(out), str(photos), "--out", str(tmp_path / "x.csv"),
+                         "--wandb_mode=disabled"]) == 2
+    assert "holds a denoiser, not a classifier; denoise images with `toolkit denoise`" in capsys.readouterr().err
     # scripts/onnx_check.py: the run's held-out images, PyTorch, fp32 and int8 graphs
     script = Path(__file__).resolve().parents[1] / "scripts" / "onnx_check.py"
     done = run_script([sys.executable, str(script), str(run), str(photos), "--held_out", "--onnx", str(fp32),

@@ -30,9 +30,9 @@ from toolkit.errors import DataError, UserError
 from toolkit.inference import (
     describe_device,
     estimate_noise_sigma,
-    exported_metadata,
     is_exported_file,
     load_denoiser,
+    open_exported,
     resolve_checkpoint,
     training_noise,
 )
@@ -353,10 +353,7 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
 def exported_from(file: Path | str) -> str:
     """The checkpoint an exported file (toolkit export) was made from, as its metadata records it, where it still is:
     its run's split and settings are there."""
-    import onnxruntime
-
-    recorded = exported_metadata(onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])).get(
-        "checkpoint")
+    recorded = open_exported(file)[1].get("checkpoint")
     if not recorded or not Path(recorded).exists():
         raise UserError(f"{file} was exported from {recorded or 'a checkpoint it does not record'}, which is not here: "
                         "its held-out images are unknown. Pass that run's directory, or drop --validation_images to "

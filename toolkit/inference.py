@@ -136,9 +136,9 @@ def exported_metadata(session) -> dict:
     return read
 
 
-def load_exported_denoiser(path: Path | str) -> tuple[ExportedDenoiser, TrainerState]:
-    """(model, a trainer state rebuilt from the file's metadata) of a denoiser that `toolkit export` wrote, fp32 or
-    int8, for `toolkit denoise` and `toolkit benchmark-denoiser`: onnxruntime runs it on the CPU."""
+def open_exported(path: Path | str):
+    """(onnxruntime session on the CPU, its exported_metadata) of a file `toolkit export` wrote; a missing file, one
+    that is not ONNX, or a missing onnxruntime is a UserError saying so."""
     try:
         import onnxruntime
     except ImportError:
@@ -151,7 +151,13 @@ def load_exported_denoiser(path: Path | str) -> tuple[ExportedDenoiser, TrainerS
     except Exception as error:  # onnxruntime's own error types: not an ONNX file, or a damaged one
         raise UserError(f"{path} cannot be read as an ONNX file ({str(error).strip().splitlines()[0][:200]}): pass "
                         "a file `toolkit export` wrote") from None
-    meta = exported_metadata(session)
+    return session, exported_metadata(session)
+
+
+def load_exported_denoiser(path: Path | str) -> tuple[ExportedDenoiser, TrainerState]:
+    """(model, a trainer state rebuilt from the file's metadata) of a denoiser that `toolkit export` wrote, fp32 or
+    int8, for `toolkit denoise` and `toolkit benchmark-denoiser`: onnxruntime runs it on the CPU."""
+    session, meta = open_exported(path)
     if meta.get("kind") != "denoiser":
         what = f"a {meta['kind']}" if meta.get("kind") else "no model toolkit export wrote (no scene_toolkit metadata)"
         raise UserError(f"{path} holds {what}, not a denoiser; denoise with a denoiser's file or run directory")

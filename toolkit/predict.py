@@ -21,7 +21,13 @@ from tqdm import tqdm
 from toolkit.data.folders import list_image_files, scan_labeled_folder
 from toolkit.data.images import DIGEST_CHARS, UnreadableImage, load_rgb, pixel_hash, rgb_pixels
 from toolkit.errors import UserError
-from toolkit.inference import inference_device, load_trained_model, resolve_checkpoint
+from toolkit.inference import (
+    inference_device,
+    is_exported_file,
+    load_trained_model,
+    open_exported,
+    resolve_checkpoint,
+)
 from toolkit.models import is_denoiser
 from toolkit.progress import bars_enabled
 from toolkit.runs import write_json, written_whole
@@ -110,10 +116,75 @@ def require_classifier(state, checkpoint) -> None:
                         "denoise images with `toolkit denoise` instead")
 
 
+class ExportedClassifier:
+    """A classifier exported by `toolkit export` (an .onnx file, fp32 or int8, one run or an ensemble), run by
+    onnxruntime on the CPU: uint8 (B, 3, S, S) pixels -> log-probabilities (B, classes), with the normalisation,
+    mirror and temperature the file was exported with."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def log_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["log_probabilities"], {"images": images.cpu().numpy()})[0])
+
+
+def exported_classifier_state(checkpoint: str, meta: dict):
+    """The trainer state of a classifier's exported file, from its metadata: its classes, size and normalisation,
+    the temperature it applies (1 when exported with --no-calibrated), and the split of the run it was exported from
+    where that run still is (for --held_out and the images it trained on)."""
+    from toolkit.train.state import TrainerState
+
+    if meta.get("kind") != "classifier":
+        what = f"a {meta['kind']}" if meta.get("kind") else "no model toolkit export wrote (no scene_toolkit metadata)"
+        raise UserError(f"{checkpoint} holds {what}, not a classifier; denoise images with `toolkit denoise` instead")
+    members = meta.get("ensemble") or [meta]
+    origin = Path(meta.get("checkpoint", ""))
+    split = TrainerState.read(origin).split if meta.get("checkpoint") and (origin / "trainer_state.json").is_file() \
+        else None
+    return TrainerState(recipe="exported", model_spec=meta["model_spec"],
+                        preprocessing={"image_size": meta["image_size"], "mean": members[0]["mean"],
+                                       "std": members[0]["std"]},
+                        classes=meta["classes"], flip_tta=bool(members[0]["flip_tta"]),
+                        temperature=float(members[0]["temperature"]) if len(members) == 1 else 1.0, split=split,
+                        extra={"exported_precision": meta.get("precision", "fp32"), "calibrated": meta["calibrated"],
+                               "members": len(members), "exported_from": meta.get("checkpoint")})
+
+
+def classifier_state(checkpoint: str):
+    """The trainer state of a classifier's run or checkpoint (its weights left unread), or of its exported file."""
+    from toolkit.train.state import TrainerState
+
+    if is_exported_file(checkpoint):
+        return exported_classifier_state(checkpoint, open_exported(checkpoint)[1])
+    state = TrainerState.read(resolve_checkpoint(checkpoint))
+    require_classifier(state, checkpoint)
+    return state
+
+
 def load_classifier(checkpoint: str, device: str):
+    """(model, trainer state): a run's PyTorch model on `device`, or an exported file's ExportedClassifier."""
+    if is_exported_file(checkpoint):
+        session, meta = open_exported(checkpoint)
+        return ExportedClassifier(session), exported_classifier_state(checkpoint, meta)
     model, state = load_trained_model(checkpoint, inference_device(device))
     require_classifier(state, checkpoint)
     return model, state
+
+
+def check_exported_options(checkpoint: str, state, flip_tta: bool | None, mixed_precision: str | None,
+                           calibrated: bool) -> None:
+    """What an exported classifier cannot be asked for: another mirror or precision than it was exported with, or,
+    for an ensemble exported with its temperatures, probabilities as trained (each run's temperature is inside)."""
+    if flip_tta is not None and flip_tta != state.flip_tta:
+        raise UserError(f"--{'' if flip_tta else 'no-'}tta: {checkpoint} was exported "
+                        f"{'with' if state.flip_tta else 'without'} the mirror image inside; leave --tta out (or "
+                        "export the run again)")
+    if mixed_precision is not None:
+        raise UserError(f"--mixed_precision={mixed_precision}: {checkpoint} is an exported file, which runs in the "
+                        f"precision it was exported in ({state.extra['exported_precision']}); leave it out")
+    if not calibrated and state.extra["members"] > 1 and state.extra["calibrated"]:
+        raise UserError(f"--no-calibrated: {checkpoint} averages {state.extra['members']} runs' calibrated "
+                        "probabilities; export them with --no-calibrated for their probabilities as trained")
 
 
 def _full_pixel_hash(path: str) -> str:
@@ -154,11 +225,15 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
 
     keep_freed_memory()  # each batch's activations stay in the process for the next (2.2x on a CPU: toolkit.memory)
     model, state = load_classifier(checkpoint, device)
+    exported = isinstance(model, ExportedClassifier)
+    if exported:
+        check_exported_options(checkpoint, state, flip_tta, mixed_precision, calibrated)
     classes, pre = state.classes, state.preprocessing
     flip_tta = state.flip_tta if flip_tta is None else flip_tta
     temperature = state.temperature if calibrated else 1.0
-    precision = inference_precision(mixed_precision, state, device, log=lambda m: print(m, file=sys.stderr))
-    dtype = autocast_dtype(precision)
+    precision = f"{state.extra['exported_precision']} ONNX graph" if exported else \
+        inference_precision(mixed_precision, state, device, log=lambda m: print(m, file=sys.stderr))
+    dtype = None if exported else autocast_dtype(precision)
     log_probabilities = np.full((len(files), len(classes)), np.nan, dtype=np.float32)
     hashes = [""] * len(files)
     errors: dict[int, str] = {}
@@ -178,9 +253,14 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
             if len(batch) == batch_size or (index == len(files) - 1 and batch):
                 images = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)  # (B, 3, H, W) uint8
                 device_type = torch.device(device).type
-                with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                    log_probs = classifier_outputs(model, images, pre["mean"], pre["std"], flip_tta,
-                                                   temperature)
+                if exported:  # the file applies its temperature: undone (exactly) for --no-calibrated
+                    log_probs = model.log_probabilities(images)
+                    if temperature != state.temperature:
+                        log_probs = torch.log_softmax(log_probs.double() * state.temperature, dim=1)
+                else:
+                    with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                        log_probs = classifier_outputs(model, images, pre["mean"], pre["std"], flip_tta,
+                                                       temperature)
                 log_probabilities[positions] = log_probs.float().cpu().numpy()
                 bar.update(len(batch))
                 batch, positions = [], []
@@ -193,12 +273,13 @@ def predict_files(checkpoint: str, files: list[Path], batch_size: int = 64, flip
 def classifier_states(checkpoints: list[str]) -> list:
     """The trainer state of each run or checkpoint (its weights left unread), after checking that each is a
     classifier and that all classify into the same classes, in the same order, as an ensemble must."""
-    from toolkit.train.state import TrainerState
-
+    exported = [checkpoint for checkpoint in checkpoints if is_exported_file(checkpoint)]
+    if exported and len(checkpoints) > 1:
+        raise UserError(f"{exported[0]} is an exported file, which is scored alone: to score an ensemble in one file, "
+                        "export the runs together (toolkit export RUN OUT.onnx --ensemble RUN...)")
     states = []
     for checkpoint in checkpoints:
-        state = TrainerState.read(resolve_checkpoint(checkpoint))
-        require_classifier(state, checkpoint)
+        state = classifier_state(checkpoint)
         if states and state.classes != states[0].classes:
             raise UserError(f"{checkpoint} classifies into {state.classes}, {checkpoints[0]} into "
                             f"{states[0].classes}: an ensemble needs runs trained on the same classes")
@@ -327,6 +408,9 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
     from toolkit.train.evaluate import fit_temperature, tempered_log_probabilities
     from toolkit.train.state import TrainerState
 
+    if is_exported_file(checkpoint):
+        raise UserError(f"{checkpoint} is an exported file: calibrate the run it was exported from, then export it "
+                        "again (the temperature is part of the graph)")
     folder = resolve_checkpoint(checkpoint)
     state = TrainerState.read(folder)  # the weights are loaded once, by predict_files
     require_classifier(state, checkpoint)
