@@ -267,6 +267,9 @@ if wanted use; then  # needs the compare step's runs only, so it comes before th
     $BIN/toolkit export "$EFFICIENTNET/seed-0" "$OUT/efficientnet_lite0_int8.onnx" --int8 "$DATA/seg_train"
     $BIN/python scripts/onnx_check.py "$EFFICIENTNET/seed-0" "$DATA" --held_out --images 2000 \
         --onnx "$OUT/efficientnet_lite0.onnx" --int8 "$DATA/seg_train"
+    # and the int8 file itself by evaluate's report on the held-out images (per class, calibration, mistakes)
+    $BIN/toolkit evaluate "$OUT/efficientnet_lite0_int8.onnx" "$DATA" --held_out --out "$OUT/evaluate_efficientnet_int8"
+    EVALUATIONS+=("$OUT/evaluate_efficientnet_int8")
     if [[ ${#OTHER_SEEDS[@]} -gt 0 ]]; then
         $BIN/toolkit export "$EFFICIENTNET/seed-0" "$OUT/efficientnet_lite0_seeds.onnx" --ensemble "${OTHER_SEEDS[@]}"
         $BIN/python scripts/onnx_check.py "$EFFICIENTNET/seed-0" "$DATA/seg_train" \

@@ -240,8 +240,11 @@ def test_reproduce_script_use_step_evaluates_the_efficientnet_seeds_together(tmp
     exported = [line for line in alone if line.startswith("toolkit export")]
     assert any(line.endswith("--int8 data/intel/seg_train") for line in exported)
     assert any("onnx_check.py" in line and "data/intel --held_out" in line and "--int8" in line for line in alone)
+    int8_file = str(out / "efficientnet_lite0_int8.onnx")
+    assert any(line.startswith(f"toolkit evaluate {int8_file} data/intel --held_out") for line in alone)
     report = next(line for line in alone if line.startswith("toolkit report") and "report_classifiers" in line)
     assert "evaluate_efficientnet_seeds" not in report
+    assert str(out / "evaluate_efficientnet_int8") in report
     for seed in (2, 1):
         (seeds / f"seed-{seed}").mkdir()
     together = lines()
