@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -128,6 +129,15 @@ def test_an_exported_classifier_gives_what_toolkit_predict_gives(classifier_run,
         assert toolkit_main(command) == 2, command
         assert why in capsys.readouterr().err
     assert not (tmp_path / "refused.csv").exists()
+    # a file whose run is no longer where it was exported from cannot know that run's held-out images, and says so
+    moved = tmp_path / "moved-run"
+    shutil.copytree(run, moved)
+    assert toolkit_main(["export", str(moved), str(tmp_path / "moved.onnx")]) == 0
+    shutil.rmtree(moved)
+    capsys.readouterr()
+    assert toolkit_main(["evaluate", str(tmp_path / "moved.onnx"), str(tiny_intel), "--held_out", "--out",
+                         str(tmp_path / "ev-moved"), "--wandb_mode=disabled"]) == 2
+    assert f"this file was exported from {moved}/checkpoints/step-" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
 
 

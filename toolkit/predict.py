@@ -350,10 +350,21 @@ def training_folder(data: str) -> Path:
     return folder
 
 
+def require_split_of_origin(state) -> None:
+    """An exported file knows its run's images (held out, trained on) only through that run: where the run is no
+    longer where the file recorded it, say so rather than that the file records no split."""
+    origin = state.extra.get("exported_from") if state.recipe == "exported" else None
+    if state.recipe == "exported" and state.split is None:
+        raise UserError(f"this file was exported from {origin or 'a run it does not record'}, which is not here: the "
+                        "images that run held out and trained on are unknown. Pass the run's directory, or evaluate "
+                        "on a labeled folder")
+
+
 def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
     """The images the run held out of DATA's training folder, as its checkpoint recorded them, after checking
     that each file still holds the same pixels (so the score is the held-out one, not a lookalike)."""
     split = state.split or {}
+    require_split_of_origin(state)
     if not split.get("held_out"):
         raise UserError("this checkpoint records no held-out images (it was scored on a test folder, or written "
                         "by an older toolkit): evaluate on a labeled folder instead")
@@ -377,6 +388,7 @@ def unseen_training_folder_images(data: str, states: list, workers: int = 2) -> 
     training images it left out); of several runs of one split, their common validation images. What a temperature
     is fitted on after the fact, and what `toolkit evaluate --validation` scores to choose on."""
     for state in states:
+        require_split_of_origin(state)
         if not (state.split or {}).get("train_pixels"):
             raise UserError("this checkpoint does not record which images it trained on (written by an older "
                             "toolkit): its validation images cannot be told apart, so it cannot be calibrated or "
