@@ -136,6 +136,9 @@ def main() -> None:
                         help="also export it in int8 (toolkit export --int8) and run that graph too")
     parser.add_argument("--int8_images", type=int, default=None,
                         help="with --int8: the images that set its ranges (toolkit export's default)")
+    parser.add_argument("--int8_reduce_range", action="store_true",
+                        help="with --int8: weights in 7 bits, as toolkit export --int8_reduce_range (for CPUs "
+                        "without VNNI)")
     parser.add_argument("--held_out", action="store_true", help="a classifier: FOLDER is the data root the run "
                         "trained on, and the images are the ones it held out (--images of them), with their labels: "
                         "each way's accuracy too; a denoiser: FOLDER is the folder of clean images it trained on, and "
@@ -180,7 +183,8 @@ def main() -> None:
         if args.int8:
             quantized = Path(scratch) / "int8.onnx"
             export_onnx(args.run, quantized, ensemble=args.ensemble, int8_folder=args.int8,
-                        int8_images=args.int8_images, log=lambda message: print(message, file=sys.stderr))
+                        int8_images=args.int8_images, int8_reduce_range=args.int8_reduce_range,
+                        log=lambda message: print(message, file=sys.stderr))
             sessions["onnxruntime int8"] = onnxruntime.InferenceSession(str(quantized),
                                                                         providers=["CPUExecutionProvider"])
     keep_freed_memory()

@@ -319,8 +319,11 @@ def test_the_onnx_check_script_compares_predictions_and_speed_on_a_folder(classi
                                                                                   abs=0.01)
     assert "cores" in done.stdout  # the machine named beside its figures
     # the run's held-out images with their labels, and the graph in int8 as a third way
+    from toolkit.train.precision import cpu_has_int8_dot_products
+
+    bits = [] if cpu_has_int8_dot_products() else ["--int8_reduce_range"]  # (weights in 7 bits without VNNI)
     done = run_script([sys.executable, str(script), str(classifier_run), str(tiny_intel), "--held_out", "--int8",
-                       str(tiny_intel / "seg_train"), "--int8_images", "8", "--batch_size", "4"])
+                       str(tiny_intel / "seg_train"), "--int8_images", "8", "--batch_size", "4", *bits])
     assert done.returncode == 0, done.stderr[-2000:]
     held = len(json.loads(sorted((classifier_run / "checkpoints").glob("step-*"))[-1].joinpath(
         "trainer_state.json").read_text())["split"]["held_out"])
@@ -335,8 +338,12 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
                                                                                          monkeypatch):
     run = classifier_run
     out = tmp_path / "int8.onnx"
+    # (on a CPU without VNNI, weights in 7 bits, as the command advises there: 8-bit ones can saturate its 16-bit sums)
+    from toolkit.train.precision import cpu_has_int8_dot_products
+
+    bits = [] if cpu_has_int8_dot_products() else ["--int8_reduce_range"]
     assert toolkit_main(["export", str(run), str(out), "--int8", str(tiny_intel / "seg_train"), "--int8_images", "16",
-                         "--wandb_mode=offline"]) == 0
+                         "--wandb_mode=offline", *bits]) == 0
     said = capsys.readouterr().out
     assert f"[export] wrote {out}" in said and ", int8), a classifier" in said
     meta = metadata(out)
@@ -346,10 +353,9 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
     assert (f"[export] int8: ranges from 16 images of {tiny_intel / 'seg_train'}, {int8['held_out_skipped']} held "
             f"out by the run skipped; on 64 other images of it the int8 graph picks the fp32 graph's class for "
             f"{int8['agreement']:.1%}") in said
-    from toolkit.train.precision import cpu_has_int8_dot_products
-
-    assert int8["weight_bits"] == 8 and int8["checked_with_vnni"] == cpu_has_int8_dot_products() and int8["checked_on"]
-    assert ("export with --int8_reduce_range" if int8["checked_with_vnni"] else "this CPU has no VNNI") in said
+    assert int8["weight_bits"] == (7 if bits else 8) and int8["checked_with_vnni"] == cpu_has_int8_dot_products()
+    assert int8["checked_on"]
+    assert ("weights in 7 bits (--int8_reduce_range)" if bits else "export with --int8_reduce_range") in said
     graph = onnx.load(str(out))
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= {node.op_type for node in graph.graph.node}
     assert any(weights.data_type == onnx.TensorProto.INT8 for weights in graph.graph.initializer)
@@ -396,7 +402,14 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
                    for tensor in onnx.load(str(path)).graph.initializer
                    if tensor.data_type == onnx.TensorProto.INT8 and tensor.dims)
 
-    assert largest_weight(seven) == 64 and largest_weight(out) == 127
+    assert largest_weight(seven) == 64 and largest_weight(out) == (64 if bits else 127)
+    # 8-bit weights checked on a CPU without VNNI: said, with what to do about it
+    with monkeypatch.context() as patched:
+        patched.setattr(toolkit.export, "cpu_has_int8_dot_products", lambda: False)
+        assert toolkit_main(["export", str(run), str(tmp_path / "no-vnni.onnx"), "--int8",
+                             str(tiny_intel / "seg_train"), "--int8_images", "16"]) == 0
+    assert "this CPU has no VNNI, so the check above ran with the 16-bit sums" in capsys.readouterr().out
+    assert metadata(tmp_path / "no-vnni.onnx")["int8"]["checked_with_vnni"] is False
     with pytest.raises(SystemExit):
         toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(held), "--int8_images", "4"])
     assert "--int8_images: takes a whole number of 8 or more" in capsys.readouterr().err
@@ -426,8 +439,12 @@ def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_ou
     held = validation_images_of(str(run), photos, log=lambda _: None)
     assert held
     out = tmp_path / "blind-int8.onnx"
+    # (on a CPU without VNNI, weights in 7 bits, as the command advises there: 8-bit ones can saturate its 16-bit sums)
+    from toolkit.train.precision import cpu_has_int8_dot_products
+
+    bits = [] if cpu_has_int8_dot_products() else ["--int8_reduce_range"]
     assert toolkit_main(["export", str(run), str(out), "--int8", str(photos), "--int8_images", "8",
-                         "--wandb_mode=offline"]) == 0
+                         "--wandb_mode=offline", *bits]) == 0
     said = capsys.readouterr().out
     assert f"[export] wrote {out}" in said and ", int8), a denoiser" in said
     meta = metadata(out)
@@ -484,13 +501,19 @@ def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_ou
     assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(small)]) == 2
     assert ("0 usable image(s) (2 image files, 1 that do not decode, 1 with a side under 16 px, 0 held out by the run "
             "for validation); it needs 48: 32 to calibrate (--int8_images) and 16 to check") in capsys.readouterr().err
-    # an int8 graph that loses more than the allowed PSNR is not written, and the earlier file stays
+    # an int8 graph that loses more than the allowed PSNR is not written, and the earlier file stays; where the CPU has
+    # no VNNI, the advice starts with weights in 7 bits
     monkeypatch.setattr(toolkit.export, "INT8_MAX_PSNR_LOSS", -1.0)
     earlier = out.read_bytes()
-    assert toolkit_main(["export", str(run), str(out), "--int8", str(photos), "--int8_images", "8"]) == 2
+    assert toolkit_main(["export", str(run), str(out), "--int8", str(photos), "--int8_images", "8", *bits]) == 2
+    refused = capsys.readouterr().err
     assert re.search(r"the int8 graph's mean PSNR is -?[\d.]+ dB below the fp32 graph's at sigma \d+ on 16 check "
-                     r"images \(at most -1 dB allowed\); not written", capsys.readouterr().err)
-    assert out.read_bytes() == earlier and not (tmp_path / "x.onnx").exists()
+                     r"images \(at most -1 dB allowed\); not written", refused)
+    assert "Export in fp32 (without --int8)" in refused and "try --int8_reduce_range" not in refused
+    monkeypatch.setattr(toolkit.export, "cpu_has_int8_dot_products", lambda: False)
+    assert toolkit_main(["export", str(run), str(out), "--int8", str(photos), "--int8_images", "8"]) == 2
+    assert "This CPU has no VNNI" in capsys.readouterr().err and out.read_bytes() == earlier
+    assert not (tmp_path / "x.onnx").exists()
     monkeypatch.undo()
     # the int8 file scored by the benchmark on the run's own held-out images, found through the run it came from
     assert toolkit_main(["benchmark-denoiser", str(out), "--clean", str(photos), "--validation_images", "--sigmas",
@@ -510,7 +533,7 @@ def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_ou
     # scripts/onnx_check.py: the run's held-out images, PyTorch, fp32 and int8 graphs
     script = Path(__file__).resolve().parents[1] / "scripts" / "onnx_check.py"
     done = run_script([sys.executable, str(script), str(run), str(photos), "--held_out", "--onnx", str(fp32),
-                       "--int8", str(photos), "--int8_images", "8", "--sigma", "25"])
+                       "--int8", str(photos), "--int8_images", "8", "--sigma", "25", *bits])
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{len(held)} the run's held-out images of {photos}" in done.stdout and "fp32 and int8" in done.stdout
     assert re.search(r"mean PSNR: PyTorch [\d.]+ dB, onnxruntime [\d.]+ dB, onnxruntime int8 [\d.]+ dB", done.stdout)

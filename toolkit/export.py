@@ -305,8 +305,8 @@ def quantized_int8(graph, session, images: np.ndarray, calibration: int, reduce_
     largest = float(np.abs(probabilities[0] - probabilities[1]).max())
     if agreement < INT8_MIN_AGREEMENT:
         raise UserError(f"the int8 graph picks the fp32 graph's class for only {agreement:.0%} of {len(check)} "
-                        f"check images (at least {INT8_MIN_AGREEMENT:.0%} needed); not written. Export in fp32 "
-                        "(without --int8), or calibrate on more images (--int8_images)")
+                        f"check images (at least {INT8_MIN_AGREEMENT:.0%} needed); not written. "
+                        + int8_refusal_advice(reduce_range))
     return result, {"calibration_images": calibration, "check_images": len(check), "agreement": agreement,
                     "largest_difference": largest} | int8_method(reduce_range, "min-max", INT8_OP_TYPES)
 
@@ -350,12 +350,23 @@ def quantized_int8_denoiser(graph, session, crops: list[np.ndarray], calibration
     if loss[worst] > INT8_MAX_PSNR_LOSS:
         raise UserError(f"the int8 graph's mean PSNR is {loss[worst]:.2f} dB below the fp32 graph's at sigma {worst} "
                         f"on {len(check)} check images (at most {INT8_MAX_PSNR_LOSS:g} dB allowed); not written. "
-                        "Export in fp32 (without --int8), or calibrate on more images (--int8_images)")
+                        + int8_refusal_advice(reduce_range))
     return result, {"calibration_images": calibration, "check_images": len(check), "crop": INT8_CROP,
                     "calibration_noise": {"sigma_min": lowest, "sigma_max": highest, "clip": clip},
                     "psnr_fp32": psnr["fp32"], "psnr_int8": psnr["int8"],
                     "psnr_loss": loss} | int8_method(reduce_range, "percentile 99.999", INT8_DENOISER_OP_TYPES,
                                                      " but the first and last convolutions")
+
+
+def int8_refusal_advice(reduce_range: bool) -> str:
+    """What to do about an int8 graph its check refused: on a CPU without VNNI, whose 16-bit sums 8-bit weights can
+    saturate, first of all weights in 7 bits."""
+    advice = "Export in fp32 (without --int8), or calibrate on more images (--int8_images)"
+    if not reduce_range and not cpu_has_int8_dot_products():
+        advice = ("This CPU has no VNNI, so its int8 products are added in 16 bits, which 8-bit weights can saturate: "
+                  "try --int8_reduce_range (weights in 7 bits). Or export in fp32 (without --int8), or calibrate on "
+                  "more images (--int8_images)")
+    return advice
 
 
 def int8_method(reduce_range: bool, ranges: str, op_types: list[str], exceptions: str = "") -> dict:
