@@ -521,6 +521,12 @@ def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_ou
     scored = json.loads((tmp_path / "int8.json").read_text())
     assert scored["images"] == len(held) and scored["exported_precision"] == "int8"
     assert "this toolkit (int8 ONNX graph)" in scored["table"]
+    # an int8 file of 8-bit weights run on a CPU without VNNI (pretended here) says it may saturate there; 7-bit not
+    with monkeypatch.context() as patched:
+        patched.setattr("toolkit.train.precision.cpu_has_int8_dot_products", lambda: False)
+        assert toolkit_main(["denoise", str(out), str(photos / "00.png"), str(tmp_path / "saturate.png"),
+                             "--sigma=15"]) == 0
+    assert ("holds 8-bit weights, checked on" in capsys.readouterr().err) is not bool(bits)
     # a classifier's file is not a denoiser, nor a denoiser's a classifier
     classifier_file = tmp_path / "classifier.onnx"
     assert toolkit_main(["export", str(classifier_run), str(classifier_file)]) == 0

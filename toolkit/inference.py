@@ -151,7 +151,25 @@ def open_exported(path: Path | str):
     except Exception as error:  # onnxruntime's own error types: not an ONNX file, or a damaged one
         raise UserError(f"{path} cannot be read as an ONNX file ({str(error).strip().splitlines()[0][:200]}): pass "
                         "a file `toolkit export` wrote") from None
-    return session, exported_metadata(session)
+    meta = exported_metadata(session)
+    say_if_int8_may_saturate_here(path, meta)
+    return session, meta
+
+
+def say_if_int8_may_saturate_here(path: Path | str, meta: dict) -> None:
+    """An int8 file with 8-bit weights, run on a CPU without VNNI: onnxruntime adds its uint8 x int8 products in
+    pairs in 16 bits there, which such weights can saturate, so the file may score below what its check measured
+    (on the CPU it was exported on). Said on standard error, with what to do; not refused (it may well be fine)."""
+    import sys
+
+    from toolkit.train.precision import cpu_has_int8_dot_products
+
+    int8 = meta.get("int8") or {}
+    if meta.get("precision") == "int8" and int8.get("weight_bits") == 8 and not cpu_has_int8_dot_products():
+        print(f"note: {path} holds 8-bit weights, checked on {int8.get('checked_on', 'another CPU')}; this CPU has no "
+              "VNNI, so its int8 products are added in 16 bits, which such weights can saturate: score the file here "
+              "first (toolkit evaluate, toolkit benchmark-denoiser), or export it with --int8_reduce_range",
+              file=sys.stderr)
 
 
 def load_exported_denoiser(path: Path | str) -> tuple[ExportedDenoiser, TrainerState]:
