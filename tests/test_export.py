@@ -279,6 +279,10 @@ def test_export_refusals_say_why_and_leave_the_old_file(classifier_run, tmp_path
     assert "name the ONNX file with .onnx (e.g. model.onnx)" in capsys.readouterr().err
     assert toolkit_main(["export", str(tmp_path / "nowhere"), str(tmp_path / "model.onnx")]) == 2
     assert "does not exist: pass a run directory" in capsys.readouterr().err
+    (tmp_path / "earlier.onnx").write_bytes(b"an exported file")
+    assert toolkit_main(["export", str(tmp_path / "earlier.onnx"), str(tmp_path / "model.onnx")]) == 2
+    assert "earlier.onnx is an exported file already: export from the run directory" in capsys.readouterr().err
+    (tmp_path / "earlier.onnx").unlink()
     (tmp_path / "a-file").write_text("")
     with pytest.raises(SystemExit):  # argparse: an output under a file
         toolkit_main(["export", str(run), str(tmp_path / "a-file" / "model.onnx")])

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import UserError
-from toolkit.inference import load_trained_model, resolve_checkpoint
+from toolkit.inference import is_exported_file, load_trained_model, resolve_checkpoint
 from toolkit.models import is_denoiser
 from toolkit.progress import progress_bar
 from toolkit.runs import written_whole
@@ -144,6 +144,10 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
     if out.suffix != ".onnx":
         raise UserError(f"{out}: name the ONNX file with .onnx (e.g. {out.with_suffix('.onnx').name})")
     onnx, onnxruntime = _onnx_modules()
+    if is_exported_file(checkpoint) or any(is_exported_file(member) for member in ensemble):
+        file = next(path for path in (checkpoint, *ensemble) if is_exported_file(path))
+        raise UserError(f"{file} is an exported file already: export from the run directory it came from (its "
+                        "metadata names the checkpoint: scene_toolkit.checkpoint)")
     first = _loaded(checkpoint)
     checkpoint, _, state = first
     denoiser = is_denoiser(state.model)
