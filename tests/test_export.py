@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+import torch
 from conftest import TINY_CLASSIFIER, run_script
 from PIL import Image
 from test_recipes import run_in_process
@@ -231,6 +232,22 @@ def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoi
     assert len(estimates) == 2 and estimates[0] == estimates[1] and said.count("denoised in 6 tiles") == 2
     pair = [np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("blind-run.png", "blind-onnx.png")]
     assert np.abs(pair[0] - pair[1]).max() <= 1
+    for model, name in ((run, "x8-run.png"), (out, "x8-onnx.png")):  # the self-ensemble around the file too
+        assert toolkit_main(["denoise", str(model), str(noisy_file), str(tmp_path / name), "--sigma=25",
+                             "--self_ensemble"]) == 0
+    pair = [np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("x8-run.png", "x8-onnx.png")]
+    # the file's 8 passes come clamped to [0, 1] and are then averaged (the run's are averaged, then clamped)
+    from toolkit.inference import load_trained_model
+    from toolkit.train.denoise import DIHEDRAL, dihedral, undo_dihedral
+
+    network = load_trained_model(run)[0].float()
+    image, level = torch.from_numpy(noisy.transpose(2, 0, 1))[None], torch.tensor([25 / 255])
+    with torch.no_grad():
+        passes = [undo_dihedral(network(dihedral(image, turns, mirrored), level).clamp(0, 1), turns, mirrored)
+                  for turns, mirrored in DIHEDRAL]
+    clamped_first = torch.stack(passes).mean(0)[0].permute(1, 2, 0).numpy()
+    assert np.abs(np.round(clamped_first * 255) - pair[1]).max() <= 1
+    assert np.abs(pair[0] - pair[1]).mean() < 1 and np.abs(pair[1] - written).max() > 1  # and x8 is not one pass
     assert toolkit_main(["denoise", str(out), str(noisy_file), str(tmp_path / "high.png"), "--sigma=80"]) == 0
     assert "--sigma=80 is above the noise levels this model trained on (0-50/255)" in capsys.readouterr().out
     scores = {}
