@@ -431,6 +431,12 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
                              str(tiny_intel / "seg_train"), "--int8_images", "16"]) == 0
     assert "this CPU has no VNNI, so the check above ran with the 16-bit sums" in capsys.readouterr().out
     assert metadata(tmp_path / "no-vnni.onnx")["int8"]["checked_with_vnni"] is False
+    # and a file of 8-bit weights evaluated on a CPU without VNNI (pretended) says it may saturate there, once
+    with monkeypatch.context() as patched:
+        patched.setattr("toolkit.train.precision.cpu_has_int8_dot_products", lambda: False)
+        assert toolkit_main(["evaluate", str(tmp_path / "no-vnni.onnx"), str(tiny_intel), "--held_out", "--out",
+                             str(tmp_path / "ev-no-vnni"), "--wandb_mode=disabled"]) == 0
+    assert capsys.readouterr().err.count("holds 8-bit weights, checked on") == 1
     with pytest.raises(SystemExit):
         toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(held), "--int8_images", "4"])
     assert "--int8_images: takes a whole number of 8 or more" in capsys.readouterr().err

@@ -32,7 +32,6 @@ from toolkit.inference import (
     estimate_noise_sigma,
     is_exported_file,
     load_denoiser,
-    open_exported,
     resolve_checkpoint,
     training_noise,
 )
@@ -108,7 +107,7 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     if validation_images and not checkpoint:
         raise UserError("validation images belong to a trained model's run: pass its run directory, not 'none'")
     model, state = load_denoiser(checkpoint, device) if checkpoint else (None, None)  # before reading any image
-    only = validation_images_of(checkpoint, clean_dir, log) if validation_images else None
+    only = validation_images_of(run_behind(checkpoint, state), clean_dir, log) if validation_images else None
     files, cleans = clean_reference_images(clean_dir, max_images, only, reduction)
     if "bm3d" in baselines and not bm3d_available():
         raise UserError("BM3D needs the optional bm3d package: pip install bm3d (licence: non-commercial use only)")
@@ -327,8 +326,6 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
     from toolkit.data.clean_images import load_clean_images
     from toolkit.data.settings import CleanImageSettings
 
-    if is_exported_file(checkpoint):  # the run the file was exported from, where it still is
-        checkpoint = exported_from(checkpoint)
     run_dir = resolve_checkpoint(checkpoint).parent.parent
     config = read_config(run_dir) or {}
     if "val_fraction" not in config or "tile_size" not in config:
@@ -350,14 +347,17 @@ def validation_images_of(checkpoint: str, clean_dir: Path | str, log=print) -> l
     return sorted({data.root / data.stored.files[index] for index in data.val_indices})  # files: relative
 
 
-def exported_from(file: Path | str) -> str:
-    """The checkpoint an exported file (toolkit export) was made from, as its metadata records it, where it still is:
-    its run's split and settings are there."""
-    recorded = open_exported(file)[1].get("checkpoint")
+def run_behind(checkpoint: str, state) -> str:
+    """The run or checkpoint whose split and settings hold a model's validation images: the one given, or for an
+    exported file the checkpoint it was exported from (load_exported_denoiser's state records it), where it still
+    is."""
+    if not is_exported_file(checkpoint):
+        return checkpoint
+    recorded = state.extra.get("exported_from")
     if not recorded or not Path(recorded).exists():
-        raise UserError(f"{file} was exported from {recorded or 'a checkpoint it does not record'}, which is not here: "
-                        "its held-out images are unknown. Pass that run's directory, or drop --validation_images to "
-                        "score the whole folder")
+        raise UserError(f"{checkpoint} was exported from {recorded or 'a checkpoint it does not record'}, which is not "
+                        "here: its held-out images are unknown. Pass that run's directory, or drop --validation_images "
+                        "to score the whole folder")
     return recorded
 
 

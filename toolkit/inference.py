@@ -151,9 +151,15 @@ def open_exported(path: Path | str):
     except Exception as error:  # onnxruntime's own error types: not an ONNX file, or a damaged one
         raise UserError(f"{path} cannot be read as an ONNX file ({str(error).strip().splitlines()[0][:200]}): pass "
                         "a file `toolkit export` wrote") from None
-    meta = exported_metadata(session)
-    say_if_int8_may_saturate_here(path, meta)
-    return session, meta
+    return session, exported_metadata(session)
+
+
+def require_exported_kind(path: Path | str, meta: dict, kind: str, instead: str) -> None:
+    """A file whose metadata (exported_metadata) is not of a `kind` ('classifier', 'denoiser') model is a UserError
+    naming what it holds and, `instead`, what to do."""
+    if meta.get("kind") != kind:
+        what = f"a {meta['kind']}" if meta.get("kind") else "no model toolkit export wrote (no scene_toolkit metadata)"
+        raise UserError(f"{path} holds {what}, not a {kind}; {instead}")
 
 
 def say_if_int8_may_saturate_here(path: Path | str, meta: dict) -> None:
@@ -176,9 +182,8 @@ def load_exported_denoiser(path: Path | str) -> tuple[ExportedDenoiser, TrainerS
     """(model, a trainer state rebuilt from the file's metadata) of a denoiser that `toolkit export` wrote, fp32 or
     int8, for `toolkit denoise` and `toolkit benchmark-denoiser`: onnxruntime runs it on the CPU."""
     session, meta = open_exported(path)
-    if meta.get("kind") != "denoiser":
-        what = f"a {meta['kind']}" if meta.get("kind") else "no model toolkit export wrote (no scene_toolkit metadata)"
-        raise UserError(f"{path} holds {what}, not a denoiser; denoise with a denoiser's file or run directory")
+    require_exported_kind(path, meta, "denoiser", "denoise with a denoiser's file or run directory")
+    say_if_int8_may_saturate_here(path, meta)
     height, width = session.get_inputs()[0].shape[2:]
     if isinstance(height, int):
         raise UserError(f"{path} was exported for {height}x{width} images only (its network sizes its layers by its "
@@ -187,7 +192,8 @@ def load_exported_denoiser(path: Path | str) -> tuple[ExportedDenoiser, TrainerS
     state = TrainerState(recipe="exported", model_spec=spec, preprocessing={},
                          conditioned=bool(meta.get("conditioned")), noise=meta.get("noise"),
                          label=f"{meta.get('model', 'denoiser')} ({meta.get('precision', 'fp32')} ONNX graph)",
-                         extra={"exported_precision": meta.get("precision", "fp32")})
+                         extra={"exported_precision": meta.get("precision", "fp32"),
+                                "exported_from": meta.get("checkpoint")})
     return ExportedDenoiser(session, state.conditioned, int(meta.get("multiple", 1))), state
 
 

@@ -26,7 +26,9 @@ from toolkit.inference import (
     is_exported_file,
     load_trained_model,
     open_exported,
+    require_exported_kind,
     resolve_checkpoint,
+    say_if_int8_may_saturate_here,
 )
 from toolkit.models import is_denoiser
 from toolkit.progress import bars_enabled
@@ -134,9 +136,7 @@ def exported_classifier_state(checkpoint: str, meta: dict):
     where that run still is (for --held_out and the images it trained on)."""
     from toolkit.train.state import TrainerState
 
-    if meta.get("kind") != "classifier":
-        what = f"a {meta['kind']}" if meta.get("kind") else "no model toolkit export wrote (no scene_toolkit metadata)"
-        raise UserError(f"{checkpoint} holds {what}, not a classifier; denoise images with `toolkit denoise` instead")
+    require_exported_kind(checkpoint, meta, "classifier", "denoise images with `toolkit denoise` instead")
     members = meta.get("ensemble") or [meta]
     origin = Path(meta.get("checkpoint", ""))
     split = TrainerState.read(origin).split if meta.get("checkpoint") and (origin / "trainer_state.json").is_file() \
@@ -165,7 +165,9 @@ def load_classifier(checkpoint: str, device: str):
     """(model, trainer state): a run's PyTorch model on `device`, or an exported file's ExportedClassifier."""
     if is_exported_file(checkpoint):
         session, meta = open_exported(checkpoint)
-        return ExportedClassifier(session), exported_classifier_state(checkpoint, meta)
+        state = exported_classifier_state(checkpoint, meta)
+        say_if_int8_may_saturate_here(checkpoint, meta)  # where it runs; its state alone is read for other checks too
+        return ExportedClassifier(session), state
     model, state = load_trained_model(checkpoint, inference_device(device))
     require_classifier(state, checkpoint)
     return model, state
@@ -353,9 +355,9 @@ def training_folder(data: str) -> Path:
 def require_split_of_origin(state) -> None:
     """An exported file knows its run's images (held out, trained on) only through that run: where the run is no
     longer where the file recorded it, say so rather than that the file records no split."""
-    origin = state.extra.get("exported_from") if state.recipe == "exported" else None
     if state.recipe == "exported" and state.split is None:
-        raise UserError(f"this file was exported from {origin or 'a run it does not record'}, which is not here: the "
+        origin = state.extra.get("exported_from") or "a run it does not record"
+        raise UserError(f"this file was exported from {origin}, which is not here: the "
                         "images that run held out and trained on are unknown. Pass the run's directory, or evaluate "
                         "on a labeled folder")
 
