@@ -166,7 +166,7 @@ def main() -> None:
         files = validation_images_of(args.run, args.folder, log=lambda message: print(message, file=sys.stderr))
         files = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(args.images, len(files)))]
     elif args.held_out:
-        files, labels = held_out_images(args.folder, runs[0][1])
+        files, labels = held_out_images(args.folder, [state for _, state in runs], [args.run, *args.ensemble])
         chosen = np.linspace(0, len(files) - 1, min(args.images, len(files))).astype(int)
         files, labels = [files[i] for i in chosen], [labels[i] for i in chosen]
     else:

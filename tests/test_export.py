@@ -168,6 +168,10 @@ def test_an_exported_ensemble_gives_what_predict_ensemble_gives(classifier_run, 
     assert np.abs(log_mean - expected.log_probabilities).max() < 1e-4 and np.allclose(mean.sum(axis=1), 1, atol=1e-5)
     alone = predict_files(str(other), files, progress=False, mixed_precision="no").log_probabilities
     assert np.abs(log_mean - alone).max() > 1e-3  # not one of the runs alone
+    # its runs held out different images (the first a tenth of the training folder, the other none): none to score
+    assert toolkit_main(["evaluate", str(out), str(tiny_intel), "--held_out", "--out", str(tmp_path / "refused"),
+                         "--wandb_mode=disabled"]) == 2
+    assert f"{other}/checkpoints/step-" in (said := capsys.readouterr().err) and "held out other images than" in said
     # runs of another image size cannot share the graph's one input; a denoiser is not a classifier
     smaller = tmp_path / "cnn-24px"
     run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={smaller}", "--width=4", "--max_steps=1",
@@ -177,6 +181,32 @@ def test_an_exported_ensemble_gives_what_predict_ensemble_gives(classifier_run, 
     assert "the runs take images of different sizes (24, 32 px)" in capsys.readouterr().err
     assert not (tmp_path / "mixed.onnx").exists()
 
+
+
+def test_an_exported_ensemble_is_scored_on_images_none_of_its_runs_trained_on(classifier_run, tiny_intel, tmp_path):
+    """An ensemble file's held-out and validation images are all its runs', as for the runs scored together: its
+    --validation images are those no run trained on (fewer than its first run's alone, which the second partly
+    trained on), and its scores on both are the runs' own."""
+    from toolkit.predict import evaluate_folder
+
+    subset = tmp_path / "cnn-seed1-subset"  # the same held-out tenth; trained on part of the rest
+    run_in_process("cnn", [f"--data={tiny_intel}", f"--run_dir={subset}", "--width=4", "--max_steps=1", "--seed=1",
+                           "--test_split=none", "--max_train_images=40", *TINY_CLASSIFIER])
+    out = tmp_path / "ensemble.onnx"
+    assert toolkit_main(["export", str(classifier_run), str(out), "--ensemble", str(subset)]) == 0
+    for images in ("held_out", "validation"):
+        from_file = evaluate_folder(str(out), tiny_intel, tmp_path / f"file-{images}", workers=1, **{images: True})
+        from_runs = evaluate_folder(str(classifier_run), tiny_intel, tmp_path / f"runs-{images}", workers=1,
+                                    ensemble=[str(subset)], mixed_precision="no", **{images: True})
+        assert from_file["n"] == from_runs["n"] > 0 and from_file["accuracy"] == from_runs["accuracy"]
+        assert from_file["loss"] == pytest.approx(from_runs["loss"], abs=1e-4)
+        assert from_file["training_images"] == from_runs["training_images"] == 0
+    first_alone = evaluate_folder(str(classifier_run), tiny_intel, tmp_path / "alone", workers=1, validation=True,
+                                  mixed_precision="no")
+    assert first_alone["n"] > from_file["n"]
+    assert evaluate_folder(str(out), tiny_intel / "seg_train", tmp_path / "all", workers=1)["training_images"] == \
+        evaluate_folder(str(classifier_run), tiny_intel / "seg_train", tmp_path / "all-runs", workers=1,
+                        ensemble=[str(subset)], mixed_precision="no")["training_images"]
 
 def test_an_exported_blind_denoiser_takes_any_size_and_denoises_as_toolkit_denoise(tmp_path, capsys):
     run = tmp_path / "blind"
@@ -397,7 +427,7 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
 
     held = tmp_path / "held-out-only"
     held.mkdir()
-    files, _ = held_out_images(str(tiny_intel), load_trained_model(run)[1])
+    files, _ = held_out_images(str(tiny_intel), [load_trained_model(run)[1]], [str(run)])
     for index, file in enumerate(files):
         (held / f"{index}-{file.name}").write_bytes(file.read_bytes())
     assert toolkit_main(["export", str(run), str(tmp_path / "x.onnx"), "--int8", str(held)]) == 2

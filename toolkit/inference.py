@@ -7,6 +7,7 @@ denoise also take a denoiser's file from `toolkit export` (fp32 or int8), run by
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -139,19 +140,30 @@ def exported_metadata(session) -> dict:
 def open_exported(path: Path | str):
     """(onnxruntime session on the CPU, its exported_metadata) of a file `toolkit export` wrote; a missing file, one
     that is not ONNX, or a missing onnxruntime is a UserError saying so."""
-    try:
-        import onnxruntime
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
         raise UserError(f"{path} is an ONNX file: running it needs onnxruntime (pip install onnxruntime, or bash "
-                        "scripts/setup.sh)") from None
+                        "scripts/setup.sh)")
     if not Path(path).is_file():
         raise UserError(f"{path} does not exist: pass a file `toolkit export` wrote, or a run directory")
+    file = Path(path).resolve()
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = _cpu_session(str(file), file.stat().st_mtime_ns, file.stat().st_size)
     except Exception as error:  # onnxruntime's own error types: not an ONNX file, or a damaged one
         raise UserError(f"{path} cannot be read as an ONNX file ({str(error).strip().splitlines()[0][:200]}): pass "
                         "a file `toolkit export` wrote") from None
     return session, exported_metadata(session)
+
+
+@functools.lru_cache(maxsize=2)
+def _cpu_session(file: str, modified_ns: int, size: int):
+    """An onnxruntime session of `file` on the CPU, made once per version of the file (its time and size in the
+    key: a file written again is read again): predict and evaluate read a file's metadata for their checks, then run
+    it, and an int8 graph takes a moment to set up."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(file, providers=["CPUExecutionProvider"])
 
 
 def require_exported_kind(path: Path | str, meta: dict, kind: str, instead: str) -> None:

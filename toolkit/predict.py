@@ -138,16 +138,21 @@ def exported_classifier_state(checkpoint: str, meta: dict):
 
     require_exported_kind(checkpoint, meta, "classifier", "denoise images with `toolkit denoise` instead")
     members = meta.get("ensemble") or [meta]
-    origin = Path(meta.get("checkpoint", ""))
-    split = TrainerState.read(origin).split if meta.get("checkpoint") and (origin / "trainer_state.json").is_file() \
-        else None
+    origins = [str(member.get("checkpoint") or "") for member in members]  # an ensemble's: each run's checkpoint
+    here = [bool(origin) and (Path(origin) / "trainer_state.json").is_file() for origin in origins]
+    splits = [TrainerState.read(Path(origin)).split if present else None for origin, present in zip(origins, here)]
+    missing = next((origin or "a run it does not record" for origin, present in zip(origins, here) if not present),
+                   None)
     return TrainerState(recipe="exported", model_spec=meta["model_spec"],
                         preprocessing={"image_size": meta["image_size"], "mean": members[0]["mean"],
                                        "std": members[0]["std"]},
                         classes=meta["classes"], flip_tta=bool(members[0]["flip_tta"]),
-                        temperature=float(members[0]["temperature"]) if len(members) == 1 else 1.0, split=split,
+                        temperature=float(members[0]["temperature"]) if len(members) == 1 else 1.0,
+                        split=None if missing else splits[0],
                         extra={"exported_precision": meta.get("precision", "fp32"), "calibrated": meta["calibrated"],
-                               "members": len(members), "exported_from": meta.get("checkpoint")})
+                               "members": len(members), "exported_from": meta.get("checkpoint"),
+                               "run_not_here": missing, "member_splits": [] if missing else
+                               [[origin, split] for origin, split in zip(origins, splits)]})
 
 
 def classifier_state(checkpoint: str):
@@ -353,20 +358,36 @@ def training_folder(data: str) -> Path:
 
 
 def require_split_of_origin(state) -> None:
-    """An exported file knows its run's images (held out, trained on) only through that run: where the run is no
+    """An exported file knows its runs' images (held out, trained on) only through those runs: where one is no
     longer where the file recorded it, say so rather than that the file records no split."""
-    if state.recipe == "exported" and state.split is None:
-        origin = state.extra.get("exported_from") or "a run it does not record"
-        raise UserError(f"this file was exported from {origin}, which is not here: the "
-                        "images that run held out and trained on are unknown. Pass the run's directory, or evaluate "
-                        "on a labeled folder")
+    if state.recipe == "exported" and state.extra.get("run_not_here"):
+        origin = state.extra["run_not_here"]
+        raise UserError(f"this file was exported from {origin}, which is not here: the images that run held out "
+                        "and trained on are unknown. Pass the run's directory, or evaluate on a labeled folder")
 
 
-def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
-    """The images the run held out of DATA's training folder, as its checkpoint recorded them, after checking
-    that each file still holds the same pixels (so the score is the held-out one, not a lookalike)."""
-    split = state.split or {}
-    require_split_of_origin(state)
+def run_splits(states: list, names: list[str]) -> list[tuple[str, dict | None]]:
+    """(run, its data split) for every run behind `states` (of the runs or files `names`): a run's own, and for a
+    file exported from several runs together (an ensemble), each of theirs, read where the runs still are. An
+    ensemble file's images held out and trained on are all its runs', not its first run's. A file whose runs are
+    not all here: its own entry, with no split."""
+    return [(str(name), split) for name, state in zip(names, states)
+            for name, split in (state.extra.get("member_splits") or [(name, state.split)])]
+
+
+def held_out_images(data: str, states: list, names: list[str]) -> tuple[list[Path], list[int]]:
+    """The images the runs of `states` (named `names`; one run, an ensemble, a file) held out of DATA's training
+    folder, as their checkpoints recorded them, after checking that every run held out the same images (an
+    ensemble is scored only on images none of its runs trained on) and that each file still holds the same pixels
+    (so the score is the held-out one, not a lookalike)."""
+    for state in states:
+        require_split_of_origin(state)
+    (first, split), *others = run_splits(states, names)
+    for other, other_split in others:
+        if (other_split or {}).get("held_out") != (split or {}).get("held_out"):
+            raise UserError(f"{other} held out other images than {first}: an ensemble is scored with --held_out "
+                            "only on images every run held out; evaluate it on a labeled folder")
+    split = split or {}
     if not split.get("held_out"):
         raise UserError("this checkpoint records no held-out images (it was scored on a test folder, or written "
                         "by an older toolkit): evaluate on a labeled folder instead")
@@ -384,28 +405,31 @@ def held_out_images(data: str, state) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
-def unseen_training_folder_images(data: str, states: list, workers: int = 2) -> tuple[list[Path], list[int]]:
-    """The images of DATA's training folder that no run of `states` trained on or held out, told apart by their
-    pixels as the checkpoints recorded them: a run's validation images (and, for a run trained on a subset, the
-    training images it left out); of several runs of one split, their common validation images. What a temperature
-    is fitted on after the fact, and what `toolkit evaluate --validation` scores to choose on."""
+def unseen_training_folder_images(data: str, states: list, names: list[str],
+                                  workers: int = 2) -> tuple[list[Path], list[int]]:
+    """The images of DATA's training folder that no run of `states` (named `names`; for an ensemble file, none of
+    its runs) trained on or held out, told apart by their pixels as the checkpoints recorded them: a run's
+    validation images (and, for a run trained on a subset, the training images it left out); of several runs of
+    one split, their common validation images. What a temperature is fitted on after the fact, and what `toolkit
+    evaluate --validation` scores to choose on."""
     for state in states:
         require_split_of_origin(state)
-        if not (state.split or {}).get("train_pixels"):
-            raise UserError("this checkpoint does not record which images it trained on (written by an older "
-                            "toolkit): its validation images cannot be told apart, so it cannot be calibrated or "
-                            "scored on them")
+    splits = [split for _, split in run_splits(states, names)]
+    if not all((split or {}).get("train_pixels") for split in splits):
+        raise UserError("this checkpoint does not record which images it trained on (written by an older "
+                        "toolkit): its validation images cannot be told apart, so it cannot be calibrated or "
+                        "scored on them")
     folder = training_folder(data)
     listing = scan_labeled_folder(folder, classes=states[0].classes)
-    excluded = {pixels for state in states for pixels in
-                [*state.split["train_pixels"], *(item["pixels"] for item in state.split.get("held_out", []))]}
+    excluded = {pixels for split in splits for pixels in
+                [*split["train_pixels"], *(item["pixels"] for item in split.get("held_out", []))]}
     with forked_pool(workers) as pool:
         hashes = list(tqdm(pool.imap(_full_pixel_hash, [str(f) for f in listing.files], chunksize=32),
                            total=len(listing.files), unit="img", desc="hashing", disable=not bars_enabled(),
                            file=sys.stderr))
     unseen = [i for i, full in enumerate(hashes) if full and full[:DIGEST_CHARS] not in excluded]
     if not unseen:
-        owner = "this run" if len(states) == 1 else "one of these runs (runs of other seeds validate on other images)"
+        owner = "this run" if len(splits) == 1 else "one of these runs (runs of other seeds validate on other images)"
         raise UserError(f"every image under {folder} was trained on or held out by {owner}: no images are left "
                         "(is this the data root the run trained on?)")
     return [listing.files[i] for i in unseen], [int(listing.labels[i]) for i in unseen]
@@ -428,7 +452,7 @@ def calibrate_checkpoint(checkpoint: str, data: str, batch_size: int = 64, devic
     folder = resolve_checkpoint(checkpoint)
     state = TrainerState.read(folder)  # the weights are loaded once, by predict_files
     require_classifier(state, checkpoint)
-    files, labels = unseen_training_folder_images(data, [state], workers)
+    files, labels = unseen_training_folder_images(data, [state], [checkpoint], workers)
     predictions = predict_files(str(folder), files, batch_size, None, device, workers, calibrated=False)
     good = predictions.readable
     log_probabilities, labels = predictions.log_probabilities[good].astype(np.float64), np.asarray(labels)[good]
@@ -478,19 +502,16 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
     states = classifier_states(checkpoints)
     state = states[0]
     if held_out:
-        for other, other_state in zip(checkpoints[1:], states[1:]):
-            if (other_state.split or {}).get("held_out") != (state.split or {}).get("held_out"):
-                raise UserError(f"{other} held out other images than {checkpoint}: an ensemble is scored with "
-                                "--held_out only on images every run held out; evaluate it on a labeled folder")
-        files, all_labels = held_out_images(str(folder), state)
+        files, all_labels = held_out_images(str(folder), states, checkpoints)
     elif validation:
-        files, all_labels = unseen_training_folder_images(str(folder), states, workers)
+        files, all_labels = unseen_training_folder_images(str(folder), states, checkpoints, workers)
     else:
         listing = scan_labeled_folder(folder, classes=state.classes)
         files, all_labels = listing.files, listing.labels
     predictions = predict_runs(checkpoints, files, batch_size, flip_tta, device, workers,
                                mixed_precision=mixed_precision, calibrated=calibrated)
-    trained_on = {pixels for member in states for pixels in (member.split or {}).get("train_pixels", [])}
+    trained_on = {pixels for _, split in run_splits(states, checkpoints)
+                  for pixels in (split or {}).get("train_pixels", [])}
     seen_in_training = [str(f) for f, h in zip(files, predictions.pixel_hashes) if h and h[:DIGEST_CHARS] in trained_on]
     good = predictions.readable
     labels = np.asarray(all_labels)[good]
