@@ -879,10 +879,10 @@ def test_a_benchmark_killed_on_the_way_continues_where_it_stopped_and_scores_as_
     assert json.loads(stopped.read_text())["images"] == 3 and not progress.exists()
 
 
-def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_path, capsys):
+def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_path, capsys, monkeypatch):
     """Two real benchmark-denoiser results of the same noisy images: non-local means told the true sigma, and told
     the sigma estimated from each noisy image (--blind), compared image by image; results of other images are
-    refused before anything is compared."""
+    refused before anything is compared, and results of the same images are not for how the folder was named."""
     folder = tmp_path / "clean"
     folder.mkdir()
     for image in sorted((tiny_intel / "seg_pred").iterdir())[:4]:
@@ -940,6 +940,33 @@ def test_compare_benchmarks_pairs_two_results_image_by_image(tiny_intel, tmp_pat
     (tmp_path / "changed.json").write_text(json.dumps(changed))
     assert toolkit_main(["compare-benchmarks", str(told), str(tmp_path / "changed.json")]) == 2
     assert "hold different noisy images at sigma 25" in capsys.readouterr().err
+    # the images are told apart by their names and pixels, not by how the folder's path was written: the same images
+    # by a relative path, or copied elsewhere, compare; a copy with one image changed (unclipped noise leaves the
+    # noisy input's PSNR as it was) does not; results written before the images' digest fall back on the folder's name
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(folder, tmp_path / "moved" / "clean")
+    changed_folder = shutil.copytree(folder, tmp_path / "changed" / "clean")
+    first = sorted(changed_folder.iterdir())[0]
+    pixels = np.asarray(Image.open(first).convert("RGB")).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(first)  # the same name and size, other pixels
+    for name in ("relative", "moved", "changed"):
+        clean = {"relative": "clean", "moved": str(tmp_path / "moved" / "clean"), "changed": str(changed_folder)}[name]
+        assert toolkit_main(["benchmark-denoiser", "none", "--clean", clean, "--sigmas", "15", "--out",
+                             f"{name}.json"]) == 0
+    capsys.readouterr()
+    for name in ("relative", "moved"):
+        assert toolkit_main(["compare-benchmarks", str(told), f"{name}.json", "--method", "noisy", "--out",
+                             f"{name}-compared.json"]) == 0
+    assert toolkit_main(["compare-benchmarks", str(told), "changed.json", "--method", "noisy"]) == 2
+    assert "scored different images (the files' names or pixels differ" in capsys.readouterr().err
+    older = {key: value for key, value in json.loads(told.read_text()).items() if key != "images_digest"}
+    Path("older.json").write_text(json.dumps(older | {"folder": "elsewhere/McMaster"}))
+    assert toolkit_main(["compare-benchmarks", "older.json", "relative.json", "--method", "noisy"]) == 2
+    assert "scored different folders (elsewhere/McMaster against clean)" in capsys.readouterr().err
+    Path("older.json").write_text(json.dumps(older | {"folder": "../somewhere/clean"}))
+    assert toolkit_main(["compare-benchmarks", "older.json", "relative.json", "--method", "noisy", "--out",
+                         "older-compared.json"]) == 0
 
 
 def test_paired_differences_against_hand_computed_values(tmp_path):

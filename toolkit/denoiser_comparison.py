@@ -19,8 +19,10 @@ from toolkit.errors import UserError
 from toolkit.stats import mean_interval
 
 # what makes two results' images the same ones (the noise itself is checked on the noisy input's per-image PSNR, so
-# a told and a blind result of the same images compare); with the default of results written before a key existed
-SAME_IMAGES_KEYS = {"folder": None, "images": None, "validation_images": False, "reduction": 1, "noise_seed": None}
+# a told and a blind result of the same images compare); with the default of results written before a key existed.
+# The images themselves: their digest (names and pixels, in scoring order), or for results written before it was
+# recorded, the folder's own name (its path as typed, relative or absolute, or where it has moved, is not the images)
+SAME_IMAGES_KEYS = {"images": None, "validation_images": False, "reduction": 1, "noise_seed": None}
 
 
 def load_benchmark(path: Path) -> dict:
@@ -45,6 +47,14 @@ def check_same_noisy_images(base: dict, other: dict, base_name: str, other_name:
             raise UserError(f"{base_name} and {other_name} scored different images ({key}: {values[0]!r} against "
                             f"{values[1]!r}); compare results of one folder, --reduce, --validation_images "
                             "and noise seed")
+    digests = [results.get("images_digest") for results in (base, other)]
+    if None not in digests and digests[0] != digests[1]:
+        raise UserError(f"{base_name} and {other_name} scored different images (the files' names or pixels differ: "
+                        f"{base.get('folder')} against {other.get('folder')}); compare results of one folder")
+    folders = [Path(str(results.get("folder"))).name for results in (base, other)]
+    if None in digests and folders[0] != folders[1]:
+        raise UserError(f"{base_name} and {other_name} scored different folders ({base.get('folder')} against "
+                        f"{other.get('folder')}); compare results of one folder")
     for sigma in set(base["sigmas"]) & set(other["sigmas"]):
         noisy = [results["sigmas"][sigma].get("noisy", {}).get("per_image_psnr") for results in (base, other)]
         if None in noisy:

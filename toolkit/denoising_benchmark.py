@@ -15,6 +15,8 @@ hard dependency), and for McMaster the published figures (FFDNet, DPIR and SwinI
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import time
@@ -135,6 +137,9 @@ def benchmark_denoiser(checkpoint: str | None, clean_dir: Path, sigmas_255: list
     identity = scoring_identity(checkpoint, files, cleans, {
         key: results[key] for key in ("blind", "self_ensemble", "reduction", "tile_size", "tile_margin",
                                       "mixed_precision", "device", "noise_seed")} | {"methods": methods})
+    # the images scored, by their names and pixels in scoring order: what compare-benchmarks pairs results by, wherever
+    # the folder was and however its path was written
+    results["images_digest"] = hashlib.sha256(json.dumps([identity["images"], identity["pixels"]]).encode()).hexdigest()
     progress = read_progress(progress_file, identity, log) if progress_file else {}
     save = (lambda: write_json(progress_file, {"identity": identity, "sigmas": progress})) if progress_file \
         else (lambda: None)  # after every chunk of images
