@@ -371,8 +371,8 @@ def run_splits(states: list, names: list[str]) -> list[tuple[str, dict | None]]:
     file exported from several runs together (an ensemble), each of theirs, read where the runs still are. An
     ensemble file's images held out and trained on are all its runs', not its first run's. A file whose runs are
     not all here: its own entry, with no split."""
-    return [(str(name), split) for name, state in zip(names, states)
-            for name, split in (state.extra.get("member_splits") or [(name, state.split)])]
+    return [(str(run), split) for name, state in zip(names, states)
+            for run, split in (state.extra.get("member_splits") or [(name, state.split)])]
 
 
 def held_out_images(data: str, states: list, names: list[str]) -> tuple[list[Path], list[int]]:
