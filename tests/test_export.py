@@ -149,7 +149,9 @@ def test_an_exported_ensemble_gives_what_predict_ensemble_gives(classifier_run, 
     out = tmp_path / "ensemble.onnx"
     capsys.readouterr()
     assert toolkit_main(["export", str(classifier_run), str(out), "--ensemble", str(other)]) == 0
-    assert "the mean of 2 runs' probabilities" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "the mean of 2 runs' probabilities" in said
+    assert f"held out other images than {classifier_run}/checkpoints/step-" in said  # said when it is exported
     meta = metadata(out)
     assert [Path(member["checkpoint"]).parents[1] for member in meta["ensemble"]] == [classifier_run, other]
     assert all(member["temperature"] != 1.0 for member in meta["ensemble"]) and "temperature" not in meta

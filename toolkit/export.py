@@ -165,6 +165,11 @@ def export_onnx(checkpoint: Path | str, out: Path | str, opset: int | None = Non
     generator = torch.Generator().manual_seed(STAND_IN_SEED)
     members = f" and {len(others)} more run(s), their probabilities averaged" if others else ""
     log(f"[export] {state.label or state.model} from {checkpoint}{members}: tracing, converting and checking")
+    differing = [str(other) for other, _, other_state in others
+                 if (other_state.split or {}).get("held_out") != (state.split or {}).get("held_out")]
+    if differing:
+        log(f"[export] note: {differing[0]} held out other images than {checkpoint}: the file's `toolkit evaluate "
+            "--held_out` will be refused (no image is held out by every run); score it on a labeled folder")
     with progress_bar(5 if int8_folder else 3, "exporting", "stage") as bar:
         if int8_folder:  # the sample first: a folder that cannot serve is said before the minutes of work
             calibration = int8_images or (INT8_DENOISER_CALIBRATION_IMAGES if denoiser else INT8_CALIBRATION_IMAGES)
