@@ -396,3 +396,71 @@ def test_figures_cost_script_times_runs_with_and_without_figures(tmp_path, capsy
     with pytest.raises(SystemExit):
         script.main(["--pairs", "0"])
     assert "--pairs must be at least 1" in capsys.readouterr().err
+
+
+PACKED_FFCV_CHECK = """
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import ffcv, ffcv.libffcv
+from ffcv.fields import IntField, RGBImageField
+from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.writer import DatasetWriter
+
+unpacked, folder = Path(sys.argv[1]), Path(sys.argv[2])
+assert Path(ffcv.__file__).is_relative_to(unpacked / "python"), ffcv.__file__
+images = [np.asarray(Image.open(folder / name).convert("RGB")) for name in sorted(p.name for p in folder.iterdir())]
+
+class Images:
+    def __len__(self):
+        return len(images)
+    def __getitem__(self, index):
+        return images[index], index
+
+DatasetWriter(str(folder.parent / "tiny.beton"), {"image": RGBImageField(write_mode="jpg", jpeg_quality=95),
+                                                  "label": IntField()}, num_workers=1).from_indexed_dataset(Images())
+loader = Loader(str(folder.parent / "tiny.beton"), batch_size=len(images), num_workers=1, order=OrderOption.SEQUENTIAL,
+                pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+decoded, labels = next(iter(loader))
+assert labels.ravel().tolist() == list(range(len(images)))
+assert max(np.abs(d.astype(int) - i.astype(int)).mean() for d, i in zip(decoded, images)) < 6
+# the JPEG decoder and OpenCV came from the archive, not from this machine's system folders
+mapped = {line.split()[-1] for line in open("/proc/self/maps") if ".so" in line}
+for name in ("libturbojpeg", "libopencv_core", "libopencv_imgproc"):
+    (path,) = {path for path in mapped if Path(path).name.startswith(name)}
+    assert Path(path).is_relative_to(unpacked / "lib"), path
+print("decoded", len(images), "images with FFCV from", unpacked)
+"""
+
+
+def test_pack_ffcv_makes_an_archive_whose_ffcv_and_libraries_load_from_where_it_is_unpacked(tiny_intel, tmp_path):
+    """scripts/pack_ffcv.sh: FFCV and the libraries its extension loads, in one archive; unpacked elsewhere and put on
+    PYTHONPATH and LD_LIBRARY_PATH, a Python writes and decodes a .beton with it, the JPEG decoder and OpenCV mapped
+    from the archive. Only the suffix-free copy of the extension is left, as a Python of another version finds it."""
+    archive = tmp_path / "out" / "ffcv-portable.tar.gz"
+    packed = run_script(["bash", str(ROOT / "scripts" / "pack_ffcv.sh"), str(archive)],
+                        env={"PYTHON": sys.executable}, cwd=ROOT, timeout=300)
+    assert packed.returncode == 0, packed.stderr[-2000:]
+    assert "shared libraries; for x86-64 Linux with glibc" in packed.stdout
+    unpacked = tmp_path / "elsewhere"
+    unpacked.mkdir()
+    assert run_script(["tar", "-C", str(unpacked), "-xzf", str(archive)]).returncode == 0
+    assert {p.name for p in (unpacked / "lib").iterdir()} >= {"libturbojpeg.so.0"}
+    assert not any(p.name.startswith(("libc.so", "libstdc++", "libm.so")) for p in (unpacked / "lib").iterdir())
+    for versioned in (unpacked / "python" / "ffcv").glob("_libffcv.cpython-*.so"):
+        versioned.unlink()
+    folder = tmp_path / "images" / "few"
+    folder.mkdir(parents=True)
+    for image in sorted((tiny_intel / "seg_pred").iterdir())[:3]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    checked = run_script([sys.executable, "-c", PACKED_FFCV_CHECK, str(unpacked), str(folder)], timeout=300,
+                         env={"PYTHONPATH": str(unpacked / "python"), "LD_LIBRARY_PATH": str(unpacked / "lib")})
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert "decoded 3 images with FFCV from" in checked.stdout
+    refused = run_script(["bash", str(ROOT / "scripts" / "pack_ffcv.sh"), str(tmp_path / "x.tar.gz")],
+                         env={"PYTHON": str(tmp_path / "no-python")}, cwd=ROOT)
+    assert refused.returncode == 2 and "run bash scripts/setup.sh first" in refused.stderr
