@@ -2,8 +2,8 @@
 # FFCV as one relocatable archive, for machines where its system packages (libjpeg-turbo, OpenCV) cannot be
 # installed: a cluster node without root, a container image that has PyTorch but not FFCV. Made here from the
 # environment scripts/setup.sh built (FFCV's Python package, its compiled extension, and the shared libraries the
-# extension loads, but the C and C++ runtimes every Linux has), it runs on x86-64 Linux whose glibc is at least this
-# machine's. The extension is also stored under the suffix-free name a Python of another version looks for (FFCV
+# extension loads, but the C and C++ runtimes every Linux has), it runs on Linux of this machine's architecture whose
+# glibc is at least this machine's. The extension is also stored under the suffix-free name a Python of another version looks for (FFCV
 # 1.0.2's, built for Python 3.11, has been loaded so by Python 3.12); the archive's Python code is version-free.
 #
 #   bash scripts/pack_ffcv.sh ffcv-portable.tar.gz
@@ -38,5 +38,5 @@ mkdir -p "$(dirname "$out")"
 tar -C "$stage" -czf "$out.partial" python lib
 mv "$out.partial" "$out"
 glibc=$(ldd --version | head -1 | awk '{print $NF}')
-echo "[pack_ffcv] wrote $out ($(du -h "$out" | cut -f1)): FFCV $($PYTHON -c 'import importlib.metadata as m; print(m.version("ffcv"))'), $(ls "$stage/lib" | wc -l) shared libraries; for x86-64 Linux with glibc $glibc or newer"
+echo "[pack_ffcv] wrote $out ($(du -h "$out" | cut -f1)): FFCV $($PYTHON -c 'import importlib.metadata as m; print(m.version("ffcv"))'), $(ls "$stage/lib" | wc -l) shared libraries; for $(uname -m) Linux with glibc $glibc or newer"
 echo "[pack_ffcv] there: tar -C DIR -xzf $(basename "$out") && export PYTHONPATH=DIR/python:\$PYTHONPATH LD_LIBRARY_PATH=DIR/lib:\$LD_LIBRARY_PATH"
