@@ -17,9 +17,11 @@ PYTHON=${PYTHON:-.venv/bin/python}
 [[ -x $PYTHON ]] || { echo "error: $PYTHON is not there: run bash scripts/setup.sh first (or set PYTHON)" >&2; exit 2; }
 package=$($PYTHON -c 'import os, ffcv; print(os.path.dirname(ffcv.__file__))' 2>/dev/null) \
     || { echo "error: $PYTHON cannot import ffcv: run bash scripts/setup.sh first" >&2; exit 2; }
+{ mkdir -p "$(dirname "$out")" 2>/dev/null && [[ -w $(dirname "$out") ]]; } \
+    || { echo "error: cannot write $out: its folder cannot be made or written; choose another path" >&2; exit 2; }
 extension=$(ls "$package"/_libffcv*.so | head -1)
 stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
+trap 'rm -rf "$stage" "$out.partial"' EXIT  # a stopped pack leaves no half archive behind
 mkdir -p "$stage/python" "$stage/lib"
 cp -r "$package" "$stage/python/ffcv"
 find "$stage/python" -name __pycache__ -prune -exec rm -rf {} +
@@ -34,7 +36,6 @@ ldd "$extension" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | while read -r lib
         *) cp -L "$library" "$stage/lib/" ;;
     esac
 done
-mkdir -p "$(dirname "$out")"
 tar -C "$stage" -czf "$out.partial" python lib
 mv "$out.partial" "$out"
 glibc=$(ldd --version | head -1 | awk '{print $NF}')

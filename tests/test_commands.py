@@ -465,3 +465,7 @@ def test_pack_ffcv_makes_an_archive_whose_ffcv_and_libraries_load_from_where_it_
     refused = run_script(["bash", str(ROOT / "scripts" / "pack_ffcv.sh"), str(tmp_path / "x.tar.gz")],
                          env={"PYTHON": str(tmp_path / "no-python")}, cwd=ROOT)
     assert refused.returncode == 2 and "run bash scripts/setup.sh first" in refused.stderr
+    (tmp_path / "a-file").write_text("")
+    refused = run_script(["bash", str(ROOT / "scripts" / "pack_ffcv.sh"), str(tmp_path / "a-file" / "x.tar.gz")],
+                         env={"PYTHON": sys.executable}, cwd=ROOT)
+    assert refused.returncode == 2 and "its folder cannot be made or written" in refused.stderr
