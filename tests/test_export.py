@@ -185,7 +185,8 @@ def test_an_exported_ensemble_gives_what_predict_ensemble_gives(classifier_run, 
 
 
 
-def test_an_exported_ensemble_is_scored_on_images_none_of_its_runs_trained_on(classifier_run, tiny_intel, tmp_path):
+def test_an_exported_ensemble_is_scored_on_images_none_of_its_runs_trained_on(classifier_run, tiny_intel, tmp_path,
+                                                                              capsys):
     """An ensemble file's held-out and validation images are all its runs', as for the runs scored together: its
     --validation images are those no run trained on (fewer than its first run's alone, which the second partly
     trained on), and its scores on both are the runs' own."""
@@ -203,6 +204,12 @@ def test_an_exported_ensemble_is_scored_on_images_none_of_its_runs_trained_on(cl
         assert from_file["n"] == from_runs["n"] > 0 and from_file["accuracy"] == from_runs["accuracy"]
         assert from_file["loss"] == pytest.approx(from_runs["loss"], abs=1e-4)
         assert from_file["training_images"] == from_runs["training_images"] == 0
+    capsys.readouterr()
+    assert toolkit_main(["evaluate", str(out), str(tiny_intel), "--held_out", "--out", str(tmp_path / "said"),
+                         "--wandb_mode=disabled"]) == 0
+    held_out = json.loads((tmp_path / "file-held_out" / "metrics.json").read_text())["n"]
+    assert f"on the runs' {held_out} held-out images" in (said := capsys.readouterr().out)
+    assert "(fp32 ONNX graph; an ensemble of 2 runs in one graph)" in said
     first_alone = evaluate_folder(str(classifier_run), tiny_intel, tmp_path / "alone", workers=1, validation=True,
                                   mixed_precision="no")
     assert first_alone["n"] > from_file["n"]

@@ -124,14 +124,15 @@ def command_evaluate(args) -> None:
     metrics = evaluate_folder(args.checkpoint, Path(args.data), out, classifier_batch_size(args), args.tta,
                               args.device, args.workers, held_out=args.held_out, mixed_precision=args.mixed_precision,
                               calibrated=args.calibrated, ensemble=args.ensemble, validation=args.validation)
-    owner = "the runs'" if args.ensemble else "the run's"
+    owner = "the runs'" if metrics["runs"] > 1 else "the run's"  # an --ensemble, or a file exported from several
     what = f"{owner} {metrics['n']} held-out images" if args.held_out else \
         f"{owner} {metrics['n']} validation images" if args.validation else f"{metrics['n']} images"
     members = metrics["ensemble"]
     precision = ", ".join(precision_name(name) for name in metrics["mixed_precision"].split(", "))
     temperature = (f"an ensemble of {len(members)} runs, temperatures "
                    + ", ".join(f"{m['temperature']:.3f}" for m in members) if members
-                   else f"temperature {metrics['temperature']:.3f}")
+                   else f"an ensemble of {metrics['runs']} runs in one graph"
+                   if metrics["runs"] > 1 else f"temperature {metrics['temperature']:.3f}")
     print(f"accuracy {metrics['accuracy']:.4f} on {what}, loss {metrics['loss']:.4f}, "
           f"macro F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} ({precision}; "
           f"{temperature})")

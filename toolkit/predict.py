@@ -510,8 +510,8 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
         files, all_labels = listing.files, listing.labels
     predictions = predict_runs(checkpoints, files, batch_size, flip_tta, device, workers,
                                mixed_precision=mixed_precision, calibrated=calibrated)
-    trained_on = {pixels for _, split in run_splits(states, checkpoints)
-                  for pixels in (split or {}).get("train_pixels", [])}
+    behind = run_splits(states, checkpoints)  # the runs behind the checkpoints: an ensemble file's several
+    trained_on = {pixels for _, split in behind for pixels in (split or {}).get("train_pixels", [])}
     seen_in_training = [str(f) for f, h in zip(files, predictions.pixel_hashes) if h and h[:DIGEST_CHARS] in trained_on]
     good = predictions.readable
     labels = np.asarray(all_labels)[good]
@@ -530,7 +530,8 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
                                          else ""),
                    mixed_precision=predictions.mixed_precision,
                    temperature=None if predictions.members else predictions.temperature,
-                   ensemble=predictions.members, training_images=len(seen_in_training),
+                   ensemble=predictions.members, runs=max(len(behind), states[0].extra.get("members", 1)),
+                   training_images=len(seen_in_training),
                    training_image_examples=seen_in_training[:10],
                    classes=classes)
     out_dir.mkdir(parents=True, exist_ok=True)
