@@ -15,11 +15,13 @@ set -euo pipefail
 out=${1:?"usage: bash scripts/pack_ffcv.sh OUT.tar.gz (PYTHON=... for another environment than .venv)"}
 PYTHON=${PYTHON:-.venv/bin/python}
 [[ -x $PYTHON ]] || { echo "error: $PYTHON is not there: run bash scripts/setup.sh first (or set PYTHON)" >&2; exit 2; }
-package=$($PYTHON -c 'import os, ffcv; print(os.path.dirname(ffcv.__file__))' 2>/dev/null) \
-    || { echo "error: $PYTHON cannot import ffcv: run bash scripts/setup.sh first" >&2; exit 2; }
+# where FFCV is installed, found without importing it (which imports PyTorch)
+package=$($PYTHON -c 'import importlib.util as u; print(u.find_spec("ffcv").submodule_search_locations[0])' \
+    2>/dev/null) || { echo "error: $PYTHON has no ffcv: run bash scripts/setup.sh first" >&2; exit 2; }
 { mkdir -p "$(dirname "$out")" 2>/dev/null && [[ -w $(dirname "$out") ]]; } \
     || { echo "error: cannot write $out: its folder cannot be made or written; choose another path" >&2; exit 2; }
-extension=$(ls "$package"/_libffcv*.so | head -1)
+extensions=("$package"/_libffcv*.so)  # (no `| head` under pipefail: a reader that stops early fails the pipe)
+extension=${extensions[0]}
 stage=$(mktemp -d)
 trap 'rm -rf "$stage" "$out.partial"' EXIT  # a stopped pack leaves no half archive behind
 mkdir -p "$stage/python" "$stage/lib"
@@ -38,6 +40,6 @@ ldd "$extension" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | while read -r lib
 done
 tar -C "$stage" -czf "$out.partial" python lib
 mv "$out.partial" "$out"
-glibc=$(ldd --version | head -1 | awk '{print $NF}')
+glibc=$(ldd --version | awk 'NR == 1 {print $NF}')
 echo "[pack_ffcv] wrote $out ($(du -h "$out" | cut -f1)): FFCV $($PYTHON -c 'import importlib.metadata as m; print(m.version("ffcv"))'), $(ls "$stage/lib" | wc -l) shared libraries; for $(uname -m) Linux with glibc $glibc or newer"
 echo "[pack_ffcv] there: tar -C DIR -xzf $(basename "$out") && export PYTHONPATH=DIR/python:\$PYTHONPATH LD_LIBRARY_PATH=DIR/lib:\$LD_LIBRARY_PATH"
