@@ -366,6 +366,11 @@ def require_split_of_origin(state) -> None:
                         "and trained on are unknown. Pass the run's directory, or evaluate on a labeled folder")
 
 
+def exported_members(state) -> int:
+    """How many runs an exported file's graph averages (1 for a run or checkpoint itself)."""
+    return int(state.extra.get("members", 1)) if state.recipe == "exported" else 1
+
+
 def run_splits(states: list, names: list[str]) -> list[tuple[str, dict | None]]:
     """(run, its data split) for every run behind `states` (of the runs or files `names`): a run's own, and for a
     file exported from several runs together (an ensemble), each of theirs, read where the runs still are. An
@@ -530,7 +535,7 @@ def evaluate_folder(checkpoint: str, folder: Path, out_dir: Path, batch_size: in
                                          else ""),
                    mixed_precision=predictions.mixed_precision,
                    temperature=None if predictions.members else predictions.temperature,
-                   ensemble=predictions.members, runs=max(len(behind), states[0].extra.get("members", 1)),
+                   ensemble=predictions.members, runs=max(len(behind), exported_members(states[0])),
                    training_images=len(seen_in_training),
                    training_image_examples=seen_in_training[:10],
                    classes=classes)
