@@ -23,6 +23,7 @@ from toolkit.cli import main as toolkit_main
 from toolkit.data.images import load_for_restoration, load_rgb
 from toolkit.inference import exported_metadata
 from toolkit.predict import predict_files, predict_runs
+from toolkit.train.precision import cpu_has_int8_dot_products
 
 BLIND = ["--tile_size=48", "--patch_size=32", "--batch_size=4", "--eval_batch_size=8", "--epochs=1", "--max_steps=3",
          "--num_workers=1", "--model_kwargs=widths=(8,16,32),blocks=1", "--figures=false"]
@@ -44,6 +45,12 @@ def offline_wandb_bytes(folder: Path, *expected: bytes, timeout_s: float = 30.0)
     while not all(part in logged.read_bytes() for part in expected) and time.monotonic() < deadline:
         time.sleep(0.2)
     return logged.read_bytes()
+
+
+def int8_weight_bits() -> list[str]:
+    """The export option for this CPU's int8 tests: none where it has VNNI; --int8_reduce_range (weights in 7 bits)
+    where it lacks it, as the command advises there (8-bit weights can saturate its 16-bit sums)."""
+    return [] if cpu_has_int8_dot_products() else ["--int8_reduce_range"]
 
 
 def session(path: Path):
@@ -385,9 +392,7 @@ def test_the_onnx_check_script_compares_predictions_and_speed_on_a_folder(classi
                                                                                   abs=0.01)
     assert "cores" in done.stdout  # the machine named beside its figures
     # the run's held-out images with their labels, and the graph in int8 as a third way
-    from toolkit.train.precision import cpu_has_int8_dot_products
-
-    bits = [] if cpu_has_int8_dot_products() else ["--int8_reduce_range"]  # (weights in 7 bits without VNNI)
+    bits = int8_weight_bits()
     done = run_script([sys.executable, str(script), str(classifier_run), str(tiny_intel), "--held_out", "--int8",
                        str(tiny_intel / "seg_train"), "--int8_images", "8", "--batch_size", "4", *bits])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -404,10 +409,7 @@ def test_an_int8_classifier_is_calibrated_on_images_the_run_did_not_hold_out_and
                                                                                          monkeypatch):
     run = classifier_run
     out = tmp_path / "int8.onnx"
-    # (on a CPU without VNNI, weights in 7 bits, as the command advises there: 8-bit ones can saturate its 16-bit sums)
-    from toolkit.train.precision import cpu_has_int8_dot_products
-
-    bits = [] if cpu_has_int8_dot_products() else ["--int8_reduce_range"]
+    bits = int8_weight_bits()
     assert toolkit_main(["export", str(run), str(out), "--int8", str(tiny_intel / "seg_train"), "--int8_images", "16",
                          "--wandb_mode=offline", *bits]) == 0
     said = capsys.readouterr().out
@@ -511,10 +513,7 @@ def test_an_int8_blind_denoiser_is_calibrated_on_clean_images_it_did_not_hold_ou
     held = validation_images_of(str(run), photos, log=lambda _: None)
     assert held
     out = tmp_path / "blind-int8.onnx"
-    # (on a CPU without VNNI, weights in 7 bits, as the command advises there: 8-bit ones can saturate its 16-bit sums)
-    from toolkit.train.precision import cpu_has_int8_dot_products
-
-    bits = [] if cpu_has_int8_dot_products() else ["--int8_reduce_range"]
+    bits = int8_weight_bits()
     assert toolkit_main(["export", str(run), str(out), "--int8", str(photos), "--int8_images", "8",
                          "--wandb_mode=offline", *bits]) == 0
     said = capsys.readouterr().out
