@@ -344,10 +344,10 @@ def quantized_int8_denoiser(graph, session, crops: list[np.ndarray], calibration
     check = crops[calibration:]
     psnr: dict[str, dict[str, float]] = {"fp32": {}, "int8": {}}
     for sigma in INT8_CHECK_SIGMAS:
-        noise = np.random.default_rng([STAND_IN_SEED, int(sigma * 100)])
+        draws = np.random.default_rng([STAND_IN_SEED, int(sigma * 100)])  # this level's noise, seeded
         scores: dict[str, list[float]] = {"fp32": [], "int8": []}
         for clean in check:
-            feed = {"noisy": (clean + noise.normal(0, sigma / 255, clean.shape)).astype(np.float32)[None],
+            feed = {"noisy": (clean + draws.normal(0, sigma / 255, clean.shape)).astype(np.float32)[None],
                     "sigma": np.array([sigma], np.float32)}
             for name, way in (("fp32", session), ("int8", quantized)):
                 error = np.mean((way.run(["denoised"], feed)[0][0].astype(np.float64) - clean) ** 2)
